@@ -1,0 +1,64 @@
+"""The batched TopicRec simulator of the GeMS benchmark: `make(name)` builds one of the six paper environments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from slate_rl import config
+from slate_rl.envs.embeddings import (EmbeddingSource, fingerprint, generate_item_embeddings, load_item_embeddings,
+                                      validate_item_embeddings)
+from slate_rl.envs.params import EnvParams
+from slate_rl.envs.randomness import DEFAULT_SIM_SEED
+from slate_rl.envs.topicrec import TopicRec
+
+__all__ = ["ENV_NAMES", "DEFAULT_SIM_SEED", "EnvParams", "TopicRec", "make", "env_params", "resolve_item_embeddings",
+           "fingerprint", "generate_item_embeddings", "load_item_embeddings"]
+
+ENV_NAMES = config.env_names()
+
+
+def env_params(name: str, **overrides: Any) -> EnvParams:
+    """Parameters of preset environment `name` with `overrides` applied (any EnvParams field)."""
+    return EnvParams.from_dict({**config.env_preset(name), **overrides})
+
+
+def resolve_item_embeddings(params: EnvParams, item_embeddings: Optional[EmbeddingSource] = None) -> torch.Tensor:
+    """The validated item table: the given tensor / array / file, else the one `params.item_embeddings` names."""
+    source: Any = params.item_embeddings if item_embeddings is None else item_embeddings
+    origin = "item embeddings"
+    if isinstance(source, np.ndarray):
+        source = torch.from_numpy(source)
+    if isinstance(source, (str, Path)):
+        text = str(source)
+        if text in ("focused", "diffuse"):
+            return generate_item_embeddings(config.embedding_seed(text), params.num_items, params.num_topics,
+                                            params.topic_size, params.embedding_exponent)
+        origin = f"item embeddings {text!r}"
+        source = load_item_embeddings(text)
+    return validate_item_embeddings(source, params.num_items, params.embedding_dim, origin)
+
+
+def make(
+    name: str,
+    *,
+    item_embeddings: Optional[EmbeddingSource] = None,
+    sim_seed: int = DEFAULT_SIM_SEED,
+    device: Union[str, torch.device] = "cpu",
+    **overrides: Any,
+) -> TopicRec:
+    """Build preset environment `name` (one of ENV_NAMES).
+
+    Args:
+        item_embeddings: a (num_items, 20) tensor / array or a .pt / .npy file (e.g. the paper's own tables);
+            by default the table the preset names is generated from its seed.
+        sim_seed: seed of the simulator's generator (users and clicks).
+        device: where the state tensors live.
+        overrides: any simulator parameter, e.g. `boredom_threshold=3`.
+    """
+    params = env_params(name, **overrides)
+    table = resolve_item_embeddings(params, item_embeddings)
+    return TopicRec(params, table, sim_seed=sim_seed, device=device, name=name)
