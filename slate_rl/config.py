@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -79,3 +80,56 @@ def resolve(preset: str, stage: str, overrides: dict[str, Any]) -> dict[str, Any
     config = stage_preset(preset, stage)
     config.update({key: value for key, value in overrides.items() if value is not None})
     return config
+
+
+def parse_assignments(items: tuple[str, ...] | list[str], what: str = "override") -> dict[str, Any]:
+    """['key=value', ...] -> {key: YAML-parsed value} (so '3' is an int, '0.5' a float, 'null' None)."""
+    result: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SlateRLError(f"{what} {item!r} must look like key=value")
+        result[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return result
+
+
+@dataclasses.dataclass
+class StageConfig:
+    """Base of the typed stage configs: preset values, then explicit overrides, then validation."""
+
+    stage: ClassVar[str] = ""
+    env: str
+    preset: str
+
+    @classmethod
+    def resolve(cls, env: str, preset: str, **overrides: Any) -> "StageConfig":
+        check_env_name(env)
+        values = resolve(preset, cls.stage, overrides)
+        known = {f.name for f in dataclasses.fields(cls)} - {"env", "preset"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SlateRLError(f"{cls.stage}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        missing = sorted(name for name in known if name not in values and _required(cls, name))
+        if missing:
+            raise SlateRLError(f"{cls.stage}: no value for {', '.join(missing)} in preset {preset!r}; pass them explicitly")
+        config = cls(env=env, preset=preset, **values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise SlateRLError naming the first out-of-range value."""
+
+    def as_params(self) -> dict[str, Any]:
+        """Flat dict for MLflow params (dict values are expanded as 'name.key')."""
+        flat: dict[str, Any] = {}
+        for key, value in dataclasses.asdict(self).items():
+            if isinstance(value, dict):
+                flat.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                flat[key] = value
+        return flat
+
+
+def _required(cls: type, name: str) -> bool:
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING

@@ -220,10 +220,34 @@ class TopicRec:
             self._oracle_valid[stale] = True
         return self._oracle_cache
 
-    def item_relevances(self, user_state: torch.Tensor | None = None) -> torch.Tensor:
-        """Relevance of every item (N x num_items): for `user_state` (raw) or, by default, the current effective user."""
-        user = self.effective_user() if user_state is None else user_state.to(self.device, torch.float32)
+    def item_relevances(self, user_state: torch.Tensor | None = None, reference_slicing: bool = False) -> torch.Tensor:
+        """Relevance of every item (N x num_items), privileged information (SlateQ).
+
+        With `user_state` (B x D): for those raw user vectors (no boredom, no boost). Without it: for the current
+        effective users; `reference_slicing=True` reproduces the reference's get_relevances() (quirk Q1), which
+        masks coordinates [S*k, (S+1)*k) of a bored topic k instead of its block [S*k, S*(k+1)).
+        """
+        if user_state is not None:
+            user = user_state.to(self.device, torch.float32)
+        elif reference_slicing:
+            user = self._reference_sliced_user()
+        else:
+            user = self.effective_user()
         return self._relevance((user @ self.item_embeddings.T) / self.max_score)
+
+    def _reference_sliced_user(self) -> torch.Tensor:
+        """The current user with the reference's mis-sliced boredom mask and boost (quirk Q1)."""
+        p = self.params
+        user = self.user.clone()
+        for topic in range(p.num_topics):
+            lo, hi = p.topic_size * topic, min((p.topic_size + 1) * topic, p.embedding_dim)
+            if lo >= hi:
+                continue
+            user[:, lo:hi] = torch.where(self.bored[:, topic : topic + 1], 0.0, user[:, lo:hi])
+            if p.short_term_boost != 1.0:
+                is_stc = (self.short_term_topic == topic).unsqueeze(1)
+                user[:, lo:hi] = torch.where(is_stc, user[:, lo:hi] * p.short_term_boost, user[:, lo:hi])
+        return user
 
     # ------------------------------------------------------------------ internals
     def _check_slates(self, slates: SlateInput) -> torch.Tensor:

@@ -1,0 +1,34 @@
+"""Atomic file writes: write to a temporary sibling, then rename, so that readers never see half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def write_text(path: Union[str, Path], text: str) -> Path:
+    path = Path(path)
+    tmp = _tmp(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: Union[str, Path], payload: Any) -> Path:
+    return write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def torch_save(obj: Any, path: Union[str, Path]) -> Path:
+    path = Path(path)
+    tmp = _tmp(path)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,143 @@
+"""Stage `generate_dataset`: logged sessions of the ε-greedy oracle, the data GeMS and MF are trained on."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from slate_rl import envs
+from slate_rl.config import StageConfig
+from slate_rl.data.logged import LoggedSessions, LoggedSessionsWriter, load_logged_sessions
+from slate_rl.envs.policies import EpsilonGreedyOracle
+from slate_rl.errors import SlateRLError
+from slate_rl.progress import Progress
+from slate_rl.tracking.lineage import (LINEAGE_TAG, artifact_dir, find_finished_run, get_finished_run, lineage_key,
+                                       parse_run_uri)
+from slate_rl.tracking.runs import StageRun, stage_run
+
+STAGE = "generate_dataset"
+ARTIFACT = "dataset"
+log = logging.getLogger("slate_rl")
+
+
+@dataclasses.dataclass
+class GenerateDatasetConfig(StageConfig):
+    """Parameters of `generate_dataset` (defaults come from the preset)."""
+
+    stage = STAGE
+    n_sessions: int = 100_000
+    epsilon: float = 0.5
+    seed: int = 2754851
+    sim_seed: int = envs.DEFAULT_SIM_SEED
+    item_embeddings: str = ""  # '' = the table the environment preset names; else a .pt / .npy path
+    chunk_size: int = 10_000
+    env_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> None:
+        if int(self.n_sessions) <= 0:
+            raise SlateRLError(f"n_sessions must be a positive number of sessions (got {self.n_sessions})")
+        if not 0.0 <= float(self.epsilon) <= 1.0:
+            raise SlateRLError(f"epsilon is the probability of a random slot and must lie in [0, 1] (got {self.epsilon})")
+        if int(self.chunk_size) <= 0:
+            raise SlateRLError(f"chunk_size must be positive (got {self.chunk_size})")
+        envs.env_params(self.env, **self.env_overrides)  # names unknown or out-of-range simulator overrides
+
+    def make_env(self) -> envs.TopicRec:
+        return envs.make(self.env, item_embeddings=self.item_embeddings or None, sim_seed=int(self.sim_seed),
+                         **self.env_overrides)
+
+    def identity(self, env: envs.TopicRec) -> dict[str, Any]:
+        """Everything that determines the dataset (the lineage key is its hash)."""
+        return {"env": self.env, **{f"sim.{k}": v for k, v in env.params.as_dict().items()},
+                "embeddings": envs.fingerprint(env.item_embeddings), "n_sessions": self.n_sessions,
+                "epsilon": float(self.epsilon), "seed": self.seed, "sim_seed": self.sim_seed,
+                "chunk_size": self.chunk_size}
+
+
+def run(config: GenerateDatasetConfig, parent: Optional[StageRun] = None,
+        experiment_name: Optional[str] = None) -> str:
+    """Generate the dataset inside an MLflow run; returns the run id."""
+    with stage_run(STAGE, run_name=f"{STAGE}/{config.env}/seed{config.seed}", parent=parent,
+                   experiment_name=experiment_name, tags={"env": config.env, "preset": config.preset}) as mlrun:
+        env = config.make_env()
+        key = lineage_key(STAGE, config.identity(env))
+        mlrun.set_tags({"seed": config.seed, LINEAGE_TAG: key, "embeddings": envs.fingerprint(env.item_embeddings)})
+        mlrun.log_params({**config.as_params(), **{f"sim.{k}": v for k, v in env.params.as_dict().items()}})
+        with tempfile.TemporaryDirectory(prefix="slate-rl-dataset-") as tmp:
+            folder = Path(tmp) / ARTIFACT
+            stats = write_dataset(env, config, folder)
+            mlrun.log_metrics(stats)
+            mlrun.log_artifacts(folder, ARTIFACT)
+        return mlrun.run_id
+
+
+def write_dataset(env: envs.TopicRec, config: GenerateDatasetConfig, folder: Path) -> dict[str, float]:
+    """Play the ε-greedy oracle for `n_sessions` sessions in chunks of users and write them to `folder`."""
+    n, horizon, size = int(config.n_sessions), env.episode_length, env.slate_size
+    policy = EpsilonGreedyOracle(env.num_items, size, float(config.epsilon), int(config.seed))
+    meta = {"env": config.env, "env_params": env.params.as_dict(), "embeddings": envs.fingerprint(env.item_embeddings),
+            "n_sessions": n, "episode_length": horizon, "slate_size": size, "num_items": env.num_items,
+            "policy": "epsilon_greedy_oracle", "epsilon": float(config.epsilon), "seed": int(config.seed),
+            "sim_seed": int(config.sim_seed), "chunk_size": int(config.chunk_size)}
+    writer = LoggedSessionsWriter(folder, n, horizon, size, env.initial_slate.cpu().numpy(), meta)
+    returns = torch.zeros(n)
+    click_histogram = torch.zeros(size + 1, dtype=torch.long)
+    bored_steps = 0
+    started = time.perf_counter()
+    try:
+        with Progress(n * horizon, f"{STAGE} {config.env}", unit="user-steps") as progress, torch.no_grad():
+            for start in range(0, n, int(config.chunk_size)):
+                m = min(int(config.chunk_size), n - start)
+                slates = np.empty((m, horizon, size), dtype=np.int16)
+                clicks = np.empty((m, horizon, size), dtype=np.uint8)
+                obs, info = env.reset(m)
+                reset_clicks = obs["clicks"].numpy().astype(np.uint8)
+                policy.start(m)
+                for t in range(horizon):
+                    obs, reward, _, info = env.step(policy.act(obs, info))
+                    slates[:, t] = obs["slate"].numpy()
+                    clicks[:, t] = obs["clicks"].numpy()
+                    returns[start : start + m] += reward
+                    click_histogram += torch.bincount(obs["clicks"].sum(dim=1), minlength=size + 1)
+                    bored_steps += int(info["bored"].any(dim=1).sum())
+                    progress.advance(m)
+                writer.write_chunk(start, slates, clicks, reset_clicks)
+        seconds = time.perf_counter() - started
+        steps = n * horizon
+        stats = {"mean_return": float(returns.mean()), "std_return": float(returns.std()) if n > 1 else 0.0,
+                 "clicks_per_step": float(returns.sum()) / steps, "bored_step_share": bored_steps / steps,
+                 "zero_click_step_share": float(click_histogram[0]) / steps,
+                 "generation_seconds": seconds, "user_steps_per_second": steps / seconds}
+        writer.finish(stats)
+    except BaseException:
+        writer.abort()
+        raise
+    stats["dataset_megabytes"] = sum(f.stat().st_size for f in folder.iterdir()) / 1e6
+    log.info("%s: %d sessions, mean return %.2f, %.1f%% steps with a bored topic, %.0f user-steps/s",
+             STAGE, n, stats["mean_return"], 100 * stats["bored_step_share"], stats["user_steps_per_second"])
+    return stats
+
+
+def load_from_run(run_ref: str) -> LoggedSessions:
+    """The logged dataset of a FINISHED generate_dataset run ('runs:/<id>[/dataset]' or a run id)."""
+    run_id, _ = parse_run_uri(run_ref)
+    run = get_finished_run(run_id, STAGE)
+    return load_logged_sessions(artifact_dir(run, ARTIFACT))
+
+
+def find_or_generate(config: GenerateDatasetConfig, parent: Optional[StageRun]) -> str:
+    """Run id of a FINISHED dataset run with this configuration; generates one as a child run if there is none."""
+    key = lineage_key(STAGE, config.identity(config.make_env()))
+    existing = find_finished_run(STAGE, key)
+    if existing is not None:
+        log.info("%s: reusing dataset run %s", STAGE, existing.info.run_id)
+        return existing.info.run_id
+    log.info("%s: no finished dataset for this configuration; generating it as a child run", STAGE)
+    return run(config, parent=parent)

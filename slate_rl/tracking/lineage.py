@@ -1,0 +1,83 @@
+"""Finding outputs by lineage: a stage's identity (the config that determines its output) is hashed into the
+`lineage_key` tag; upstream runs are found by that key among FINISHED runs, never by file names."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import unquote, urlparse
+
+import mlflow
+from mlflow.entities import Run, RunStatus, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from slate_rl.errors import SlateRLError
+from slate_rl.tracking.runs import format_param
+
+LINEAGE_TAG = "lineage_key"
+_RUN_URI = re.compile(r"^runs:/(?P<run>[0-9a-f]{32})(?:/(?P<path>.*))?$")
+
+
+def lineage_key(stage: str, identity: dict[str, Any]) -> str:
+    """A stable hash of everything that determines a stage's output."""
+    canonical = json.dumps({"stage": stage, **{k: format_param(v) for k, v in identity.items()}}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+
+def find_finished_run(stage: str, key: str) -> Optional[Run]:
+    """The newest FINISHED run of `stage` with this lineage key, in any experiment."""
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    if not experiments:
+        return None
+    runs = client.search_runs(
+        experiments,
+        filter_string=f"tags.stage = '{stage}' and tags.{LINEAGE_TAG} = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def parse_run_uri(uri: str) -> tuple[str, str]:
+    """('<run id>', '<artifact path>') from 'runs:/<run id>[/<path>]' or a bare 32-hex run id."""
+    text = uri.strip()
+    if re.fullmatch(r"[0-9a-f]{32}", text):
+        return text, ""
+    match = _RUN_URI.match(text)
+    if not match:
+        raise SlateRLError(f"{uri!r} is not a run reference; give 'runs:/<run id>' or 'runs:/<run id>/<path>'")
+    return match["run"], (match["path"] or "").strip("/")
+
+
+def get_finished_run(run_id: str, stage: Optional[str] = None) -> Run:
+    """The run, checked to exist, to be FINISHED and (optionally) to come from `stage`."""
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException as exc:
+        raise SlateRLError(f"no run {run_id} in the tracking store {mlflow.get_tracking_uri()}") from exc
+    if stage is not None and run.data.tags.get("stage") != stage:
+        raise SlateRLError(f"run {run_id} is a {run.data.tags.get('stage', 'non-slate-rl')!r} run, not a "
+                           f"{stage!r} run")
+    if run.info.status != RunStatus.to_string(RunStatus.FINISHED):
+        raise SlateRLError(f"run {run_id} is {run.info.status}: only FINISHED runs have valid outputs")
+    return run
+
+
+def artifact_dir(run: Run, artifact_path: str) -> Path:
+    """Local folder of a run's artifact: used in place for local stores, downloaded otherwise."""
+    uri = run.info.artifact_uri
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        path = Path(unquote(parsed.path)) / artifact_path
+        if not path.exists():
+            raise SlateRLError(f"run {run.info.run_id} has no artifact {artifact_path!r}")
+        return path
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=artifact_path))
+    except MlflowException as exc:
+        raise SlateRLError(f"run {run.info.run_id} has no artifact {artifact_path!r}: {exc}") from exc

@@ -1,0 +1,191 @@
+"""The life of a stage's MLflow run: start (or continue the run `mlflow run` created), tags and params, batched
+metrics, artifacts, the console log, and the final status (FINISHED, FAILED or KILLED)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from slate_rl import __version__
+from slate_rl.errors import SlateRLError
+from slate_rl.progress import LOGGER_NAME
+
+log = logging.getLogger(LOGGER_NAME)
+_MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+_PROJECT_DIR = Path(__file__).resolve().parents[2]
+
+
+def configure_mlflow() -> None:
+    """Process-wide MLflow settings: no telemetry; MLflow's own default store unless MLFLOW_TRACKING_URI is set."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def format_param(value: Any) -> str:
+    """The string form of a config value in MLflow params and lineage keys (None -> '')."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return repr(value)
+    return str(value)
+
+
+def git_commit() -> str:
+    """The project's current commit (with '-dirty' when the tree has changes), or 'unknown'."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_PROJECT_DIR, capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=_PROJECT_DIR,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class StageRun:
+    """A handle on one MLflow run: params, tags, buffered metrics, artifacts. Create it with `stage_run`."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+        self._metrics: list[Metric] = []
+        self._last_flush = time.monotonic()
+
+    @property
+    def uri(self) -> str:
+        return f"runs:/{self.run_id}"
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, format_param(v)) for k, v in tags.items()])
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log the resolved config; keys that `mlflow run` already logged with the same value are skipped."""
+        existing = self.client.get_run(self.run_id).data.params
+        fresh = []
+        for key, value in params.items():
+            text = format_param(value)
+            if key in existing:
+                if not _same_value(existing[key], text):
+                    raise SlateRLError(f"parameter {key} was logged as {existing[key]!r} but resolves to {text!r}")
+                continue
+            fresh.append(Param(key, text))
+        for start in range(0, len(fresh), 100):
+            self.client.log_batch(self.run_id, params=fresh[start : start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Buffer metrics; they are written in batches (a single SQLite write costs ~4 ms)."""
+        timestamp = int(time.time() * 1000)
+        self._metrics.extend(Metric(k, float(v), timestamp, int(step)) for k, v in metrics.items())
+        if len(self._metrics) >= _MAX_BATCH or time.monotonic() - self._last_flush > 30:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._metrics:
+            batch, self._metrics = self._metrics[:_MAX_BATCH], self._metrics[_MAX_BATCH:]
+            self.client.log_batch(self.run_id, metrics=batch)
+        self._last_flush = time.monotonic()
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: Optional[str] = None) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def log_artifact(self, local_file: str | Path, artifact_path: Optional[str] = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_file), artifact_path)
+
+
+def _same_value(logged: str, resolved: str) -> bool:
+    if logged in ("''", '""'):  # `mlflow run` logs an empty parameter in its shell-quoted form
+        logged = ""
+    if logged == resolved:
+        return True
+    try:
+        return float(logged) == float(resolved)
+    except ValueError:
+        return logged.strip().lower() == resolved.strip().lower()
+
+
+def _experiment_id(client: MlflowClient, experiment_name: Optional[str]) -> str:
+    name = experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if not name:
+        return os.environ.get("MLFLOW_EXPERIMENT_ID", "0")
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, run_name: str, tags: Optional[dict[str, Any]] = None,
+              parent: Optional[StageRun] = None, experiment_name: Optional[str] = None) -> Iterator[StageRun]:
+    """Run one stage inside an MLflow run and end it with the right status.
+
+    Under `mlflow run` the run already exists (MLFLOW_RUN_ID) and is continued; with `parent`, a child run is
+    created in the parent's experiment; otherwise a new run in `experiment_name` (or MLFLOW_EXPERIMENT_NAME /
+    the default experiment). The console log of the run is kept as the artifact `console.log`. An exception
+    marks the run FAILED (KILLED for Ctrl-C) and propagates.
+    """
+    configure_mlflow()
+    client = MlflowClient()
+    env_run = os.environ.pop("MLFLOW_RUN_ID", None) if parent is None else None
+    base_tags = {"stage": stage, "git_commit": git_commit(), "slate_rl_version": __version__, **(tags or {})}
+    if env_run:
+        run_id = env_run
+        client.update_run(run_id, status="RUNNING", name=run_name)
+    else:
+        experiment = (client.get_run(parent.run_id).info.experiment_id if parent
+                      else _experiment_id(client, experiment_name))
+        start_tags = {MLFLOW_RUN_NAME: run_name}
+        if parent is not None:
+            start_tags[MLFLOW_PARENT_RUN_ID] = parent.run_id
+        run_id = client.create_run(experiment, tags=start_tags, run_name=run_name).info.run_id
+    run = StageRun(client, run_id)
+    run.set_tags(base_tags)
+    with tempfile.TemporaryDirectory(prefix="slate-rl-log-") as tmp:
+        console = _attach_console_log(Path(tmp) / "console.log")
+        log.info("%s: MLflow run %s (%s)", stage, run_id, run_name)
+        status = RunStatus.to_string(RunStatus.FAILED)
+        try:
+            yield run
+            status = RunStatus.to_string(RunStatus.FINISHED)
+        except KeyboardInterrupt:
+            status = RunStatus.to_string(RunStatus.KILLED)
+            log.error("%s: interrupted; run %s marked KILLED", stage, run_id)
+            raise
+        except BaseException as exc:
+            log.error("%s: failed: %s; run %s marked FAILED", stage, exc, run_id)
+            raise
+        finally:
+            _close_console_log(console)
+            with contextlib.suppress(Exception):
+                run.flush()
+                run.log_artifact(console.baseFilename)
+            client.set_terminated(run_id, status)
+
+
+def _attach_console_log(path: Path) -> logging.FileHandler:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    for name in (LOGGER_NAME, "pytorch_lightning", "lightning.pytorch"):
+        logging.getLogger(name).addHandler(handler)
+    logging.getLogger(LOGGER_NAME).setLevel(min(logging.getLogger(LOGGER_NAME).level or logging.INFO, logging.INFO))
+    return handler
+
+
+def _close_console_log(handler: logging.FileHandler) -> None:
+    for name in (LOGGER_NAME, "pytorch_lightning", "lightning.pytorch"):
+        logging.getLogger(name).removeHandler(handler)
+    handler.close()
+
+
+def active_mlflow_uri() -> str:
+    """The tracking URI in use (MLFLOW_TRACKING_URI, or MLflow's default sqlite:///mlflow.db in the current folder)."""
+    return mlflow.get_tracking_uri()
