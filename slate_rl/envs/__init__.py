@@ -62,3 +62,8 @@ def make(
     params = env_params(name, **overrides)
     table = resolve_item_embeddings(params, item_embeddings)
     return TopicRec(params, table, sim_seed=sim_seed, device=device, name=name)
+
+
+from slate_rl.envs.gym import register_envs  # noqa: E402  (registration needs make() defined above)
+
+register_envs()

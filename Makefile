@@ -1,0 +1,34 @@
+# slate-rl: `make quickstart` installs and runs the main job; `make test` installs and runs the tests.
+# The install pins the CPU build of torch that is available offline on our machines; on another machine pick
+# your build, e.g. `make test TORCH="torch>=2.2"` (setup.cfg itself only asks for torch>=2.2).
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+ENV ?= focused_mix
+BIN := $(VENV)/bin
+
+.PHONY: install quickstart test test-fast benchmarks ui
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+quickstart: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mlflow run . -e generate_dataset -P env=$(ENV) -P preset=quick --env-manager local
+
+test: install
+	$(BIN)/pytest
+
+test-fast: install
+	$(BIN)/pytest -m "not slow"
+
+benchmarks: install
+	$(BIN)/python benchmarks/run_all.py
+
+ui: install
+	$(BIN)/slate-rl ui
