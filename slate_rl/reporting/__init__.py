@@ -1,0 +1,49 @@
+"""The analysis behind `compare`: statistics, the paper-style table, aggregate scores and figures, on plain records.
+
+Nothing here reads the tracking store: the caller turns finished runs into `RunResult`s and passes them in.
+"""
+
+from slate_rl.reporting.aggregate import AggregateScore, aggregate_scores, normalised_scores
+from slate_rl.reporting.figures import (
+    TradeoffPoint,
+    plot_learning_curves,
+    plot_tradeoff,
+    tradeoff_points,
+    write_figures,
+)
+from slate_rl.reporting.names import ENV_NAMES, METHOD_NAMES, PRIVILEGED_METHODS, env_name, method_name
+from slate_rl.reporting.records import RunResult
+from slate_rl.reporting.render import aggregates_to_markdown, to_csv, to_latex, to_markdown
+from slate_rl.reporting.stats import CurveBand, Summary, WelchTest, curve_band, iqm, summarise, welch_test
+from slate_rl.reporting.table import ResultsTable, TableCell, build_table
+
+__all__ = [
+    "AggregateScore",
+    "CurveBand",
+    "ENV_NAMES",
+    "METHOD_NAMES",
+    "PRIVILEGED_METHODS",
+    "ResultsTable",
+    "RunResult",
+    "Summary",
+    "TableCell",
+    "TradeoffPoint",
+    "WelchTest",
+    "aggregate_scores",
+    "aggregates_to_markdown",
+    "build_table",
+    "curve_band",
+    "env_name",
+    "iqm",
+    "method_name",
+    "normalised_scores",
+    "plot_learning_curves",
+    "plot_tradeoff",
+    "summarise",
+    "to_csv",
+    "to_latex",
+    "to_markdown",
+    "tradeoff_points",
+    "welch_test",
+    "write_figures",
+]

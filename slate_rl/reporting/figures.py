@@ -1,0 +1,231 @@
+"""PNG figures (matplotlib, Agg canvas, no pyplot state): learning curves and the GeMS β/λ trade-off (Figure 3)."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter
+
+from slate_rl.errors import SlateRLError
+from slate_rl.reporting.names import ENV_NAMES, GEMS, METHOD_NAMES, env_name, method_name, paper_order
+from slate_rl.reporting.records import RunResult, group_cells, group_runs
+from slate_rl.reporting.stats import Summary, curve_band, summarise
+
+TradeoffAxis = Literal["beta", "lambda_click"]
+# The GeMS hyper-parameters the trade-off figure reads from RunResult.params, and the paper's values of β and λ.
+TRADEOFF_PARAMS = ("latent_dim", "beta", "lambda_click")
+PAPER_GEMS_PARAMS = {"beta": 1.0, "lambda_click": 0.5}
+_AXIS_LABELS = {"beta": "β", "lambda_click": "λ"}
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write `fig` as a PNG atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        fig.savefig(tmp, format="png", dpi=120)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def plot_learning_curves(
+    results: Iterable[RunResult],
+    path: str | os.PathLike,
+    *,
+    methods: Sequence[str] | None = None,
+    envs: Sequence[str] | None = None,
+    confidence: float = 0.95,
+    allow_mixed_presets: bool = False,
+) -> Path | None:
+    """One panel per environment: mean val_return over seeds vs training episode with its t-band, a line per method.
+
+    Runs without a validation curve (oracle, random) are left out; returns None, writing nothing, if no run has one.
+    """
+    groups = group_cells((r for r in results if r.val_curve), allow_mixed_presets=allow_mixed_presets)
+    if not groups:
+        return None
+    methods = tuple(methods) if methods is not None else paper_order((m for m, _ in groups), tuple(METHOD_NAMES))
+    envs = tuple(envs) if envs is not None else paper_order((e for _, e in groups), tuple(ENV_NAMES))
+    ncols = min(3, len(envs))
+    nrows = math.ceil(len(envs) / ncols)
+    legend_rows = math.ceil(len(methods) / 4)
+    # Fixed margins in inches (constrained layout would double the drawing time): title, x label, legend rows.
+    top, bottom, width = 0.8, 0.75 + 0.25 * legend_rows, 4.5 * ncols
+    height = 3.2 * nrows + top + bottom
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(
+        left=0.8 / width, right=1 - 0.2 / width, top=1 - top / height, bottom=bottom / height, hspace=0.3, wspace=0.2
+    )
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
+    axes[0].xaxis.set_major_formatter(EngFormatter(sep=""))  # shared by all panels: 20k, 40k, ...
+    colours = {method: f"C{i % 10}" for i, method in enumerate(methods)}
+    handles = {}
+    for ax, env in zip(axes, envs):
+        seeds = set()
+        for method in methods:
+            runs = groups.get((method, env))
+            if runs is None:
+                continue
+            seeds.add(len(runs))
+            band = curve_band([run.val_curve for run in runs], confidence)
+            (handles[method],) = ax.plot(band.episodes, band.mean, color=colours[method])
+            ax.fill_between(
+                band.episodes, band.mean - band.half_width, band.mean + band.half_width, color=colours[method], alpha=0.2
+            )
+        counts = "–".join(str(n) for n in sorted({min(seeds), max(seeds)})) if seeds else "no"
+        ax.set_title(f"{env_name(env)} ({counts} seeds)")
+    for index in range(len(envs), len(axes)):  # empty panels of the last row: show the x ticks of those above
+        axes[index].set_visible(False)
+        axes[index - ncols].tick_params(labelbottom=True)
+    fig.supxlabel("Training episode", y=(0.3 + 0.25 * legend_rows) / height, va="bottom")
+    fig.supylabel("Validation return", x=0.1 / width, ha="left")
+    ordered = [method for method in methods if method in handles]
+    labels = [method_name(m) for m in ordered]
+    fig.legend([handles[m] for m in ordered], labels, loc="lower center", ncols=min(4, len(ordered)), frameon=False)
+    fig.suptitle(f"Mean validation return over seeds, {confidence:.0%} t-band")
+    return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class TradeoffPoint:
+    """Test returns of the runs with one latent dimension and one value of the varied parameter."""
+
+    latent_dim: int
+    x: float
+    summary: Summary
+
+
+def _number(run: RunResult, key: str) -> float:
+    try:
+        return float(run.params[key])
+    except (TypeError, ValueError):
+        raise SlateRLError(
+            f"run {run.method}/{run.env}/seed{run.seed}: param {key}={run.params[key]!r} is not a number; "
+            "pass GeMS hyper-parameters as numbers or numeric strings"
+        ) from None
+
+
+def _held_fixed(vary: TradeoffAxis, fixed: float | None) -> tuple[str, float]:
+    """The parameter held fixed when `vary` varies, and its value (default: the paper's)."""
+    if vary not in _AXIS_LABELS:
+        raise SlateRLError(f"the trade-off varies 'beta' or 'lambda_click', not {vary!r}")
+    other = "lambda_click" if vary == "beta" else "beta"
+    return other, PAPER_GEMS_PARAMS[other] if fixed is None else fixed
+
+
+def tradeoff_points(
+    results: Iterable[RunResult],
+    *,
+    env: str,
+    vary: TradeoffAxis = "beta",
+    fixed: float | None = None,
+    method: str = GEMS,
+    confidence: float = 0.95,
+    allow_mixed_presets: bool = False,
+) -> list[TradeoffPoint]:
+    """Per (latent_dim, value of `vary`): the test-return summary of `method` on `env`, sorted.
+
+    Uses the runs whose params hold all of TRADEOFF_PARAMS and whose other parameter (λ when varying β, and
+    vice versa) equals `fixed` (default: its paper value, λ = 0.5 or β = 1.0).
+    """
+    other, fixed = _held_fixed(vary, fixed)
+    runs = [
+        r
+        for r in results
+        if r.method == method
+        and r.env == env
+        and all(key in r.params for key in TRADEOFF_PARAMS)
+        and math.isclose(_number(r, other), fixed)
+    ]
+    groups = group_runs(
+        runs,
+        lambda r: (int(_number(r, "latent_dim")), _number(r, vary)),
+        lambda k: f"{method_name(method)} on {env} with latent_dim={k[0]}, {vary}={k[1]:g}, {other}={fixed:g}",
+        allow_mixed_presets=allow_mixed_presets,
+    )
+    return [
+        TradeoffPoint(d, x, summarise([r.test_return for r in group], confidence))
+        for (d, x), group in sorted(groups.items())
+    ]
+
+
+def plot_tradeoff(
+    results: Iterable[RunResult],
+    path: str | os.PathLike,
+    *,
+    env: str = "focused_topdown",
+    vary: TradeoffAxis = "beta",
+    fixed: float | None = None,
+    method: str = GEMS,
+    confidence: float = 0.95,
+    allow_mixed_presets: bool = False,
+) -> Path | None:
+    """Test return vs β (or λ) with a line per latent dimension and t-interval error bars (paper Figure 3).
+
+    Returns None, writing nothing, unless the runs cover at least two values of `vary`.
+    """
+    other, fixed = _held_fixed(vary, fixed)
+    points = tradeoff_points(
+        results,
+        env=env,
+        vary=vary,
+        fixed=fixed,
+        method=method,
+        confidence=confidence,
+        allow_mixed_presets=allow_mixed_presets,
+    )
+    xs = sorted({p.x for p in points})
+    if len(xs) < 2:
+        return None
+    dims = sorted({p.latent_dim for p in points})
+    fig = Figure(figsize=(8, 4), layout="constrained")
+    ax = fig.subplots()
+    for i, dim in enumerate(dims):
+        line = [p for p in points if p.latent_dim == dim]
+        position = np.array([xs.index(p.x) for p in line]) + 0.08 * (i - (len(dims) - 1) / 2)
+        errors = [np.nan if p.summary.half_width is None else p.summary.half_width for p in line]
+        means = [p.summary.mean for p in line]
+        ax.errorbar(position, means, yerr=errors, capsize=4, marker="o", color=f"C{i % 10}", label=str(dim))
+    ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
+    ax.set_xlabel(_AXIS_LABELS[vary])
+    ax.set_ylabel("Cumulative number of clicks")
+    ax.set_title(
+        f"{method_name(method)} on {env_name(env)} ({_AXIS_LABELS[other]} = {fixed:g}; "
+        f"{confidence:.0%} t-intervals over seeds)"
+    )
+    ax.legend(title="Latent dim")
+    return _save(fig, path)
+
+
+def write_figures(
+    results: Sequence[RunResult],
+    out_dir: str | os.PathLike,
+    *,
+    confidence: float = 0.95,
+    allow_mixed_presets: bool = False,
+) -> list[Path]:
+    """Every figure the results allow, into `out_dir`: `learning_curves.png`, `tradeoff_<beta|lambda_click>_<env>.png`.
+
+    Trade-off figures use the paper's value of the parameter held fixed; returns the paths written.
+    """
+    out_dir = Path(out_dir)
+    options = {"confidence": confidence, "allow_mixed_presets": allow_mixed_presets}
+    written = [plot_learning_curves(results, out_dir / "learning_curves.png", **options)]
+    envs = paper_order((r.env for r in results if r.method == GEMS), tuple(ENV_NAMES))
+    for env in envs:
+        for vary in ("beta", "lambda_click"):
+            written.append(plot_tradeoff(results, out_dir / f"tradeoff_{vary}_{env}.png", env=env, vary=vary, **options))
+    return [path for path in written if path is not None]

@@ -1,0 +1,101 @@
+"""The input of the analysis layer: one finished run's result, and grouping runs into cells without double counting."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from slate_rl.errors import SlateRLError
+
+K = TypeVar("K", bound=Hashable)
+
+
+@dataclass
+class RunResult:
+    """One finished run: its mean test return, optional validation curve and the parameters it ran with.
+
+    `val_curve` holds (training episode, val_return) pairs; methods that do not train (oracle, random) have None.
+    `params` carries what distinguishes runs of a sweep; the trade-off figure reads `latent_dim`, `beta` and
+    `lambda_click` from it (numbers or numeric strings, as MLflow stores params).
+    """
+
+    method: str
+    env: str
+    seed: int
+    test_return: float
+    preset: str
+    val_curve: list[tuple[int, float]] | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = f"run {self.method}/{self.env}/seed{self.seed}"
+        for name in ("method", "env", "preset"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise SlateRLError(f"{where}: `{name}` must be a non-empty string, got {getattr(self, name)!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise SlateRLError(f"{where}: `seed` must be an int, got {self.seed!r}")
+        self.test_return = float(self.test_return)
+        if not math.isfinite(self.test_return):
+            raise SlateRLError(f"{where}: test_return is {self.test_return}; report only runs that finished their test")
+        if self.val_curve is not None:
+            curve = sorted((int(episode), float(value)) for episode, value in self.val_curve)
+            episodes = [episode for episode, _ in curve]
+            if len(set(episodes)) != len(episodes) or not all(math.isfinite(v) for _, v in curve):
+                raise SlateRLError(
+                    f"{where}: val_curve must hold one finite val_return per training episode; "
+                    "pass the logged `val_return` history of a single run"
+                )
+            self.val_curve = curve
+
+
+def group_runs(
+    results: Iterable[RunResult],
+    key: Callable[[RunResult], K],
+    describe: Callable[[K], str],
+    *,
+    allow_mixed_presets: bool = False,
+) -> dict[K, list[RunResult]]:
+    """Group runs by `key`, each group sorted by (seed, preset), refusing groups that would pool unlike runs.
+
+    A group may not mix presets (unless `allow_mixed_presets`) and may not hold two runs of one seed and preset:
+    that would count a seed twice (reruns, or a parameter sweep the caller did not filter).
+    """
+    groups: dict[K, list[RunResult]] = defaultdict(list)
+    for run in results:
+        groups[key(run)].append(run)
+    for group_key, runs in groups.items():
+        runs.sort(key=lambda run: (run.seed, run.preset))
+        presets = sorted({run.preset for run in runs})
+        if len(presets) > 1 and not allow_mixed_presets:
+            raise SlateRLError(
+                f"{describe(group_key)} mixes presets {', '.join(map(repr, presets))}; report one preset at a time, "
+                "or pass allow_mixed_presets=True to pool them knowingly"
+            )
+        for first, second in zip(runs, runs[1:]):
+            if (first.seed, first.preset) == (second.seed, second.preset):
+                differing = sorted(
+                    name
+                    for name in set(first.params) | set(second.params)
+                    if first.params.get(name) != second.params.get(name)
+                )
+                raise SlateRLError(
+                    f"{describe(group_key)} holds two runs of seed {first.seed} (preset {first.preset!r})"
+                    + (f" that differ in params {', '.join(differing)}" if differing else "")
+                    + "; keep one run per seed (e.g. the latest finished one) and filter sweeps by their parameters"
+                )
+    return dict(groups)
+
+
+def group_cells(
+    results: Iterable[RunResult], *, allow_mixed_presets: bool = False
+) -> dict[tuple[str, str], list[RunResult]]:
+    """Runs grouped by (method, env): the cells of the results table."""
+    return group_runs(
+        results,
+        lambda run: (run.method, run.env),
+        lambda cell: f"cell {cell[0]}/{cell[1]}",
+        allow_mixed_presets=allow_mixed_presets,
+    )

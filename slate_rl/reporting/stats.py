@@ -1,0 +1,105 @@
+"""Statistics of the paper's aggregation: mean ± Student-t half-width, Welch's t-test, IQM, mean learning curves."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+from slate_rl.errors import SlateRLError
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise SlateRLError(f"confidence must lie strictly between 0 and 1 (e.g. 0.95), got {confidence}")
+
+
+def t_half_width(std: np.ndarray | float, n: np.ndarray | int, confidence: float = 0.95) -> np.ndarray:
+    """Half-width of the Student-t interval: t quantile with n−1 dof × std/√n (NaN where n < 2)."""
+    _check_confidence(confidence)
+    n = np.asarray(n, dtype=float)
+    dof = np.where(n >= 2, n - 1, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sps.t.ppf(0.5 + confidence / 2, dof) * np.asarray(std, dtype=float) / np.sqrt(n)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean of n per-seed values; `std` (ddof 1) and the t-interval `half_width` are None when n < 2."""
+
+    n: int
+    mean: float
+    std: float | None
+    half_width: float | None
+
+
+def summarise(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> Summary:
+    """Mean and `confidence` Student-t half-width of per-seed values (undefined, None, for a single value)."""
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or x.size == 0:
+        raise SlateRLError("summarise needs a non-empty 1-d sequence of per-seed values")
+    if x.size == 1:
+        _check_confidence(confidence)
+        return Summary(n=1, mean=float(x[0]), std=None, half_width=None)
+    std = float(x.std(ddof=1))
+    return Summary(n=x.size, mean=float(x.mean()), std=std, half_width=float(t_half_width(std, x.size, confidence)))
+
+
+@dataclass(frozen=True)
+class WelchTest:
+    """Welch's unequal-variance t-test of mean(a) − mean(b): statistic, Welch–Satterthwaite dof, two-sided p."""
+
+    statistic: float
+    dof: float
+    p_value: float
+
+
+def welch_test(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> WelchTest | None:
+    """Welch's two-sample t-test; None when it is undefined (a side with < 2 values, or both without variance)."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.size < 2 or y.size < 2:
+        return None
+    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    if vx + vy == 0.0:
+        return None
+    statistic = (x.mean() - y.mean()) / math.sqrt(vx + vy)
+    dof = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
+    return WelchTest(statistic=float(statistic), dof=float(dof), p_value=float(2 * sps.t.sf(abs(statistic), dof)))
+
+
+def iqm(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Interquartile mean along `axis`: sort, drop ⌊n/4⌋ values at each end, average the rest."""
+    x = np.sort(np.asarray(values, dtype=float), axis=axis)
+    n = x.shape[axis]
+    if n == 0:
+        raise SlateRLError("the interquartile mean needs at least one value")
+    cut = n // 4
+    return np.take(x, np.arange(cut, n - cut), axis=axis).mean(axis=axis)
+
+
+@dataclass(frozen=True)
+class CurveBand:
+    """Mean learning curve over seeds: per episode the mean, the t half-width (NaN where n < 2) and n."""
+
+    episodes: np.ndarray
+    mean: np.ndarray
+    half_width: np.ndarray
+    n: np.ndarray
+
+
+def curve_band(curves: Sequence[Sequence[tuple[int, float]]], confidence: float = 0.95) -> CurveBand:
+    """Mean and t-band over seeds at each episode, using the seeds that logged that episode."""
+    if not curves:
+        raise SlateRLError("curve_band needs at least one validation curve")
+    episodes = np.unique(np.concatenate([np.asarray([e for e, _ in c], dtype=np.int64) for c in curves]))
+    grid = np.full((len(curves), episodes.size), np.nan)
+    for row, curve in zip(grid, curves):
+        row[np.searchsorted(episodes, [e for e, _ in curve])] = [v for _, v in curve]
+    n = np.sum(~np.isnan(grid), axis=0)
+    mean = np.nansum(grid, axis=0) / n
+    squares = np.nansum((grid - mean) ** 2, axis=0)
+    std = np.sqrt(squares / np.maximum(n - 1, 1))  # the half-width is NaN where n < 2 whatever this is
+    return CurveBand(episodes=episodes, mean=mean, half_width=t_half_width(std, n, confidence), n=n)

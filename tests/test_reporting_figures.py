@@ -1,0 +1,93 @@
+"""Figures: learning curves and the GeMS trade-off are written as valid PNGs, and only when their data exist."""
+
+import matplotlib.image
+import pytest
+
+from slate_rl.errors import SlateRLError
+from slate_rl.reporting import RunResult, plot_learning_curves, plot_tradeoff, tradeoff_points, write_figures
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path) -> None:
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def curve_runs() -> list[RunResult]:
+    results = []
+    for method, level in (("sac_gems", 300.0), ("slateq", 200.0)):
+        for env in ("focused_topdown", "diffuse_divpen"):
+            for seed in range(3):
+                curve = [(1000 * k, level * k / 10 + seed) for k in range(1, 11)]
+                results.append(RunResult(method, env, seed, level + seed, "quick", val_curve=curve))
+    results.append(RunResult("random", "focused_topdown", 0, 50.0, "quick"))  # no curve: left out
+    return results
+
+
+def sweep_runs(as_strings: bool = False) -> list[RunResult]:
+    results = []
+    for dim in (16, 32):
+        for beta in (0.1, 0.5, 1.0):
+            for lam in (0.5, 1.0):
+                for seed in range(2):
+                    params = {"latent_dim": dim, "beta": beta, "lambda_click": lam}
+                    if as_strings:
+                        params = {k: str(v) for k, v in params.items()}
+                    value = 100.0 + dim + 10 * beta + 5 * lam + seed
+                    results.append(RunResult("sac_gems", "focused_topdown", seed, value, "quick", params=params))
+    return results
+
+
+def test_learning_curves_png(tmp_path):
+    path = plot_learning_curves(curve_runs(), tmp_path / "sub" / "curves.png")
+    assert path == tmp_path / "sub" / "curves.png"
+    assert_png(path)
+    assert [p.name for p in path.parent.iterdir()] == ["curves.png"]  # no temporary file left behind
+
+
+def test_learning_curves_need_curves(tmp_path):
+    assert plot_learning_curves([RunResult("random", "focused_mix", 0, 1.0, "quick")], tmp_path / "c.png") is None
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_tradeoff_points_group_by_latent_dim_and_varied_parameter():
+    points = tradeoff_points(sweep_runs(as_strings=True), env="focused_topdown", vary="beta")  # λ = 0.5
+    assert [(p.latent_dim, p.x) for p in points] == [(d, b) for d in (16, 32) for b in (0.1, 0.5, 1.0)]
+    first = points[0]  # d = 16, β = 0.1, λ = 0.5: 100 + 16 + 1 + 2.5 + seed = 119.5 and 120.5
+    assert first.summary.n == 2 and first.summary.mean == pytest.approx(120.0)
+    by_lambda = tradeoff_points(sweep_runs(), env="focused_topdown", vary="lambda_click", fixed=0.5)
+    assert sorted({p.x for p in by_lambda}) == [0.5, 1.0]
+
+
+def test_tradeoff_png_and_its_absence(tmp_path):
+    assert_png(plot_tradeoff(sweep_runs(), tmp_path / "beta.png", vary="beta"))
+    assert plot_tradeoff(sweep_runs(), tmp_path / "none.png", env="diffuse_mix") is None
+    one_beta = [r for r in sweep_runs() if r.params["beta"] == 1.0]
+    assert plot_tradeoff(one_beta, tmp_path / "one.png", vary="beta") is None
+    assert not (tmp_path / "none.png").exists() and not (tmp_path / "one.png").exists()
+
+
+def test_tradeoff_refuses_bad_input():
+    params = {"latent_dim": 32, "beta": "high", "lambda_click": 0.5}
+    bad = [RunResult("sac_gems", "focused_topdown", 0, 1.0, "quick", params=params)]
+    with pytest.raises(SlateRLError, match="beta='high' is not a number"):
+        tradeoff_points(bad, env="focused_topdown", vary="lambda_click")
+    with pytest.raises(SlateRLError, match="'beta' or 'lambda_click'"):
+        tradeoff_points(sweep_runs(), env="focused_topdown", vary="gamma")
+    twice = sweep_runs() + sweep_runs()[:1]
+    with pytest.raises(SlateRLError, match="latent_dim=16, beta=0.1, lambda_click=0.5 holds two runs of seed 0"):
+        tradeoff_points(twice, env="focused_topdown")
+
+
+def test_write_figures_writes_what_the_records_allow(tmp_path):
+    paths = write_figures(curve_runs() + sweep_runs(), tmp_path)
+    assert sorted(p.name for p in paths) == [
+        "learning_curves.png",
+        "tradeoff_beta_focused_topdown.png",
+        "tradeoff_lambda_click_focused_topdown.png",
+    ]
+    for path in paths:
+        assert_png(path)
+    assert write_figures([RunResult("random", "focused_mix", 0, 1.0, "quick")], tmp_path / "empty") == []

@@ -1,0 +1,89 @@
+"""Statistics of the reporting layer checked against hand-computed values and scipy."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from slate_rl.errors import SlateRLError
+from slate_rl.reporting.stats import curve_band, iqm, summarise, welch_test
+
+T_975_4DOF = 2.7764451051977987  # Student-t 0.975 quantile, 4 degrees of freedom (statistical tables: 2.776)
+
+
+def test_summarise_matches_the_t_interval_by_hand():
+    summary = summarise([1.0, 2.0, 3.0, 4.0, 5.0])
+    # mean 3, sample variance 10/4 = 2.5, SEM = sqrt(2.5 / 5)
+    assert summary.n == 5
+    assert summary.mean == pytest.approx(3.0)
+    assert summary.std == pytest.approx(math.sqrt(2.5))
+    assert summary.half_width == pytest.approx(T_975_4DOF * math.sqrt(2.5 / 5), rel=1e-9)
+
+
+def test_summarise_other_confidence_uses_the_matching_quantile():
+    summary = summarise([1.0, 2.0, 3.0, 4.0, 5.0], confidence=0.9)
+    assert summary.half_width == pytest.approx(2.1318467863266 * math.sqrt(0.5), rel=1e-9)  # t(0.95, 4 dof) = 2.132
+
+
+def test_single_seed_has_no_interval():
+    summary = summarise([7.0])
+    assert (summary.n, summary.mean, summary.std, summary.half_width) == (1, 7.0, None, None)
+
+
+def test_summarise_rejects_empty_input_and_bad_confidence():
+    with pytest.raises(SlateRLError, match="non-empty"):
+        summarise([])
+    with pytest.raises(SlateRLError, match="confidence"):
+        summarise([1.0, 2.0], confidence=95)
+
+
+def test_welch_matches_the_formula_and_scipy():
+    a, b = [1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 4.0, 6.0, 8.0, 10.0]
+    result = welch_test(a, b)
+    # variances of the means: 2.5/5 = 0.5 and 10/5 = 2; t = (3 − 6) / sqrt(2.5); dof = 2.5² / (0.5²/4 + 2²/4)
+    assert result.statistic == pytest.approx(-3 / math.sqrt(2.5), rel=1e-12)
+    assert result.dof == pytest.approx(6.25 / 1.0625, rel=1e-12)
+    assert result.p_value == pytest.approx(2 * sps.t.sf(3 / math.sqrt(2.5), 6.25 / 1.0625), rel=1e-12)
+    reference = sps.ttest_ind(a, b, equal_var=False)
+    assert result.statistic == pytest.approx(reference.statistic, rel=1e-12)
+    assert result.p_value == pytest.approx(reference.pvalue, rel=1e-12)
+
+
+def test_welch_on_unequal_sizes_matches_scipy():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0.0, 1.0, 7), rng.normal(1.0, 3.0, 12)
+    result, reference = welch_test(a, b), sps.ttest_ind(a, b, equal_var=False)
+    assert result.statistic == pytest.approx(reference.statistic, rel=1e-12)
+    assert result.p_value == pytest.approx(reference.pvalue, rel=1e-12)
+
+
+def test_welch_is_undefined_without_two_values_or_without_variance():
+    assert welch_test([1.0], [1.0, 2.0, 3.0]) is None
+    assert welch_test([1.0, 1.0], [2.0, 2.0]) is None
+    assert welch_test([1.0, 1.0], [2.0, 3.0]) is not None  # one side without variance is fine
+
+
+def test_iqm_drops_a_quarter_at_each_end():
+    assert iqm(np.arange(1.0, 9.0)) == pytest.approx(4.5)  # mean of 3, 4, 5, 6
+    assert iqm(np.array([100.0, 1, 2, 3, 4, 5, 6, -50])) == pytest.approx(3.5)  # mean of 2, 3, 4, 5
+    assert iqm(np.array([1.0, 2, 3, 4, 100])) == pytest.approx(3.0)  # ⌊5/4⌋ = 1 dropped each end
+    assert iqm(np.array([1.0, 2.0, 9.0])) == pytest.approx(4.0)  # nothing dropped below 4 values
+    x = np.random.default_rng(0).normal(size=(3, 11))
+    np.testing.assert_allclose(iqm(x, axis=1), sps.trim_mean(x, 0.25, axis=1))
+
+
+def test_curve_band_uses_the_seeds_present_at_each_episode():
+    curves = [[(1000, 1.0), (2000, 3.0)], [(2000, 5.0), (1000, 3.0)], [(1000, 5.0)]]
+    band = curve_band(curves)
+    np.testing.assert_array_equal(band.episodes, [1000, 2000])
+    np.testing.assert_array_equal(band.n, [3, 2])
+    np.testing.assert_allclose(band.mean, [3.0, 4.0])
+    t2, t1 = sps.t.ppf(0.975, 2), sps.t.ppf(0.975, 1)
+    np.testing.assert_allclose(band.half_width, [t2 * 2.0 / math.sqrt(3), t1 * math.sqrt(2.0) / math.sqrt(2)])
+
+
+def test_curve_band_of_one_seed_has_no_band():
+    band = curve_band([[(1000, 1.0), (2000, 2.0)]])
+    np.testing.assert_allclose(band.mean, [1.0, 2.0])
+    assert np.isnan(band.half_width).all()
