@@ -14,12 +14,16 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def write_text(path: Union[str, Path], text: str) -> Path:
+def write_bytes(path: Union[str, Path], data: bytes) -> Path:
     path = Path(path)
     tmp = _tmp(path)
-    tmp.write_text(text)
+    tmp.write_bytes(data)
     os.replace(tmp, path)
     return path
+
+
+def write_text(path: Union[str, Path], text: str) -> Path:
+    return write_bytes(path, text.encode())
 
 
 def write_json(path: Union[str, Path], payload: Any) -> Path:

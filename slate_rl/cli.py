@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -19,11 +20,11 @@ ENV_HELP = ("Environment: focused_topdown, focused_mix, focused_divpen, diffuse_
             "diffuse_divpen.")
 
 
-def option(name: str, **kwargs: Any) -> Callable:
+def option(name: str, dest: str | None = None, **kwargs: Any) -> Callable:
     """A click option reachable as --some-name and --some_name (MLflow passes extra parameters with underscores)."""
     dashed = "--" + name.replace("_", "-")
     names = [dashed] if "_" not in name else [dashed, "--" + name]
-    return click.option(*names, name, **kwargs)
+    return click.option(*names, dest or name, **kwargs)
 
 
 def common_options(func: Callable) -> Callable:
@@ -88,6 +89,29 @@ def generate_dataset_command(env: str, preset: str, experiment_name: str | None,
         env, preset, env_overrides=parse_assignments(env_param, "--env-param") or None, **overrides)
     run_id = generate_dataset.run(config, experiment_name=experiment_name)
     click.echo(f"dataset: runs:/{run_id}/{generate_dataset.ARTIFACT}")
+
+
+@main.command("compare")
+@option("envs", default="all", show_default=True, help="Comma-separated environments, or 'all'.")
+@option("methods", default="all", show_default=True,
+        help="Comma-separated method ids (sac_gems, sac_topk_ideal, sac_topk_mf, sac_wknn, slateq, reinforce_softmax, "
+             "random, short_term_oracle), or 'all'.")
+@option("preset", default="paper", show_default=True, help="Compare runs of this preset (quick, paper, or any).")
+@option("reference", default="sac_gems", show_default=True, help="Method the Welch t-tests compare against.")
+@option("filter", dest="filter_string", default="", help="Extra MLflow filter on the runs, e.g. \"params.gamma = '0.8'\".")
+@option("out", default="reports/latest", show_default=True, help="Folder the report is written to (also logged).")
+@option("allow_mixed_presets", is_flag=True, help="Pool runs of different presets in one cell (refused otherwise).")
+@option("bootstrap", type=int, default=2000, show_default=True, help="Bootstrap resamples of the aggregate scores.")
+@option("experiment_name", default=None, help="MLflow experiment of the compare run itself.")
+@user_errors
+def compare_command(envs: str, methods: str, experiment_name: str | None, filter_string: str, **values: Any) -> None:
+    """The paper's results table (Markdown, CSV, LaTeX), aggregate scores and figures from finished runs."""
+    from slate_rl.stages import compare
+
+    cfg = compare.CompareConfig.resolve(envs, methods, filter=filter_string, **values)
+    run_id = compare.run(cfg, experiment_name=experiment_name)
+    click.echo((Path(cfg.out) / "results.md").read_text())
+    click.echo(f"report: {cfg.out}/report.md (run {run_id})")
 
 
 @main.command("envs")

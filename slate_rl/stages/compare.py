@@ -1,0 +1,174 @@
+"""Stage `compare`: the paper's results table, aggregate scores and figures, straight from finished runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from mlflow.entities import Run
+
+from slate_rl import atomic, config
+from slate_rl.errors import SlateRLError
+from slate_rl.reporting import (METHOD_NAMES, RunResult, aggregate_scores, aggregates_to_markdown, build_table,
+                                plot_learning_curves, plot_tradeoff, to_csv, to_latex, to_markdown)
+from slate_rl.tracking.results import metric_curve, search_finished_runs
+from slate_rl.tracking.runs import stage_run
+
+STAGE = "compare"
+SOURCE_STAGE = "train_online"
+# The GeMS setting of the paper's table (d = 32, beta = 1.0, lambda = 0.5); other settings feed the trade-off figures.
+PAPER_GEMS = {"latent_dim": 32.0, "lambda_kl": 1.0, "lambda_click": 0.5}
+log = logging.getLogger("slate_rl")
+
+
+@dataclasses.dataclass
+class CompareConfig:
+    """What to compare: environments, methods, preset ('any' pools nothing: it keeps each run's own preset)."""
+
+    envs: list[str]
+    methods: list[str]
+    preset: str = "paper"
+    reference: str = "sac_gems"
+    filter: str = ""
+    out: str = "reports/latest"
+    allow_mixed_presets: bool = False
+    bootstrap: int = 2000
+
+    @classmethod
+    def resolve(cls, envs: str, methods: str, **values: Any) -> "CompareConfig":
+        env_list = list(config.env_names()) if envs.strip() in ("", "all") else _split(envs)
+        for env in env_list:
+            config.check_env_name(env)
+        method_list = list(METHOD_NAMES) if methods.strip() in ("", "all") else _split(methods)
+        unknown = [m for m in method_list if m not in METHOD_NAMES]
+        if unknown:
+            raise SlateRLError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHOD_NAMES)}")
+        cfg = cls(envs=env_list, methods=method_list, **{k: v for k, v in values.items() if v is not None})
+        if cfg.preset not in (*config.PRESETS, "any"):
+            raise SlateRLError(f"unknown preset {cfg.preset!r}; choose one of: {', '.join(config.PRESETS)}, any")
+        if cfg.reference not in METHOD_NAMES:
+            raise SlateRLError(f"unknown reference method {cfg.reference!r}; choose from: {', '.join(METHOD_NAMES)}")
+        if cfg.bootstrap < 100:
+            raise SlateRLError(f"bootstrap needs at least 100 resamples (got {cfg.bootstrap})")
+        return cfg
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def run(cfg: CompareConfig, experiment_name: Optional[str] = None) -> str:
+    """Build the report inside a `compare` run; returns the run id. The report is also written to `cfg.out`."""
+    with stage_run(STAGE, run_name=f"{STAGE}/{cfg.preset}", experiment_name=experiment_name,
+                   tags={"preset": cfg.preset}) as mlrun:
+        mlrun.log_params({"envs": ",".join(cfg.envs), "methods": ",".join(cfg.methods), "preset": cfg.preset,
+                          "reference": cfg.reference, "filter": cfg.filter, "out": cfg.out,
+                          "allow_mixed_presets": cfg.allow_mixed_presets, "bootstrap": cfg.bootstrap})
+        runs = select_runs(cfg)
+        results = [to_result(r, with_curve=True) for r in runs]
+        with tempfile.TemporaryDirectory(prefix="slate-rl-report-") as tmp:
+            files = write_report(results, cfg, Path(tmp))
+            mlrun.log_artifacts(tmp, "report")
+            out = Path(cfg.out)
+            out.mkdir(parents=True, exist_ok=True)
+            for name in files:
+                atomic.write_bytes(out / name, (Path(tmp) / name).read_bytes())
+        mlrun.log_metrics({"runs": len(results), "cells": len({(r.method, r.env) for r in results})})
+        log.info("%s: %d runs; report in %s (and artifact 'report' of run %s)", STAGE, len(results), cfg.out,
+                 mlrun.run_id)
+        return mlrun.run_id
+
+
+def select_runs(cfg: CompareConfig) -> list[Run]:
+    """Finished train_online runs of the requested cells; the latest run per (method, env, seed, preset, setting)."""
+    found = search_finished_runs(SOURCE_STAGE, cfg.filter)
+    wanted = [r for r in found if r.data.tags.get("env") in cfg.envs and r.data.tags.get("method") in cfg.methods
+              and (cfg.preset == "any" or r.data.tags.get("preset") == cfg.preset)
+              and "test_return" in r.data.metrics]
+    if not wanted:
+        raise SlateRLError(f"no finished {SOURCE_STAGE} run matches envs={','.join(cfg.envs)} "
+                           f"methods={','.join(cfg.methods)} preset={cfg.preset}"
+                           + (f" filter={cfg.filter!r}" if cfg.filter else "") + "; "
+                           + describe_store(search_finished_runs(SOURCE_STAGE) if cfg.filter else found))
+    latest: dict[tuple, Run] = {}
+    for r in wanted:  # newest first: keep the first of each key
+        tags = r.data.tags
+        key = (tags["method"], tags["env"], tags.get("seed"), tags.get("preset"), _gems_setting(r))
+        latest.setdefault(key, r)
+    return list(latest.values())
+
+
+def describe_store(runs: Sequence[Run]) -> str:
+    """What exists, e.g. 'the store has: sac_gems/focused_mix/quick (3 seeds), ...'."""
+    if not runs:
+        return f"the store has no finished {SOURCE_STAGE} run at all"
+    counts = Counter((r.data.tags.get("method"), r.data.tags.get("env"), r.data.tags.get("preset")) for r in runs)
+    items = [f"{m}/{e}/{p} ({n} run{'s' if n > 1 else ''})" for (m, e, p), n in sorted(counts.items(), key=str)]
+    return "the store has: " + ", ".join(items[:30]) + (" ..." if len(items) > 30 else "")
+
+
+def _gems_setting(r: Run) -> tuple:
+    params = r.data.params
+    return tuple(_number(params.get(name)) for name in PAPER_GEMS)
+
+
+def _number(text: Optional[str]) -> Optional[float]:
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def to_result(r: Run, with_curve: bool) -> RunResult:
+    tags, params = r.data.tags, r.data.params
+    gems = {"latent_dim": params.get("latent_dim"), "beta": params.get("lambda_kl"),
+            "lambda_click": params.get("lambda_click")}
+    return RunResult(method=tags["method"], env=tags["env"], seed=int(tags["seed"]),
+                     test_return=r.data.metrics["test_return"], preset=tags.get("preset", "unknown"),
+                     val_curve=(metric_curve(r.info.run_id, "val_return") or None) if with_curve else None,
+                     params={k: v for k, v in gems.items() if v is not None})
+
+
+def is_paper_setting(result: RunResult) -> bool:
+    """False only for SAC+GeMS runs of a non-paper (d, beta, lambda) setting."""
+    if result.method != "sac_gems" or not result.params:
+        return True
+    values = {"latent_dim": result.params.get("latent_dim"), "lambda_kl": result.params.get("beta"),
+              "lambda_click": result.params.get("lambda_click")}
+    return all(_number(values[k]) in (None, v) for k, v in PAPER_GEMS.items())
+
+
+def write_report(results: list[RunResult], cfg: CompareConfig, folder: Path) -> list[str]:
+    """Table (md, csv, tex), aggregate scores, figures and a combined report.md; returns the file names."""
+    mixed = {"allow_mixed_presets": cfg.allow_mixed_presets}
+    table_runs = [r for r in results if is_paper_setting(r)]
+    table = build_table(table_runs, methods=cfg.methods, envs=cfg.envs, reference=cfg.reference, **mixed)
+    markdown = to_markdown(table)
+    atomic.write_text(folder / "results.md", markdown)
+    atomic.write_text(folder / "results.csv", to_csv(table))
+    atomic.write_text(folder / "results.tex", to_latex(table, label="tab:slate-rl-results"))
+    sections = ["# Results\n", markdown]
+    if _complete_for_aggregates(table_runs):
+        has_baselines = {"random", "short_term_oracle"} <= {r.method for r in table_runs}
+        scores = aggregate_scores(table_runs, normalisation="random_oracle" if has_baselines else "raw",
+                                  n_resamples=cfg.bootstrap, **mixed)
+        aggregates = aggregates_to_markdown(scores)
+        atomic.write_text(folder / "aggregates.md", aggregates)
+        sections += ["\n## Aggregate scores across environments\n", aggregates]
+    figures = [plot_learning_curves(table_runs, folder / "learning_curves.png", **mixed)]
+    for env in sorted({r.env for r in results if r.method == "sac_gems"}):
+        for vary in ("beta", "lambda_click"):
+            figures.append(plot_tradeoff(results, folder / f"tradeoff_{vary}_{env}.png", env=env, vary=vary, **mixed))
+    sections += ["\n## Figures\n"] + [f"![{p.stem}]({p.name})\n" for p in figures if p is not None]
+    atomic.write_text(folder / "report.md", "\n".join(sections))
+    return sorted(p.name for p in folder.iterdir() if p.is_file())
+
+
+def _complete_for_aggregates(results: list[RunResult]) -> bool:
+    """Aggregates compare methods across the same environments: every method present must cover every env."""
+    envs = {r.env for r in results}
+    return bool(results) and all({r.env for r in results if r.method == m} == envs for m in {r.method for r in results})

@@ -1,0 +1,83 @@
+"""The compare stage on synthetic runs in a temporary store: statistics by hand, missing cells, refusals."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+from scipy import stats as sps
+
+from slate_rl.cli import main
+from slate_rl.errors import SlateRLError
+from slate_rl.stages import compare
+from synthetic_runs import add_train_online_run
+
+GEMS = [80.0, 84.0, 86.0, 90.0]
+TOPK = [100.0, 104.0, 98.0, 102.0]
+
+
+def _fill_store():
+    for seed, (g, t) in enumerate(zip(GEMS, TOPK)):
+        add_train_online_run("sac_gems", "focused_mix", seed, g, val_curve=[(1000, g - 10), (2000, g)],
+                             params={"latent_dim": 32, "lambda_kl": 1.0, "lambda_click": 0.5})
+        add_train_online_run("sac_topk_ideal", "focused_mix", seed, t, val_curve=[(1000, t - 5), (2000, t)])
+    add_train_online_run("sac_gems", "focused_mix", 0, 50.0, params={"latent_dim": 16, "lambda_kl": 0.5,
+                                                                      "lambda_click": 0.5})  # a sweep run
+    add_train_online_run("sac_gems", "focused_mix", 1, 10.0, status="FAILED")  # never reported
+    add_train_online_run("random", "focused_mix", 0, 33.0)
+
+
+def _rows(out):
+    return {(row["method"], row["env"]): row for row in csv.DictReader(io.StringIO((out / "results.csv").read_text()))}
+
+
+def test_table_statistics_match_hand_computed_values(tracking_store):
+    _fill_store()
+    out = tracking_store / "report"
+    cfg = compare.CompareConfig.resolve("focused_mix,diffuse_mix", "sac_gems,sac_topk_ideal,random", out=str(out))
+    run_id = compare.run(cfg)
+    rows = _rows(out)
+    gems = rows[("sac_gems", "focused_mix")]
+    mean = sum(GEMS) / 4
+    sd = math.sqrt(sum((x - mean) ** 2 for x in GEMS) / 3)
+    assert float(gems["n"]) == 4 and float(gems["mean"]) == pytest.approx(mean)
+    assert float(gems["ci_half_width"]) == pytest.approx(sps.t.ppf(0.975, 3) * sd / 2)
+    topk = rows[("sac_topk_ideal", "focused_mix")]
+    welch = sps.ttest_ind(TOPK, GEMS, equal_var=False)
+    assert float(topk["welch_p"]) == pytest.approx(welch.pvalue)
+    assert topk["significant"] == "1" and topk["best"] == "1"
+    assert rows[("random", "focused_mix")]["n"] == "1"  # one seed: no interval, shown as such
+    assert rows[("sac_gems", "diffuse_mix")]["n"] in ("", "0")  # not run: missing, never filled in
+    markdown = (out / "results.md").read_text()
+    assert "**101.0 ±" in markdown and "—" in markdown
+    assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    artifacts = {f.path for f in MlflowClient().list_artifacts(run_id, "report")}
+    assert {"report/results.md", "report/results.csv", "report/results.tex", "report/report.md"} <= artifacts
+
+
+def test_filter_matching_nothing_says_what_exists(tracking_store):
+    _fill_store()
+    cfg = compare.CompareConfig.resolve("all", "all", filter="params.gamma = '0.95'")
+    with pytest.raises(SlateRLError, match=r"no finished train_online run matches .*the store has: random/focused_mix"):
+        compare.run(cfg)
+
+
+def test_mixed_presets_are_refused_unless_asked(tracking_store):
+    add_train_online_run("random", "focused_mix", 0, 30.0, preset="paper")
+    add_train_online_run("random", "focused_mix", 1, 31.0, preset="quick")
+    cfg = compare.CompareConfig.resolve("focused_mix", "random", preset="any", out=str(tracking_store / "r"))
+    with pytest.raises(SlateRLError, match="mixes presets 'paper', 'quick'"):
+        compare.run(cfg)
+    cfg.allow_mixed_presets = True
+    compare.run(cfg)
+
+
+def test_cli_bad_input(tracking_store):
+    result = CliRunner().invoke(main, ["compare", "--methods", "sac_gem"])
+    assert result.exit_code == 1 and "unknown method(s) sac_gem" in result.output
+    result = CliRunner().invoke(main, ["compare", "--envs", "focused"])
+    assert result.exit_code == 1 and "unknown environment 'focused'" in result.output
