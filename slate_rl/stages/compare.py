@@ -57,6 +57,11 @@ class CompareConfig:
         return cfg
 
 
+def _listing(chosen: list[str], everything: Sequence[str]) -> str:
+    """'all' when every item is chosen (the MLproject default), else the comma-separated choice."""
+    return "all" if sorted(chosen) == sorted(everything) else ",".join(chosen)
+
+
 def _split(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -65,7 +70,8 @@ def run(cfg: CompareConfig, experiment_name: Optional[str] = None) -> str:
     """Build the report inside a `compare` run; returns the run id. The report is also written to `cfg.out`."""
     with stage_run(STAGE, run_name=f"{STAGE}/{cfg.preset}", experiment_name=experiment_name,
                    tags={"preset": cfg.preset}) as mlrun:
-        mlrun.log_params({"envs": ",".join(cfg.envs), "methods": ",".join(cfg.methods), "preset": cfg.preset,
+        mlrun.log_params({"envs": _listing(cfg.envs, config.env_names()),
+                          "methods": _listing(cfg.methods, METHOD_NAMES), "preset": cfg.preset,
                           "reference": cfg.reference, "filter": cfg.filter, "out": cfg.out,
                           "allow_mixed_presets": cfg.allow_mixed_presets, "bootstrap": cfg.bootstrap})
         runs = select_runs(cfg)

@@ -18,7 +18,7 @@ from slate_rl.data.logged import LoggedSessions, LoggedSessionsWriter, load_logg
 from slate_rl.envs.policies import EpsilonGreedyOracle
 from slate_rl.errors import SlateRLError
 from slate_rl.progress import Progress
-from slate_rl.tracking.lineage import (LINEAGE_TAG, artifact_dir, find_finished_run, get_finished_run, lineage_key,
+from slate_rl.tracking.lineage import (LINEAGE_TAG, artifact_dir, find_or_run, get_finished_run, lineage_key,
                                        parse_run_uri)
 from slate_rl.tracking.runs import StageRun, stage_run
 
@@ -135,9 +135,4 @@ def load_from_run(run_ref: str) -> LoggedSessions:
 def find_or_generate(config: GenerateDatasetConfig, parent: Optional[StageRun]) -> str:
     """Run id of a FINISHED dataset run with this configuration; generates one as a child run if there is none."""
     key = lineage_key(STAGE, config.identity(config.make_env()))
-    existing = find_finished_run(STAGE, key)
-    if existing is not None:
-        log.info("%s: reusing dataset run %s", STAGE, existing.info.run_id)
-        return existing.info.run_id
-    log.info("%s: no finished dataset for this configuration; generating it as a child run", STAGE)
-    return run(config, parent=parent)
+    return find_or_run(STAGE, key, lambda: run(config, parent=parent))

@@ -7,7 +7,8 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Optional
+import logging
+from typing import Any, Callable, Optional
 from urllib.parse import unquote, urlparse
 
 import mlflow
@@ -19,6 +20,7 @@ from slate_rl.errors import SlateRLError
 from slate_rl.tracking.runs import format_param
 
 LINEAGE_TAG = "lineage_key"
+log = logging.getLogger("slate_rl")
 _RUN_URI = re.compile(r"^runs:/(?P<run>[0-9a-f]{32})(?:/(?P<path>.*))?$")
 
 
@@ -41,6 +43,16 @@ def find_finished_run(stage: str, key: str) -> Optional[Run]:
         max_results=1,
     )
     return runs[0] if runs else None
+
+
+def find_or_run(stage: str, key: str, run_child: Callable[[], str]) -> str:
+    """Run id of the newest FINISHED `stage` run with this lineage key; `run_child()` produces one if there is none."""
+    existing = find_finished_run(stage, key)
+    if existing is not None:
+        log.info("%s: reusing finished run %s", stage, existing.info.run_id)
+        return existing.info.run_id
+    log.info("%s: no finished run with this configuration yet; running it as a child run", stage)
+    return run_child()
 
 
 def parse_run_uri(uri: str) -> tuple[str, str]:

@@ -112,7 +112,7 @@ def _same_value(logged: str, resolved: str) -> bool:
     try:
         return float(logged) == float(resolved)
     except ValueError:
-        return logged.strip().lower() == resolved.strip().lower()
+        return "".join(logged.split()).lower() == "".join(resolved.split()).lower()
 
 
 def _experiment_id(client: MlflowClient, experiment_name: Optional[str]) -> str:
