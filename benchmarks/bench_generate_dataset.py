@@ -13,7 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from slate_rl.stages.generate_dataset import GenerateDatasetConfig, write_dataset
+from slate_rl.stage_configs import GenerateDatasetConfig
+from slate_rl.stages.generate_dataset import make_env, write_dataset
 
 
 def main() -> None:
@@ -23,7 +24,7 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=10_000)
     args = parser.parse_args()
     config = GenerateDatasetConfig.resolve(args.env, "paper", n_sessions=args.n_sessions, chunk_size=args.chunk_size)
-    env = config.make_env()
+    env = make_env(config)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "dataset"
         started = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -11,10 +12,12 @@ from typing import Any, Callable
 
 import click
 
+from slate_rl import config, stage_configs
 from slate_rl.errors import SlateRLError
 from slate_rl.progress import setup_logging
 
 log = logging.getLogger("slate_rl")
+
 
 ENV_HELP = ("Environment: focused_topdown, focused_mix, focused_divpen, diffuse_topdown, diffuse_mix, "
             "diffuse_divpen.")
@@ -65,30 +68,101 @@ def main(log_level: str) -> None:
     setup_logging(getattr(logging, log_level.upper()))
 
 
+def config_options(config_class: type, helps: dict[str, str]) -> Callable:
+    """One option per field of a stage config (defaults None: the preset or the config default applies)."""
+
+    def decorate(func: Callable) -> Callable:
+        for field in reversed(dataclasses.fields(config_class)):
+            if field.name in ("env", "preset") or field.name not in helps:
+                continue
+            default = field.default if field.default is not dataclasses.MISSING else None
+            kind = {bool: click.BOOL, int: int, float: float}.get(type(default), str)
+            from_preset = any(field.name in config.stage_preset(p, config_class.stage) for p in config.PRESETS)
+            shown = "" if default in (None, "") or from_preset else f" [{default}]"
+            func = option(field.name, type=kind, default=None, help=helps[field.name] + shown)(func)
+        return func
+
+    return decorate
+
+
+DATASET_HELP = {
+    "dataset": "A generate_dataset run to train on (runs:/<id>/dataset); default: the preset's dataset for --env, "
+               "reused if it exists, else generated first as a child run.",
+    "item_embeddings": "Item table of the environment (to find or generate the dataset); default: the preset's.",
+}
+
+
 @main.command("generate-dataset")
 @common_options
-@option("n_sessions", type=int, default=None, help="Sessions (users) to log. [paper: 100000, quick: 2000]")
-@option("epsilon", type=float, default=None, help="Probability that a slot shows a random item instead of the "
-                                                  "oracle's. [0.5]")
-@option("seed", type=int, default=None, help="Seed of the logging policy's generator. [2754851]")
-@option("sim_seed", type=int, default=None, help="Seed of the simulator's generator (users, clicks). [24321357327]")
-@option("item_embeddings", default=None,
-        help="A .pt / .npy item table (num_items x 20) to use instead of the preset's generated one, e.g. the "
-             "paper's item_embeddings_focused.pt.")
-@option("chunk_size", type=int, default=None, help="Users simulated at once (memory vs speed). [10000]")
+@config_options(stage_configs.GenerateDatasetConfig, {
+    "n_sessions": "Sessions (users) to log. [paper: 100000, quick: 2000]",
+    "epsilon": "Probability that a slot shows a random item instead of the oracle's.",
+    "seed": "Seed of the logging policy's generator.",
+    "sim_seed": "Seed of the simulator's generator (users, clicks).",
+    "item_embeddings": "A .pt / .npy item table (num_items x 20) to use instead of the preset's generated one, "
+                       "e.g. the paper's item_embeddings_focused.pt.",
+    "chunk_size": "Users simulated at once (memory vs speed). [paper: 10000, quick: 2000]",
+})
 @option("env_param", multiple=True, metavar="KEY=VALUE",
         help="Override a simulator parameter, e.g. --env-param boredom_threshold=3 (repeatable).")
 @user_errors
 def generate_dataset_command(env: str, preset: str, experiment_name: str | None, env_param: tuple[str, ...],
                              **overrides: Any) -> None:
     """Log sessions of the ε-greedy oracle (the data GeMS and MF learn from) as an artifact 'dataset'."""
-    from slate_rl.config import parse_assignments
     from slate_rl.stages import generate_dataset
 
-    config = generate_dataset.GenerateDatasetConfig.resolve(
-        env, preset, env_overrides=parse_assignments(env_param, "--env-param") or None, **overrides)
-    run_id = generate_dataset.run(config, experiment_name=experiment_name)
+    cfg = stage_configs.GenerateDatasetConfig.resolve(
+        env, preset, env_overrides=config.parse_assignments(env_param, "--env-param") or None, **overrides)
+    run_id = generate_dataset.run(cfg, experiment_name=experiment_name)
     click.echo(f"dataset: runs:/{run_id}/{generate_dataset.ARTIFACT}")
+
+
+@main.command("pretrain-gems")
+@common_options
+@config_options(stage_configs.PretrainGemsConfig, {
+    **DATASET_HELP,
+    "seed": "Seed of the weights, the shuffling and the VAE noise (the paper has one GeMS per agent seed).",
+    "latent_dim": "Latent dimension d (the SAC+GeMS action size).",
+    "lambda_kl": "Weight beta of the KL term (reference convention: mean over latent dimensions).",
+    "lambda_click": "Weight lambda of the click reconstruction loss.",
+    "lambda_prior": "Weight of the prior regulariser (no effect with the fixed prior).",
+    "epochs": "Training epochs. [paper: 15, quick: 6]",
+    "batch_size": "Slates per batch.",
+    "lr": "Adam learning rate.",
+    "loss_convention": "'reference' (std = exp(logvar), KL averaged over dimensions) or 'standard' VAE.",
+    "shuffle": "Shuffle training slates every epoch (the reference does not).",
+    "bound_sessions": "Logged sessions whose encodings define the action bounds.",
+})
+@user_errors
+def pretrain_gems_command(env: str, preset: str, experiment_name: str | None, **overrides: Any) -> None:
+    """Pretrain the GeMS slate VAE; logs the best-validation model with its action bounds (artifact 'gems')."""
+    from slate_rl.stages import pretrain_gems
+
+    run_id = pretrain_gems.run(stage_configs.PretrainGemsConfig.resolve(env, preset, **overrides),
+                               experiment_name=experiment_name)
+    click.echo(f"gems: runs:/{run_id}/{pretrain_gems.ARTIFACT}")
+
+
+@main.command("train-mf")
+@common_options
+@config_options(stage_configs.TrainMFConfig, {
+    **DATASET_HELP,
+    "seed": "Seed of the initialisation, negatives and batch order.",
+    "dim": "Embedding dimension.",
+    "lr": "Adam learning rate.",
+    "batch_size": "Positive pairs per batch.",
+    "eval_every": "Evaluate the held-out loss every this many batches. [paper: 1000, quick: 200]",
+    "patience": "Stop after this many evaluations without improvement.",
+    "max_steps": "Cap on training steps (0: none). [paper: 0, quick: 0]",
+    "max_seconds": "Cap on training time in seconds (0: none). [paper: 0, quick: 60]",
+})
+@user_errors
+def train_mf_command(env: str, preset: str, experiment_name: str | None, **overrides: Any) -> None:
+    """Train BPR matrix-factorisation item embeddings on logged sessions (artifact 'mf')."""
+    from slate_rl.stages import train_mf
+
+    run_id = train_mf.run(stage_configs.TrainMFConfig.resolve(env, preset, **overrides), experiment_name=experiment_name)
+    click.echo(f"mf: runs:/{run_id}/{train_mf.ARTIFACT}")
 
 
 @main.command("compare")
@@ -117,8 +191,6 @@ def compare_command(envs: str, methods: str, experiment_name: str | None, filter
 @main.command("envs")
 def envs_command() -> None:
     """List the preset environments and their distinguishing parameters."""
-    from slate_rl import config
-
     for name in config.env_names():
         preset = config.env_preset(name)
         click.echo(f"{name:16s} embeddings={preset['item_embeddings']:8s} click_model={preset['click_model']:7s} "

@@ -9,7 +9,7 @@ import yaml
 
 from slate_rl import config, envs
 from slate_rl.errors import SlateRLError
-from slate_rl.stages.generate_dataset import GenerateDatasetConfig
+from slate_rl.stage_configs import GenerateDatasetConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,12 +10,13 @@ from mlflow.tracking import MlflowClient
 
 from slate_rl.cli import main
 from slate_rl.errors import SlateRLError
+from slate_rl.stage_configs import GenerateDatasetConfig
 from slate_rl.stages import generate_dataset as stage
 
 
 def _config(**overrides):
     values = {"n_sessions": 50, "chunk_size": 20, **overrides}
-    return stage.GenerateDatasetConfig.resolve("focused_mix", "quick", **values)
+    return GenerateDatasetConfig.resolve("focused_mix", "quick", **values)
 
 
 def _artifacts(client, run_id, path=""):

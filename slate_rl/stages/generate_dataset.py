@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 from slate_rl import envs
-from slate_rl.config import StageConfig
 from slate_rl.data.logged import LoggedSessions, LoggedSessionsWriter, load_logged_sessions
 from slate_rl.envs.policies import EpsilonGreedyOracle
 from slate_rl.errors import SlateRLError
 from slate_rl.progress import Progress
+from slate_rl.stage_configs import GenerateDatasetConfig
 from slate_rl.tracking.lineage import (LINEAGE_TAG, artifact_dir, find_or_run, get_finished_run, lineage_key,
                                        parse_run_uri)
 from slate_rl.tracking.runs import StageRun, stage_run
@@ -27,38 +27,18 @@ ARTIFACT = "dataset"
 log = logging.getLogger("slate_rl")
 
 
-@dataclasses.dataclass
-class GenerateDatasetConfig(StageConfig):
-    """Parameters of `generate_dataset` (defaults come from the preset)."""
+def make_env(config: GenerateDatasetConfig) -> envs.TopicRec:
+    """The simulator a dataset configuration describes."""
+    return envs.make(config.env, item_embeddings=config.item_embeddings or None, sim_seed=int(config.sim_seed),
+                     **config.env_overrides)
 
-    stage = STAGE
-    n_sessions: int = 100_000
-    epsilon: float = 0.5
-    seed: int = 2754851
-    sim_seed: int = envs.DEFAULT_SIM_SEED
-    item_embeddings: str = ""  # '' = the table the environment preset names; else a .pt / .npy path
-    chunk_size: int = 10_000
-    env_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def validate(self) -> None:
-        if int(self.n_sessions) <= 0:
-            raise SlateRLError(f"n_sessions must be a positive number of sessions (got {self.n_sessions})")
-        if not 0.0 <= float(self.epsilon) <= 1.0:
-            raise SlateRLError(f"epsilon is the probability of a random slot and must lie in [0, 1] (got {self.epsilon})")
-        if int(self.chunk_size) <= 0:
-            raise SlateRLError(f"chunk_size must be positive (got {self.chunk_size})")
-        envs.env_params(self.env, **self.env_overrides)  # names unknown or out-of-range simulator overrides
-
-    def make_env(self) -> envs.TopicRec:
-        return envs.make(self.env, item_embeddings=self.item_embeddings or None, sim_seed=int(self.sim_seed),
-                         **self.env_overrides)
-
-    def identity(self, env: envs.TopicRec) -> dict[str, Any]:
-        """Everything that determines the dataset (the lineage key is its hash)."""
-        return {"env": self.env, **{f"sim.{k}": v for k, v in env.params.as_dict().items()},
-                "embeddings": envs.fingerprint(env.item_embeddings), "n_sessions": self.n_sessions,
-                "epsilon": float(self.epsilon), "seed": self.seed, "sim_seed": self.sim_seed,
-                "chunk_size": self.chunk_size}
+def identity(config: GenerateDatasetConfig, env: envs.TopicRec) -> dict[str, Any]:
+    """Everything that determines the dataset (the lineage key is its hash)."""
+    return {"env": config.env, **{f"sim.{k}": v for k, v in env.params.as_dict().items()},
+            "embeddings": envs.fingerprint(env.item_embeddings), "n_sessions": config.n_sessions,
+            "epsilon": float(config.epsilon), "seed": config.seed, "sim_seed": config.sim_seed,
+            "chunk_size": config.chunk_size}
 
 
 def run(config: GenerateDatasetConfig, parent: Optional[StageRun] = None,
@@ -66,8 +46,8 @@ def run(config: GenerateDatasetConfig, parent: Optional[StageRun] = None,
     """Generate the dataset inside an MLflow run; returns the run id."""
     with stage_run(STAGE, run_name=f"{STAGE}/{config.env}/seed{config.seed}", parent=parent,
                    experiment_name=experiment_name, tags={"env": config.env, "preset": config.preset}) as mlrun:
-        env = config.make_env()
-        key = lineage_key(STAGE, config.identity(env))
+        env = make_env(config)
+        key = lineage_key(STAGE, identity(config, env))
         mlrun.set_tags({"seed": config.seed, LINEAGE_TAG: key, "embeddings": envs.fingerprint(env.item_embeddings)})
         mlrun.log_params({**config.as_params(), **{f"sim.{k}": v for k, v in env.params.as_dict().items()}})
         with tempfile.TemporaryDirectory(prefix="slate-rl-dataset-") as tmp:
@@ -134,5 +114,21 @@ def load_from_run(run_ref: str) -> LoggedSessions:
 
 def find_or_generate(config: GenerateDatasetConfig, parent: Optional[StageRun]) -> str:
     """Run id of a FINISHED dataset run with this configuration; generates one as a child run if there is none."""
-    key = lineage_key(STAGE, config.identity(config.make_env()))
+    key = lineage_key(STAGE, identity(config, make_env(config)))
     return find_or_run(STAGE, key, lambda: run(config, parent=parent))
+
+
+def resolve_dataset(env: str, preset: str, dataset: str, item_embeddings: str,
+                    parent: Optional[StageRun]) -> tuple[str, LoggedSessions]:
+    """The logged dataset a downstream stage trains on: the given `runs:/` reference (checked to be a finished
+    dataset of `env`), or the preset's dataset for `env`, found by lineage or generated first as a child run."""
+    if dataset:
+        run_id, _ = parse_run_uri(dataset)
+        data = load_from_run(run_id)
+        if data.env != env:
+            raise SlateRLError(f"dataset {dataset} was generated for environment {data.env!r}, not {env!r}; "
+                               f"pass a {env} dataset or leave `dataset` empty to find or generate one")
+        return run_id, data
+    config = GenerateDatasetConfig.resolve(env, preset, item_embeddings=item_embeddings or None)
+    run_id = find_or_generate(config, parent)
+    return run_id, load_from_run(run_id)

@@ -1,0 +1,107 @@
+"""Typed configurations of the stages (light to import: `slate-rl --help` does not load torch).
+
+Each config resolves as: the stage's defaults below, then the preset's section (experiments/<preset>.yaml), then the
+values given on the command line; `validate` names the first value out of range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from slate_rl.config import StageConfig
+from slate_rl.errors import SlateRLError
+
+
+@dataclasses.dataclass
+class GenerateDatasetConfig(StageConfig):
+    """Parameters of `generate_dataset` (defaults come from the preset)."""
+
+    stage = "generate_dataset"
+    n_sessions: int = 100_000
+    epsilon: float = 0.5
+    seed: int = 2754851
+    sim_seed: int = 24321357327
+    item_embeddings: str = ""  # '' = the table the environment preset names; else a .pt / .npy path
+    chunk_size: int = 10_000
+    env_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> None:
+        if int(self.n_sessions) <= 0:
+            raise SlateRLError(f"n_sessions must be a positive number of sessions (got {self.n_sessions})")
+        if not 0.0 <= float(self.epsilon) <= 1.0:
+            raise SlateRLError(f"epsilon is the probability of a random slot and must lie in [0, 1] (got {self.epsilon})")
+        if int(self.chunk_size) <= 0:
+            raise SlateRLError(f"chunk_size must be positive (got {self.chunk_size})")
+        from slate_rl.envs import env_params
+
+        env_params(self.env, **self.env_overrides)  # names unknown or out-of-range simulator overrides
+
+
+@dataclasses.dataclass
+class PretrainGemsConfig(StageConfig):
+    """Parameters of `pretrain_gems` (paper values by default; `epochs` comes from the preset)."""
+
+    stage = "pretrain_gems"
+    dataset: str = ""  # runs:/ reference of a generate_dataset run; '' = find or generate the preset's dataset
+    item_embeddings: str = ""  # only to find / generate the dataset (the VAE learns its own item table)
+    seed: int = 58407201
+    latent_dim: int = 32
+    lambda_kl: float = 1.0
+    lambda_click: float = 0.5
+    lambda_prior: float = 0.0
+    epochs: int = 15
+    batch_size: int = 256
+    lr: float = 1e-3
+    loss_convention: str = "reference"
+    shuffle: bool = True
+    bound_sessions: int = 1000
+
+    def validate(self) -> None:
+        if int(self.latent_dim) < 1:
+            raise SlateRLError(f"latent_dim must be >= 1 (got {self.latent_dim})")
+        for name in ("lambda_kl", "lambda_click", "lambda_prior"):
+            if float(getattr(self, name)) < 0:
+                raise SlateRLError(f"{name} is a loss weight and must be >= 0 (got {getattr(self, name)})")
+        for name in ("epochs", "batch_size", "bound_sessions"):
+            if int(getattr(self, name)) < 1:
+                raise SlateRLError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if not float(self.lr) > 0:
+            raise SlateRLError(f"lr must be > 0 (got {self.lr})")
+        if self.loss_convention not in ("reference", "standard"):
+            raise SlateRLError(f"loss_convention must be 'reference' or 'standard' (got {self.loss_convention!r})")
+
+    def model_params(self) -> dict[str, Any]:
+        """What determines the model given its dataset (part of the lineage key)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("env", "preset", "dataset",
+                                                                                 "item_embeddings")}
+
+
+@dataclasses.dataclass
+class TrainMFConfig(StageConfig):
+    """Parameters of `train_mf` (the reference's values; the step / time caps come from the preset)."""
+
+    stage = "train_mf"
+    dataset: str = ""
+    item_embeddings: str = ""  # only to find / generate the dataset
+    seed: int = 2022
+    dim: int = 20
+    lr: float = 1e-4
+    batch_size: int = 256
+    eval_every: int = 1000
+    patience: int = 3
+    max_steps: int = 0  # 0 = no cap (early stopping only)
+    max_seconds: float = 0.0  # 0 = no cap
+
+    def validate(self) -> None:
+        for name in ("dim", "batch_size", "eval_every", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise SlateRLError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if not float(self.lr) > 0:
+            raise SlateRLError(f"lr must be > 0 (got {self.lr})")
+        if int(self.max_steps) < 0 or float(self.max_seconds) < 0:
+            raise SlateRLError("max_steps and max_seconds must be >= 0 (0 means no cap)")
+
+    def model_params(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("env", "preset", "dataset",
+                                                                                 "item_embeddings")}

@@ -1,0 +1,71 @@
+"""Stage `train_mf`: BPR matrix-factorisation item embeddings (for SAC+TopK (MF) and SAC+WkNN)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from slate_rl import atomic
+from slate_rl.errors import SlateRLError
+from slate_rl.rankers.mf import popularity_correlation, train_mf
+from slate_rl.stage_configs import TrainMFConfig
+from slate_rl.stages import generate_dataset
+from slate_rl.tracking.lineage import (LINEAGE_TAG, artifact_dir, find_or_run, get_finished_run, lineage_key,
+                                       parse_run_uri)
+from slate_rl.tracking.runs import StageRun, stage_run
+
+STAGE = "train_mf"
+ARTIFACT = "mf"
+TABLE_FILE = "item_embeddings.pt"
+log = logging.getLogger("slate_rl")
+
+
+def run(cfg: TrainMFConfig, parent: Optional[StageRun] = None, experiment_name: Optional[str] = None) -> str:
+    """Train MF inside an MLflow run; returns the run id. Artifact: `mf/item_embeddings.pt` (num_items x dim)."""
+    with stage_run(STAGE, run_name=f"{STAGE}/{cfg.env}/seed{cfg.seed}", parent=parent,
+                   experiment_name=experiment_name,
+                   tags={"env": cfg.env, "preset": cfg.preset, "seed": cfg.seed}) as mlrun:
+        mlrun.log_params(cfg.as_params())
+        dataset_run, data = generate_dataset.resolve_dataset(cfg.env, cfg.preset, cfg.dataset, cfg.item_embeddings,
+                                                             mlrun)
+        mlrun.set_tags({LINEAGE_TAG: lineage_key(STAGE, {"dataset_run": dataset_run, **cfg.model_params()}),
+                        "upstream.dataset": f"runs:/{dataset_run}/{generate_dataset.ARTIFACT}"})
+        slates, clicks = data.tensors()
+        log.info("%s: BPR on %d sessions (early stopping, patience %d)", STAGE, data.n_sessions, cfg.patience)
+        result = train_mf(slates, clicks, num_items=int(data.meta["num_items"]), dim=cfg.dim, lr=cfg.lr,
+                          batch_size=cfg.batch_size, eval_every=cfg.eval_every, patience=cfg.patience,
+                          max_steps=cfg.max_steps or None, max_seconds=cfg.max_seconds or None, seed=cfg.seed)
+        for steps, loss in result.evaluations:
+            mlrun.log_metrics({"val/bpr_loss": loss}, step=steps)
+        correlation = popularity_correlation(result.item_table, slates, clicks)
+        mlrun.log_metrics({"best_val_bpr_loss": result.best_val_loss, "steps": result.steps,
+                           "popularity_correlation": correlation})
+        mlrun.set_tags({"stop_reason": result.stop_reason})
+        with tempfile.TemporaryDirectory(prefix="slate-rl-mf-") as tmp:
+            atomic.torch_save(result.item_table.contiguous(), Path(tmp) / TABLE_FILE)
+            mlrun.log_artifacts(tmp, ARTIFACT)
+        log.info("%s: %d steps (%s), best held-out BPR loss %.4f, popularity correlation %.2f", STAGE,
+                 result.steps, result.stop_reason, result.best_val_loss, correlation)
+        return mlrun.run_id
+
+
+def load_item_table(run_ref: str) -> torch.Tensor:
+    """The MF item table of a FINISHED train_mf run."""
+    run_id, _ = parse_run_uri(run_ref)
+    table = torch.load(artifact_dir(get_finished_run(run_id, STAGE), ARTIFACT) / TABLE_FILE, map_location="cpu",
+                       weights_only=True)
+    if not isinstance(table, torch.Tensor) or table.dim() != 2:
+        raise SlateRLError(f"run {run_id} holds no MF item table")
+    return table
+
+
+def find_or_train(cfg: TrainMFConfig, dataset_run: str, parent: Optional[StageRun]) -> str:
+    """Run id of a FINISHED MF run for this dataset and configuration; trains one as a child run if none."""
+    key = lineage_key(STAGE, {"dataset_run": dataset_run, **cfg.model_params()})
+    explicit = dataclasses.replace(cfg, dataset=f"runs:/{dataset_run}/{generate_dataset.ARTIFACT}")
+    return find_or_run(STAGE, key, lambda: run(explicit, parent=parent))
