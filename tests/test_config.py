@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slate_rl import config, envs
+from slate_rl import config, envs, stage_configs
 from slate_rl.errors import SlateRLError
 from slate_rl.stage_configs import GenerateDatasetConfig
 
@@ -51,10 +51,17 @@ def test_assignments_are_typed():
         config.parse_assignments(["oops"])
 
 
-def test_mlproject_fixed_defaults_equal_the_stage_defaults():
-    """Declared MLproject parameters are logged by `mlflow run`; they must agree with the resolved config."""
-    project = yaml.safe_load((REPO / "MLproject").read_text())
-    declared = project["entry_points"]["generate_dataset"]["parameters"]
-    resolved = GenerateDatasetConfig.resolve(declared["env"]["default"], declared["preset"]["default"]).as_params()
-    for name, spec in declared.items():
-        assert str(spec["default"]) == str(resolved[name] if resolved[name] is not None else ""), name
+@pytest.mark.parametrize("entry_point, config_class", [
+    ("generate_dataset", stage_configs.GenerateDatasetConfig),
+    ("pretrain_gems", stage_configs.PretrainGemsConfig),
+    ("train_mf", stage_configs.TrainMFConfig),
+])
+def test_mlproject_fixed_defaults_equal_the_stage_defaults(entry_point, config_class):
+    """Declared MLproject parameters are logged by `mlflow run`; they must agree with the resolved config, and
+    every parameter the command passes must be a declared one."""
+    spec = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"][entry_point]
+    declared = spec["parameters"]
+    resolved = config_class.resolve(declared["env"]["default"], declared["preset"]["default"]).as_params()
+    for name, param in declared.items():
+        assert str(param["default"]) == str(resolved[name] if resolved[name] is not None else ""), name
+        assert "{" + name + "}" in spec["command"], name
