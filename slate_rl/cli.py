@@ -165,6 +165,126 @@ def train_mf_command(env: str, preset: str, experiment_name: str | None, **overr
     click.echo(f"mf: runs:/{run_id}/{train_mf.ARTIFACT}")
 
 
+@main.command("train-online")
+@common_options
+@config_options(stage_configs.TrainOnlineConfig, {
+    "method": "Method: sac_gems, sac_topk_ideal, sac_topk_mf, sac_wknn, slateq, reinforce_softmax, random, "
+              "short_term_oracle.",
+    "seed": "Seed of the agent (weights, exploration, warm-up, replay sampling) and of its GeMS.",
+    "episodes": "Training episodes (one per step). [paper: 100000, quick: 1500]",
+    "warmup_episodes": "Episodes of random actions before learning. [paper: 2000, quick: 300]",
+    "val_every": "Validate every this many episodes. [paper: 1000, quick: 300]",
+    "val_episodes": "Episodes per validation (played as one batch).",
+    "test_episodes": "Episodes of the final test, after re-seeding the simulator (one batch).",
+    "parallel_episodes": "K: episodes collected together, then K gradient steps (1 = the reference's ordering).",
+    "save_every": "A checkpoint (episode_NNNNNN, and the resume state) every this many episodes. "
+                  "[paper: 10000, quick: 600]",
+    "item_embeddings": "A .pt / .npy item table of the environment instead of the preset's generated one.",
+    "dataset": "generate_dataset run for GeMS / MF (runs:/<id>); default: by lineage.",
+    "gems": "pretrain_gems run to act through (runs:/<id>); default: the GeMS of this seed and setting, by lineage.",
+    "mf": "train_mf run (runs:/<id>); default: by lineage.",
+    "latent_dim": "GeMS latent dimension (SAC+GeMS).",
+    "lambda_kl": "GeMS KL weight beta (SAC+GeMS).",
+    "lambda_click": "GeMS click weight lambda (SAC+GeMS).",
+    "register": "Register the best policy in the environment's registered model.",
+})
+@option("set", dest="assignments", multiple=True, metavar="KEY=VALUE",
+        help="Override a hyper-parameter of the method, e.g. --set gamma=0.9 --set pi_lr=0.001 (repeatable).")
+@option("resume", default=None, metavar="RUN_ID",
+        help="Continue a killed or failed train_online run from its last checkpoint, in the same MLflow run.")
+@user_errors
+def train_online_command(env: str, preset: str, experiment_name: str | None, assignments: tuple[str, ...],
+                         resume: str | None, **overrides: Any) -> None:
+    """Train one of the paper's methods with validation and test; register its best policy."""
+    from slate_rl.stages import train_online
+
+    if resume:
+        cfg = train_online.resumable(resume)
+        run_id = train_online.run(cfg, resume_run=resume)
+    else:
+        cfg = stage_configs.TrainOnlineConfig.resolve(
+            env, preset, agent=config.parse_assignments(assignments, "--set") or None, **overrides)
+        run_id = train_online.run(cfg, experiment_name=experiment_name)
+    click.echo(f"policy run: runs:/{run_id}  (test return in the run's metrics; `slate-rl registry list "
+               f"--env {cfg.env}` shows the registered version)")
+
+
+@main.group("registry")
+def registry_group() -> None:
+    """Choose collection policies: list, register, promote and demote versions of the per-environment
+    registered models (slate-rl.<env>). The aliases expert / medium / random are what `collect` uses; the same
+    aliases set in the MLflow UI work identically."""
+
+
+@registry_group.command("list")
+@option("env", default=None, help="Environment (default: all six).")
+@user_errors
+def registry_list(env: str | None) -> None:
+    """Versions with method, seed, episode, validation / test return, aliases and source run."""
+    from slate_rl.stages import registry
+
+    for name in [config.check_env_name(env)] if env else config.env_names():
+        rows = registry.list_versions(name)
+        if not rows:
+            continue
+        click.echo(f"slate-rl.{name}")
+        click.echo(f"  {'version':>7}  {'method':18} {'seed':>10} {'episode':>8} {'val':>8} {'test':>8}  "
+                   f"{'aliases':16} run")
+        for r in rows:
+            click.echo(f"  {r.version:>7}  {r.method:18} {r.seed:>10} {r.episode:>8} {r.val_return:>8} "
+                       f"{r.test_return:>8}  {r.aliases:16} {r.run_id}")
+
+
+@registry_group.command("register")
+@option("run", dest="run_ref", required=True, help="A finished train_online run (id or runs:/<id>).")
+@option("checkpoint", default="best", show_default=True,
+        help="'best', or a periodic checkpoint such as episode_050000 (e.g. a medium policy).")
+@user_errors
+def registry_register(run_ref: str, checkpoint: str) -> None:
+    """Make a checkpoint of a finished run a new version of its environment's registered model."""
+    from slate_rl.stages import registry
+
+    click.echo(f"registered version {registry.register_checkpoint(run_ref, checkpoint)}")
+
+
+@registry_group.command("register-random")
+@option("env", required=True, help=ENV_HELP)
+@option("seed", type=int, default=0, show_default=True, help="Seed of the random policy's generator.")
+@user_errors
+def registry_register_random(env: str, seed: int) -> None:
+    """Register the built-in uniform-random policy, so that 'random' goes through the registry like the others."""
+    from slate_rl.stages import registry
+
+    click.echo(f"registered version {registry.register_random(config.check_env_name(env), seed)}")
+
+
+@registry_group.command("promote")
+@click.argument("env")
+@click.argument("version")
+@click.option("--as", "alias", required=True, type=click.Choice(["expert", "medium", "random"]),
+              help="The alias to set (moved if another version held it).")
+@user_errors
+def registry_promote(env: str, version: str, alias: str) -> None:
+    """Point alias expert / medium / random of ENV's registered model at VERSION."""
+    from slate_rl.tracking import models
+
+    target = models.set_alias(config.check_env_name(env), version, alias)
+    click.echo(f"slate-rl.{env}@{alias} -> version {target.version} ({target.tags.get('method', '?')}, "
+               f"seed {target.tags.get('seed', '?')}, episode {target.tags.get('episode', '?')})")
+
+
+@registry_group.command("demote")
+@click.argument("env")
+@click.option("--alias", required=True, type=click.Choice(["expert", "medium", "random"]))
+@user_errors
+def registry_demote(env: str, alias: str) -> None:
+    """Remove an alias from ENV's registered model."""
+    from slate_rl.tracking import models
+
+    models.remove_alias(config.check_env_name(env), alias)
+    click.echo(f"removed alias {alias} of slate-rl.{env}")
+
+
 @main.command("compare")
 @option("envs", default="all", show_default=True, help="Comma-separated environments, or 'all'.")
 @option("methods", default="all", show_default=True,

@@ -41,6 +41,21 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
+def plot_run_curve(validations: Sequence[tuple[int, float]], path: str | os.PathLike, title: str) -> Path:
+    """One run's learning curve: mean validation return against training episode."""
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
+    episodes, values = zip(*validations)
+    ax.plot(episodes, values, marker="o", markersize=3)
+    ax.set_xlabel("training episode")
+    ax.set_ylabel("validation return (clicks)")
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.15, top=0.9)
+    return _save(fig, path)
+
+
 def plot_learning_curves(
     results: Iterable[RunResult],
     path: str | os.PathLike,

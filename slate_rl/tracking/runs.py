@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
+from urllib.parse import unquote, urlparse
 
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
@@ -29,6 +31,7 @@ _PROJECT_DIR = Path(__file__).resolve().parents[2]
 def configure_mlflow() -> None:
     """Process-wide MLflow settings: no telemetry; MLflow's own default store unless MLFLOW_TRACKING_URI is set."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def format_param(value: Any) -> str:
@@ -103,6 +106,19 @@ class StageRun:
     def log_artifact(self, local_file: str | Path, artifact_path: Optional[str] = None) -> None:
         self.client.log_artifact(self.run_id, str(local_file), artifact_path)
 
+    def replace_artifact(self, local_file: str | Path, artifact_path: str) -> None:
+        """Log a file that replaces an earlier version (e.g. the resume state): on a local artifact store the
+        new file is renamed into place, so a reader never sees half of it."""
+        uri = urlparse(self.client.get_run(self.run_id).info.artifact_uri)
+        if uri.scheme not in ("", "file"):
+            self.log_artifact(local_file, artifact_path)
+            return
+        folder = Path(unquote(uri.path)) / artifact_path
+        folder.mkdir(parents=True, exist_ok=True)
+        staged = folder / f".{Path(local_file).name}.partial"
+        shutil.copyfile(local_file, staged)
+        os.replace(staged, folder / Path(local_file).name)
+
 
 def _same_value(logged: str, resolved: str) -> bool:
     if logged in ("''", '""'):  # `mlflow run` logs an empty parameter in its shell-quoted form
@@ -125,10 +141,12 @@ def _experiment_id(client: MlflowClient, experiment_name: Optional[str]) -> str:
 
 @contextlib.contextmanager
 def stage_run(stage: str, run_name: str, tags: Optional[dict[str, Any]] = None,
-              parent: Optional[StageRun] = None, experiment_name: Optional[str] = None) -> Iterator[StageRun]:
+              parent: Optional[StageRun] = None, experiment_name: Optional[str] = None,
+              run_id: Optional[str] = None) -> Iterator[StageRun]:
     """Run one stage inside an MLflow run and end it with the right status.
 
-    Under `mlflow run` the run already exists (MLFLOW_RUN_ID) and is continued; with `parent`, a child run is
+    With `run_id` (a resumed run) or under `mlflow run` (MLFLOW_RUN_ID) the run already exists and is continued
+    (a resumed run's console log is kept as `console-<n>.log`); with `parent`, a child run is
     created in the parent's experiment; otherwise a new run in `experiment_name` (or MLFLOW_EXPERIMENT_NAME /
     the default experiment). The console log of the run is kept as the artifact `console.log`. An exception
     marks the run FAILED (KILLED for Ctrl-C) and propagates.
@@ -137,7 +155,12 @@ def stage_run(stage: str, run_name: str, tags: Optional[dict[str, Any]] = None,
     client = MlflowClient()
     env_run = os.environ.pop("MLFLOW_RUN_ID", None) if parent is None else None
     base_tags = {"stage": stage, "git_commit": git_commit(), "slate_rl_version": __version__, **(tags or {})}
-    if env_run:
+    console_name = "console.log"
+    if run_id is not None:
+        existing = {f.path for f in client.list_artifacts(run_id)}
+        console_name = next(f"console-{n}.log" for n in range(1, 10_000) if f"console-{n}.log" not in existing)
+        client.update_run(run_id, status="RUNNING")
+    elif env_run:
         run_id = env_run
         client.update_run(run_id, status="RUNNING", name=run_name)
     else:
@@ -150,7 +173,7 @@ def stage_run(stage: str, run_name: str, tags: Optional[dict[str, Any]] = None,
     run = StageRun(client, run_id)
     run.set_tags(base_tags)
     with tempfile.TemporaryDirectory(prefix="slate-rl-log-") as tmp:
-        console = _attach_console_log(Path(tmp) / "console.log")
+        console = _attach_console_log(Path(tmp) / console_name)
         log.info("%s: MLflow run %s (%s)", stage, run_id, run_name)
         status = RunStatus.to_string(RunStatus.FAILED)
         try:

@@ -1,0 +1,68 @@
+"""A trained policy as one self-contained payload (a dict of tensors and plain values) and back.
+
+The payload holds what rebuilding the agent needs without any upstream run: the method and its overrides, the
+agent's weights (decoder and action bounds included), the environment's parameters and item table (SlateQ and
+TopK (ideal) act through them), and where it came from. Stages write it to files; this module does no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from slate_rl.agents.base import Agent
+from slate_rl.agents.methods import build_agent, method_info
+from slate_rl.envs.params import EnvParams
+from slate_rl.envs.topicrec import TopicRec
+from slate_rl.errors import SlateRLError
+from slate_rl.rankers.decoders import GeMSDecoder
+
+POLICY_FORMAT = "slate-rl/policy"
+POLICY_VERSION = 1
+
+
+def policy_payload(agent: Agent, env: TopicRec, *, seed: int, overrides: Optional[dict[str, Any]] = None,
+                   episode: int = 0, mf_table: Optional[torch.Tensor] = None,
+                   info: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Everything needed to rebuild `agent` (a method id of `slate_rl.agents.methods.METHODS`) for `env`."""
+    payload: dict[str, Any] = {
+        "format": POLICY_FORMAT, "version": POLICY_VERSION, "method": agent.method, "seed": int(seed),
+        "overrides": dict(overrides or {}), "episode": int(episode), "env": env.name,
+        "env_params": env.params.as_dict(), "item_embeddings": env.item_embeddings.detach().cpu().clone(),
+        "weights": {k: v.detach().cpu().clone() for k, v in agent.state_dict().items()}, "info": dict(info or {}),
+    }
+    needs = method_info(agent.method).needs
+    if needs == "gems_decoder":
+        payload["gems_decoder"] = agent.decoder.save_payload()
+    elif needs == "mf_table":
+        if mf_table is None:
+            raise SlateRLError(f"a {agent.method} policy needs its MF item table in the payload")
+        payload["mf_table"] = mf_table.detach().cpu().clone()
+    return payload
+
+
+def check_payload(payload: Any) -> dict[str, Any]:
+    """Raise unless `payload` is a policy payload this version of slate-rl can read."""
+    if not isinstance(payload, dict) or payload.get("format") != POLICY_FORMAT:
+        raise SlateRLError("not a slate-rl policy (expected a payload with format 'slate-rl/policy')")
+    if int(payload.get("version", 0)) > POLICY_VERSION:
+        raise SlateRLError(f"policy format version {payload['version']} is newer than this slate-rl reads "
+                           f"({POLICY_VERSION}); upgrade slate-rl")
+    return payload
+
+
+def agent_from_payload(payload: dict[str, Any], env: Optional[TopicRec] = None) -> tuple[Agent, TopicRec]:
+    """Rebuild the agent (in eval mode) and the environment it was trained on (or act in the given `env`)."""
+    check_payload(payload)
+    if env is None:
+        env = TopicRec(EnvParams.from_dict(payload["env_params"]), payload["item_embeddings"], name=payload["env"])
+    decoder = GeMSDecoder.from_payload(payload["gems_decoder"]) if "gems_decoder" in payload else None
+    agent = build_agent(payload["method"], env, payload["seed"], gems_decoder=decoder,
+                        mf_table=payload.get("mf_table"), overrides=payload["overrides"] or None)
+    try:
+        agent.load_state_dict(payload["weights"])
+    except RuntimeError as exc:
+        raise SlateRLError(f"the stored weights do not fit a {payload['method']} agent with this configuration: "
+                           f"{exc}") from exc
+    return agent.eval(), env

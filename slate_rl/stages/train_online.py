@@ -1,0 +1,232 @@
+"""Stage `train_online`: one of the paper's eight methods trained, validated and tested with the paper's protocol,
+its checkpoints logged, its best policy registered; resumable into the same run after a kill."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from slate_rl import atomic, envs
+from slate_rl.agents.config import Protocol
+from slate_rl.agents.export import policy_payload
+from slate_rl.agents.methods import build_agent, method_info
+from slate_rl.agents.training import Hooks, Trainer
+from slate_rl.errors import SlateRLError
+from slate_rl.progress import Progress
+from slate_rl.rankers.decoders import GeMSDecoder
+from slate_rl.reporting.figures import plot_run_curve
+from slate_rl.stage_configs import PretrainGemsConfig, TrainMFConfig, TrainOnlineConfig
+from slate_rl.stages import generate_dataset, pretrain_gems, train_mf
+from slate_rl.tracking import models
+from slate_rl.tracking.lineage import artifact_dir, parse_run_uri
+from slate_rl.tracking.results import metric_curve
+from slate_rl.tracking.runs import StageRun, stage_run
+
+STAGE = "train_online"
+CONFIG_FILE = "config.json"
+RESUME_PATH = "resume"
+RESUME_FILE = "state.pt"
+log = logging.getLogger("slate_rl")
+
+
+@dataclasses.dataclass
+class Upstream:
+    """The upstream runs a method acts through (run ids; empty when the method needs none)."""
+
+    dataset: str = ""
+    gems: str = ""
+    mf: str = ""
+
+
+def run(cfg: TrainOnlineConfig, parent: Optional[StageRun] = None, experiment_name: Optional[str] = None,
+        resume_run: Optional[str] = None) -> str:
+    """Train, validate, test and register inside an MLflow run; returns the run id.
+
+    resume_run: continue that (killed or failed) run from its last periodic checkpoint instead of starting anew.
+    """
+    name = f"{cfg.method}/{cfg.env}/seed{cfg.seed}"
+    with stage_run(STAGE, run_name=name, parent=parent, experiment_name=experiment_name, run_id=resume_run,
+                   tags={"env": cfg.env, "method": cfg.method, "seed": cfg.seed, "preset": cfg.preset}) as mlrun:
+        if resume_run is None:
+            mlrun.log_params(cfg.as_params())
+        env = generate_dataset.make_env(generate_dataset_config(cfg))
+        upstream = resolve_upstream(cfg, mlrun)
+        mlrun.set_tags({f"upstream.{k}": f"runs:/{v}" for k, v in dataclasses.asdict(upstream).items() if v})
+        mf_table = train_mf.load_item_table(upstream.mf) if upstream.mf else None
+        gems_decoder = load_gems(cfg, upstream.gems) if upstream.gems else None
+        agent = build_agent(cfg.method, env, cfg.seed, gems_decoder=gems_decoder, mf_table=mf_table,
+                            overrides=cfg.agent or None)
+        protocol = Protocol(episodes=cfg.episodes, warmup_episodes=cfg.warmup_episodes, val_every=cfg.val_every,
+                            val_episodes=cfg.val_episodes, test_episodes=cfg.test_episodes,
+                            parallel_episodes=cfg.parallel_episodes, save_every=cfg.save_every)
+        session = _Session(cfg, mlrun, env, agent, mf_table)
+        trainer = Trainer(agent, env, protocol, session.hooks())
+        if resume_run is not None:
+            session.resume(trainer)
+        else:
+            _log_json(mlrun, {"config": dataclasses.asdict(cfg), "upstream": dataclasses.asdict(upstream)},
+                      CONFIG_FILE)
+        if agent.learns:
+            with session.progress(trainer):
+                trainer.fit()
+        test_returns = trainer.test()
+        session.finish(trainer, test_returns)
+        return mlrun.run_id
+
+
+def resumable(run_id: str) -> TrainOnlineConfig:
+    """The configuration of a train_online run that can be resumed (it exists and did not finish)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException as exc:
+        raise SlateRLError(f"no run {run_id} to resume in the tracking store") from exc
+    if run.data.tags.get("stage") != STAGE:
+        raise SlateRLError(f"run {run_id} is not a {STAGE} run")
+    if run.info.status == "FINISHED":
+        raise SlateRLError(f"run {run_id} already finished; nothing to resume")
+    try:
+        saved = json.loads((artifact_dir(run, CONFIG_FILE)).read_text())
+    except SlateRLError as exc:
+        raise SlateRLError(f"run {run_id} has no {CONFIG_FILE}: it stopped before its configuration was saved; "
+                           "start a new run") from exc
+    config = saved["config"]
+    return TrainOnlineConfig.resolve(config.pop("env"), config.pop("preset"), **config)
+
+
+def generate_dataset_config(cfg: TrainOnlineConfig):
+    """The dataset configuration of this environment and preset (also how the simulator is built)."""
+    from slate_rl.stage_configs import GenerateDatasetConfig
+
+    return GenerateDatasetConfig.resolve(cfg.env, cfg.preset, item_embeddings=cfg.item_embeddings or None)
+
+
+def resolve_upstream(cfg: TrainOnlineConfig, mlrun: StageRun) -> Upstream:
+    """The dataset, GeMS and MF runs the method needs: given explicitly, else found (or produced) by lineage."""
+    needs = method_info(cfg.method).needs
+    if needs is None:
+        return Upstream()
+    if needs == "gems_decoder" and cfg.gems:
+        return Upstream(gems=parse_run_uri(cfg.gems)[0])
+    if needs == "mf_table" and cfg.mf:
+        return Upstream(mf=parse_run_uri(cfg.mf)[0])
+    dataset_run, _ = generate_dataset.resolve_dataset(cfg.env, cfg.preset, cfg.dataset, cfg.item_embeddings, mlrun)
+    if needs == "gems_decoder":
+        gems_cfg = PretrainGemsConfig.resolve(cfg.env, cfg.preset, seed=cfg.seed, latent_dim=cfg.latent_dim,
+                                              lambda_kl=cfg.lambda_kl, lambda_click=cfg.lambda_click)
+        return Upstream(dataset=dataset_run, gems=pretrain_gems.find_or_pretrain(gems_cfg, dataset_run, mlrun))
+    mf_cfg = TrainMFConfig.resolve(cfg.env, cfg.preset)
+    return Upstream(dataset=dataset_run, mf=train_mf.find_or_train(mf_cfg, dataset_run, mlrun))
+
+
+def load_gems(cfg: TrainOnlineConfig, gems_run: str):
+    """The GeMS decoder of `gems_run`, checked to have the requested setting (logged as this run's params)."""
+    payload = pretrain_gems.load_payload(gems_run)
+    for name in ("latent_dim", "lambda_kl", "lambda_click"):
+        if float(payload["hparams"][name]) != float(getattr(cfg, name)):
+            raise SlateRLError(f"GeMS run {gems_run} was trained with {name} = {payload['hparams'][name]}, but "
+                               f"{name} = {getattr(cfg, name)} was requested; pass {name}={payload['hparams'][name]} "
+                               "or another GeMS run")
+    if payload["env"] != cfg.env:
+        raise SlateRLError(f"GeMS run {gems_run} was trained on {payload['env']!r}, not {cfg.env!r}")
+    return GeMSDecoder.from_payload(payload["decoder"])
+
+
+def _log_json(mlrun: StageRun, payload: dict[str, Any], name: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        mlrun.log_artifact(atomic.write_json(Path(tmp) / name, payload))
+
+
+class _Session:
+    """The run's side of the loop: metrics, checkpoints, the resume state, and the end of the run."""
+
+    def __init__(self, cfg: TrainOnlineConfig, mlrun: StageRun, env: envs.TopicRec, agent: Any,
+                 mf_table: Optional[torch.Tensor]) -> None:
+        self.cfg, self.mlrun, self.env, self.agent, self.mf_table = cfg, mlrun, env, agent, mf_table
+        self.logged_until = -1  # validations up to this episode are already in the run (a resumed run)
+        self._progress: Optional[Progress] = None
+
+    def hooks(self) -> Hooks:
+        return Hooks(on_metrics=self.on_metrics, on_validation=self.on_validation,
+                     on_checkpoint=self.on_checkpoint, on_progress=self.on_progress)
+
+    def on_metrics(self, episode: int, values: dict[str, float]) -> None:
+        if episode > self.logged_until:
+            self.mlrun.log_metrics(values, step=episode)
+
+    def on_validation(self, episode: int, returns: torch.Tensor) -> None:
+        mean, std = float(returns.mean()), float(returns.std())
+        if episode > self.logged_until:
+            self.mlrun.log_metrics({"val_return": mean, "val_return_std": std}, step=episode)
+            self.mlrun.flush()
+        log.info("%s: validation after %d episodes: return %.2f (sd %.1f)", STAGE, episode, mean, std)
+
+    def on_checkpoint(self, kind: str, episode: int, state: dict[str, Any]) -> None:
+        if kind != "periodic":
+            return  # the best weights stay in the trainer (and its resume state); logged at the end
+        self.log_policy_file(policy_payload(self.agent, self.env, seed=self.cfg.seed, overrides=self.cfg.agent,
+                                            episode=episode, mf_table=self.mf_table), f"episode_{episode:06d}")
+        with tempfile.TemporaryDirectory() as tmp:
+            self.mlrun.replace_artifact(atomic.torch_save(state, Path(tmp) / RESUME_FILE), RESUME_PATH)
+        log.info("%s: checkpoint after %d episodes (resumable)", STAGE, episode)
+
+    def log_policy_file(self, payload: dict[str, Any], name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            self.mlrun.log_artifact(atomic.torch_save(payload, Path(tmp) / models.POLICY_FILE), f"checkpoints/{name}")
+
+    def on_progress(self, episode: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(episode - self._progress.done)
+
+    def progress(self, trainer: Trainer) -> Progress:
+        self._progress = Progress(self.cfg.episodes, f"{STAGE} {self.cfg.method}/{self.cfg.env}", unit="episodes")
+        self._progress.done = trainer.episode
+        return self._progress
+
+    def resume(self, trainer: Trainer) -> None:
+        run = self.mlrun.client.get_run(self.mlrun.run_id)
+        try:
+            path = artifact_dir(run, f"{RESUME_PATH}/{RESUME_FILE}")
+        except SlateRLError as exc:
+            raise SlateRLError(f"run {self.mlrun.run_id} has no checkpoint to resume from (none was saved before "
+                               f"it stopped; checkpoints come every save_every={self.cfg.save_every} episodes)") from exc
+        trainer.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+        history = metric_curve(self.mlrun.run_id, "val_return")
+        self.logged_until = max((step for step, _ in history), default=-1)
+        log.info("%s: resumed run %s at episode %d", STAGE, self.mlrun.run_id, trainer.episode)
+
+    def finish(self, trainer: Trainer, test_returns: torch.Tensor) -> None:
+        cfg, mlrun = self.cfg, self.mlrun
+        mean, std = float(test_returns.mean()), float(test_returns.std())
+        stderr = std / len(test_returns) ** 0.5
+        mlrun.log_metrics({"test_return": mean, "test_return_std": std, "test_return_stderr": stderr})
+        if trainer.best_episode is not None:
+            mlrun.log_metrics({"best_val_return": trainer.best_return, "best_episode": trainer.best_episode})
+        with tempfile.TemporaryDirectory() as tmp:
+            returns_file = Path(tmp) / "test_returns.csv"
+            atomic.write_text(returns_file, "episode,return\n" + "".join(
+                f"{i},{value:g}\n" for i, value in enumerate(test_returns.tolist())))
+            mlrun.log_artifact(returns_file, "test")
+            if trainer.validations:
+                mlrun.log_artifact(plot_run_curve(trainer.validations, Path(tmp) / "learning_curve.png",
+                                                  f"{cfg.method} on {cfg.env}, seed {cfg.seed}"))
+        episode = trainer.best_episode or trainer.episode
+        payload = policy_payload(self.agent, self.env, seed=cfg.seed, overrides=cfg.agent, episode=episode,
+                                 mf_table=self.mf_table, info={"run_id": mlrun.run_id, "test_return": mean})
+        self.log_policy_file(payload, "best")
+        log.info("%s: test return %.2f ± %.2f (500 episodes after re-seeding)", STAGE, mean, stderr)
+        if cfg.register:
+            path = models.log_policy(mlrun, payload, "best")
+            version = models.register(cfg.env, mlrun.run_id, path, {
+                "method": cfg.method, "seed": cfg.seed, "episode": episode, "checkpoint": "best",
+                "val_return": trainer.best_return if trainer.best_episode is not None else "",
+                "test_return": mean, "run_id": mlrun.run_id, "preset": cfg.preset, "env": cfg.env})
+            mlrun.set_tags({"registered_version": version.version})
