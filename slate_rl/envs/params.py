@@ -72,6 +72,9 @@ class EnvParams:
                 raise SlateRLError(f"simulator parameter {name} must be >= 1 (got {getattr(self, name)})")
         if self.slate_size > self.num_items:
             raise SlateRLError(f"slate_size ({self.slate_size}) cannot exceed num_items ({self.num_items})")
+        if self.num_topics < self.slate_size and self.slate_size % self.num_topics:
+            raise SlateRLError(f"with fewer topics than slots, slate_size ({self.slate_size}) must be a multiple of "
+                               f"num_topics ({self.num_topics}) to build the initial slate")
         if self.click_model not in CLICK_MODELS:
             raise SlateRLError(f"unknown click_model {self.click_model!r}; choose one of: {', '.join(CLICK_MODELS)}")
         if self.click_model == "custom":

@@ -316,8 +316,9 @@ class TopicRec:
         if bool((num_clicks > 0).any()):
             # positions of the new clicks after the old log: size + (rank among this step's clicks)
             order = clicks.cumsum(dim=1) - 1
-            target = torch.where(clicks.bool(), size + order, torch.full_like(order, 2 * size))
-            topics = torch.zeros(n, 2 * size + 1, dtype=torch.long, device=self.device)
+            width = size + clicks.shape[1] + 1  # old log, up to R new clicks, one slot where non-clicks land
+            target = torch.where(clicks.bool(), size + order, torch.full_like(order, width - 1))
+            topics = torch.zeros(n, width, dtype=torch.long, device=self.device)
             steps = torch.zeros_like(topics)
             topics[:, :size] = self._log_topics
             steps[:, :size] = self._log_steps
