@@ -285,6 +285,34 @@ def registry_demote(env: str, alias: str) -> None:
     click.echo(f"removed alias {alias} of slate-rl.{env}")
 
 
+@main.command("collect")
+@common_options
+@config_options(stage_configs.CollectConfig, {
+    "quality": "Alias of the environment's registered model to play: expert, medium or random.",
+    "policy": "Or any registered version: models:/slate-rl.<env>@<alias> or models:/slate-rl.<env>/<version>.",
+    "episodes": "Episodes to collect (with --mix: the total).",
+    "epsilon_noise": "Probability that a step's latent action gets Gaussian noise (SAC+GeMS / TopK policies).",
+    "noise_scale": "Std of that noise, as a fraction of the action box's half-range.",
+    "mix": "Or a mix of sources, 'policy:share[:noise],...' with episode counts or fractions, e.g. "
+           "expert:1000,expert:4000:0.3,medium:3000:0.3,random:2000.",
+    "seed": "Seed of the users (simulator stream) and of the noise.",
+    "format": "minari, npz or both.",
+    "oracle": "Also store each step's user state and bored topics (sidecar).",
+    "relevances": "Also store every item's relevance at each step (large: 2 GB per 10,000 episodes).",
+    "batch_size": "Users simulated at once.",
+    "name": "Dataset name (default: the alias, 'policy' or 'mix').",
+    "reference_episodes": "Episodes of the random policy that give the dataset's random reference score.",
+})
+@user_errors
+def collect_command(env: str, preset: str, experiment_name: str | None, **overrides: Any) -> None:
+    """Collect an offline dataset from registered policies chosen by alias, with a quality report."""
+    from slate_rl.stages import collect
+
+    run_id = collect.run(stage_configs.CollectConfig.resolve(env, preset, **overrides),
+                         experiment_name=experiment_name)
+    click.echo(f"dataset: runs:/{run_id}/{collect.ARTIFACT}  (load with slate_rl.data.load_offline('{run_id}'))")
+
+
 @main.command("compare")
 @option("envs", default="all", show_default=True, help="Comma-separated environments, or 'all'.")
 @option("methods", default="all", show_default=True,

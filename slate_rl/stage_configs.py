@@ -148,3 +148,85 @@ class TrainOnlineConfig(StageConfig):
             raise SlateRLError(f"warmup_episodes must lie in [0, episodes] (got {self.warmup_episodes})")
         if int(self.latent_dim) < 1 or float(self.lambda_kl) < 0 or float(self.lambda_click) < 0:
             raise SlateRLError("latent_dim must be >= 1 and the GeMS loss weights >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectPart:
+    """One source of a collected dataset: a registered version (alias or number), or a models:/ URI."""
+
+    policy: str
+    episodes: int
+    epsilon_noise: float = 0.0
+
+
+@dataclasses.dataclass
+class CollectConfig(StageConfig):
+    """Parameters of `collect`: one policy (`quality` alias or `policy` URI) or a `mix` of several."""
+
+    stage = "collect"
+    quality: str = ""  # alias of the environment's registered model: expert, medium or random
+    policy: str = ""  # any models:/slate-rl.<env>@alias or models:/slate-rl.<env>/<version>
+    episodes: int = 10_000  # in a mix: the total, which the parts must add up to
+    epsilon_noise: float = 0.0  # probability that a step's latent action gets Gaussian noise
+    noise_scale: float = 0.3  # noise std as a fraction of the action box's half-range
+    mix: str = ""  # "policy:share[:noise],...": shares are episode counts or fractions of `episodes`
+    seed: int = 0
+    format: str = "both"  # minari, npz or both
+    oracle: bool = False  # sidecar with user states and bored topics
+    relevances: bool = False  # sidecar with every item's relevance (large)
+    batch_size: int = 10_000  # users simulated at once
+    name: str = ""  # dataset name (default: the alias, 'policy' or 'mix')
+    reference_episodes: int = 500  # episodes of the random policy for the reference score
+
+    def parts(self) -> list[CollectPart]:
+        """The sources to collect: the single policy, or the mix with its shares turned into episode counts."""
+        if not self.mix:
+            return [CollectPart(self.quality or self.policy, int(self.episodes), float(self.epsilon_noise))]
+        entries = []
+        for item in self.mix.split(","):
+            fields = [f.strip() for f in item.split(":")]
+            try:
+                if len(fields) not in (2, 3) or not fields[0]:
+                    raise ValueError
+                entries.append((fields[0], float(fields[1]), float(fields[2]) if len(fields) == 3 else 0.0))
+            except ValueError as exc:
+                raise SlateRLError(f"mix part {item.strip()!r} must look like policy:share or policy:share:noise, "
+                                   "e.g. expert:4000:0.3 (a count) or expert:0.4:0.3 (a fraction)") from exc
+        shares = [share for _, share, _ in entries]
+        if all(share < 1 for share in shares):  # fractions of `episodes`
+            if abs(sum(shares) - 1.0) > 1e-6:
+                raise SlateRLError(f"the mix fractions add up to {sum(shares):g}, not 1")
+            from slate_rl.data.mixing import split_counts
+
+            counts = list(split_counts(int(self.episodes), {str(i): f for i, f in enumerate(shares)}).values())
+        else:
+            counts = [int(share) for share in shares]
+            if any(c != s for c, s in zip(counts, shares)) or sum(counts) != int(self.episodes):
+                raise SlateRLError(f"the mix counts {', '.join(f'{s:g}' for s in shares)} add up to {sum(shares):g} "
+                                   f"episodes, not episodes = {self.episodes}; give whole counts that add up, or "
+                                   "fractions")
+        return [CollectPart(name, count, noise) for (name, _, noise), count in zip(entries, counts)]
+
+    def validate(self) -> None:
+        chosen = [name for name in ("quality", "policy", "mix") if getattr(self, name)]
+        if len(chosen) != 1:
+            raise SlateRLError("choose what to collect with exactly one of quality (an alias), policy (a models:/ "
+                               f"URI) or mix (got {', '.join(chosen) or 'none'})")
+        if self.quality and self.quality not in ("expert", "medium", "random"):
+            raise SlateRLError(f"quality is an alias: expert, medium or random (got {self.quality!r}); use policy= "
+                               "for another version")
+        if int(self.episodes) < 1:
+            raise SlateRLError(f"episodes must be >= 1 (got {self.episodes})")
+        for part in self.parts():
+            if part.episodes < 1:
+                raise SlateRLError(f"mix part {part.policy} gets {part.episodes} episodes; every part needs >= 1")
+            if not 0.0 <= part.epsilon_noise <= 1.0:
+                raise SlateRLError(f"epsilon_noise is a probability and must lie in [0, 1] (got {part.epsilon_noise})")
+        if not float(self.noise_scale) > 0:
+            raise SlateRLError(f"noise_scale must be > 0 (got {self.noise_scale})")
+        if self.format not in ("minari", "npz", "both"):
+            raise SlateRLError(f"format must be minari, npz or both (got {self.format!r})")
+        for name in ("batch_size", "reference_episodes"):
+            if int(getattr(self, name)) < 1:
+                raise SlateRLError(f"{name} must be >= 1 (got {getattr(self, name)})")
+

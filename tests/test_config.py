@@ -55,6 +55,7 @@ def test_assignments_are_typed():
     ("generate_dataset", stage_configs.GenerateDatasetConfig),
     ("pretrain_gems", stage_configs.PretrainGemsConfig),
     ("train_mf", stage_configs.TrainMFConfig),
+    ("train_online", stage_configs.TrainOnlineConfig),
 ])
 def test_mlproject_fixed_defaults_equal_the_stage_defaults(entry_point, config_class):
     """Declared MLproject parameters are logged by `mlflow run`; they must agree with the resolved config, and

@@ -19,18 +19,33 @@ def load_offline(path: Union[str, os.PathLike], kind: Kind = "episodes",
                  oracle: bool = False) -> Union[OfflineEpisodes, OfflineTransitions]:
     """Load an offline dataset as episodes or as D4RL-style transitions.
 
-    `path` is a `.npz` main file, a Minari root / dataset / data folder, or a folder holding exactly one of them
-    (e.g. a downloaded MLflow artifact folder). `oracle` also loads the oracle arrays (user states, bored topics,
+    `path` is a `.npz` main file, a Minari root / dataset / data folder, a folder holding exactly one of them
+    (e.g. a downloaded MLflow artifact folder), or a finished `collect` run (its id or `runs:/<id>`). `oracle` also loads the oracle arrays (user states, bored topics,
     relevances) when the dataset has them.
     """
     if kind not in ("episodes", "transitions"):
         raise SlateRLError(f"kind must be 'episodes' or 'transitions' (got {kind!r})")
+    if _is_run_reference(str(path)):
+        path = _run_dataset_dir(str(path))
     source = _resolve(Path(path))
     if source.suffix == ".npz":
         transitions = read_npz(source, oracle=oracle)
         return transitions if kind == "transitions" else to_episodes(transitions)
     episodes = read_minari(source, oracle=oracle)
     return episodes if kind == "episodes" else to_transitions(episodes)
+
+
+def _is_run_reference(text: str) -> bool:
+    return text.startswith("runs:/") or (len(text) == 32 and all(c in "0123456789abcdef" for c in text)
+                                         and not Path(text).exists())
+
+
+def _run_dataset_dir(reference: str) -> Path:
+    """The npz dataset folder of a FINISHED collect run (MLflow is imported only for run references)."""
+    from slate_rl.tracking.lineage import artifact_dir, get_finished_run, parse_run_uri
+
+    run_id, _ = parse_run_uri(reference)
+    return artifact_dir(get_finished_run(run_id, "collect"), "dataset/npz")
 
 
 def _resolve(path: Path) -> Path:
