@@ -1,0 +1,106 @@
+"""The train_online stage: what a run logs, registration, resume into the same run, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from slate_rl.agents.training import Trainer
+from slate_rl.cli import main
+from slate_rl.errors import SlateRLError
+from slate_rl.stage_configs import TrainOnlineConfig
+from slate_rl.stages import train_online
+from slate_rl.tracking import models
+
+TINY = dict(episodes=60, warmup_episodes=20, val_every=20, val_episodes=20, test_episodes=100, save_every=20,
+            parallel_episodes=10)
+
+
+def _config(method="sac_topk_ideal", **values):
+    return TrainOnlineConfig.resolve("focused_mix", "quick", method=method, **{**TINY, **values})
+
+
+def _paths(run_id, path=""):
+    client = MlflowClient()
+    found = []
+    for item in client.list_artifacts(run_id, path):
+        found += _paths(run_id, item.path) if item.is_dir else [item.path]
+    return set(found)
+
+
+def test_run_logs_curves_checkpoints_test_and_registers(tracking_store):
+    run_id = train_online.run(_config())
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert {k: run.data.tags[k] for k in ("stage", "env", "method", "seed", "preset")} == {
+        "stage": "train_online", "env": "focused_mix", "method": "sac_topk_ideal", "seed": "58407201",
+        "preset": "quick"}
+    assert run.data.tags["git_commit"]
+    history = MlflowClient().get_metric_history(run_id, "val_return")
+    assert [m.step for m in history] == [20, 40, 60]
+    assert {"train/q_loss", "train/alpha", "time/episodes_per_s"} <= set(run.data.metrics)
+    assert run.data.metrics["test_return"] > 0
+    files = _paths(run_id)
+    assert {"config.json", "console.log", "learning_curve.png", "test/test_returns.csv",
+            "checkpoints/best/policy.pt", "checkpoints/episode_000020/policy.pt",
+            "checkpoints/episode_000060/policy.pt", "resume/state.pt", "policies/best/MLmodel"} <= files
+    (version,) = models.versions("focused_mix")
+    assert version.run_id == run_id and version.tags["method"] == "sac_topk_ideal"
+    assert float(version.tags["test_return"]) == pytest.approx(run.data.metrics["test_return"])
+
+
+def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one(tracking_store, monkeypatch):
+    uninterrupted = MlflowClient().get_run(train_online.run(_config(register=False)))
+
+    original = Trainer._block
+
+    def killed_after_40(self):
+        original(self)
+        if self.episode == 40:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_block", killed_after_40)
+    with pytest.raises(KeyboardInterrupt):
+        train_online.run(_config(register=False))
+    (killed,) = MlflowClient().search_runs(["0"], "attributes.status = 'KILLED'")
+    monkeypatch.setattr(Trainer, "_block", original)
+
+    train_online.run(train_online.resumable(killed.info.run_id), resume_run=killed.info.run_id)
+    resumed = MlflowClient().get_run(killed.info.run_id)
+    assert resumed.info.status == "FINISHED"
+    assert resumed.data.metrics["test_return"] == uninterrupted.data.metrics["test_return"]
+    curve = lambda run_id: [(m.step, m.value) for m in MlflowClient().get_metric_history(run_id, "val_return")]
+    assert curve(resumed.info.run_id) == curve(uninterrupted.info.run_id)
+    assert "console-1.log" in _paths(resumed.info.run_id)
+
+
+def test_resume_refuses_finished_runs_and_runs_without_checkpoint(tracking_store):
+    finished = train_online.run(_config(method="random", register=False))
+    with pytest.raises(SlateRLError, match="already finished"):
+        train_online.resumable(finished)
+    client = MlflowClient()
+    bare = client.create_run("0", tags={"stage": "train_online"}).info.run_id
+    client.set_terminated(bare, "FAILED")
+    with pytest.raises(SlateRLError, match="has no config.json"):
+        train_online.resumable(bare)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "sac_gem"], "unknown method 'sac_gem'; choose one of: sac_gems"),
+    (["--episodes", "0"], "episodes must be >= 1"),
+    (["--seed", "-3"], "seed must lie in [0, 2**63)"),
+    (["--set", "gama=0.9"], "unknown SACConfig field(s) gama"),
+    (["--resume", "0123456789abcdef0123456789abcdef"], "no run 0123456789abcdef0123456789abcdef to resume"),
+])
+def test_cli_bad_input(tracking_store, args, message):
+    result = CliRunner().invoke(main, ["train-online", "--env", "focused_mix", "--preset", "quick",
+                                       "--method", "sac_topk_ideal", *args])
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert models.versions("focused_mix") == []
+
+
+def test_gems_run_of_another_setting_is_refused(tracking_store):
+    with pytest.raises(SlateRLError, match="not a run reference"):
+        train_online.run(_config(method="sac_gems", gems="gems.ckpt"))
