@@ -1,0 +1,19 @@
+"""Online RL agents of the GeMS benchmark and the pure training loop (no MLflow, no files).
+
+    agent = build_agent("sac_gems", env, seed, gems_decoder=decoder)
+    trainer = Trainer(agent, env, Protocol(), Hooks(on_metrics=..., on_validation=..., on_checkpoint=...))
+    trainer.fit(); test_returns = trainer.test()
+    next_slates = agent.recommend(slates, clicks)        # (B, T, R) histories -> (B, R)
+"""
+
+from slate_rl.agents.base import EXPLORE, GREEDY, RANDOM, Agent
+from slate_rl.agents.buffer import Trajectories, TrajectoryBuffer
+from slate_rl.agents.config import (BeliefConfig, Protocol, ReinforceConfig, SACConfig, SlateQConfig, WkNNConfig,
+                                    with_overrides)
+from slate_rl.agents.methods import METHODS, MethodInfo, build_agent, method_info
+from slate_rl.agents.rollout import evaluate_policy, play
+from slate_rl.agents.training import Hooks, Trainer
+
+__all__ = ["Agent", "BeliefConfig", "EXPLORE", "GREEDY", "Hooks", "METHODS", "MethodInfo", "Protocol", "RANDOM",
+           "ReinforceConfig", "SACConfig", "SlateQConfig", "Trainer", "Trajectories", "TrajectoryBuffer",
+           "WkNNConfig", "build_agent", "evaluate_policy", "method_info", "play", "with_overrides"]

@@ -36,8 +36,6 @@ ALIASES = ("expert", "medium", "random")
 POLICY_FILE = "policy.pt"
 POLICIES_DIR = "policies"
 log = logging.getLogger("slate_rl")
-# MLflow suggests list[...] type hints on predict; this model's input is a dict of arrays, its signature explicit.
-warnings.filterwarnings("ignore", message=r".*(type hint|Type hint).*", category=UserWarning)
 
 
 def registered_model_name(env: str) -> str:
