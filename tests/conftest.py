@@ -13,9 +13,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
 
 
-@pytest.fixture
-def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh SQLite tracking store in a temporary folder (also the working directory, so artifacts land there)."""
+def use_store(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point MLflow at a SQLite store in `folder` (also the working directory, so artifacts land there)."""
+    tmp_path = folder
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -25,6 +25,19 @@ def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
     return tmp_path
+
+
+@pytest.fixture
+def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh tracking store for one test."""
+    return use_store(tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def module_store(tmp_path_factory: pytest.TempPathFactory):
+    """A tracking store shared by the tests of one module (for expensive set-ups such as training runs)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield use_store(tmp_path_factory.mktemp("store"), monkeypatch)
 
 
 @pytest.fixture
