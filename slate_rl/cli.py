@@ -31,7 +31,8 @@ def option(name: str, dest: str | None = None, **kwargs: Any) -> Callable:
 
 
 def common_options(func: Callable) -> Callable:
-    """--env, --preset and --experiment-name, shared by the stages."""
+    """--env, --preset and --experiment-name, shared by the stages (and the hidden --parent-run of pipeline jobs)."""
+    func = option("parent_run", default=None, hidden=True, help="Run the stage as a child run of this run.")(func)
     func = option("experiment_name", default=None,
                   help="MLflow experiment (the purpose of this batch of runs); default: $MLFLOW_EXPERIMENT_NAME "
                        "or MLflow's default experiment. Ignored under `mlflow run`, which sets it.")(func)
@@ -39,6 +40,17 @@ def common_options(func: Callable) -> Callable:
                   help="Parameter preset: 'paper' reproduces the paper, 'quick' is a minutes-long smoke run.")(func)
     func = option("env", default="focused_topdown", show_default=True, help=ENV_HELP)(func)
     return func
+
+
+def placement(experiment_name: str | None, parent_run: str | None) -> dict[str, Any]:
+    """Where a stage's run goes: a child of `parent_run` (pipeline jobs), else a run in the experiment."""
+    if parent_run is None:
+        return {"experiment_name": experiment_name}
+    from mlflow.tracking import MlflowClient
+
+    from slate_rl.tracking.runs import StageRun
+
+    return {"parent": StageRun(MlflowClient(), parent_run)}
 
 
 def user_errors(func: Callable) -> Callable:
@@ -106,14 +118,14 @@ DATASET_HELP = {
 @option("env_param", multiple=True, metavar="KEY=VALUE",
         help="Override a simulator parameter, e.g. --env-param boredom_threshold=3 (repeatable).")
 @user_errors
-def generate_dataset_command(env: str, preset: str, experiment_name: str | None, env_param: tuple[str, ...],
+def generate_dataset_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None, env_param: tuple[str, ...],
                              **overrides: Any) -> None:
     """Log sessions of the ε-greedy oracle (the data GeMS and MF learn from) as an artifact 'dataset'."""
     from slate_rl.stages import generate_dataset
 
     cfg = stage_configs.GenerateDatasetConfig.resolve(
         env, preset, env_overrides=config.parse_assignments(env_param, "--env-param") or None, **overrides)
-    run_id = generate_dataset.run(cfg, experiment_name=experiment_name)
+    run_id = generate_dataset.run(cfg, **placement(experiment_name, parent_run))
     click.echo(f"dataset: runs:/{run_id}/{generate_dataset.ARTIFACT}")
 
 
@@ -134,12 +146,12 @@ def generate_dataset_command(env: str, preset: str, experiment_name: str | None,
     "bound_sessions": "Logged sessions whose encodings define the action bounds.",
 })
 @user_errors
-def pretrain_gems_command(env: str, preset: str, experiment_name: str | None, **overrides: Any) -> None:
+def pretrain_gems_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None, **overrides: Any) -> None:
     """Pretrain the GeMS slate VAE; logs the best-validation model with its action bounds (artifact 'gems')."""
     from slate_rl.stages import pretrain_gems
 
     run_id = pretrain_gems.run(stage_configs.PretrainGemsConfig.resolve(env, preset, **overrides),
-                               experiment_name=experiment_name)
+                               **placement(experiment_name, parent_run))
     click.echo(f"gems: runs:/{run_id}/{pretrain_gems.ARTIFACT}")
 
 
@@ -157,11 +169,12 @@ def pretrain_gems_command(env: str, preset: str, experiment_name: str | None, **
     "max_seconds": "Cap on training time in seconds (0: none). [paper: 0, quick: 60]",
 })
 @user_errors
-def train_mf_command(env: str, preset: str, experiment_name: str | None, **overrides: Any) -> None:
+def train_mf_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None, **overrides: Any) -> None:
     """Train BPR matrix-factorisation item embeddings on logged sessions (artifact 'mf')."""
     from slate_rl.stages import train_mf
 
-    run_id = train_mf.run(stage_configs.TrainMFConfig.resolve(env, preset, **overrides), experiment_name=experiment_name)
+    run_id = train_mf.run(stage_configs.TrainMFConfig.resolve(env, preset, **overrides),
+                          **placement(experiment_name, parent_run))
     click.echo(f"mf: runs:/{run_id}/{train_mf.ARTIFACT}")
 
 
@@ -193,7 +206,7 @@ def train_mf_command(env: str, preset: str, experiment_name: str | None, **overr
 @option("resume", default=None, metavar="RUN_ID",
         help="Continue a killed or failed train_online run from its last checkpoint, in the same MLflow run.")
 @user_errors
-def train_online_command(env: str, preset: str, experiment_name: str | None, assignments: tuple[str, ...],
+def train_online_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None, assignments: tuple[str, ...],
                          resume: str | None, **overrides: Any) -> None:
     """Train one of the paper's methods with validation and test; register its best policy."""
     from slate_rl.stages import train_online
@@ -204,7 +217,7 @@ def train_online_command(env: str, preset: str, experiment_name: str | None, ass
     else:
         cfg = stage_configs.TrainOnlineConfig.resolve(
             env, preset, agent=config.parse_assignments(assignments, "--set") or None, **overrides)
-        run_id = train_online.run(cfg, experiment_name=experiment_name)
+        run_id = train_online.run(cfg, **placement(experiment_name, parent_run))
     click.echo(f"policy run: runs:/{run_id}  (test return in the run's metrics; `slate-rl registry list "
                f"--env {cfg.env}` shows the registered version)")
 
@@ -304,10 +317,12 @@ def registry_demote(env: str, alias: str) -> None:
     "reference_episodes": "Episodes of the random policy that give the dataset's random reference score.",
 })
 @user_errors
-def collect_command(env: str, preset: str, experiment_name: str | None, **overrides: Any) -> None:
+def collect_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None, **overrides: Any) -> None:
     """Collect an offline dataset from registered policies chosen by alias, with a quality report."""
     from slate_rl.stages import collect
 
+    if parent_run:
+        raise click.UsageError("collect runs are not pipeline jobs")
     run_id = collect.run(stage_configs.CollectConfig.resolve(env, preset, **overrides),
                          experiment_name=experiment_name)
     click.echo(f"dataset: runs:/{run_id}/{collect.ARTIFACT}  (load with slate_rl.data.load_offline('{run_id}'))")
@@ -334,6 +349,33 @@ def compare_command(envs: str, methods: str, experiment_name: str | None, filter
     run_id = compare.run(cfg, experiment_name=experiment_name)
     click.echo((Path(cfg.out) / "results.md").read_text())
     click.echo(f"report: {cfg.out}/report.md (run {run_id})")
+
+
+@main.command("pipeline")
+@option("envs", default="all", show_default=True, help="Comma-separated environments, or 'all'.")
+@option("methods", default="all", show_default=True, help="Comma-separated method ids, or 'all'.")
+@option("seeds", default="10", show_default=True,
+        help="A count (the paper's first N seeds) or a comma-separated list of seeds.")
+@option("preset", default="paper", show_default=True, type=click.Choice(["quick", "paper"]))
+@option("workers", type=int, default=1, show_default=True, help="Jobs run at once (each its own process).")
+@option("devices", default="", help="GPUs to spread jobs over, e.g. 0,1,2,3 (default: CPU).")
+@option("out", default="reports/pipeline", show_default=True, help="Folder of the final compare report.")
+@option("experiment_name", default=None, help="MLflow experiment of the parent run and its jobs.")
+@user_errors
+def pipeline_command(envs: str, methods: str, seeds: str, devices: str, out: str, experiment_name: str | None,
+                     **values: Any) -> None:
+    """Run the whole grid (datasets, MF, GeMS, every training run) as child runs of one run, then compare.
+
+    Finished jobs are skipped: interrupt it and run it again to finish only what is missing."""
+    from slate_rl.stages import pipeline
+
+    cfg = pipeline.PipelineConfig.resolve(envs, methods, seeds, devices=compare_split(devices), **values)
+    run_id = pipeline.run(cfg, experiment_name=experiment_name, out=out)
+    click.echo(f"pipeline run {run_id}; report in {out}/report.md")
+
+
+def compare_split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 @main.command("envs")

@@ -24,7 +24,7 @@ from slate_rl.reporting.figures import plot_run_curve
 from slate_rl.stage_configs import PretrainGemsConfig, TrainMFConfig, TrainOnlineConfig
 from slate_rl.stages import generate_dataset, pretrain_gems, train_mf
 from slate_rl.tracking import models
-from slate_rl.tracking.lineage import artifact_dir, parse_run_uri
+from slate_rl.tracking.lineage import LINEAGE_TAG, artifact_dir, lineage_key, parse_run_uri
 from slate_rl.tracking.results import metric_curve
 from slate_rl.tracking.runs import StageRun, stage_run
 
@@ -55,6 +55,7 @@ def run(cfg: TrainOnlineConfig, parent: Optional[StageRun] = None, experiment_na
                    tags={"env": cfg.env, "method": cfg.method, "seed": cfg.seed, "preset": cfg.preset}) as mlrun:
         if resume_run is None:
             mlrun.log_params(cfg.as_params())
+            mlrun.set_tags({LINEAGE_TAG: lineage_key(STAGE, identity(cfg))})
         env = generate_dataset.make_env(generate_dataset_config(cfg))
         upstream = resolve_upstream(cfg, mlrun)
         mlrun.set_tags({f"upstream.{k}": f"runs:/{v}" for k, v in dataclasses.asdict(upstream).items() if v})
@@ -78,6 +79,11 @@ def run(cfg: TrainOnlineConfig, parent: Optional[StageRun] = None, experiment_na
         test_returns = trainer.test()
         session.finish(trainer, test_returns)
         return mlrun.run_id
+
+
+def identity(cfg: TrainOnlineConfig) -> dict[str, Any]:
+    """What determines a train_online run's outcome (its lineage key; `pipeline` skips runs that have one)."""
+    return {k: v for k, v in cfg.as_params().items() if k != "register"}
 
 
 def resumable(run_id: str) -> TrainOnlineConfig:

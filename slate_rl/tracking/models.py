@@ -45,13 +45,15 @@ def registered_model_name(env: str) -> str:
 class SlatePolicyModel(mlflow.pyfunc.PythonModel):
     """pyfunc flavour of a slate-rl policy: observation histories -> next slates."""
 
+    _skip_type_hint_validation = True  # the input is a dict of arrays, described by the explicit signature
+
     def load_context(self, context: Any) -> None:
         from slate_rl.agents.export import agent_from_payload
 
         payload = torch.load(context.artifacts["policy"], map_location="cpu", weights_only=False)
         self.agent, _ = agent_from_payload(payload)
 
-    def predict(self, context, model_input, params=None):  # untyped: MLflow validates typed predict inputs
+    def predict(self, context: Any, model_input: Any, params: Optional[dict] = None) -> np.ndarray:
         """Next slates (B, R) int64 for histories {'slates': (B, T, R), 'clicks': (B, T, R)}."""
         slates, clicks = _histories(model_input)
         with torch.no_grad():

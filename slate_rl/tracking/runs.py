@@ -155,6 +155,8 @@ def stage_run(stage: str, run_name: str, tags: Optional[dict[str, Any]] = None,
     client = MlflowClient()
     env_run = os.environ.pop("MLFLOW_RUN_ID", None) if parent is None else None
     base_tags = {"stage": stage, "git_commit": git_commit(), "slate_rl_version": __version__, **(tags or {})}
+    if os.environ.get("SLATE_RL_JOB"):  # a job of `slate-rl pipeline`
+        base_tags["pipeline_job"] = os.environ["SLATE_RL_JOB"]
     console_name = "console.log"
     if run_id is not None:
         existing = {f.path for f in client.list_artifacts(run_id)}
