@@ -19,7 +19,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 install: $(BIN)/.installed
 
 quickstart: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mlflow run . -e generate_dataset -P env=$(ENV) -P preset=quick --env-manager local
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mlflow run . -e train_online -P env=$(ENV) -P preset=quick --env-manager local
 
 test: install
 	$(BIN)/pytest
