@@ -189,7 +189,9 @@ def train_mf_command(env: str, preset: str, experiment_name: str | None, parent_
     "val_every": "Validate every this many episodes. [paper: 1000, quick: 300]",
     "val_episodes": "Episodes per validation (played as one batch).",
     "test_episodes": "Episodes of the final test, after re-seeding the simulator (one batch).",
-    "parallel_episodes": "K: episodes collected together, then K gradient steps (1 = the reference's ordering).",
+    "parallel_episodes": "K: episodes collected together, then K gradient steps.",
+    "overlap_collection": "Collect the next K episodes while the updates run (both cores busy; the policy lags the "
+                          "learner by up to 2K updates). K = 1 without overlap is the reference's ordering.",
     "save_every": "A checkpoint (episode_NNNNNN, and the resume state) every this many episodes. "
                   "[paper: 10000, quick: 600]",
     "item_embeddings": "A .pt / .npy item table of the environment instead of the preset's generated one.",
@@ -209,8 +211,10 @@ def train_mf_command(env: str, preset: str, experiment_name: str | None, parent_
 def train_online_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None, assignments: tuple[str, ...],
                          resume: str | None, **overrides: Any) -> None:
     """Train one of the paper's methods with validation and test; register its best policy."""
+    from slate_rl.agents import configure_cpu
     from slate_rl.stages import train_online
 
+    configure_cpu()  # one intra-op thread per loop thread: the fast setting for many small kernels
     if resume:
         cfg = train_online.resumable(resume)
         run_id = train_online.run(cfg, resume_run=resume)

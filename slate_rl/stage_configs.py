@@ -125,6 +125,7 @@ class TrainOnlineConfig(StageConfig):
     val_episodes: int = 200
     test_episodes: int = 500
     parallel_episodes: int = 10
+    overlap_collection: bool = True  # collect the next block during the updates (with K = 1 and False: reference order)
     save_every: int = 10_000
     item_embeddings: str = ""
     dataset: str = ""  # runs:/ of a generate_dataset run (for GeMS / MF); '' = the preset's, by lineage

@@ -1,5 +1,6 @@
 """Online RL agents of the GeMS benchmark and the pure training loop (no MLflow, no files).
 
+    configure_cpu()                                      # once per process: 1 thread, keep freed memory
     agent = build_agent("sac_gems", env, seed, gems_decoder=decoder)
     trainer = Trainer(agent, env, Protocol(), Hooks(on_metrics=..., on_validation=..., on_checkpoint=...))
     trainer.fit(); test_returns = trainer.test()
@@ -12,8 +13,9 @@ from slate_rl.agents.config import (BeliefConfig, Protocol, ReinforceConfig, SAC
                                     with_overrides)
 from slate_rl.agents.methods import METHODS, MethodInfo, build_agent, method_info
 from slate_rl.agents.rollout import evaluate_policy, play
+from slate_rl.agents.runtime import configure_cpu
 from slate_rl.agents.training import Hooks, Trainer
 
 __all__ = ["Agent", "BeliefConfig", "EXPLORE", "GREEDY", "Hooks", "METHODS", "MethodInfo", "Protocol", "RANDOM",
            "ReinforceConfig", "SACConfig", "SlateQConfig", "Trainer", "Trajectories", "TrajectoryBuffer",
-           "WkNNConfig", "build_agent", "evaluate_policy", "method_info", "play", "with_overrides"]
+           "WkNNConfig", "build_agent", "configure_cpu", "evaluate_policy", "method_info", "play", "with_overrides"]

@@ -65,7 +65,8 @@ def run(cfg: TrainOnlineConfig, parent: Optional[StageRun] = None, experiment_na
                             overrides=cfg.agent or None)
         protocol = Protocol(episodes=cfg.episodes, warmup_episodes=cfg.warmup_episodes, val_every=cfg.val_every,
                             val_episodes=cfg.val_episodes, test_episodes=cfg.test_episodes,
-                            parallel_episodes=cfg.parallel_episodes, save_every=cfg.save_every)
+                            parallel_episodes=cfg.parallel_episodes, pipeline=cfg.overlap_collection,
+                            save_every=cfg.save_every)
         session = _Session(cfg, mlrun, env, agent, mf_table)
         trainer = Trainer(agent, env, protocol, session.hooks())
         if resume_run is not None:

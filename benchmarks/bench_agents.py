@@ -1,0 +1,167 @@
+"""Speed of the online agents and of the training loop on this machine; projects a paper-preset run.
+
+Measures, per method: milliseconds per gradient update (B = 20 trajectories of 100 steps from a buffer of random
+episodes), collection throughput (episodes/s, K users played together, random warm-up and exploring actions),
+validation (200 users as one batch) and test (500 users as one batch) times, then projects a paper run:
+2,000 warm-up episodes + 98,000 learning episodes with one update each + 100 validations + the test.
+
+Both wall-clock and process CPU time are reported: on a machine shared with other jobs the wall clock also counts
+time spent waiting for a core; the CPU time is what the run itself consumes (the wall time of an idle machine with
+one thread).
+
+    python benchmarks/bench_agents.py                      # SAC+GeMS, K = 1, 10, 50, 100
+    python benchmarks/bench_agents.py --methods all --parallel 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from slate_rl import envs
+from slate_rl.agents import (EXPLORE, GREEDY, METHODS, RANDOM, Hooks, Protocol, Trainer, TrajectoryBuffer, build_agent,
+                             play)
+from slate_rl.agents.base import Agent
+from slate_rl.agents.runtime import configure_cpu
+from slate_rl.rankers.decoders import GeMSDecoder
+from slate_rl.rankers.gems import GeMS
+
+PAPER = dict(episodes=100_000, warmup=2_000, validations=100, val_episodes=200, test_episodes=500)
+
+
+def timed(fn: Callable[[], object], repeats: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of `repeats` calls."""
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+    return wall, cpu
+
+
+def upstream(env: envs.TopicRec, seed: int) -> dict:
+    """Stand-ins with the paper's shapes: an (untrained) GeMS decoder (d = 32, MLP 256-512) and an MF table."""
+    vae = GeMS(num_items=env.num_items, slate_size=env.slate_size, latent_dim=32, seed=seed)
+    decoder = GeMSDecoder(vae.decoder, vae.slate_head, vae.item_embeddings.weight, torch.zeros(32), torch.ones(32))
+    mf = torch.randn(env.num_items, env.embedding_dim, generator=torch.Generator().manual_seed(seed)) * 0.3
+    return {"gems_decoder": decoder, "mf_table": mf}
+
+
+def bench_updates(agent: Agent, env: envs.TopicRec, repeats: int) -> dict[str, float]:
+    buffer = TrajectoryBuffer(200, env.episode_length, env.slate_size, env.num_items, agent.stored_action_dim,
+                              agent.privileged_dim)
+    for _ in range(2):
+        buffer.add(play(env, agent, 50, EXPLORE))
+    batch_size = agent.batch_size
+
+    def step() -> None:
+        agent.update(buffer.sample(batch_size, agent.generator))
+
+    timed(step, 3)
+    wall, cpu = timed(step, repeats)
+    return {"wall_ms": 1e3 * statistics.median(wall), "cpu_ms": 1e3 * statistics.median(cpu),
+            "cpu_min_ms": 1e3 * min(cpu)}
+
+
+def bench_collection(agent: Agent, env: envs.TopicRec, parallel: int, mode: str, episodes: int) -> dict[str, float]:
+    blocks = max(1, episodes // parallel)
+    play(env, agent, parallel, mode, 0)
+    wall, cpu = timed(lambda: play(env, agent, parallel, mode, 3000), blocks)
+    done = blocks * parallel
+    return {"wall_eps": done / sum(wall), "cpu_eps": done / sum(cpu)}
+
+
+def bench_evaluation(agent: Agent, env: envs.TopicRec, users: int, repeats: int = 2) -> dict[str, float]:
+    wall, cpu = timed(lambda: play(env, agent, users, GREEDY), repeats)
+    return {"wall_s": min(wall), "cpu_s": min(cpu)}
+
+
+def bench_fit(method: str, env_name: str, inputs: dict, seed: int, parallel: int, pipeline: bool,
+              episodes: int) -> float:
+    """Wall seconds per learning episode (collection, update, overlap) of the real loop after a short warm-up."""
+    warmup = max(parallel, 20)
+    protocol = Protocol(episodes=warmup + episodes, warmup_episodes=warmup, val_every=warmup + episodes,
+                        val_episodes=1, test_episodes=1, parallel_episodes=parallel, pipeline=pipeline,
+                        save_every=10**9)
+    env = envs.make(env_name)
+    marks: dict[int, float] = {}
+    trainer = Trainer(build_agent(method, env, seed, **inputs), env, protocol,
+                      Hooks(on_progress=lambda episode, total: marks.setdefault(episode, time.perf_counter())))
+    trainer.fit()
+    first = min(e for e in marks if e > warmup)  # the first learning block's end (its collection is excluded)
+    last = max(e for e in marks if e < warmup + episodes)  # before the final validation
+    return (marks[last] - marks[first]) / (last - first)
+
+
+def project(update_ms: float, random_eps: float, explore_eps: float, val_s: float, test_s: float,
+            updates: bool) -> dict[str, float]:
+    """Seconds of a paper run, by phase."""
+    learn = PAPER["episodes"] - PAPER["warmup"]
+    out = {"collect": PAPER["warmup"] / random_eps + learn / explore_eps,
+           "update": learn * update_ms / 1e3 if updates else 0.0,
+           "evaluate": PAPER["validations"] * val_s + test_s}
+    out["total"] = sum(out.values())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=["sac_gems"],
+                        help=f"method ids or 'all' ({', '.join(METHODS)})")
+    parser.add_argument("--env", default="focused_topdown", help="preset environment")
+    parser.add_argument("--parallel", nargs="+", type=int, default=[1, 10, 50, 100],
+                        help="K values (episodes collected together) to measure collection at")
+    parser.add_argument("--updates", type=int, default=30, help="timed updates per method")
+    parser.add_argument("--collect-episodes", type=int, default=200, help="episodes timed per collection setting")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 recommended)")
+    parser.add_argument("--fit", type=int, default=0, metavar="EPISODES",
+                        help="also time the real loop: this many learning episodes after a short warm-up, "
+                             "for each K of --parallel, with and without the collection pipeline")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    configure_cpu(args.threads)
+    methods = list(METHODS) if args.methods == ["all"] else args.methods
+    env = envs.make(args.env)
+    inputs = upstream(env, args.seed)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), env {args.env}")
+    for method in methods:
+        agent = build_agent(method, env, args.seed, **inputs)
+        print(f"\n== {method} ({METHODS[method].display})")
+        update = bench_updates(agent, env, args.updates) if agent.learns else None
+        if update:
+            print(f"update: {update['cpu_ms']:.1f} ms CPU (min {update['cpu_min_ms']:.1f}), "
+                  f"{update['wall_ms']:.1f} ms wall  [median of {args.updates}]")
+        val = bench_evaluation(agent, env, PAPER["val_episodes"])
+        test = bench_evaluation(agent, env, PAPER["test_episodes"])
+        print(f"validation (200 users, one batch): {val['cpu_s']:.2f} s CPU, {val['wall_s']:.2f} s wall; "
+              f"test (500 users): {test['cpu_s']:.2f} s CPU, {test['wall_s']:.2f} s wall")
+        if not agent.learns:
+            continue
+        print(f"{'K':>5} {'random eps/s (CPU | wall)':>28} {'explore eps/s (CPU | wall)':>29} "
+              f"{'projected paper run, min (CPU | wall): collect + update + eval = total':>72}")
+        for k in args.parallel:
+            rnd = bench_collection(agent, env, k, RANDOM, args.collect_episodes)
+            exp = bench_collection(agent, env, k, EXPLORE, args.collect_episodes)
+            cpu = project(update["cpu_ms"], rnd["cpu_eps"], exp["cpu_eps"], val["cpu_s"], test["cpu_s"], True)
+            wall = project(update["wall_ms"], rnd["wall_eps"], exp["wall_eps"], val["wall_s"], test["wall_s"], True)
+            fmt = lambda p: " + ".join(f"{p[k] / 60:.1f}" for k in ("collect", "update", "evaluate")) + \
+                f" = {p['total'] / 60:.1f}"
+            print(f"{k:>5} {rnd['cpu_eps']:>13.1f} | {rnd['wall_eps']:<12.1f} {exp['cpu_eps']:>13.1f} | "
+                  f"{exp['wall_eps']:<13.1f} {fmt(cpu):>34} | {fmt(wall)}")
+        if args.fit:
+            for k in args.parallel:
+                random_eps = bench_collection(agent, env, k, RANDOM, args.collect_episodes)["wall_eps"]
+                for pipeline in (True, False):
+                    learn = bench_fit(method, env.name, inputs, args.seed, k, pipeline, args.fit)
+                    total = (PAPER["warmup"] / random_eps + (PAPER["episodes"] - PAPER["warmup"]) * learn
+                             + PAPER["validations"] * val["wall_s"] + test["wall_s"])
+                    print(f"real loop K={k:<4} pipeline={str(pipeline):<5}: {1e3 * learn:.1f} ms wall per learning "
+                          f"episode (collection + update) -> projected paper run {total / 60:.1f} min wall")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The GRU belief encoders of the agents (spec agents_protocol.md section 2.2).
+
+Each encoder has its own scratch item table (N x 20) and its own single-layer GRU (input R x [embedding, click] =
+210, hidden 20, zero initial state). The tables of all encoders of an agent start as copies of one random N(0, 1)
+table, as in the reference. Training re-encodes whole stored trajectories with full back-propagation through time;
+all encoders of an agent run in one stacked pass (`slate_rl.agents.inputs`, `slate_rl.agents.gru`). Acting steps
+them online, one observation at a time, batched over users.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from slate_rl.agents.gru import GRUWorkspace, gru_cell, stacked_gru
+from slate_rl.agents.inputs import slot_input_gates
+
+
+class GRUBelief(nn.Module):
+    """Parameters of one encoder; names follow `torch.nn.GRU` (weight_ih_l0 ...), gate order r, z, n."""
+
+    def __init__(self, items: torch.Tensor, slate_size: int, hidden_dim: int, generator: torch.Generator) -> None:
+        super().__init__()
+        input_dim = slate_size * (items.shape[1] + 1)
+        bound = 1.0 / math.sqrt(hidden_dim)
+
+        def uniform(*shape: int) -> nn.Parameter:
+            return nn.Parameter((torch.rand(*shape, generator=generator) * 2 - 1) * bound)
+
+        self.items = nn.Parameter(items.clone())
+        self.weight_ih_l0 = uniform(3 * hidden_dim, input_dim)
+        self.weight_hh_l0 = uniform(3 * hidden_dim, hidden_dim)
+        self.bias_ih_l0 = uniform(3 * hidden_dim)
+        self.bias_hh_l0 = uniform(3 * hidden_dim)
+
+
+class BeliefEncoders(nn.Module):
+    """Named GRU belief encoders (e.g. ('actor', 'critic')) that are encoded together.
+
+    Args:
+        names: encoder names; each gets its own item table and GRU.
+        num_items, slate_size: catalogue size N and slots R.
+        generator: the agent's generator (initialisation; the global RNG is not used).
+        item_dim, hidden_dim: 20 and 20 in the paper.
+    """
+
+    def __init__(self, names: Sequence[str], num_items: int, slate_size: int, generator: torch.Generator,
+                 item_dim: int = 20, hidden_dim: int = 20) -> None:
+        super().__init__()
+        self.names = tuple(names)
+        self.hidden_dim = hidden_dim
+        items = torch.randn(num_items, item_dim, generator=generator)
+        self.encoders = nn.ModuleDict({name: GRUBelief(items, slate_size, hidden_dim, generator)
+                                       for name in self.names})
+        self._hidden: Optional[torch.Tensor] = None  # (G, n, H) online state while acting
+        self._workspaces: dict[tuple[int, ...], GRUWorkspace] = {}  # GRU buffers reused by training encodes
+
+    def _stacked(self, names: Sequence[str]) -> tuple[torch.Tensor, ...]:
+        encs = [self.encoders[name] for name in names]
+        return tuple(torch.stack([getattr(e, key) for e in encs])
+                     for key in ("weight_ih_l0", "bias_ih_l0", "weight_hh_l0", "bias_hh_l0"))
+
+    def _input_gates(self, names: Sequence[str], slates: torch.Tensor, clicks: torch.Tensor,
+                     w_ih: torch.Tensor, b_ih: torch.Tensor) -> torch.Tensor:
+        """W_ih [E(s_r), c_r]_r + b_ih for each encoder, directly: (G, M, 3H) for M observations (slates (M, R)).
+        Used while acting (a few users per step); whole trajectories go through `slot_input_gates`."""
+        clicks = clicks.to(w_ih.dtype).unsqueeze(-1)
+        x = torch.stack([torch.cat([self.encoders[name].items[slates], clicks], -1).flatten(1) for name in names])
+        return torch.baddbmm(b_ih.unsqueeze(1), x, w_ih.transpose(1, 2))
+
+    def encode(self, slates: torch.Tensor, clicks: torch.Tensor, names: Optional[Sequence[str]] = None) -> torch.Tensor:
+        """Belief states of whole observation sequences: slates, clicks (B, T, R) -> (G, B, T, H), differentiable;
+        [:, :, t] encodes observations 0..t. With gradients enabled the result lives in a reused buffer: consume it
+        (back-propagate) before the next encode of the same shape."""
+        names = self.names if names is None else tuple(names)
+        w_ih, b_ih, w_hh, b_hh = self._stacked(names)
+        items = torch.stack([self.encoders[name].items for name in names])
+        gi = slot_input_gates(items, w_ih, b_ih, slates, clicks)
+        workspace = None
+        if torch.is_grad_enabled():
+            key = tuple(gi.shape)
+            workspace = self._workspaces.get(key)
+            if workspace is None:
+                workspace = self._workspaces[key] = GRUWorkspace(gi.shape[0], gi.shape[1], gi.shape[2], self.hidden_dim)
+        return stacked_gru(gi, w_hh, b_hh, workspace).permute(1, 2, 0, 3)
+
+    def start(self, num_users: int, names: Optional[Sequence[str]] = None) -> None:
+        """Zero the online states of `num_users` users for the encoders `names` (all by default)."""
+        count = len(self.names if names is None else names)
+        self._hidden = torch.zeros(count, num_users, self.hidden_dim, device=self.encoders[self.names[0]].items.device)
+
+    @torch.no_grad()
+    def step(self, slates: torch.Tensor, clicks: torch.Tensor, names: Optional[Sequence[str]] = None) -> torch.Tensor:
+        """Advance the online states (same `names` as in `start`) by one observation (n, R); returns (G, n, H)."""
+        names = self.names if names is None else tuple(names)
+        w_ih, b_ih, w_hh, b_hh = self._stacked(names)
+        gi = self._input_gates(names, slates.long(), clicks, w_ih, b_ih)
+        self._hidden = gru_cell(gi, self._hidden, w_hh.transpose(1, 2), b_hh.unsqueeze(1))
+        return self._hidden

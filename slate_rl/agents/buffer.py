@@ -1,0 +1,112 @@
+"""Replay of whole trajectories on preallocated tensors (spec agents_protocol.md section 2.3).
+
+A trajectory of horizon H stores its H + 1 observations obs_0 (the reset slate and its clicks) .. obs_H, so that
+both pairings of B1 can be built: step t's action a_t produced obs_{t+1}, and h_t encodes obs_0..obs_t. Rewards
+are not stored: r_t = number of clicks in obs_{t+1}. Optional per-step tensors: the agent's continuous actions
+(H x A) and privileged simulator data (H x D, SlateQ's user states after each step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from slate_rl.errors import SlateRLError
+
+
+@dataclass
+class Trajectories:
+    """n whole episodes: slates / clicks (n, H + 1, R), actions (n, H, A) or None, privileged (n, H, D) or None."""
+
+    slates: torch.Tensor
+    clicks: torch.Tensor
+    actions: Optional[torch.Tensor] = None
+    privileged: Optional[torch.Tensor] = None
+
+    @property
+    def rewards(self) -> torch.Tensor:
+        """r_t = clicks on obs_{t+1}: (n, H) float."""
+        return self.clicks[:, 1:].sum(-1, dtype=torch.float32)
+
+    @property
+    def returns(self) -> torch.Tensor:
+        """Undiscounted return (total clicks) of each episode, (n,)."""
+        return self.rewards.sum(1)
+
+    def select(self, index: torch.Tensor) -> "Trajectories":
+        return Trajectories(self.slates[index].long(), self.clicks[index].float(),
+                            None if self.actions is None else self.actions[index],
+                            None if self.privileged is None else self.privileged[index])
+
+
+class TrajectoryBuffer:
+    """Ring buffer of up to `capacity` trajectories; `sample` draws B distinct ones uniformly.
+
+    Args:
+        capacity: number of trajectories kept (oldest overwritten first).
+        horizon, slate_size, num_items: episode length H, slots R, catalogue size (picks int16 ids when possible).
+        action_dim: size of the stored continuous action (0: none).
+        privileged_dim: size of the stored privileged per-step vector (0: none).
+    """
+
+    def __init__(self, capacity: int, horizon: int, slate_size: int, num_items: int, action_dim: int = 0,
+                 privileged_dim: int = 0, device: torch.device | str = "cpu") -> None:
+        if capacity < 1:
+            raise SlateRLError(f"buffer capacity must be >= 1 (got {capacity})")
+        id_type = torch.int16 if num_items <= torch.iinfo(torch.int16).max else torch.int64
+        self.capacity = int(capacity)
+        self.slates = torch.empty(capacity, horizon + 1, slate_size, dtype=id_type, device=device)
+        self.clicks = torch.empty(capacity, horizon + 1, slate_size, dtype=torch.uint8, device=device)
+        self.actions = torch.empty(capacity, horizon, action_dim, device=device) if action_dim else None
+        self.privileged = torch.empty(capacity, horizon, privileged_dim, device=device) if privileged_dim else None
+        self.size = 0
+        self.position = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, episodes: Trajectories) -> torch.Tensor:
+        """Store n episodes; returns the slots they occupy (n,)."""
+        n = episodes.slates.shape[0]
+        slots = (self.position + torch.arange(n)) % self.capacity
+        self.slates[slots] = episodes.slates.to(self.slates.dtype)
+        self.clicks[slots] = episodes.clicks.to(torch.uint8)
+        if self.actions is not None:
+            self.actions[slots] = episodes.actions
+        if self.privileged is not None:
+            self.privileged[slots] = episodes.privileged
+        self.position = (self.position + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+        return slots
+
+    def get(self, slots: torch.Tensor) -> Trajectories:
+        """The stored trajectories at `slots`, ids as int64 and clicks as float."""
+        return Trajectories(self.slates, self.clicks, self.actions, self.privileged).select(slots)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Optional[Trajectories]:
+        """`batch_size` distinct stored trajectories, uniformly; None while fewer are stored."""
+        if self.size < batch_size:
+            return None
+        return self.get(torch.randperm(self.size, generator=generator)[:batch_size])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stored part (only the filled slots are copied) and the ring position."""
+        state: dict[str, Any] = {"size": self.size, "position": self.position}
+        for key in ("slates", "clicks", "actions", "privileged"):
+            value = getattr(self, key)
+            state[key] = None if value is None else value[: self.size].clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        size = int(state["size"])
+        if size > self.capacity:
+            raise SlateRLError(f"buffer state holds {size} trajectories, more than the capacity {self.capacity}")
+        for key in ("slates", "clicks", "actions", "privileged"):
+            value, target = state[key], getattr(self, key)
+            if (value is None) != (target is None):
+                raise SlateRLError(f"buffer state field {key!r} does not match this agent's buffer layout")
+            if target is not None:
+                target[:size] = value
+        self.size, self.position = size, int(state["position"])

@@ -1,0 +1,132 @@
+"""Hyper-parameters of the agents and of the training protocol; defaults are the paper's (agents_protocol.md §3-4)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional, TypeVar
+
+from slate_rl.errors import SlateRLError
+
+T = TypeVar("T")
+
+
+def with_overrides(config: T, overrides: Optional[dict[str, Any]]) -> T:
+    """A copy of a config dataclass with `overrides` applied; unknown keys are named in the error."""
+    if not overrides:
+        return config
+    known = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise SlateRLError(f"unknown {type(config).__name__} field(s) {', '.join(unknown)}; "
+                           f"valid ones: {', '.join(sorted(known))}")
+    return dataclasses.replace(config, **overrides)
+
+
+@dataclass(frozen=True)
+class BeliefConfig:
+    """GRU belief: item embedding size, hidden (= belief state) size."""
+
+    item_dim: int = 20
+    hidden_dim: int = 20
+
+
+# reference_pairing (B1): True credits transition t with the first click of obs_t as the reference does; False
+# (default) with obs_{t+1}, the observation its action produced (SlateQ, REINFORCE and WkNN's critic input).
+
+
+@dataclass(frozen=True)
+class SACConfig:
+    """SAC family (TopK, GeMS, WkNN).
+
+    reference_temperature (Q9): True reproduces the reference (log alpha starts at 0 and the initial `alpha` is used
+    only in the first update; the temperature loss multiplies alpha, not log alpha; the log-probability omits the
+    log-scale Jacobian of the action box). False: log alpha starts at log(alpha), loss on log alpha, Jacobian kept.
+    """
+
+    gamma: float = 0.8
+    tau: float = 0.002
+    q_lr: float = 1e-3
+    pi_lr: float = 3e-3
+    alpha_lr: float = 1e-3
+    alpha: float = 0.2
+    auto_entropy: bool = True
+    hidden: int = 256
+    batch_size: int = 20
+    capacity: int = 10_000
+    reference_temperature: bool = True
+    belief: BeliefConfig = BeliefConfig()
+
+
+@dataclass(frozen=True)
+class WkNNConfig(SACConfig):
+    """SAC+WkNN: k nearest items per slot. refine_fill: what the critic sees in the slots after the one being
+    chosen during the greedy refinement: 'candidate' (the reference: the candidate repeated) or 'proto' (the
+    proto-action's own slot queries)."""
+
+    k: int = 10
+    refine_fill: str = "candidate"
+    reference_pairing: bool = False
+
+
+@dataclass(frozen=True)
+class SlateQConfig:
+    """SlateQ (QL-TT-TS). reference_relevances (Q5): True reproduces the reference (acting on the mis-sliced
+    boredom mask, targets on the raw user state); False: the correct effective user (bored topics zeroed) in both.
+    batch_divpen (Q6): True reproduces the reference's batch-wide diversity-penalty decision in the targets; False
+    decides it per next slate."""
+
+    gamma: float = 0.8
+    tau: float = 0.002
+    lr: float = 1e-3
+    hidden: int = 256
+    batch_size: int = 20
+    capacity: int = 10_000
+    epsilon_start: float = 1.0
+    epsilon_end: float = 0.01
+    epsilon_decay: float = 1000.0
+    reference_relevances: bool = False
+    batch_divpen: bool = False
+    reference_pairing: bool = False
+    belief: BeliefConfig = BeliefConfig()
+
+
+@dataclass(frozen=True)
+class ReinforceConfig:
+    """REINFORCE+SoftMax (capacity 1 / batch 1 in the paper: each update trains on one episode)."""
+
+    gamma: float = 0.8
+    lr: float = 3e-3
+    hidden: int = 256
+    reference_pairing: bool = False
+    belief: BeliefConfig = BeliefConfig()
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The training / validation / test protocol (counts in episodes = users).
+
+    parallel_episodes (K): episodes collected together as one batch of users, followed by K gradient steps
+    (K = 1 is the reference's ordering). K also shapes the simulator's user stream, so common random numbers
+    across methods hold between runs with the same protocol.
+    pipeline: collect the next block in a second thread while the updates of the current one run, with the
+    weights as they were when those updates started (the policy then lags the learner by up to 2K updates
+    instead of K); the stream schedule is unchanged. Blocks that follow a validation are collected after it.
+    save_every: a periodic (resumable) checkpoint at the first block end at or after each multiple.
+    """
+
+    episodes: int = 100_000
+    warmup_episodes: int = 2_000
+    val_every: int = 1_000
+    val_episodes: int = 200
+    test_episodes: int = 500
+    parallel_episodes: int = 10
+    pipeline: bool = True
+    save_every: int = 10_000
+
+    def validate(self) -> None:
+        for name in ("episodes", "val_every", "val_episodes", "test_episodes", "parallel_episodes", "save_every"):
+            if int(getattr(self, name)) < 1:
+                raise SlateRLError(f"protocol {name} must be >= 1 (got {getattr(self, name)})")
+        if self.warmup_episodes < 0:
+            raise SlateRLError(f"protocol warmup_episodes must be >= 0 (got {self.warmup_episodes})")

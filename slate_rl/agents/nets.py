@@ -1,0 +1,80 @@
+"""Small MLP heads with PyTorch's default initialisation drawn from the agent's generator.
+
+Every network of the paper's agents has one hidden layer of 256 ReLU units. `TwinQ` packs the two SAC critics into
+one set of tensors so that both are evaluated with a single matmul per layer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def adam(params: Any, lr: float) -> torch.optim.Adam:
+    """Adam with PyTorch's default betas and eps (the paper's), the fused CPU kernel where available."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # older torch or unsupported device
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
+def default_init(shape: tuple[int, ...], fan_in: int, generator: torch.Generator) -> torch.Tensor:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): nn.Linear's default for weights and biases."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return (torch.rand(*shape, generator=generator) * 2 - 1) * bound
+
+
+class MLP(nn.Module):
+    """in -> hidden (ReLU) -> out."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, generator: torch.Generator) -> None:
+        super().__init__()
+        self.weight1 = nn.Parameter(default_init((hidden, in_dim), in_dim, generator))
+        self.bias1 = nn.Parameter(default_init((hidden,), in_dim, generator))
+        self.weight2 = nn.Parameter(default_init((out_dim, hidden), hidden, generator))
+        self.bias2 = nn.Parameter(default_init((out_dim,), hidden, generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.addmm(self.bias1, x, self.weight1.t()).relu_()
+        return torch.addmm(self.bias2, hidden, self.weight2.t())
+
+
+class TwinQ(nn.Module):
+    """Two critics Q_k([state; action]) = w2_k . relu(W1_k [state; action] + b1_k) + b2_k, k = 1, 2, packed.
+
+    weight1 stacks both first layers ((2 * hidden) x (state_dim + action_dim)); `forward` returns (N, 2).
+    """
+
+    def __init__(self, state_dim: int, action_dim: int, hidden: int, generator: torch.Generator) -> None:
+        super().__init__()
+        in_dim = state_dim + action_dim
+        self.state_dim, self.hidden = state_dim, hidden
+        nets = [[default_init((hidden, in_dim), in_dim, generator), default_init((hidden,), in_dim, generator),
+                 default_init((hidden,), hidden, generator), default_init((1,), hidden, generator)]
+                for _ in range(2)]
+        self.weight1 = nn.Parameter(torch.cat([nets[0][0], nets[1][0]]))
+        self.bias1 = nn.Parameter(torch.cat([nets[0][1], nets[1][1]]))
+        self.weight2 = nn.Parameter(torch.stack([nets[0][2], nets[1][2]]))
+        self.bias2 = nn.Parameter(torch.cat([nets[0][3], nets[1][3]]))
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return twin_q(self.params(), self.state_dim, state, action)
+
+    def params(self) -> list[torch.Tensor]:
+        return [self.weight1, self.bias1, self.weight2, self.bias2]
+
+
+def twin_q(params: list[torch.Tensor], state_dim: int, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """Evaluate packed twin critics with explicit parameters [weight1, bias1, weight2, bias2] -> (N, 2).
+
+    The first layer is split into its state and action columns so that no gradient is formed for an input that
+    does not need one (the stored actions, or a detached state).
+    """
+    weight1, bias1, weight2, bias2 = params
+    hidden = torch.addmm(bias1, state, weight1[:, :state_dim].t()).addmm_(action, weight1[:, state_dim:].t())
+    hidden = hidden.relu_().view(state.shape[0], 2, -1)
+    return (hidden * weight2).sum(-1) + bias2

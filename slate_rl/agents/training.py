@@ -1,0 +1,261 @@
+"""The paper's online protocol as a pure, resumable loop (agents_protocol.md §2.4-2.6); no files, no MLflow.
+
+One training step is one collected episode. Episodes are collected in blocks of K users played together
+(`Protocol.parallel_episodes`), each block followed by one gradient step per episode of the block (K = 1 is the
+reference's ordering). Blocks never straddle the end of the warm-up or a validation point, so the schedule of the
+simulator's user stream (training blocks, then the validation users as one batch, ...) depends only on the
+protocol, never on the agent: every method and seed meets the same training, validation and test users (common
+random numbers). With `Protocol.pipeline` the next block is collected in a second thread during the updates of the
+current one (same stream schedule, policy one block older). The test re-seeds the stream and plays the
+best-validation weights on the test users as one batch.
+
+The stage drives the loop through `Hooks` and saves what it is handed; `Trainer.state_dict()` is a complete,
+detached snapshot (agent, optimisers, buffer, generators, simulator stream, counters, best weights, history, the
+block collected ahead) from which `load_state_dict` continues bit for bit (with the same intra-op thread count;
+`slate_rl.agents.runtime.configure_cpu` sets one thread, the fast setting).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from slate_rl.agents.base import EXPLORE, RANDOM, Agent
+from slate_rl.agents.buffer import Trajectories, TrajectoryBuffer
+from slate_rl.agents.config import Protocol
+from slate_rl.agents.rollout import StepHook, evaluate_policy, play
+from slate_rl.envs.topicrec import TopicRec
+from slate_rl.errors import SlateRLError
+
+
+@dataclass
+class Hooks:
+    """Callbacks of the loop (all optional).
+
+    on_metrics(episode, values): training metrics aggregated since the previous call (means of the update
+        diagnostics as 'train/<name>', counts and timings as 'time/<name>'), once per validation.
+    on_validation(episode, returns): the validation returns (val_episodes,), after every validation.
+    on_checkpoint(kind, episode, state): kind 'best' (state = agent weights, on a strict improvement of the mean
+        validation return) or 'periodic' (state = `Trainer.state_dict()`, every `save_every` episodes).
+    on_progress(episode, total): after every block of collected episodes.
+    """
+
+    on_metrics: Optional[Callable[[int, dict[str, float]], None]] = None
+    on_validation: Optional[Callable[[int, torch.Tensor], None]] = None
+    on_checkpoint: Optional[Callable[[str, int, dict[str, Any]], None]] = None
+    on_progress: Optional[Callable[[int, int], None]] = None
+
+
+@dataclass
+class _Meter:
+    """Sums of the update diagnostics and the time spent per phase since the last emission."""
+
+    sums: Optional[torch.Tensor] = None
+    updates: int = 0
+    episodes: int = 0
+    since: float = field(default_factory=time.perf_counter)
+    seconds: dict[str, float] = field(default_factory=lambda: {"collect": 0.0, "update": 0.0, "validate": 0.0})
+
+    def add(self, values: torch.Tensor) -> None:
+        self.sums = values.clone() if self.sums is None else self.sums + values
+        self.updates += 1
+
+    def emit(self, names: tuple[str, ...]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.sums is not None:
+            means = (self.sums / self.updates).tolist()
+            out.update({f"train/{name}": value for name, value in zip(names, means)})
+        elapsed = time.perf_counter() - self.since
+        out.update({"time/updates": float(self.updates), "time/episodes": float(self.episodes),
+                    "time/episodes_per_s": self.episodes / elapsed if elapsed > 0 else 0.0,
+                    "time/elapsed_s": elapsed})
+        out.update({f"time/{phase}_s": value for phase, value in self.seconds.items()})
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": None if self.sums is None else self.sums.clone(), "updates": self.updates,
+                "episodes": self.episodes}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums, self.updates, self.episodes = state["sums"], state["updates"], state["episodes"]
+
+
+class _Collector(threading.Thread):
+    """Collects one block in the background with a frozen copy of the agent."""
+
+    def __init__(self, collect: Callable[[int, Agent], Trajectories], start: int, actor: Agent) -> None:
+        super().__init__(daemon=True)
+        self.collect, self.first, self.actor = collect, start, actor
+        self.result: Optional[Trajectories] = None
+        self.error: Optional[BaseException] = None
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        tic = time.perf_counter()
+        try:
+            self.result = self.collect(self.first, self.actor)
+        except BaseException as exc:  # re-raised in the training thread
+            self.error = exc
+        self.seconds = time.perf_counter() - tic
+
+    def outcome(self) -> Trajectories:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class Trainer:
+    """Train, validate and test one agent on one simulator.
+
+    Args:
+        agent: built by `slate_rl.agents.build_agent`.
+        env: the simulator; its generator drives every user (training, validation, test).
+        protocol: counts of the protocol (paper defaults).
+        hooks: callbacks for the stage (metrics, validation, checkpoints, progress).
+    """
+
+    def __init__(self, agent: Agent, env: TopicRec, protocol: Protocol = Protocol(),
+                 hooks: Optional[Hooks] = None) -> None:
+        protocol.validate()
+        self.agent, self.env, self.protocol = agent, env, protocol
+        self.hooks = hooks or Hooks()
+        capacity = protocol.parallel_episodes if agent.on_policy else agent.buffer_capacity
+        self.buffer = TrajectoryBuffer(capacity, env.episode_length, env.slate_size, env.num_items,
+                                       agent.stored_action_dim, agent.privileged_dim) if agent.learns else None
+        self.episode = 0
+        self.best_return = -math.inf
+        self.best_episode: Optional[int] = None
+        self.best_weights: Optional[dict[str, Any]] = None
+        self.validations: list[tuple[int, float]] = []
+        self._pending: Optional[Trajectories] = None  # the next block, collected ahead (pipeline)
+        self._meter = _Meter()
+
+    # ---------------------------------------------------------------- training
+    @property
+    def done(self) -> bool:
+        return not self.agent.learns or self.episode >= self.protocol.episodes
+
+    def fit(self, max_episodes: Optional[int] = None) -> None:
+        """Train until the protocol's last episode (or until `max_episodes` more have been trained on)."""
+        stop = self.protocol.episodes if max_episodes is None else min(self.protocol.episodes,
+                                                                       self.episode + int(max_episodes))
+        while not self.done and self.episode < stop:
+            self._block()
+
+    def block_size(self, start: int) -> int:
+        """Episodes in the block starting at episode `start` (K, cut at the warm-up end and validation points)."""
+        p = self.protocol
+        size = min(p.parallel_episodes, p.episodes - start, p.val_every - start % p.val_every)
+        return min(size, p.warmup_episodes - start) if start < p.warmup_episodes else size
+
+    def _collect(self, start: int, actor: Agent) -> Trajectories:
+        mode = RANDOM if start < self.protocol.warmup_episodes else EXPLORE
+        return play(self.env, actor, self.block_size(start), mode, start)
+
+    def _block(self) -> None:
+        p, agent, start = self.protocol, self.agent, self.episode
+        if self._pending is None:
+            tic = time.perf_counter()
+            self._pending = self._collect(start, agent)
+            self._meter.seconds["collect"] += time.perf_counter() - tic
+        episodes, self._pending = self._pending, None
+        size = episodes.slates.shape[0]
+        end = start + size
+        slots = self.buffer.add(episodes)
+        collector = None
+        if p.pipeline and end < p.episodes and end % p.val_every != 0:
+            collector = _Collector(self._collect, end, agent.acting_copy())
+            collector.start()
+        tic = time.perf_counter()
+        for i in range(size):
+            if start + i < p.warmup_episodes and not agent.updates_in_warmup:
+                continue
+            batch = (self.buffer.get(slots[i : i + 1]) if agent.on_policy
+                     else self.buffer.sample(agent.batch_size, agent.generator))
+            if batch is not None:
+                self._meter.add(agent.update(batch))
+        self._meter.seconds["update"] += time.perf_counter() - tic
+        if collector is not None:
+            self._pending = collector.outcome()
+            self._meter.seconds["collect"] += collector.seconds
+        self._meter.episodes += size
+        self.episode = end
+        if end % p.val_every == 0:
+            self._validate()
+        if self.hooks.on_checkpoint is not None and end // p.save_every > start // p.save_every:
+            self.hooks.on_checkpoint("periodic", end, self.state_dict())
+        if self.hooks.on_progress is not None:
+            self.hooks.on_progress(end, p.episodes)
+
+    def _validate(self) -> None:
+        tic = time.perf_counter()
+        returns = evaluate_policy(self.env, self.agent, self.protocol.val_episodes, reseed=False)
+        self._meter.seconds["validate"] += time.perf_counter() - tic
+        mean = float(returns.mean())
+        self.validations.append((self.episode, mean))
+        if self.hooks.on_metrics is not None:
+            self.hooks.on_metrics(self.episode, self._meter.emit(self.agent.metric_names))
+        self._meter = _Meter()
+        if self.hooks.on_validation is not None:
+            self.hooks.on_validation(self.episode, returns)
+        if mean > self.best_return:
+            self.best_return, self.best_episode = mean, self.episode
+            self.best_weights = copy.deepcopy(self.agent.state_dict())
+            if self.hooks.on_checkpoint is not None:
+                self.hooks.on_checkpoint("best", self.episode, self.best_weights)
+
+    # ---------------------------------------------------------------- test
+    def test(self, use_best: bool = True, on_step: Optional[StepHook] = None) -> torch.Tensor:
+        """Load the best-validation weights (if any and `use_best`), re-seed the simulator's stream and return the
+        returns of `test_episodes` deterministic episodes played as one batch. The agent keeps the best weights."""
+        if use_best and self.best_weights is not None:
+            self.agent.load_state_dict(self.best_weights)
+        return evaluate_policy(self.env, self.agent, self.protocol.test_episodes, reseed=True, on_step=on_step)
+
+    # ---------------------------------------------------------------- resume
+    def state_dict(self) -> dict[str, Any]:
+        """A detached snapshot of everything the continuation depends on (plain containers and tensors: loadable
+        with `torch.load(..., weights_only=True)`)."""
+        pending = None if self._pending is None else dataclasses.asdict(self._pending)
+        state = {
+            "episode": self.episode,
+            "protocol": dataclasses.asdict(self.protocol),
+            "method": self.agent.method,
+            "agent": self.agent.training_state_dict(),
+            "buffer": None if self.buffer is None else self.buffer.state_dict(),
+            "pending": pending,
+            "env": self.env.state_dict(),
+            "best_return": self.best_return,
+            "best_episode": self.best_episode,
+            "best_weights": self.best_weights,
+            "validations": [list(item) for item in self.validations],
+            "meter": self._meter.state_dict(),
+        }
+        return copy.deepcopy(state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["method"] != self.agent.method:
+            raise SlateRLError(f"checkpoint is of method {state['method']!r}, this trainer runs {self.agent.method!r}")
+        if state["protocol"] != dataclasses.asdict(self.protocol):
+            raise SlateRLError(f"checkpoint protocol {state['protocol']} differs from this trainer's "
+                               f"{dataclasses.asdict(self.protocol)}; resume with the same protocol")
+        state = copy.deepcopy(state)
+        self.agent.load_training_state_dict(state["agent"])
+        if self.buffer is not None:
+            self.buffer.load_state_dict(state["buffer"])
+        self._pending = None if state["pending"] is None else Trajectories(**state["pending"])
+        self.env.load_state_dict(state["env"])
+        self.episode = int(state["episode"])
+        self.best_return, self.best_episode = state["best_return"], state["best_episode"]
+        self.best_weights = state["best_weights"]
+        self.validations = [(int(e), float(v)) for e, v in state["validations"]]
+        self._meter = _Meter()
+        self._meter.load_state_dict(state["meter"])
