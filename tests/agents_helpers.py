@@ -11,7 +11,6 @@ from torch import nn
 from slate_rl import envs
 from slate_rl.agents.config import Protocol
 from slate_rl.rankers.base import SlateDecoder
-from slate_rl.rankers.decoders import TopKDecoder
 
 @pytest.fixture(autouse=True)
 def single_thread():

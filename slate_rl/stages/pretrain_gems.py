@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import tempfile
 from pathlib import Path
@@ -19,11 +18,11 @@ from slate_rl.rankers.data import SlateDataModule
 from slate_rl.rankers.decoders import GeMSDecoder
 from slate_rl.rankers.gems import GeMS
 from slate_rl.stage_configs import PretrainGemsConfig
-from slate_rl.stages import generate_dataset
+from slate_rl.stages import on_dataset
+from slate_rl.stages.on_dataset import dataset_stage_run
 from slate_rl.tracking.lightning import run_logger, trainer_options
-from slate_rl.tracking.lineage import (LINEAGE_TAG, artifact_dir, find_or_run, get_finished_run, lineage_key,
-                                       parse_run_uri)
-from slate_rl.tracking.runs import StageRun, stage_run
+from slate_rl.tracking.lineage import artifact_dir, get_finished_run, parse_run_uri
+from slate_rl.tracking.runs import StageRun
 
 STAGE = "pretrain_gems"
 ARTIFACT = "gems"
@@ -35,14 +34,7 @@ log = logging.getLogger("slate_rl")
 def run(cfg: PretrainGemsConfig, parent: Optional[StageRun] = None, experiment_name: Optional[str] = None) -> str:
     """Pretrain GeMS inside an MLflow run; returns the run id. Its artifact `gems/gems.pt` holds the VAE, the
     decoder and the action bounds (`load_decoder`)."""
-    with stage_run(STAGE, run_name=f"{STAGE}/{cfg.env}/seed{cfg.seed}", parent=parent,
-                   experiment_name=experiment_name,
-                   tags={"env": cfg.env, "preset": cfg.preset, "seed": cfg.seed}) as mlrun:
-        mlrun.log_params(cfg.as_params())
-        dataset_run, data = generate_dataset.resolve_dataset(cfg.env, cfg.preset, cfg.dataset, cfg.item_embeddings,
-                                                             mlrun)
-        mlrun.set_tags({LINEAGE_TAG: lineage_key(STAGE, {"dataset_run": dataset_run, **cfg.model_params()}),
-                        "upstream.dataset": f"runs:/{dataset_run}/{generate_dataset.ARTIFACT}"})
+    with dataset_stage_run(STAGE, cfg, parent, experiment_name) as (mlrun, dataset_run, data):
         slates, clicks = data.tensors()
         vae = GeMS(num_items=int(data.meta["num_items"]), slate_size=int(data.meta["slate_size"]),
                    latent_dim=cfg.latent_dim, lambda_kl=cfg.lambda_kl, lambda_click=cfg.lambda_click,
@@ -103,6 +95,4 @@ def load_decoder(run_ref: str, expected_latent_dim: Optional[int] = None) -> GeM
 
 def find_or_pretrain(cfg: PretrainGemsConfig, dataset_run: str, parent: Optional[StageRun]) -> str:
     """Run id of a FINISHED GeMS run for this dataset and configuration; pretrains one as a child run if none."""
-    key = lineage_key(STAGE, {"dataset_run": dataset_run, **cfg.model_params()})
-    explicit = dataclasses.replace(cfg, dataset=f"runs:/{dataset_run}/{generate_dataset.ARTIFACT}")
-    return find_or_run(STAGE, key, lambda: run(explicit, parent=parent))
+    return on_dataset.find_or_train(STAGE, cfg, dataset_run, parent, run)

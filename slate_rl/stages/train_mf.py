@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
@@ -14,10 +13,10 @@ from slate_rl import atomic
 from slate_rl.errors import SlateRLError
 from slate_rl.rankers.mf import popularity_correlation, train_mf
 from slate_rl.stage_configs import TrainMFConfig
-from slate_rl.stages import generate_dataset
-from slate_rl.tracking.lineage import (LINEAGE_TAG, artifact_dir, find_or_run, get_finished_run, lineage_key,
-                                       parse_run_uri)
-from slate_rl.tracking.runs import StageRun, stage_run
+from slate_rl.stages import on_dataset
+from slate_rl.stages.on_dataset import dataset_stage_run
+from slate_rl.tracking.lineage import artifact_dir, get_finished_run, parse_run_uri
+from slate_rl.tracking.runs import StageRun
 
 STAGE = "train_mf"
 ARTIFACT = "mf"
@@ -27,14 +26,7 @@ log = logging.getLogger("slate_rl")
 
 def run(cfg: TrainMFConfig, parent: Optional[StageRun] = None, experiment_name: Optional[str] = None) -> str:
     """Train MF inside an MLflow run; returns the run id. Artifact: `mf/item_embeddings.pt` (num_items x dim)."""
-    with stage_run(STAGE, run_name=f"{STAGE}/{cfg.env}/seed{cfg.seed}", parent=parent,
-                   experiment_name=experiment_name,
-                   tags={"env": cfg.env, "preset": cfg.preset, "seed": cfg.seed}) as mlrun:
-        mlrun.log_params(cfg.as_params())
-        dataset_run, data = generate_dataset.resolve_dataset(cfg.env, cfg.preset, cfg.dataset, cfg.item_embeddings,
-                                                             mlrun)
-        mlrun.set_tags({LINEAGE_TAG: lineage_key(STAGE, {"dataset_run": dataset_run, **cfg.model_params()}),
-                        "upstream.dataset": f"runs:/{dataset_run}/{generate_dataset.ARTIFACT}"})
+    with dataset_stage_run(STAGE, cfg, parent, experiment_name) as (mlrun, dataset_run, data):
         slates, clicks = data.tensors()
         log.info("%s: BPR on %d sessions (early stopping, patience %d)", STAGE, data.n_sessions, cfg.patience)
         result = train_mf(slates, clicks, num_items=int(data.meta["num_items"]), dim=cfg.dim, lr=cfg.lr,
@@ -66,6 +58,4 @@ def load_item_table(run_ref: str) -> torch.Tensor:
 
 def find_or_train(cfg: TrainMFConfig, dataset_run: str, parent: Optional[StageRun]) -> str:
     """Run id of a FINISHED MF run for this dataset and configuration; trains one as a child run if none."""
-    key = lineage_key(STAGE, {"dataset_run": dataset_run, **cfg.model_params()})
-    explicit = dataclasses.replace(cfg, dataset=f"runs:/{dataset_run}/{generate_dataset.ARTIFACT}")
-    return find_or_run(STAGE, key, lambda: run(explicit, parent=parent))
+    return on_dataset.find_or_train(STAGE, cfg, dataset_run, parent, run)
