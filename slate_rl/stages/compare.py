@@ -159,10 +159,7 @@ def write_report(results: list[RunResult], cfg: CompareConfig, folder: Path) -> 
     atomic.write_text(folder / "results.tex", to_latex(table, label="tab:slate-rl-results"))
     sections = ["# Results\n", markdown]
     if _complete_for_aggregates(table_runs):
-        has_baselines = {"random", "short_term_oracle"} <= {r.method for r in table_runs}
-        scores = aggregate_scores(table_runs, normalisation="random_oracle" if has_baselines else "raw",
-                                  n_resamples=cfg.bootstrap, **mixed)
-        aggregates = aggregates_to_markdown(scores)
+        aggregates = aggregates_to_markdown(_aggregate(table_runs, cfg))
         atomic.write_text(folder / "aggregates.md", aggregates)
         sections += ["\n## Aggregate scores across environments\n", aggregates]
     figures = [plot_learning_curves(table_runs, folder / "learning_curves.png", **mixed)]
@@ -172,6 +169,17 @@ def write_report(results: list[RunResult], cfg: CompareConfig, folder: Path) -> 
     sections += ["\n## Figures\n"] + [f"![{p.stem}]({p.name})\n" for p in figures if p is not None]
     atomic.write_text(folder / "report.md", "\n".join(sections))
     return sorted(p.name for p in folder.iterdir() if p.is_file())
+
+
+def _aggregate(results: list[RunResult], cfg: CompareConfig) -> list:
+    """Scores normalised by random and short-term-oracle returns when both exist and can normalise, else raw."""
+    options = {"n_resamples": cfg.bootstrap, "allow_mixed_presets": cfg.allow_mixed_presets}
+    if {"random", "short_term_oracle"} <= {r.method for r in results}:
+        try:
+            return aggregate_scores(results, normalisation="random_oracle", **options)
+        except SlateRLError as exc:
+            log.warning("%s: aggregate scores on raw returns (%s)", STAGE, exc)
+    return aggregate_scores(results, normalisation="raw", **options)
 
 
 def _complete_for_aggregates(results: list[RunResult]) -> bool:
