@@ -1,0 +1,78 @@
+"""pretrain_gems and train_mf as stages: what their runs hold, lineage reuse, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from slate_rl.errors import SlateRLError
+from slate_rl.stage_configs import GenerateDatasetConfig, PretrainGemsConfig, TrainMFConfig
+from slate_rl.stages import generate_dataset, pretrain_gems, train_mf
+from test_mlflow_project import mlflow_run
+
+
+@pytest.fixture
+def small_dataset(tracking_store) -> str:
+    config = GenerateDatasetConfig.resolve("focused_mix", "quick", n_sessions=120, chunk_size=120)
+    return f"runs:/{generate_dataset.run(config)}/dataset"
+
+
+@pytest.mark.slow
+def test_pretrain_gems_entry_point_logs_model_and_reuses_the_dataset(tracking_store):
+    params = {"env": "diffuse_mix", "preset": "quick", "epochs": "2", "latent_dim": "16"}
+    first = mlflow_run(tracking_store, "pretrain_gems", **params)
+    assert first.returncode == 0, first.stderr[-3000:]
+    client = MlflowClient()
+    (gems,) = client.search_runs(["0"], "tags.stage = 'pretrain_gems'")
+    assert gems.info.status == "FINISHED" and gems.data.params["latent_dim"] == "16"
+    for name in ("loss", "slate_loss", "click_loss", "kl_loss", "slot_accuracy", "click_accuracy"):
+        assert len(client.get_metric_history(gems.info.run_id, f"val/{name}")) == 2, name  # one per epoch
+    assert gems.data.metrics["val/slot_accuracy"] > 0.01  # chance is 0.001
+    assert {"gems", "checkpoint", "console.log"} <= {f.path for f in client.list_artifacts(gems.info.run_id)}
+    decoder = pretrain_gems.load_decoder(gems.info.run_id)
+    assert decoder.action_dim == 16 and bool((decoder.action_scale > 0).all())
+    assert decoder.decode(decoder.action_center.repeat(4, 1)).shape == (4, 10)
+
+    second = mlflow_run(tracking_store, "pretrain_gems", **params)
+    assert second.returncode == 0, second.stderr[-3000:]
+    datasets = client.search_runs(["0"], "tags.stage = 'generate_dataset'")
+    assert len(datasets) == 1  # generated once, as a child of the first call, then reused
+    assert "reusing finished run" in second.stderr
+    runs = client.search_runs(["0"], "tags.stage = 'pretrain_gems'")
+    assert {r.data.tags["upstream.dataset"] for r in runs} == {f"runs:/{datasets[0].info.run_id}/dataset"}
+
+
+def test_train_mf_stage_logs_an_item_table_that_tracks_popularity(small_dataset):
+    cfg = TrainMFConfig.resolve("focused_mix", "quick", dataset=small_dataset, eval_every=50, max_seconds=20)
+    run_id = train_mf.run(cfg)
+    run = MlflowClient().get_run(run_id)
+    table = train_mf.load_item_table(run_id)
+    assert table.shape == (1000, 20) and torch.isfinite(table).all()
+    assert abs(run.data.metrics["popularity_correlation"]) > 0.3
+    assert MlflowClient().get_metric_history(run_id, "val/bpr_loss")
+    assert train_mf.find_or_train(cfg, small_dataset.split("/")[1], None) == run_id  # found by lineage
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("latent_dim", 0, "latent_dim must be >= 1"),
+    ("lambda_kl", -1.0, "lambda_kl is a loss weight and must be >= 0"),
+    ("loss_convention", "other", "loss_convention must be 'reference' or 'standard'"),
+])
+def test_bad_gems_parameters(field, value, message):
+    with pytest.raises(SlateRLError, match=message):
+        PretrainGemsConfig.resolve("focused_mix", "quick", **{field: value})
+
+
+def test_dataset_of_another_environment_or_kind_is_refused(small_dataset):
+    with pytest.raises(SlateRLError, match="generated for environment 'focused_mix', not 'diffuse_mix'"):
+        pretrain_gems.run(PretrainGemsConfig.resolve("diffuse_mix", "quick", dataset=small_dataset, epochs=1))
+    other = train_mf.run(TrainMFConfig.resolve("focused_mix", "quick", dataset=small_dataset, max_steps=5))
+    with pytest.raises(SlateRLError, match="is a 'train_mf' run, not a 'generate_dataset' run"):
+        pretrain_gems.run(PretrainGemsConfig.resolve("focused_mix", "quick", dataset=f"runs:/{other}", epochs=1))
+    with pytest.raises(SlateRLError, match="no run 0123456789abcdef0123456789abcdef"):
+        pretrain_gems.run(PretrainGemsConfig.resolve("focused_mix", "quick", epochs=1,
+                                                     dataset="runs:/0123456789abcdef0123456789abcdef"))
+    failed = MlflowClient().search_runs(["0"], "tags.stage = 'pretrain_gems'")
+    assert failed and all(r.info.status == "FAILED" for r in failed)
+    assert all(not MlflowClient().list_artifacts(r.info.run_id, "gems") for r in failed)
