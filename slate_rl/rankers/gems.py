@@ -1,0 +1,194 @@
+"""The GeMS slate VAE (spec gems_mf_rankers.md section 4-5) as a PyTorch Lightning module.
+
+Encoder q(z | slate, clicks): [E(s_0) .. E(s_{R-1}), c_0 .. c_{R-1}] -> MLP -> (mu, logvar). Decoder: z -> MLP (ReLU
+after every hidden layer) -> slate head (R slot vectors of size D, scored against GeMS's own item table, detached:
+G5) and click head (R click logits). The prior is fixed N(0, I), so the reference's prior regulariser is identically
+zero (G6) and `lambda_prior` has no effect. Loss conventions: see `slate_rl.rankers.losses`.
+
+Train with `pl.Trainer(...).fit(model, datamodule=SlateDataModule(slates, clicks))`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slate_rl.errors import SlateRLError
+from slate_rl.rankers.losses import check_convention, item_cross_entropy, kl_to_standard_normal, reparameterise
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None) -> nn.Sequential:
+    """Linear + ReLU for every hidden width, then a final Linear to `out_dim` (none if out_dim is None)."""
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_dim, int(width)), nn.ReLU()]
+        in_dim = int(width)
+    if out_dim is not None:
+        layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+def _check_hyperparameters(num_items: int, slate_size: int, item_dim: int, latent_dim: int,
+                           encoder_hidden: Sequence[int], decoder_hidden: Sequence[int], lambda_kl: float,
+                           lambda_click: float, lambda_prior: float, lr: float) -> None:
+    for name, value in (("num_items", num_items), ("slate_size", slate_size), ("item_dim", item_dim),
+                        ("latent_dim", latent_dim)):
+        if int(value) < 1:
+            raise SlateRLError(f"{name} must be >= 1 (got {value})")
+    for name, widths in (("encoder_hidden", encoder_hidden), ("decoder_hidden", decoder_hidden)):
+        if any(int(w) < 1 for w in widths):
+            raise SlateRLError(f"{name} widths must be >= 1 (got {list(widths)})")
+    if len(decoder_hidden) == 0:
+        raise SlateRLError("decoder_hidden needs at least one layer (the slate and click heads read its output)")
+    for name, value in (("lambda_kl", lambda_kl), ("lambda_click", lambda_click), ("lambda_prior", lambda_prior)):
+        if not float(value) >= 0.0:
+            raise SlateRLError(f"{name} must be a non-negative loss weight (got {value})")
+    if not float(lr) > 0.0:
+        raise SlateRLError(f"lr must be > 0 (got {lr})")
+
+
+class GeMS(pl.LightningModule):
+    """GeMS slate VAE.
+
+    Args:
+        num_items, slate_size, item_dim: catalogue size N, slots R, item embedding size D (1000, 10, 20).
+        latent_dim: d (32 in the paper).
+        encoder_hidden, decoder_hidden: MLP widths ([512, 256] and [256, 512]).
+        lambda_kl, lambda_click, lambda_prior: loss weights (1.0, 0.5, 0.0); lambda_prior has no effect (G6).
+        lr: Adam learning rate (1e-3).
+        loss_convention: "reference" (G1, G2; default) or "standard" (see `slate_rl.rankers.losses`).
+        seed: seeds the weight initialisation and the generator of the reparameterisation noise (the global RNG
+            is never used).
+
+    Batches are (slates int64 (B, R), clicks float (B, R)), as `SlateDataModule` produces them. Logged once per
+    epoch (sample-weighted means): train/{loss, slate_loss, click_loss, kl_loss}, the same under val/ (decoded from
+    z = mu) and val/slot_accuracy, val/click_accuracy; they are in `trainer.callback_metrics` from the end of the
+    epoch (ModelCheckpoint / EarlyStopping can monitor "val/loss"). The optimiser is Adam (fused kernel on CPU/CUDA).
+    """
+
+    def __init__(self, num_items: int = 1000, slate_size: int = 10, item_dim: int = 20, latent_dim: int = 32,
+                 encoder_hidden: Sequence[int] = (512, 256), decoder_hidden: Sequence[int] = (256, 512),
+                 lambda_kl: float = 1.0, lambda_click: float = 0.5, lambda_prior: float = 0.0, lr: float = 1e-3,
+                 loss_convention: str = "reference", seed: int = 0) -> None:
+        super().__init__()
+        _check_hyperparameters(num_items, slate_size, item_dim, latent_dim, encoder_hidden, decoder_hidden,
+                               lambda_kl, lambda_click, lambda_prior, lr)
+        check_convention(loss_convention)
+        encoder_hidden, decoder_hidden = [int(w) for w in encoder_hidden], [int(w) for w in decoder_hidden]
+        self.save_hyperparameters(dict(num_items=int(num_items), slate_size=int(slate_size), item_dim=int(item_dim),
+                                       latent_dim=int(latent_dim), encoder_hidden=encoder_hidden,
+                                       decoder_hidden=decoder_hidden, lambda_kl=float(lambda_kl),
+                                       lambda_click=float(lambda_click), lambda_prior=float(lambda_prior),
+                                       lr=float(lr), loss_convention=loss_convention, seed=int(seed)))
+        with torch.device("meta"):  # allocated and initialised below, from a generator
+            self.item_embeddings = nn.Embedding(num_items, item_dim)
+            self.encoder = mlp(slate_size * (item_dim + 1), encoder_hidden, 2 * latent_dim)
+            self.decoder = mlp(latent_dim, decoder_hidden)
+            self.slate_head = nn.Linear(decoder_hidden[-1], slate_size * item_dim)
+            self.click_head = nn.Linear(decoder_hidden[-1], slate_size)
+        self.to_empty(device="cpu")
+        self._initialise(torch.Generator().manual_seed(int(seed)))
+        self._noise: torch.Generator | None = None
+        self._sums: dict[str, tuple[list[str], torch.Tensor | float, int]] = {}
+
+    def _initialise(self, generator: torch.Generator) -> None:
+        """PyTorch's default initialisation (as in the reference), drawn from `generator`: item table N(0, 1) (the
+        paper's "scratch" embeddings), Linear weights kaiming-uniform(a=sqrt(5)) and biases U(+-1/sqrt(fan_in))."""
+        with torch.no_grad():
+            nn.init.normal_(self.item_embeddings.weight, generator=generator)
+            for layer in self.modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+                    bound = 1.0 / math.sqrt(layer.in_features)
+                    nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+
+    # ------------------------------------------------------------------ model
+    def encode(self, slates: torch.Tensor, clicks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar), each (B, d), of q(z | slates (B, R) int64, clicks (B, R) float)."""
+        x = torch.cat([self.item_embeddings(slates).flatten(1), clicks], dim=1)
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        return mu, logvar
+
+    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(slot vectors (B, R, D), click logits (B, R)) for latent codes z (B, d)."""
+        hidden = self.decoder(z)
+        slot_vectors = self.slate_head(hidden).view(z.shape[0], self.hparams.slate_size, self.hparams.item_dim)
+        return slot_vectors, self.click_head(hidden)
+
+    def item_logits(self, slot_vectors: torch.Tensor) -> torch.Tensor:
+        """Logits (..., N) of every item for slot vectors (..., D), against the detached item table (G5)."""
+        return slot_vectors @ self.item_embeddings.weight.detach().T
+
+    def sample_noise(self, like: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise shaped like `like`, from the module's own generator (seeded by `seed`)."""
+        if self._noise is None or self._noise.device != like.device:
+            self._noise = torch.Generator(device=like.device).manual_seed(self.hparams.seed)
+        return torch.randn(like.shape, generator=self._noise, device=like.device, dtype=like.dtype)
+
+    # ------------------------------------------------------------------ objective
+    def loss_terms(self, slates: torch.Tensor, clicks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training loss and its terms for one batch (z sampled with the reparameterisation trick)."""
+        hp = self.hparams
+        mu, logvar = self.encode(slates, clicks)
+        z = reparameterise(mu, logvar, self.sample_noise(mu), hp.loss_convention)
+        slot_vectors, click_logits = self.decode(z)
+        slate_loss = item_cross_entropy(slot_vectors.view(-1, hp.item_dim), self.item_embeddings.weight,
+                                        slates.view(-1))
+        click_loss = F.binary_cross_entropy_with_logits(click_logits, clicks)
+        kl_loss = kl_to_standard_normal(mu, logvar, hp.loss_convention)
+        loss = slate_loss + hp.lambda_click * click_loss + hp.lambda_kl * kl_loss
+        return dict(loss=loss, slate_loss=slate_loss, click_loss=click_loss, kl_loss=kl_loss)
+
+    def evaluation_terms(self, slates: torch.Tensor, clicks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Validation terms decoding from z = mu, plus slot and click accuracy."""
+        hp = self.hparams
+        mu, logvar = self.encode(slates, clicks)
+        slot_vectors, click_logits = self.decode(mu)
+        logits = self.item_logits(slot_vectors).view(-1, hp.num_items)
+        slate_loss = F.cross_entropy(logits, slates.view(-1))
+        click_loss = F.binary_cross_entropy_with_logits(click_logits, clicks)
+        kl_loss = kl_to_standard_normal(mu, logvar, hp.loss_convention)
+        return dict(loss=slate_loss + hp.lambda_click * click_loss + hp.lambda_kl * kl_loss,
+                    slate_loss=slate_loss, click_loss=click_loss, kl_loss=kl_loss,
+                    slot_accuracy=(logits.argmax(dim=1) == slates.view(-1)).float().mean(),
+                    click_accuracy=((click_logits > 0) == (clicks > 0.5)).float().mean())
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        terms = self.loss_terms(*batch)
+        self._accumulate("train", terms, batch[0].shape[0])
+        return terms["loss"]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._accumulate("val", self.evaluation_terms(*batch), batch[0].shape[0])
+
+    def on_train_epoch_end(self) -> None:
+        self._log_means("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_means("val")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        fused = self.device.type in ("cpu", "cuda")
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=fused)
+
+    def _accumulate(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Add the batch's terms, weighted by its size, to the epoch's running sums (one tensor op per step
+        instead of one `self.log` call per metric and step)."""
+        weighted = torch.stack([value.detach() for value in terms.values()]) * batch_size
+        names, sums, count = self._sums.get(stage, (list(terms), 0.0, 0))
+        self._sums[stage] = (names, weighted + sums, count + batch_size)
+
+    def _log_means(self, stage: str) -> None:
+        """`self.log` the epoch means as `<stage>/<term>` (nothing during Lightning's sanity check)."""
+        names, sums, count = self._sums.pop(stage, ([], 0.0, 0))
+        if count and not self.trainer.sanity_checking:
+            for name, value in zip(names, (sums / count).tolist()):
+                self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True)
