@@ -104,3 +104,18 @@ def test_cli_bad_input(tracking_store, args, message):
 def test_gems_run_of_another_setting_is_refused(tracking_store):
     with pytest.raises(SlateRLError, match="not a run reference"):
         train_online.run(_config(method="sac_gems", gems="gems.ckpt"))
+
+
+# Spec §17: 200-episode reference returns (mean, standard error) of the short-term oracle (ε = 0) and random slates.
+REFERENCE_RETURNS = {("focused_topdown", "short_term_oracle"): (103.9, 3.1), ("focused_topdown", "random"): (33.4, 0.5),
+                     ("diffuse_divpen", "short_term_oracle"): (76.5, 1.3), ("diffuse_divpen", "random"): (31.2, 0.5)}
+
+
+@pytest.mark.parametrize("env, method", sorted(REFERENCE_RETURNS))
+def test_baselines_reproduce_the_reference_returns(tracking_store, paper_embeddings, env, method):
+    table = paper_embeddings / f"item_embeddings_{env.split('_')[0]}.pt"
+    cfg = TrainOnlineConfig.resolve(env, "paper", method=method, item_embeddings=str(table), register=False)
+    run = MlflowClient().get_run(train_online.run(cfg))
+    mean, stderr = REFERENCE_RETURNS[env, method]
+    ours = run.data.metrics["test_return"], run.data.metrics["test_return_stderr"]
+    assert abs(ours[0] - mean) < 3 * (stderr**2 + ours[1] ** 2) ** 0.5

@@ -59,7 +59,7 @@ class LoggedSessions:
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(slates int16, clicks uint8) as torch tensors of shape (n, H, R), loaded into memory."""
-        return torch.from_numpy(np.ascontiguousarray(self.slates)), torch.from_numpy(self.clicks())
+        return torch.from_numpy(np.array(self.slates)), torch.from_numpy(self.clicks())
 
 
 class LoggedSessionsWriter:

@@ -53,7 +53,7 @@ class SlatePolicyModel(mlflow.pyfunc.PythonModel):
         payload = torch.load(context.artifacts["policy"], map_location="cpu", weights_only=False)
         self.agent, _ = agent_from_payload(payload)
 
-    def predict(self, context: Any, model_input: Any, params: Optional[dict] = None) -> np.ndarray:
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would try to infer a schema
         """Next slates (B, R) int64 for histories {'slates': (B, T, R), 'clicks': (B, T, R)}."""
         slates, clicks = _histories(model_input)
         with torch.no_grad():
