@@ -31,8 +31,7 @@ def option(name: str, dest: str | None = None, **kwargs: Any) -> Callable:
 
 
 def common_options(func: Callable) -> Callable:
-    """--env, --preset and --experiment-name, shared by the stages (and the hidden --parent-run of pipeline jobs)."""
-    func = option("parent_run", default=None, hidden=True, help="Run the stage as a child run of this run.")(func)
+    """--env, --preset and --experiment-name, shared by the stages."""
     func = option("experiment_name", default=None,
                   help="MLflow experiment (the purpose of this batch of runs); default: $MLFLOW_EXPERIMENT_NAME "
                        "or MLflow's default experiment. Ignored under `mlflow run`, which sets it.")(func)
@@ -40,6 +39,11 @@ def common_options(func: Callable) -> Callable:
                   help="Parameter preset: 'paper' reproduces the paper, 'quick' is a minutes-long smoke run.")(func)
     func = option("env", default="focused_topdown", show_default=True, help=ENV_HELP)(func)
     return func
+
+
+def pipeline_job(func: Callable) -> Callable:
+    """The hidden --parent-run of the stages `slate-rl pipeline` runs as jobs (their runs become its children)."""
+    return option("parent_run", default=None, hidden=True, help="Run the stage as a child run of this run.")(func)
 
 
 def placement(experiment_name: str | None, parent_run: str | None) -> dict[str, Any]:
@@ -106,6 +110,7 @@ DATASET_HELP = {
 
 @main.command("generate-dataset")
 @common_options
+@pipeline_job
 @config_options(stage_configs.GenerateDatasetConfig, {
     "n_sessions": "Sessions (users) to log. [paper: 100000, quick: 2000]",
     "epsilon": "Probability that a slot shows a random item instead of the oracle's.",
@@ -118,8 +123,8 @@ DATASET_HELP = {
 @option("env_param", multiple=True, metavar="KEY=VALUE",
         help="Override a simulator parameter, e.g. --env-param boredom_threshold=3 (repeatable).")
 @user_errors
-def generate_dataset_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None, env_param: tuple[str, ...],
-                             **overrides: Any) -> None:
+def generate_dataset_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None,
+                             env_param: tuple[str, ...], **overrides: Any) -> None:
     """Log sessions of the ε-greedy oracle (the data GeMS and MF learn from) as an artifact 'dataset'."""
     from slate_rl.stages import generate_dataset
 
@@ -131,6 +136,7 @@ def generate_dataset_command(env: str, preset: str, experiment_name: str | None,
 
 @main.command("pretrain-gems")
 @common_options
+@pipeline_job
 @config_options(stage_configs.PretrainGemsConfig, {
     **DATASET_HELP,
     "seed": "Seed of the weights, the shuffling and the VAE noise (the paper has one GeMS per agent seed).",
@@ -146,7 +152,8 @@ def generate_dataset_command(env: str, preset: str, experiment_name: str | None,
     "bound_sessions": "Logged sessions whose encodings define the action bounds.",
 })
 @user_errors
-def pretrain_gems_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None, **overrides: Any) -> None:
+def pretrain_gems_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None,
+                          **overrides: Any) -> None:
     """Pretrain the GeMS slate VAE; logs the best-validation model with its action bounds (artifact 'gems')."""
     from slate_rl.stages import pretrain_gems
 
@@ -157,6 +164,7 @@ def pretrain_gems_command(env: str, preset: str, experiment_name: str | None, pa
 
 @main.command("train-mf")
 @common_options
+@pipeline_job
 @config_options(stage_configs.TrainMFConfig, {
     **DATASET_HELP,
     "seed": "Seed of the initialisation, negatives and batch order.",
@@ -169,7 +177,8 @@ def pretrain_gems_command(env: str, preset: str, experiment_name: str | None, pa
     "max_seconds": "Cap on training time in seconds (0: none). [paper: 0, quick: 60]",
 })
 @user_errors
-def train_mf_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None, **overrides: Any) -> None:
+def train_mf_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None,
+                     **overrides: Any) -> None:
     """Train BPR matrix-factorisation item embeddings on logged sessions (artifact 'mf')."""
     from slate_rl.stages import train_mf
 
@@ -180,6 +189,7 @@ def train_mf_command(env: str, preset: str, experiment_name: str | None, parent_
 
 @main.command("train-online")
 @common_options
+@pipeline_job
 @config_options(stage_configs.TrainOnlineConfig, {
     "method": "Method: sac_gems, sac_topk_ideal, sac_topk_mf, sac_wknn, slateq, reinforce_softmax, random, "
               "short_term_oracle.",
@@ -208,8 +218,8 @@ def train_mf_command(env: str, preset: str, experiment_name: str | None, parent_
 @option("resume", default=None, metavar="RUN_ID",
         help="Continue a killed or failed train_online run from its last checkpoint, in the same MLflow run.")
 @user_errors
-def train_online_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None, assignments: tuple[str, ...],
-                         resume: str | None, **overrides: Any) -> None:
+def train_online_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None,
+                         assignments: tuple[str, ...], resume: str | None, **overrides: Any) -> None:
     """Train one of the paper's methods with validation and test; register its best policy."""
     from slate_rl.agents import configure_cpu
     from slate_rl.stages import train_online
@@ -321,12 +331,10 @@ def registry_demote(env: str, alias: str) -> None:
     "reference_episodes": "Episodes of the random policy that give the dataset's random reference score.",
 })
 @user_errors
-def collect_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None, **overrides: Any) -> None:
+def collect_command(env: str, preset: str, experiment_name: str | None, **overrides: Any) -> None:
     """Collect an offline dataset from registered policies chosen by alias, with a quality report."""
     from slate_rl.stages import collect
 
-    if parent_run:
-        raise click.UsageError("collect runs are not pipeline jobs")
     run_id = collect.run(stage_configs.CollectConfig.resolve(env, preset, **overrides),
                          experiment_name=experiment_name)
     click.echo(f"dataset: runs:/{run_id}/{collect.ARTIFACT}  (load with slate_rl.data.load_offline('{run_id}'))")
@@ -339,7 +347,8 @@ def collect_command(env: str, preset: str, experiment_name: str | None, parent_r
              "random, short_term_oracle), or 'all'.")
 @option("preset", default="paper", show_default=True, help="Compare runs of this preset (quick, paper, or any).")
 @option("reference", default="sac_gems", show_default=True, help="Method the Welch t-tests compare against.")
-@option("filter", dest="filter_string", default="", help="Extra MLflow filter on the runs, e.g. \"params.gamma = '0.8'\".")
+@option("filter", dest="filter_string", default="",
+        help="Extra MLflow filter on the runs, e.g. \"params.gamma = '0.8'\".")
 @option("out", default="reports/latest", show_default=True, help="Folder the report is written to (also logged).")
 @option("allow_mixed_presets", is_flag=True, help="Pool runs of different presets in one cell (refused otherwise).")
 @option("bootstrap", type=int, default=2000, show_default=True, help="Bootstrap resamples of the aggregate scores.")
