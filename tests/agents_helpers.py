@@ -50,10 +50,13 @@ class PlainGRU(nn.Module):
         return self.gru(x)[0]
 
 
-def plain_sac_losses(agent, batch, noise: torch.Tensor):
+def plain_sac_losses(agent, batch, noise: torch.Tensor, stored=None, target_values=None):
     """The SAC update written plainly, on copies of the agent's networks (separate Q-nets, nn.GRU encoders, the
     policy evaluated separately on next states). Returns the losses and the gradients of every piece, in the
-    reference's order (critic grads before the critic step; actor grads with the stepped critic)."""
+    reference's order (critic grads before the critic step; actor grads with the stepped critic).
+
+    stored: what the critics see for the stored transitions (default: the stored actions); target_values(next
+    critic states, next actions): min of the target critics (default: the two target critics, evaluated plainly)."""
     cfg, hidden = agent.config, agent.config.belief.hidden_dim
     enc = {name: PlainGRU(agent.beliefs.encoders[name]) for name in ("actor", "critic")}
     num, steps = batch.slates.shape[0], batch.slates.shape[1] - 1
@@ -78,6 +81,8 @@ def plain_sac_losses(agent, batch, noise: torch.Tensor):
         u = mu + log_std.exp() * eps
         logp = (torch.distributions.Normal(mu, log_std.exp()).log_prob(u)
                 - torch.log(1 - torch.tanh(u) ** 2 + 1e-6)).sum(1)
+        if not cfg.reference_temperature:  # the Jacobian of the action box (Q9)
+            logp = logp - agent.action_scale.log().sum()
         return agent.action_center + agent.action_scale * torch.tanh(u), logp
 
     alpha = agent.temperature.alpha.clone()
@@ -87,9 +92,12 @@ def plain_sac_losses(agent, batch, noise: torch.Tensor):
     not_done[:, -1] = 0
     with torch.no_grad():
         a_next, logp_next = pi(next_state_a, noise[1])
-        q_next = torch.min(q_net(tq[0], next_state_c, a_next), q_net(tq[1], next_state_c, a_next))
+        if target_values is None:
+            q_next = torch.min(q_net(tq[0], next_state_c, a_next), q_net(tq[1], next_state_c, a_next))
+        else:
+            q_next = target_values(next_state_c, a_next)
         y = batch.rewards.reshape(-1) + cfg.gamma * not_done.reshape(-1) * (q_next - alpha * logp_next)
-    stored = batch.actions.reshape(num * steps, -1)
+    stored = batch.actions.reshape(num * steps, -1) if stored is None else stored
     q_loss = 0.5 * (F.mse_loss(q_net(qs[0], h_c, stored), y) + F.mse_loss(q_net(qs[1], h_c, stored), y))
     critic_params = [w1, b1, w2, b2, *enc["critic"].parameters()]
     critic_grads = torch.autograd.grad(q_loss, critic_params)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents_helpers import PlainGRU, TopKDecoder, plain_sac_losses, single_thread, small_env  # noqa: F401
+from agents_helpers import PlainGRU, mf_table, plain_sac_losses, single_thread, small_env  # noqa: F401
+from slate_rl.agents import build_agent
 from slate_rl.agents.base import EXPLORE, GREEDY
 from slate_rl.agents.belief import BeliefEncoders
 from slate_rl.agents.config import SACConfig
 from slate_rl.agents.rollout import play
 from slate_rl.agents.sac import SACAgent
+from slate_rl.rankers.decoders import TopKDecoder
 
 
 def make_agent(env, seed: int = 3, **overrides) -> SACAgent:
@@ -54,13 +56,15 @@ def test_online_step_matches_sequence_encoding():
         torch.testing.assert_close(state[0], full[1, :, t], rtol=1e-5, atol=1e-6)
 
 
-def test_update_equals_plain_computation():
-    env = small_env(episode_length=12)
-    agent = make_agent(env)
-    batch = collected_batch(env, agent)
+def assert_update_equals_plain(agent, batch, **plain_options) -> None:
+    """One optimised update gives the plain computation's losses and gradients (critic step, then actor, encoders
+    and temperature)."""
     rows = batch.slates.shape[0] * (batch.slates.shape[1] - 1)
     noise = torch.randn(2, rows, agent.action_dim, generator=torch.Generator().set_state(agent.generator.get_state()))
-    plain = plain_sac_losses(agent, batch, noise)
+    plain = plain_sac_losses(agent, batch, noise, **plain_options)
+    log_alpha = agent.temperature.log_alpha.detach().clone().requires_grad_()
+    weight = log_alpha.exp() if agent.config.reference_temperature else log_alpha
+    (-(weight * (plain["log_prob"] + agent.temperature.target_entropy)).mean()).backward()
 
     captured = {}
 
@@ -85,6 +89,21 @@ def test_update_equals_plain_computation():
         torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-5)
     for mine, ref in zip(captured["rest"][n_actor:n_actor + 5], critic_enc):
         torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(captured["rest"][-1], log_alpha.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("reference_temperature", [True, False])
+def test_update_equals_plain_computation(reference_temperature):
+    env = small_env(episode_length=12)
+    agent = make_agent(env, reference_temperature=reference_temperature)
+    assert_update_equals_plain(agent, collected_batch(env, agent))
+
+
+def test_wknn_update_equals_plain_computation():
+    env = small_env(episode_length=12)
+    agent = build_agent("sac_wknn", env, 2, mf_table=mf_table(env))
+    batch = collected_batch(env, agent)
+    assert_update_equals_plain(agent, batch, stored=agent.critic_actions(batch), target_values=agent.target_values)
 
 
 def test_actions_stay_in_the_box_and_warmup_uses_its_central_half():

@@ -56,11 +56,11 @@ class WkNNAgent(SACBase):
         window = slice(0, -1) if self.config.reference_pairing else slice(1, None)
         return self.decoder.item_table[batch.slates[:, window]].reshape(-1, self.action_dim)
 
-    def target_values(self, next_critic: torch.Tensor, next_actions: torch.Tensor) -> torch.Tensor:
+    def target_values(self, critic_states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         params = self.target_params()
-        slates = self.refine(next_critic, next_actions, params)
+        slates = self.refine(critic_states, actions, params)
         embedded = self.decoder.item_table[slates].flatten(1)
-        return twin_q(params, self.config.belief.hidden_dim, next_critic, embedded).min(1).values
+        return twin_q(params, self.config.belief.hidden_dim, critic_states, embedded).min(1).values
 
     @torch.no_grad()
     def refine(self, critic_states: torch.Tensor, proto: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
