@@ -13,7 +13,7 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import mlflow
 import numpy as np
