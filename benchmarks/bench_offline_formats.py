@@ -1,11 +1,15 @@
-"""Benchmark: the offline dataset formats on 10,000 episodes x 100 steps — write time, size on disk, load time.
+"""Benchmark: collecting 10,000 episodes x 100 steps, and the offline dataset formats — write time, size on disk,
+load time.
 
-    python benchmarks/bench_offline_formats.py [--episodes 10000] [--env focused_topdown] [--action-dim 32] [--oracle]
+    python benchmarks/bench_offline_formats.py                  # a SAC+GeMS policy, as `collect` plays it
+    python benchmarks/bench_offline_formats.py --source mix [--action-dim 32] [--oracle]
 
-Plays two sources on the simulator (the ε-greedy oracle with ε = 0.3 and uniform random slates, half the episodes
-each, mixed), attaches random float32 "latent" actions of --action-dim (0: none), then writes and loads the mixed
-dataset as Minari (HDF5) and as the D4RL-style .npz, uncompressed and compressed, in a temporary folder. Prints a
-Markdown table. No MLflow.
+--source sac_gems (default) plays a SAC+GeMS agent with the paper's shapes (GRU belief, latent size 32, GeMS decoder
+with a 256-512 MLP; untrained weights cost the same as trained ones) through the `collect` stage's own loop
+(`collect_source`: deterministic actions, 10,000 users at once, recording latent actions). --source mix plays the
+ε-greedy oracle (ε = 0.3) and uniform random slates, half the episodes each, mixed, with random float32 "latent"
+actions of --action-dim (0: none). Then the dataset is written and loaded as Minari (HDF5) and as the D4RL-style
+.npz, uncompressed and compressed, in a temporary folder. Prints a Markdown table. No MLflow.
 """
 
 from __future__ import annotations
@@ -16,17 +20,31 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from slate_rl import envs
+from slate_rl.agents import build_agent
 from slate_rl.data import (EpisodeRecorder, OfflineEpisodes, load_offline, minari_root, mix, write_minari,
                            write_npz)
 from slate_rl.envs.evaluate import play
 from slate_rl.envs.policies import EpsilonGreedyOracle, RandomPolicy
+from slate_rl.stage_configs import CollectConfig, CollectPart
+from slate_rl.stages.collect import Source, collect_source
+
+from bench_agents import upstream
 
 
-def collect(env: envs.TopicRec, episodes: int, action_dim: int, oracle: bool) -> OfflineEpisodes:
+def collect_sac_gems(env: envs.TopicRec, episodes: int, oracle: bool) -> OfflineEpisodes:
+    """`collect`'s loop on a SAC+GeMS agent (paper shapes), as for a registered expert."""
+    agent = build_agent("sac_gems", env, 0, **upstream(env, 0))
+    cfg = CollectConfig(env=env.name, preset="paper", quality="expert", episodes=episodes, oracle=oracle)
+    version = SimpleNamespace(name=f"slate-rl.{env.name}", version=0, run_id="", tags={"method": "sac_gems"})
+    return collect_source(Source(CollectPart("expert", episodes), "expert", agent, env, version), cfg, 0)
+
+
+def collect_mix(env: envs.TopicRec, episodes: int, action_dim: int, oracle: bool) -> OfflineEpisodes:
     half = episodes // 2
     parts = []
     for source, policy, n in (("expert_noisy", EpsilonGreedyOracle(env.num_items, env.slate_size, 0.3, 1), half),
@@ -57,12 +75,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="focused_topdown")
     parser.add_argument("--episodes", type=int, default=10_000)
-    parser.add_argument("--action-dim", type=int, default=32, help="size of the recorded policy action (0: none)")
+    parser.add_argument("--source", choices=("sac_gems", "mix"), default="sac_gems", help="what plays the episodes")
+    parser.add_argument("--action-dim", type=int, default=32,
+                        help="--source mix: size of the random 'latent' actions recorded (0: none)")
     parser.add_argument("--oracle", action="store_true", help="also record user states and bored topics")
     args = parser.parse_args()
     env = envs.make(args.env)
-    episodes, seconds = timed(lambda: collect(env, args.episodes, args.action_dim, args.oracle))
-    print(f"collected {episodes.num_episodes:,} episodes x {episodes.horizon} steps in {seconds:.1f} s "
+    if args.source == "sac_gems":
+        episodes, seconds = timed(lambda: collect_sac_gems(env, args.episodes, args.oracle))
+    else:
+        episodes, seconds = timed(lambda: collect_mix(env, args.episodes, args.action_dim, args.oracle))
+    print(f"{args.source}: collected {episodes.num_episodes:,} episodes x {episodes.horizon} steps in {seconds:.1f} s "
           f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)\n")
     rows = []
     with tempfile.TemporaryDirectory(prefix="slate-rl-bench-") as tmp:
