@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from slate_rl.errors import SlateRLError
-from slate_rl.rankers.data import check_logged
+from slate_rl.rankers.checks import check_logged
 
 if TYPE_CHECKING:
     from slate_rl.rankers.gems import GeMS

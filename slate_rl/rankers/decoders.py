@@ -13,7 +13,7 @@ dict (tensors and Python values) that `decoder_from_payload` turns back into the
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -21,7 +21,10 @@ from torch import nn
 from slate_rl.errors import SlateRLError
 from slate_rl.rankers.base import SlateDecoder
 from slate_rl.rankers.bounds import ActionBounds, table_bounds
-from slate_rl.rankers.gems import GeMS, mlp
+from slate_rl.rankers.layers import mlp
+
+if TYPE_CHECKING:
+    from slate_rl.rankers.gems import GeMS
 
 Payload = dict[str, Any]
 SCORE_ROWS = 1024  # query rows scored at once (a 1024 x 1000 float block is 4 MB)

@@ -19,20 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from slate_rl.errors import SlateRLError
+from slate_rl.rankers.layers import mlp
 from slate_rl.rankers.losses import check_convention, item_cross_entropy, kl_to_standard_normal, reparameterise
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None) -> nn.Sequential:
-    """Linear + ReLU for every hidden width, then a final Linear to `out_dim` (none if out_dim is None)."""
-    layers: list[nn.Module] = []
-    for width in hidden:
-        layers += [nn.Linear(in_dim, int(width)), nn.ReLU()]
-        in_dim = int(width)
-    if out_dim is not None:
-        layers.append(nn.Linear(in_dim, out_dim))
-    return nn.Sequential(*layers)
 
 
 def _check_hyperparameters(num_items: int, slate_size: int, item_dim: int, latent_dim: int,

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from slate_rl.errors import SlateRLError
-from slate_rl.rankers.data import check_logged
+from slate_rl.rankers.checks import check_logged
 
 EVAL_ROWS = 65536  # held-out pairs scored at once
 

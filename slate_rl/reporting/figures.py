@@ -8,22 +8,38 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter
 
 from slate_rl.errors import SlateRLError
 from slate_rl.reporting.names import ENV_NAMES, GEMS, METHOD_NAMES, env_name, method_name, paper_order
 from slate_rl.reporting.records import RunResult, group_cells, group_runs
 from slate_rl.reporting.stats import Summary, curve_band, summarise
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 TradeoffAxis = Literal["beta", "lambda_click"]
 # The GeMS hyper-parameters the trade-off figure reads from RunResult.params, and the paper's values of β and λ.
 TRADEOFF_PARAMS = ("latent_dim", "beta", "lambda_click")
 PAPER_GEMS_PARAMS = {"beta": 1.0, "lambda_click": 0.5}
 _AXIS_LABELS = {"beta": "β", "lambda_click": "λ"}
+
+
+def _figure(**options: Any) -> Figure:
+    """A new figure; matplotlib loads on first use, not when a command starts (it costs most of a second)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**options)
+
+
+def _episodes_axis(ax: Axes) -> None:
+    """Training-episode ticks as 20k, 40k, ..."""
+    from matplotlib.ticker import EngFormatter
+
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
@@ -43,13 +59,13 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
 
 def plot_run_curve(validations: Sequence[tuple[int, float]], path: str | os.PathLike, title: str) -> Path:
     """One run's learning curve: mean validation return against training episode."""
-    fig = Figure(figsize=(6, 3.5))
+    fig = _figure(figsize=(6, 3.5))
     ax = fig.add_subplot()
     episodes, values = zip(*validations)
     ax.plot(episodes, values, marker="o", markersize=3)
     ax.set_xlabel("training episode")
     ax.set_ylabel("validation return (clicks)")
-    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    _episodes_axis(ax)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.subplots_adjust(left=0.13, right=0.97, bottom=0.15, top=0.9)
@@ -80,12 +96,12 @@ def plot_learning_curves(
     # Fixed margins in inches (constrained layout would double the drawing time): title, x label, legend rows.
     top, bottom, width = 0.8, 0.75 + 0.25 * legend_rows, 4.5 * ncols
     height = 3.2 * nrows + top + bottom
-    fig = Figure(figsize=(width, height))
+    fig = _figure(figsize=(width, height))
     fig.subplots_adjust(
         left=0.8 / width, right=1 - 0.2 / width, top=1 - top / height, bottom=bottom / height, hspace=0.3, wspace=0.2
     )
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
-    axes[0].xaxis.set_major_formatter(EngFormatter(sep=""))  # shared by all panels: 20k, 40k, ...
+    _episodes_axis(axes[0])  # shared by all panels
     colours = {method: f"C{i % 10}" for i, method in enumerate(methods)}
     handles = {}
     for ax, env in zip(axes, envs):
@@ -206,7 +222,7 @@ def plot_tradeoff(
     if len(xs) < 2:
         return None
     dims = sorted({p.latent_dim for p in points})
-    fig = Figure(figsize=(8, 4), layout="constrained")
+    fig = _figure(figsize=(8, 4), layout="constrained")
     ax = fig.subplots()
     for i, dim in enumerate(dims):
         line = [p for p in points if p.latent_dim == dim]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as sps
+from scipy.special import stdtr, stdtrit  # Student-t CDF and quantile (scipy.stats takes a second to import)
 
 from slate_rl.errors import SlateRLError
 
@@ -23,7 +23,7 @@ def t_half_width(std: np.ndarray | float, n: np.ndarray | int, confidence: float
     n = np.asarray(n, dtype=float)
     dof = np.where(n >= 2, n - 1, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return sps.t.ppf(0.5 + confidence / 2, dof) * np.asarray(std, dtype=float) / np.sqrt(n)
+        return stdtrit(dof, 0.5 + confidence / 2) * np.asarray(std, dtype=float) / np.sqrt(n)
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def welch_test(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray)
         return None
     statistic = (x.mean() - y.mean()) / math.sqrt(vx + vy)
     dof = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
-    return WelchTest(statistic=float(statistic), dof=float(dof), p_value=float(2 * sps.t.sf(abs(statistic), dof)))
+    return WelchTest(statistic=float(statistic), dof=float(dof), p_value=float(2 * stdtr(dof, -abs(statistic))))
 
 
 def iqm(values: np.ndarray, axis: int = -1) -> np.ndarray:

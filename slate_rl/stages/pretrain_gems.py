@@ -5,24 +5,23 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from slate_rl import atomic
 from slate_rl.errors import SlateRLError
 from slate_rl.rankers.bounds import gems_action_bounds
-from slate_rl.rankers.data import SlateDataModule
 from slate_rl.rankers.decoders import GeMSDecoder
-from slate_rl.rankers.gems import GeMS
 from slate_rl.stage_configs import PretrainGemsConfig
 from slate_rl.stages import on_dataset
 from slate_rl.stages.on_dataset import dataset_stage_run
-from slate_rl.tracking.lightning import run_logger, trainer_options
 from slate_rl.tracking.lineage import artifact_dir, get_finished_run, parse_run_uri
 from slate_rl.tracking.runs import StageRun
+
+if TYPE_CHECKING:
+    from slate_rl.rankers.data import SlateDataModule
+    from slate_rl.rankers.gems import GeMS
 
 STAGE = "pretrain_gems"
 ARTIFACT = "gems"
@@ -34,6 +33,9 @@ log = logging.getLogger("slate_rl")
 def run(cfg: PretrainGemsConfig, parent: Optional[StageRun] = None, experiment_name: Optional[str] = None) -> str:
     """Pretrain GeMS inside an MLflow run; returns the run id. Its artifact `gems/gems.pt` holds the VAE, the
     decoder and the action bounds (`load_decoder`)."""
+    from slate_rl.rankers.data import SlateDataModule  # Lightning loads only to train (seconds of start-up)
+    from slate_rl.rankers.gems import GeMS
+
     with dataset_stage_run(STAGE, cfg, parent, experiment_name) as (mlrun, dataset_run, data):
         slates, clicks = data.tensors()
         vae = GeMS(num_items=int(data.meta["num_items"]), slate_size=int(data.meta["slate_size"]),
@@ -58,6 +60,12 @@ def run(cfg: PretrainGemsConfig, parent: Optional[StageRun] = None, experiment_n
 
 def fit(vae: GeMS, datamodule: SlateDataModule, epochs: int, mlrun: StageRun, checkpoints: Path) -> GeMS:
     """Train with Lightning (metrics per epoch into the run) and return the best-validation model."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from slate_rl.rankers.gems import GeMS
+    from slate_rl.tracking.lightning import run_logger, trainer_options
+
     best = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/loss", mode="min", save_top_k=1)
     options = trainer_options(STAGE)
     trainer = pl.Trainer(max_epochs=int(epochs), logger=run_logger(mlrun), accelerator="auto", devices=1,
