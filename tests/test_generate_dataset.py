@@ -32,6 +32,8 @@ def test_run_logs_config_metrics_and_a_loadable_dataset(tracking_store):
     assert run.data.params["n_sessions"] == "50" and run.data.params["epsilon"] == "0.5"
     assert run.data.params["sim.click_model"] == "mixPBM" and run.data.params["sim.diversity_penalty"] == "1.0"
     assert {"console.log", "dataset"} <= _artifacts(client, run_id)
+    experiment = client.get_experiment(run.info.experiment_id)  # the UI opens it on runs, not GenAI traces
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
     data = stage.load_from_run(f"runs:/{run_id}/dataset")
     assert data.n_sessions == 50 and data.slates.shape == (50, 100, 10)

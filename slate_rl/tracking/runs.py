@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -26,6 +27,8 @@ from slate_rl.progress import LOGGER_NAME
 log = logging.getLogger(LOGGER_NAME)
 _MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 _PROJECT_DIR = Path(__file__).resolve().parents[2]
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by the MLflow UI to choose an experiment's default views
+MODEL_TRAINING_KIND = "custom_model_development"
 
 
 def configure_mlflow() -> None:
@@ -139,6 +142,15 @@ def _experiment_id(client: MlflowClient, experiment_name: Optional[str]) -> str:
     return experiment.experiment_id if experiment else client.create_experiment(name)
 
 
+def _mark_model_training(client: MlflowClient, run_id: str) -> None:
+    """Tag the run's experiment as model training (unless it has a kind already), so that the MLflow UI opens it
+    on its runs table and charts rather than on its GenAI trace views."""
+    experiment = client.get_experiment(client.get_run(run_id).info.experiment_id)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        with contextlib.suppress(MlflowException):  # a job running at the same time may be setting it too
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, run_name: str, tags: Optional[dict[str, Any]] = None,
               parent: Optional[StageRun] = None, experiment_name: Optional[str] = None,
@@ -172,6 +184,7 @@ def stage_run(stage: str, run_name: str, tags: Optional[dict[str, Any]] = None,
         if parent is not None:
             start_tags[MLFLOW_PARENT_RUN_ID] = parent.run_id
         run_id = client.create_run(experiment, tags=start_tags, run_name=run_name).info.run_id
+    _mark_model_training(client, run_id)
     run = StageRun(client, run_id)
     run.set_tags(base_tags)
     with tempfile.TemporaryDirectory(prefix="slate-rl-log-") as tmp:
