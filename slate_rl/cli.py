@@ -93,12 +93,19 @@ def config_options(config_class: type, helps: dict[str, str]) -> Callable:
                 continue
             default = field.default if field.default is not dataclasses.MISSING else None
             kind = {bool: click.BOOL, int: int, float: float}.get(type(default), str)
-            from_preset = any(field.name in config.stage_preset(p, config_class.stage) for p in config.PRESETS)
-            shown = "" if default in (None, "") or from_preset else f" [{default}]"
+            shown = _shown_default(config_class.stage, field.name, default)
             func = option(field.name, type=kind, default=None, help=helps[field.name] + shown)(func)
         return func
 
     return decorate
+
+
+def _shown_default(stage: str, name: str, default: Any) -> str:
+    """' [quick: 2000, paper: 100000]' for a parameter a preset file sets, else ' [default]' ('' when none)."""
+    presets = {preset: config.stage_preset(preset, stage) for preset in config.PRESETS}
+    if any(name in values for values in presets.values()):
+        return " [" + ", ".join(f"{preset}: {values.get(name, default)}" for preset, values in presets.items()) + "]"
+    return "" if default in (None, "") else f" [{default}]"
 
 
 DATASET_HELP = {
@@ -112,13 +119,13 @@ DATASET_HELP = {
 @common_options
 @pipeline_job
 @config_options(stage_configs.GenerateDatasetConfig, {
-    "n_sessions": "Sessions (users) to log. [paper: 100000, quick: 2000]",
+    "n_sessions": "Sessions (users) to log.",
     "epsilon": "Probability that a slot shows a random item instead of the oracle's.",
     "seed": "Seed of the logging policy's generator.",
     "sim_seed": "Seed of the simulator's generator (users, clicks).",
     "item_embeddings": "A .pt / .npy item table (num_items x 20) to use instead of the preset's generated one, "
                        "e.g. the paper's item_embeddings_focused.pt.",
-    "chunk_size": "Users simulated at once (memory vs speed). [paper: 10000, quick: 2000]",
+    "chunk_size": "Users simulated at once (memory vs speed).",
 })
 @option("env_param", multiple=True, metavar="KEY=VALUE",
         help="Override a simulator parameter, e.g. --env-param boredom_threshold=3 (repeatable).")
@@ -144,7 +151,7 @@ def generate_dataset_command(env: str, preset: str, experiment_name: str | None,
     "lambda_kl": "Weight beta of the KL term (reference convention: mean over latent dimensions).",
     "lambda_click": "Weight lambda of the click reconstruction loss.",
     "lambda_prior": "Weight of the prior regulariser (no effect with the fixed prior).",
-    "epochs": "Training epochs. [paper: 15, quick: 6]",
+    "epochs": "Training epochs.",
     "batch_size": "Slates per batch.",
     "lr": "Adam learning rate.",
     "loss_convention": "'reference' (std = exp(logvar), KL averaged over dimensions) or 'standard' VAE.",
@@ -171,10 +178,10 @@ def pretrain_gems_command(env: str, preset: str, experiment_name: str | None, pa
     "dim": "Embedding dimension.",
     "lr": "Adam learning rate.",
     "batch_size": "Positive pairs per batch.",
-    "eval_every": "Evaluate the held-out loss every this many batches. [paper: 1000, quick: 200]",
+    "eval_every": "Evaluate the held-out loss every this many batches.",
     "patience": "Stop after this many evaluations without improvement.",
-    "max_steps": "Cap on training steps (0: none). [paper: 0, quick: 0]",
-    "max_seconds": "Cap on training time in seconds (0: none). [paper: 0, quick: 60]",
+    "max_steps": "Cap on training steps (0: none).",
+    "max_seconds": "Cap on training time in seconds (0: none).",
 })
 @user_errors
 def train_mf_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None,
@@ -194,16 +201,15 @@ def train_mf_command(env: str, preset: str, experiment_name: str | None, parent_
     "method": "Method: sac_gems, sac_topk_ideal, sac_topk_mf, sac_wknn, slateq, reinforce_softmax, random, "
               "short_term_oracle.",
     "seed": "Seed of the agent (weights, exploration, warm-up, replay sampling) and of its GeMS.",
-    "episodes": "Training episodes (one per step). [paper: 100000, quick: 1500]",
-    "warmup_episodes": "Episodes of random actions before learning. [paper: 2000, quick: 300]",
-    "val_every": "Validate every this many episodes. [paper: 1000, quick: 300]",
+    "episodes": "Training episodes (one per step).",
+    "warmup_episodes": "Episodes of random actions before learning.",
+    "val_every": "Validate every this many episodes.",
     "val_episodes": "Episodes per validation (played as one batch).",
     "test_episodes": "Episodes of the final test, after re-seeding the simulator (one batch).",
     "parallel_episodes": "K: episodes collected together, then K gradient steps.",
     "overlap_collection": "Collect the next K episodes while the updates run (both cores busy; the policy lags the "
                           "learner by up to 2K updates). K = 1 without overlap is the reference's ordering.",
-    "save_every": "A checkpoint (episode_NNNNNN, and the resume state) every this many episodes. "
-                  "[paper: 10000, quick: 600]",
+    "save_every": "A checkpoint (episode_NNNNNN, and the resume state) every this many episodes.",
     "item_embeddings": "A .pt / .npy item table of the environment instead of the preset's generated one.",
     "dataset": "generate_dataset run for GeMS / MF (runs:/<id>); default: by lineage.",
     "gems": "pretrain_gems run to act through (runs:/<id>); default: the GeMS of this seed and setting, by lineage.",

@@ -1,43 +1,71 @@
-"""Preset loading: the six paper environments and the `quick` / `paper` stage presets (YAML under `experiments/`)."""
+"""Preset loading: the six paper environments and the `quick` / `paper` stage presets.
+
+The YAML files ship inside the package (slate_rl/presets/, which the source checkout also shows as `experiments/`).
+A user overrides them without touching the package: $SLATE_RL_PRESETS names a folder of their own YAML files, and a
+file there replaces the packaged file of the same name.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import os
-import sys
+from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
 from slate_rl.errors import SlateRLError
 
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
 PRESETS = ("quick", "paper")
+OVERRIDE_VARIABLE = "SLATE_RL_PRESETS"
 
 
-def experiments_dir() -> Path:
-    """The folder holding the YAML presets: $SLATE_RL_EXPERIMENTS, the source checkout, or the installed copy."""
-    candidates = []
-    if os.environ.get("SLATE_RL_EXPERIMENTS"):
-        candidates.append(Path(os.environ["SLATE_RL_EXPERIMENTS"]))
-    candidates.append(Path(__file__).resolve().parent.parent / "experiments")
-    candidates.append(Path(sys.prefix) / "share" / "slate-rl" / "experiments")
-    for path in candidates:
-        if (path / "envs.yaml").is_file():
-            return path
-    raise SlateRLError(
-        "cannot find the presets folder 'experiments/' (looked in: "
-        + ", ".join(str(p) for p in candidates)
-        + "); install slate-rl from its source checkout (`pip install -e .`) or set SLATE_RL_EXPERIMENTS"
-    )
+def packaged_presets() -> Traversable:
+    """The folder of preset files shipped inside the package."""
+    return resources.files("slate_rl") / "presets"
+
+
+def override_dir() -> Path | None:
+    """The user's folder of preset files ($SLATE_RL_PRESETS), or None when the variable is unset or empty."""
+    folder = os.environ.get(OVERRIDE_VARIABLE, "")
+    if not folder:
+        return None
+    path = Path(folder).expanduser()
+    known = sorted(item.name for item in packaged_presets().iterdir() if item.name.endswith(".yaml"))
+    if not path.is_dir():
+        raise SlateRLError(f"{OVERRIDE_VARIABLE}={folder!r} is not a folder; point it at a folder holding your own "
+                           f"copies of any of {', '.join(known)}, or unset it to use the packaged presets")
+    unknown = sorted(item.name for item in path.iterdir() if item.suffix in (".yaml", ".yml") and item.name not in known)
+    if unknown:
+        raise SlateRLError(f"{OVERRIDE_VARIABLE}: {', '.join(unknown)} in {path} would replace no preset file; "
+                           f"name your copies like the packaged ones: {', '.join(known)}")
+    return path
+
+
+def preset_file(name: str) -> Traversable:
+    """Preset file `name`: the user's copy in $SLATE_RL_PRESETS if there is one, else the packaged one."""
+    folder = override_dir()
+    if folder is not None and (folder / name).is_file():
+        return folder / name
+    packaged = packaged_presets() / name
+    if not packaged.is_file():
+        raise SlateRLError(f"the preset file {name} is missing from the installed package ({packaged}); "
+                           "reinstall slate-rl")
+    return packaged
+
+
+def _read_yaml(name: str) -> dict[str, Any]:
+    return _parse(preset_file(name))
 
 
 @functools.lru_cache(maxsize=None)
-def _read_yaml(name: str) -> dict[str, Any]:
-    path = experiments_dir() / name
-    with open(path) as handle:
-        return yaml.safe_load(handle) or {}
+def _parse(source: Traversable) -> dict[str, Any]:
+    return yaml.safe_load(source.read_text()) or {}
 
 
 def env_names() -> tuple[str, ...]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +69,55 @@ def test_mlproject_fixed_defaults_equal_the_stage_defaults(entry_point, config_c
     for name, param in declared.items():
         assert str(param["default"]) == str(resolved[name] if resolved[name] is not None else ""), name
         assert "{" + name + "}" in spec["command"], name
+
+
+def test_presets_ship_in_the_package_and_experiments_is_the_same_folder():
+    packaged = Path(str(config.packaged_presets())).resolve()
+    assert packaged == (REPO / "slate_rl" / "presets").resolve()
+    assert (REPO / "experiments").resolve() == packaged  # one copy: the checkout's experiments/ links to it
+    assert {"envs.yaml", "quick.yaml", "paper.yaml"} <= {path.name for path in packaged.iterdir()}
+
+
+def test_a_file_in_the_override_folder_replaces_the_packaged_file_of_that_name(tmp_path, monkeypatch):
+    packaged_envs = config.env_names()
+    (tmp_path / "quick.yaml").write_text("generate_dataset:\n  n_sessions: 123\n  chunk_size: 50\n")
+    monkeypatch.setenv(config.OVERRIDE_VARIABLE, str(tmp_path))
+    assert GenerateDatasetConfig.resolve("focused_mix", "quick").n_sessions == 123
+    assert config.stage_preset("quick", "train_online") == {}  # the whole file is replaced, not merged
+    assert GenerateDatasetConfig.resolve("focused_mix", "paper").n_sessions == 100000  # files left out: packaged
+    assert config.env_names() == packaged_envs
+    monkeypatch.delenv(config.OVERRIDE_VARIABLE)
+    assert GenerateDatasetConfig.resolve("focused_mix", "quick").n_sessions == 2000
+
+
+def test_a_bad_override_folder_is_refused_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv(config.OVERRIDE_VARIABLE, str(tmp_path / "missing"))
+    with pytest.raises(SlateRLError, match="SLATE_RL_PRESETS=.*is not a folder.*or unset it"):
+        config.stage_preset("quick", "generate_dataset")
+    (tmp_path / "quick.yml").write_text("generate_dataset: {n_sessions: 5}\n")
+    monkeypatch.setenv(config.OVERRIDE_VARIABLE, str(tmp_path))
+    with pytest.raises(SlateRLError, match=r"quick\.yml .* would replace no preset file.*quick\.yaml"):
+        config.stage_preset("quick", "generate_dataset")
+
+
+def test_help_shows_the_preset_values_read_from_the_files():
+    from click.testing import CliRunner
+
+    from slate_rl.cli import main
+
+    for stage, command in [("generate_dataset", "generate-dataset"), ("train_online", "train-online")]:
+        result = CliRunner().invoke(main, [command, "--help"])
+        text = " ".join(result.output.split())  # undo the line wrapping
+        fields = set(config.stage_preset("quick", stage)) | set(config.stage_preset("paper", stage))
+        assert fields
+        for name in fields:
+            shown = ", ".join(f"{p}: {config.stage_preset(p, stage)[name]}" for p in config.PRESETS)
+            assert f"[{shown}]" in text, name
+
+
+def test_help_follows_an_override_folder(tmp_path):
+    (tmp_path / "quick.yaml").write_text("generate_dataset:\n  n_sessions: 321\n")
+    env = {**os.environ, config.OVERRIDE_VARIABLE: str(tmp_path), "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "slate_rl.cli", "generate-dataset", "--help"], env=env,
+                            capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert "[quick: 321, paper: 100000]" in " ".join(result.stdout.split())

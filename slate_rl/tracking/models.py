@@ -26,7 +26,6 @@ from mlflow.types.schema import Schema, TensorSpec
 
 import slate_rl
 from slate_rl import atomic
-from slate_rl.config import experiments_dir
 from slate_rl.errors import SlateRLError
 from slate_rl.tracking.lineage import artifact_dir, get_finished_run
 from slate_rl.tracking.runs import StageRun, format_param
@@ -87,7 +86,7 @@ def log_policy(run: StageRun, payload: dict[str, Any], name: str) -> str:
             logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
             mlflow.pyfunc.save_model(
                 path=str(folder), python_model=SlatePolicyModel(), artifacts={"policy": str(policy_file)},
-                code_paths=[str(Path(slate_rl.__file__).parent), str(experiments_dir())], signature=_SIGNATURE,
+                code_paths=[str(Path(slate_rl.__file__).parent)], signature=_SIGNATURE,  # presets included
                 pip_requirements=["torch", "numpy", "pyyaml", "click", "rich", "gymnasium", "pytorch-lightning",
                                   "mlflow"])
         path = f"{POLICIES_DIR}/{name}"
