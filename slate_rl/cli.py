@@ -79,6 +79,7 @@ def main(log_level: str) -> None:
     Every stage runs inside an MLflow run (params, metrics, artifacts, console log) in the tracking store
     named by $MLFLOW_TRACKING_URI (default: sqlite:///mlflow.db in the current folder). Stages find their
     inputs by lineage: given only --env, a stage reuses the matching finished upstream run or runs it first.
+    Presets come with the package; $SLATE_RL_PRESETS names a folder whose YAML files replace those of the same name.
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     setup_logging(getattr(logging, log_level.upper()))

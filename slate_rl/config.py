@@ -63,7 +63,7 @@ def _read_yaml(name: str) -> dict[str, Any]:
     return _parse(preset_file(name))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parse(source: Traversable) -> dict[str, Any]:
     return yaml.safe_load(source.read_text()) or {}
 
