@@ -24,7 +24,7 @@ class SlotInputGates(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, items: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor, slates: torch.Tensor,
                 clicks: torch.Tensor) -> torch.Tensor:
-        groups, num_items, dim = items.shape
+        groups, _, dim = items.shape
         batch, steps, size = slates.shape
         gates = w_ih.shape[1]
         w = w_ih.view(groups, gates, size, dim + 1)

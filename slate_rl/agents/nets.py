@@ -12,7 +12,8 @@ of ones, and each skinny product in the orientation MKL runs fastest.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -11,11 +11,11 @@ from slate_rl.agents.buffer import Trajectories
 from slate_rl.envs.topicrec import TopicRec
 from slate_rl.errors import SlateRLError
 
-StepHook = Callable[[int, dict, dict, Optional[torch.Tensor]], None]
+StepHook = Callable[[int, dict, dict, torch.Tensor | None], None]
 
 
 def play(env: TopicRec, agent: Agent, num_users: int, mode: str, episode: int = 0,
-         on_step: Optional[StepHook] = None) -> Trajectories:
+         on_step: StepHook | None = None) -> Trajectories:
     """`num_users` full episodes at once (one reset, H steps), recorded as trajectories.
 
     mode: 'random', 'explore' or 'greedy' (see `Agent.act`); episode: index of the first of these episodes in
@@ -47,7 +47,7 @@ def play(env: TopicRec, agent: Agent, num_users: int, mode: str, episode: int = 
 
 
 def evaluate_policy(env: TopicRec, agent: Agent, num_episodes: int, reseed: bool = True,
-                    on_step: Optional[StepHook] = None) -> torch.Tensor:
+                    on_step: StepHook | None = None) -> torch.Tensor:
     """Returns (total clicks) of `num_episodes` deterministic episodes played as one batch.
 
     reseed=True restarts the simulator's user stream first (the paper's test: every policy meets the same users).

@@ -11,7 +11,7 @@ next slate would be penalised. Polyak averaging happens before the optimiser ste
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -57,7 +57,7 @@ class SlateQAgent(BeliefAgent):
     def buffer_capacity(self) -> int:
         return self.config.capacity
 
-    def privileged_record(self, env: TopicRec) -> Optional[torch.Tensor]:
+    def privileged_record(self, env: TopicRec) -> torch.Tensor | None:
         """The user after the step: raw (reference, Q5) or with bored topics zeroed (the relevance acting used)."""
         return env.user.clone() if self.config.reference_relevances else env.effective_user()
 
@@ -71,7 +71,7 @@ class SlateQAgent(BeliefAgent):
         return torch.addmm(self.q_target_bias2, hidden, self.q_target_weight2.t())
 
     def choose(self, states: torch.Tensor, mode: str, episode: int,
-               **privileged: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+               **privileged: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         relevances = privileged.get("relevances")
         if relevances is None:
             relevances = self.env.item_relevances(reference_slicing=self.config.reference_relevances)

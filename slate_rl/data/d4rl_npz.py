@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +41,7 @@ FORMAT_VERSION = 1
 # loading instead of 0.7 s and 0.9 s; with 32 float32 latent actions (nearly incompressible), from 202 MB to 147 MB.
 # Datasets travel as tracking-store artifacts, so files are compressed by default.
 COMPRESS_DEFAULT = True
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 def oracle_path(path: PathLike) -> Path:

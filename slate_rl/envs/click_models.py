@@ -8,7 +8,8 @@ from slate_rl.envs.params import EnvParams
 
 
 def propensity_matrix(params: EnvParams) -> torch.Tensor:
-    """Gamma, shape (R, R + 1): examination propensity of rank r given the rank j of the latest click (j = R: none yet)."""
+    """Gamma, shape (R, R + 1): examination propensity of rank r given the rank j of the latest click (j = R: none
+    yet)."""
     size = params.slate_size
     ranks = torch.arange(size, dtype=torch.float64)
     if params.click_model == "tdPBM":

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ import torch
 from slate_rl.envs.params import EnvParams
 from slate_rl.errors import SlateRLError
 
-ArrayLike = Union[torch.Tensor, np.ndarray, list]
+ArrayLike = torch.Tensor | np.ndarray | list
 DYNAMIC_STATE = ("t", "u", "clicked_items", "clicked_step", "all_clicked_items", "bored", "bored_timeout",
                  "short_term_topic")
 

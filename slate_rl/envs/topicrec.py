@@ -8,7 +8,7 @@ follow the specification; docs/fidelity.md lists the reference quirks and how th
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from slate_rl.envs.randomness import DEFAULT_SIM_SEED, ResetDraws, UserStream
 from slate_rl.errors import SlateRLError
 
 Observation = dict[str, torch.Tensor]
-SlateInput = Union[torch.Tensor, np.ndarray]
+SlateInput = torch.Tensor | np.ndarray
 
 
 def l21_normalise(users: torch.Tensor, num_topics: int, topic_size: int) -> torch.Tensor:
@@ -46,7 +46,7 @@ class TopicRec:
         params: EnvParams,
         item_embeddings: torch.Tensor,
         sim_seed: int = DEFAULT_SIM_SEED,
-        device: Union[str, torch.device] = "cpu",
+        device: str | torch.device = "cpu",
         name: str = "custom",
         oracle_chunk: int = 1024,
     ) -> None:
@@ -254,14 +254,16 @@ class TopicRec:
         if self.num_users == 0:
             raise SlateRLError("call reset(num_users) before step()")
         if self.t >= self.episode_length:
-            raise SlateRLError(f"the episode is over after {self.episode_length} steps; call reset() to start a new one")
+            raise SlateRLError(f"the episode is over after {self.episode_length} steps; "
+                               "call reset() to start a new one")
         if isinstance(slates, np.ndarray):
             slates = torch.from_numpy(slates)
         if not isinstance(slates, torch.Tensor):
             raise SlateRLError(f"slates must be a tensor or array of item ids, got {type(slates).__name__}")
         expected = (self.num_users, self.slate_size)
         if tuple(slates.shape) != expected:
-            raise SlateRLError(f"slates must have shape (num_users, slate_size) = {expected}, got {tuple(slates.shape)}")
+            raise SlateRLError(f"slates must have shape (num_users, slate_size) = {expected}, "
+                               f"got {tuple(slates.shape)}")
         if slates.dtype.is_floating_point or slates.dtype == torch.bool or slates.dtype.is_complex:
             raise SlateRLError(f"slates must hold integer item ids, got dtype {slates.dtype}")
         slates = slates.to(self.device, torch.long)

@@ -13,7 +13,8 @@ dict (tensors and Python values) that `decoder_from_payload` turns back into the
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -94,10 +95,10 @@ class GeMSDecoder(SlateDecoder):
         self.requires_grad_(False)
         self.slate_size = slate_head.out_features // item_table.shape[1]
         self.sample, self.seed = bool(sample), int(seed)
-        self._generator: Optional[torch.Generator] = None
+        self._generator: torch.Generator | None = None
 
     @classmethod
-    def from_vae(cls, vae: GeMS, bounds: ActionBounds, sample: bool = False, seed: int = 0) -> "GeMSDecoder":
+    def from_vae(cls, vae: GeMS, bounds: ActionBounds, sample: bool = False, seed: int = 0) -> GeMSDecoder:
         """The decoder of a trained GeMS VAE with its action box (`gems_action_bounds(vae, slates, clicks)`)."""
         return cls(vae.decoder, vae.slate_head, vae.item_embeddings.weight, bounds.center, bounds.scale, sample, seed)
 
@@ -112,7 +113,7 @@ class GeMSDecoder(SlateDecoder):
         return self.slot_vectors(actions) @ self.item_table.T
 
     @torch.no_grad()
-    def decode(self, actions: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def decode(self, actions: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Slates (B, R) int64: per-slot argmax, or per-slot softmax samples if `sample` (drawn from `generator`,
         else from the decoder's own generator seeded with `seed`)."""
         vectors = self.slot_vectors(actions).reshape(-1, self.item_table.shape[1])
@@ -141,7 +142,7 @@ class GeMSDecoder(SlateDecoder):
         return _payload(self.kind, config, self)
 
     @classmethod
-    def from_payload(cls, payload: Payload) -> "GeMSDecoder":
+    def from_payload(cls, payload: Payload) -> GeMSDecoder:
         c = payload["config"]
         with torch.device("meta"):
             decoder = mlp(c["latent_dim"], c["decoder_hidden"])
@@ -177,7 +178,7 @@ class TopKDecoder(SlateDecoder):
                                         item_dim=int(self.item_table.shape[1])), self)
 
     @classmethod
-    def from_payload(cls, payload: Payload) -> "TopKDecoder":
+    def from_payload(cls, payload: Payload) -> TopKDecoder:
         c = payload["config"]
         return _restore(cls(torch.zeros(c["num_items"], c["item_dim"]), c["slate_size"]), payload)
 
@@ -227,7 +228,7 @@ class KNNDecoder(SlateDecoder):
                                         item_dim=int(self.item_table.shape[1])), self)
 
     @classmethod
-    def from_payload(cls, payload: Payload) -> "KNNDecoder":
+    def from_payload(cls, payload: Payload) -> KNNDecoder:
         c = payload["config"]
         return _restore(cls(torch.zeros(c["num_items"], c["item_dim"]), c["slate_size"], c["k"]), payload)
 

@@ -11,7 +11,7 @@ Train with `pl.Trainer(...).fit(model, datamodule=SlateDataModule(slates, clicks
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -180,5 +180,5 @@ class GeMS(pl.LightningModule):
         """`self.log` the epoch means as `<stage>/<term>` (nothing during Lightning's sanity check)."""
         names, sums, count = self._sums.pop(stage, ([], 0.0, 0))
         if count and not self.trainer.sanity_checking:
-            for name, value in zip(names, (sums / count).tolist()):
+            for name, value in zip(names, (sums / count).tolist(), strict=True):
                 self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True)
