@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from types import TracebackType
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -95,10 +96,11 @@ class Progress:
     def _fields_text(self) -> str:
         return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.fields.items())
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
         if self._rich is not None:
-            self._rich.__exit__(*exc)
-        elif exc[0] is None:
+            self._rich.__exit__(exc_type, exc, traceback)
+        elif exc_type is None:
             log.info(self.line())
 
 

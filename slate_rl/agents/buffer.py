@@ -74,8 +74,12 @@ class TrajectoryBuffer:
         self.slates[slots] = episodes.slates.to(self.slates.dtype)
         self.clicks[slots] = episodes.clicks.to(torch.uint8)
         if self.actions is not None:
+            if episodes.actions is None:
+                raise SlateRLError("the buffer stores actions, but these trajectories carry none")
             self.actions[slots] = episodes.actions
         if self.privileged is not None:
+            if episodes.privileged is None:
+                raise SlateRLError("the buffer stores privileged data, but these trajectories carry none")
             self.privileged[slots] = episodes.privileged
         self.position = (self.position + n) % self.capacity
         self.size = min(self.size + n, self.capacity)

@@ -38,9 +38,16 @@ def play(env: TopicRec, agent: Agent, num_users: int, mode: str, episode: int = 
         obs, _, _, info = env.step(slate)
         slates[:, t + 1], clicks[:, t + 1] = obs["slate"], obs["clicks"]
         if actions is not None:
+            if action is None:
+                raise SlateRLError(f"{type(agent).__name__} stores {agent.stored_action_dim}-d actions, "
+                                   f"but acting in mode {mode!r} returned none")
             actions[:, t] = action
         if privileged is not None:
-            privileged[:, t] = agent.privileged_record(env)
+            record = agent.privileged_record(env)
+            if record is None:
+                raise SlateRLError(f"{type(agent).__name__} stores {agent.privileged_dim}-d privileged data, "
+                                   "but privileged_record returned none")
+            privileged[:, t] = record
         if on_step is not None:
             on_step(t + 1, obs, info, action)
     return Trajectories(slates, clicks, actions, privileged)

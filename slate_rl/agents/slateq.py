@@ -32,6 +32,11 @@ class SlateQAgent(BeliefAgent):
     method = "slateq"
     acting_encoders = ("critic",)
     metric_names = ("loss", "epsilon", "q_mean", "clicked_share")
+    # the target network: copies of `q`'s parameters, registered as buffers q_target_<name> in __init__
+    q_target_weight1: torch.Tensor
+    q_target_bias1: torch.Tensor
+    q_target_weight2: torch.Tensor
+    q_target_bias2: torch.Tensor
 
     def __init__(self, env: TopicRec, config: SlateQConfig, seed: int) -> None:
         super().__init__(env.num_items, env.slate_size, seed)
@@ -111,6 +116,8 @@ class SlateQAgent(BeliefAgent):
 
     def update(self, batch: Trajectories) -> torch.Tensor:
         cfg, hidden = self.config, self.config.belief.hidden_dim
+        if batch.privileged is None:
+            raise SlateRLError("SlateQ learns from trajectories that carry the users' states (privileged data)")
         num, steps = batch.slates.shape[0], batch.slates.shape[1] - 1
         states = self.beliefs.encode(batch.slates[:, :-1], batch.clicks[:, :-1])[0].reshape(-1, hidden)
         items, has_click = first_clicks(batch.slates, batch.clicks, cfg.reference_pairing)

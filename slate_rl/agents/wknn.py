@@ -34,6 +34,8 @@ class WkNNAgent(SACBase):
 
     method = "sac_wknn"
     acting_encoders = ("actor", "critic")
+    config: WkNNConfig
+    decoder: KNNDecoder
 
     def __init__(self, item_table: torch.Tensor, num_items: int, slate_size: int, config: WkNNConfig,
                  seed: int) -> None:

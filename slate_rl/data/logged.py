@@ -20,7 +20,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -128,7 +128,7 @@ def load_logged_sessions(path: str | Path, mmap: bool = True) -> LoggedSessions:
     missing = [name for name in _ARRAYS if not (path / name).is_file()]
     if missing:
         raise SlateRLError(f"{str(path)!r} is incomplete: missing {', '.join(missing)}")
-    mode: str | None = "r" if mmap else None
+    mode: Literal["r"] | None = "r" if mmap else None
     data = LoggedSessions(
         slates=np.load(path / "slates.npy", mmap_mode=mode),
         packed_clicks=np.load(path / "clicks.npy", mmap_mode=mode),

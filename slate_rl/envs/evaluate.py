@@ -48,7 +48,7 @@ class EvaluationResult:
 
 
 def play(env: TopicRec, policy: Policy, num_users: int,
-         on_step: Callable[[int, dict, torch.Tensor, dict], None] | None = None) -> torch.Tensor:
+         on_step: Callable[[int, dict, torch.Tensor | None, dict], None] | None = None) -> torch.Tensor:
     """Play one batch of `num_users` full episodes; returns their returns. `on_step(t, obs, reward, info)` sees
     every step (t = 1..H) and, with t = 0, the reset observation (reward None)."""
     obs, info = env.reset(num_users)

@@ -131,7 +131,7 @@ class TopicRec:
         self._clicked_before = None
         if p.click_only_once:
             self._clicked_before = torch.zeros(n, p.num_items, dtype=torch.bool, device=self.device)
-            self._mark_clicked(slates, clicks)
+            self._mark_clicked(self._clicked_before, slates, clicks)
         obs = {"slate": slates.clone(), "clicks": clicks}
         info = {"user_state": self.user, "bored": self.bored, "scores": scores, "slate_topics": slate_topics}
         return obs, info
@@ -171,7 +171,7 @@ class TopicRec:
         # 9.-12. click log, drift, short-term topic
         self._append_clicks(slate_topics, clicks, count_in_step_log=True)
         if self._clicked_before is not None:
-            self._mark_clicked(slates, clicks)
+            self._mark_clicked(self._clicked_before, slates, clicks)
         self._drift(slates, clicks)
         self._update_short_term_topic(slates, clicks)
 
@@ -342,10 +342,12 @@ class TopicRec:
         self._log_len_items = self._log_len_items - expired
         self._log_len_steps = self._log_len_steps - expired
 
-    def _mark_clicked(self, slates: torch.Tensor, clicks: torch.Tensor) -> None:
-        counts = torch.zeros(self._clicked_before.shape, dtype=torch.long, device=self.device)
+    @staticmethod
+    def _mark_clicked(clicked_before: torch.Tensor, slates: torch.Tensor, clicks: torch.Tensor) -> None:
+        """Flag (in place) every item each user clicked in `slates`."""
+        counts = torch.zeros(clicked_before.shape, dtype=torch.long, device=clicked_before.device)
         counts.scatter_add_(1, slates, clicks)
-        self._clicked_before |= counts > 0
+        clicked_before |= counts > 0
 
     def _drift(self, slates: torch.Tensor, clicks: torch.Tensor) -> None:
         """Move each user towards every clicked item in rank order, renormalising after each click."""

@@ -80,6 +80,7 @@ class SliceBatches:
             for start in range(0, n, size):
                 yield self.samples.batch(slice(start, start + size))
             return
+        assert self.generator is not None  # __init__ requires one for shuffled batches
         order = torch.randperm(n, generator=self.generator, device=self.generator.device)
         order = order.to(self.samples.slates.device)
         for start in range(0, n, size):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from slate_rl.rankers.gems import GeMS
 
 Payload = dict[str, Any]
+Decoder = TypeVar("Decoder", bound=SlateDecoder)
 SCORE_ROWS = 1024  # query rows scored at once (a 1024 x 1000 float block is 4 MB)
 
 
@@ -60,7 +61,7 @@ def _payload(kind: str, config: dict[str, Any], module: nn.Module) -> Payload:
     return {"kind": kind, "config": dict(config), "state_dict": state}
 
 
-def _restore(decoder: SlateDecoder, payload: Payload) -> SlateDecoder:
+def _restore(decoder: Decoder, payload: Payload) -> Decoder:
     decoder.load_state_dict(payload["state_dict"], strict=True, assign=True)
     return decoder
 
@@ -78,6 +79,7 @@ class GeMSDecoder(SlateDecoder):
     """
 
     kind = "gems"
+    item_table: torch.Tensor  # a buffer
 
     def __init__(self, decoder: nn.Sequential, slate_head: nn.Linear, item_table: torch.Tensor,
                  action_center: torch.Tensor, action_scale: torch.Tensor, sample: bool = False,
@@ -118,12 +120,11 @@ class GeMSDecoder(SlateDecoder):
         else from the decoder's own generator seeded with `seed`)."""
         vectors = self.slot_vectors(actions).reshape(-1, self.item_table.shape[1])
         table_t = self.item_table.T
-        if self.sample:
-            generator = generator or self._own_generator(actions.device)
+        draw = (generator or self._own_generator(actions.device)) if self.sample else None
 
         def pick(rows: torch.Tensor) -> torch.Tensor:
-            if self.sample:
-                return _sample_rows(torch.softmax(rows @ table_t, dim=1), generator)
+            if draw is not None:
+                return _sample_rows(torch.softmax(rows @ table_t, dim=1), draw)
             return (rows @ table_t).argmax(dim=1)
 
         return _by_chunks(vectors, pick).view(actions.shape[0], self.slate_size)
@@ -157,6 +158,7 @@ class TopKDecoder(SlateDecoder):
     distinct, in descending score order. Box: per-dimension min / max of the table."""
 
     kind = "topk"
+    item_table: torch.Tensor  # a buffer
 
     def __init__(self, item_table: torch.Tensor, slate_size: int = 10) -> None:
         _check_table(item_table)
@@ -191,6 +193,7 @@ class KNNDecoder(SlateDecoder):
     """
 
     kind = "knn"
+    item_table: torch.Tensor  # a buffer
 
     def __init__(self, item_table: torch.Tensor, slate_size: int = 10, k: int = 10) -> None:
         _check_table(item_table)
@@ -233,7 +236,9 @@ class KNNDecoder(SlateDecoder):
         return _restore(cls(torch.zeros(c["num_items"], c["item_dim"]), c["slate_size"], c["k"]), payload)
 
 
-DECODERS: dict[str, type] = {cls.kind: cls for cls in (GeMSDecoder, TopKDecoder, KNNDecoder)}
+DECODERS: dict[str, type[GeMSDecoder | TopKDecoder | KNNDecoder]] = {
+    cls.kind: cls for cls in (GeMSDecoder, TopKDecoder, KNNDecoder)
+}
 
 
 def decoder_from_payload(payload: Payload) -> SlateDecoder:

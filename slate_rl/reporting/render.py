@@ -6,7 +6,6 @@ import csv
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 
 from slate_rl.reporting.aggregate import STATISTICS, AggregateScore
 from slate_rl.reporting.names import PRIVILEGED_METHODS, env_name, method_name
@@ -154,7 +153,7 @@ def to_latex(table: ResultsTable, decimals: int = 1, label: str | None = None) -
         "Method & " + " & ".join(_latex_escape(env_name(e)) for e in table.envs) + " \\\\",
         "\\midrule",
     ]
-    for previous, method in pairwise((None, *table.methods)):
+    for previous, method in zip((None, *table.methods[:-1]), table.methods, strict=True):
         if previous in PRIVILEGED_METHODS and method not in PRIVILEGED_METHODS:
             lines.append("\\midrule")
         cells = (_cell_text(table.cell(method, env), decimals, _LATEX) for env in table.envs)
