@@ -1,4 +1,4 @@
-# slate-rl: `make quickstart` installs and runs the main job; `make test` installs and runs the tests.
+# slate-rl: `make quickstart` installs and runs the main job; `make test` installs, lints and runs the tests.
 # The install pins the CPU build of torch that is available offline on our machines; on another machine pick
 # your build, e.g. `make test TORCH="torch>=2.2"` (setup.cfg itself only asks for torch>=2.2).
 
@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 ENV ?= focused_mix
 BIN := $(VENV)/bin
 
-.PHONY: install quickstart test test-fast benchmarks ui
+.PHONY: install quickstart lint test test-fast benchmarks ui
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,13 @@ install: $(BIN)/.installed
 quickstart: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mlflow run . -e train_online -P env=$(ENV) -P preset=quick --env-manager local
 
-test: install
+# Lint, format check and type check (settings in pyproject.toml); `test` runs them first so that it fails fast.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/pytest
 
 test-fast: install

@@ -18,13 +18,23 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from slate_rl import envs
-from slate_rl.agents import (EXPLORE, GREEDY, METHODS, RANDOM, Hooks, Protocol, Trainer, TrajectoryBuffer, build_agent,
-                             play)
+from slate_rl.agents import (
+    EXPLORE,
+    GREEDY,
+    METHODS,
+    RANDOM,
+    Hooks,
+    Protocol,
+    Trainer,
+    TrajectoryBuffer,
+    build_agent,
+    play,
+)
 from slate_rl.agents.base import Agent
 from slate_rl.agents.runtime import configure_cpu
 from slate_rl.rankers.decoders import GeMSDecoder
@@ -144,13 +154,15 @@ def main() -> None:
             continue
         print(f"{'K':>5} {'random eps/s (CPU | wall)':>28} {'explore eps/s (CPU | wall)':>29} "
               f"{'projected paper run, min (CPU | wall): collect + update + eval = total':>72}")
+        def fmt(p: dict[str, float]) -> str:
+            return " + ".join(f"{p[part] / 60:.1f}" for part in ("collect", "update", "evaluate")) + \
+                f" = {p['total'] / 60:.1f}"
+
         for k in args.parallel:
             rnd = bench_collection(agent, env, k, RANDOM, args.collect_episodes)
             exp = bench_collection(agent, env, k, EXPLORE, args.collect_episodes)
             cpu = project(update["cpu_ms"], rnd["cpu_eps"], exp["cpu_eps"], val["cpu_s"], test["cpu_s"], True)
             wall = project(update["wall_ms"], rnd["wall_eps"], exp["wall_eps"], val["wall_s"], test["wall_s"], True)
-            fmt = lambda p: " + ".join(f"{p[k] / 60:.1f}" for k in ("collect", "update", "evaluate")) + \
-                f" = {p['total'] / 60:.1f}"
             print(f"{k:>5} {rnd['cpu_eps']:>13.1f} | {rnd['wall_eps']:<12.1f} {exp['cpu_eps']:>13.1f} | "
                   f"{exp['wall_eps']:<13.1f} {fmt(cpu):>34} | {fmt(wall)}")
         if args.fit:
@@ -160,7 +172,7 @@ def main() -> None:
                     learn = bench_fit(method, env.name, inputs, args.seed, k, pipeline, args.fit)
                     total = (PAPER["warmup"] / random_eps + (PAPER["episodes"] - PAPER["warmup"]) * learn
                              + PAPER["validations"] * val["wall_s"] + test["wall_s"])
-                    print(f"real loop K={k:<4} pipeline={str(pipeline):<5}: {1e3 * learn:.1f} ms wall per learning "
+                    print(f"real loop K={k:<4} pipeline={pipeline!s:<5}: {1e3 * learn:.1f} ms wall per learning "
                           f"episode (collection + update) -> projected paper run {total / 60:.1f} min wall")
 
 if __name__ == "__main__":

@@ -19,21 +19,20 @@ import dataclasses
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
+from bench_agents import upstream
 from slate_rl import envs
 from slate_rl.agents import build_agent
-from slate_rl.data import (EpisodeRecorder, OfflineEpisodes, load_offline, minari_root, mix, write_minari,
-                           write_npz)
+from slate_rl.data import EpisodeRecorder, OfflineEpisodes, load_offline, minari_root, mix, write_minari, write_npz
 from slate_rl.envs.evaluate import play
 from slate_rl.envs.policies import EpsilonGreedyOracle, RandomPolicy
 from slate_rl.stage_configs import CollectConfig, CollectPart
 from slate_rl.stages.collect import Source, collect_source
-
-from bench_agents import upstream
 
 
 def collect_sac_gems(env: envs.TopicRec, episodes: int, oracle: bool) -> OfflineEpisodes:
@@ -98,9 +97,9 @@ def main() -> None:
                      f"plain minari.load_dataset + iterate: {plain_s:.1f} s"))
         for compress in (False, True):
             path = root / f"bench_{'compressed' if compress else 'plain'}.npz"
-            files, write_s = timed(lambda: write_npz(episodes, path, compress=compress))
-            _, transitions_s = timed(lambda: load_offline(path, "transitions", oracle=True))
-            _, episodes_s = timed(lambda: load_offline(path, "episodes", oracle=True))
+            files, write_s = timed(partial(write_npz, episodes, path, compress=compress))
+            _, transitions_s = timed(partial(load_offline, path, "transitions", oracle=True))
+            _, episodes_s = timed(partial(load_offline, path, "episodes", oracle=True))
             name = f".npz {'compressed' if compress else 'uncompressed'}"
             note = f"oracle sidecar {size_mb(files[1]):.0f} MB" if len(files) > 1 else ""
             rows.append((name, write_s, sum(size_mb(f) for f in files), episodes_s, transitions_s, note))

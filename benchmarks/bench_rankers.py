@@ -13,7 +13,7 @@ import os
 import statistics
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
@@ -129,7 +129,7 @@ def main() -> None:
         best, median = min(times), statistics.median(times)
         rows.append((f"GeMS training, {name} (batch 256)", f"{256 * args.steps / best:,.0f} slates/s",
                      f"{1e3 * best / args.steps:.1f} ms/step best epoch, {1e3 * median / args.steps:.1f} median"))
-    overhead = [(fit - raw) / args.steps for fit, raw in zip(fit_times, raw_times)]
+    overhead = [(fit - raw) / args.steps for fit, raw in zip(fit_times, raw_times, strict=True)]
     rows.append(("Lightning overhead per step", f"{1e3 * statistics.median(overhead):.2f} ms",
                  f"median over epochs of (fit - raw); whole fit incl. setup "
                  f"{256 * args.steps * (args.repeats + 1) / total:,.0f} slates/s"))

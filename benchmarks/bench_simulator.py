@@ -25,8 +25,8 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -106,7 +106,7 @@ def round_robin(runs: list[Callable[[int], Timing]], repeats: int, warmup_steps:
         run(warmup_steps)
     timings: list[list[Timing]] = [[] for _ in runs]
     for _ in range(repeats):
-        for run, own in zip(runs, timings):
+        for run, own in zip(runs, timings, strict=True):
             own.append(run(steps))
     return timings
 
@@ -125,7 +125,7 @@ def summary(timings: list[Timing]) -> dict[str, float]:
 def paired_ratio(fast: list[Timing], slow: list[Timing], attribute: str) -> float:
     """Median over rounds of the ratio of user-steps/s, `attribute` being 'total' or 'simulator'."""
     return statistics.median((a.user_steps / getattr(a, attribute)) / (b.user_steps / getattr(b, attribute))
-                             for a, b in zip(fast, slow))
+                             for a, b in zip(fast, slow, strict=True))
 
 
 def parse_args() -> argparse.Namespace:
@@ -156,7 +156,7 @@ def main() -> None:
     runs = [lambda n_steps, n=size: batched_episode(env, n, args.epsilon, args.seed, n_steps) for size in sizes]
     runs.append(lambda n_steps: reference_episodes(env, args.reference_users, args.epsilon, args.seed, n_steps))
     timings = round_robin(runs, args.repeats, warmup_steps=10, steps=steps)
-    rows = [("batched", size, summary(own)) for size, own in zip(sizes, timings)]
+    rows = [("batched", size, summary(own)) for size, own in zip(sizes, timings[:-1], strict=True)]
     rows.append(("reference (loop over users)", 1, summary(timings[-1])))
 
     print(f"TopicRec speed: {args.env}, epsilon-greedy oracle (epsilon {args.epsilon}), whole episodes of {steps} "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -14,7 +14,7 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def write_bytes(path: Union[str, Path], data: bytes) -> Path:
+def write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     tmp = _tmp(path)
     tmp.write_bytes(data)
@@ -22,15 +22,15 @@ def write_bytes(path: Union[str, Path], data: bytes) -> Path:
     return path
 
 
-def write_text(path: Union[str, Path], text: str) -> Path:
+def write_text(path: str | Path, text: str) -> Path:
     return write_bytes(path, text.encode())
 
 
-def write_json(path: Union[str, Path], payload: Any) -> Path:
+def write_json(path: str | Path, payload: Any) -> Path:
     return write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def torch_save(obj: Any, path: Union[str, Path]) -> Path:
+def torch_save(obj: Any, path: str | Path) -> Path:
     path = Path(path)
     tmp = _tmp(path)
     torch.save(obj, tmp)

@@ -5,12 +5,18 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Optional
+from types import TracebackType
 
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, \
-    TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress as RichProgress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 LOGGER_NAME = "slate_rl"
 log = logging.getLogger(LOGGER_NAME)
@@ -47,14 +53,14 @@ class Progress:
     """
 
     def __init__(self, total: int, description: str, unit: str = "it", interval: float = 30.0,
-                 enabled: Optional[bool] = None) -> None:
+                 enabled: bool | None = None) -> None:
         self.total, self.description, self.unit, self.interval = int(total), description, unit, interval
         self.done = 0
         self.fields: dict[str, object] = {}
         self._bar = interactive() if enabled is None else enabled
-        self._rich: Optional[RichProgress] = None
+        self._rich: RichProgress | None = None
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         self._start = self._last = time.monotonic()
         if self._bar:
             self._rich = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -90,17 +96,18 @@ class Progress:
     def _fields_text(self) -> str:
         return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.fields.items())
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
         if self._rich is not None:
-            self._rich.__exit__(*exc)
-        elif exc[0] is None:
+            self._rich.__exit__(exc_type, exc, traceback)
+        elif exc_type is None:
             log.info(self.line())
 
 
 def _duration(seconds: float) -> str:
     if seconds != seconds:  # NaN
         return "?"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds < 120:
         return f"{seconds} s"
     if seconds < 7200:

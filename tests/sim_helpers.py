@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
 
 import pytest
 import torch
@@ -53,7 +53,7 @@ def single_torch_thread() -> Iterator[None]:
         yield
 
 
-def small_env(params: Optional[EnvParams] = None, sim_seed: int = 5, **overrides) -> TopicRec:
+def small_env(params: EnvParams | None = None, sim_seed: int = 5, **overrides) -> TopicRec:
     """A batched simulator on the generated table its parameters name (no file needed)."""
     params = params or env_params("focused_topdown")
     if overrides:

@@ -42,7 +42,7 @@ def test_vector_env_steps_users_together_and_autoresets_next_step():
     assert isinstance(env, SlateRLVectorEnv)
     obs, _ = env.reset(seed=0)
     assert obs["slate"].shape == (4, 10) and obs["clicks"].shape == (4, 10)
-    for t in range(100):
+    for _ in range(100):
         obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
         assert reward.shape == (4,) and not terminated.any()
     assert truncated.all()

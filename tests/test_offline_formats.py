@@ -12,8 +12,17 @@ import numpy as np
 import pytest
 
 import slate_rl.envs  # noqa: F401  (registers SlateRL/<env>-v0)
-from slate_rl.data import (OfflineEpisodes, OfflineTransitions, dataset_id, load_offline, minari_root, mix,
-                           read_minari, write_minari, write_npz)
+from slate_rl.data import (
+    OfflineEpisodes,
+    OfflineTransitions,
+    dataset_id,
+    load_offline,
+    minari_root,
+    mix,
+    read_minari,
+    write_minari,
+    write_npz,
+)
 from slate_rl.data.d4rl_npz import oracle_path
 from slate_rl.data.minari_io import ENTRY_POINT, VECTOR_ENTRY_POINT
 from slate_rl.errors import SlateRLError
@@ -147,12 +156,12 @@ def test_npz_refuses_overwrites_foreign_sidecars_and_other_files(tmp_path, mixed
     with pytest.raises(SlateRLError, match="belongs to another dataset"):
         load_offline(tmp_path / "a.npz", oracle=True)
     (tmp_path / "b_oracle.npz").unlink()
-    with pytest.raises(SlateRLError, match="sidecar .* is missing"):
+    with pytest.raises(SlateRLError, match=r"sidecar .* is missing"):
         load_offline(tmp_path / "b.npz", oracle=True)
     np.savez(tmp_path / "plain.npz", x=np.zeros(3))
     with pytest.raises(SlateRLError, match="not written by slate-rl"):
         load_offline(tmp_path / "plain.npz")
-    with pytest.raises(SlateRLError, match="must end in .npz"):
+    with pytest.raises(SlateRLError, match=r"must end in \.npz"):
         write_npz(mixed, tmp_path / "c.npy")
 
 
@@ -163,7 +172,7 @@ def test_load_offline_finds_the_dataset_in_an_artifact_folder(tmp_path, mixed):
     np.testing.assert_array_equal(transitions["next_slates"], load_offline(tmp_path / "artifacts" / "d4rl",
                                                                            kind="transitions")["next_slates"])
     _assert_same(load_offline(tmp_path / "artifacts" / "d4rl", oracle=True), mixed)
-    with pytest.raises(SlateRLError, match="both a Minari dataset and .npz files"):
+    with pytest.raises(SlateRLError, match=r"both a Minari dataset and \.npz files"):
         load_offline(tmp_path / "artifacts")
     with pytest.raises(SlateRLError, match="does not exist"):
         load_offline(tmp_path / "nothing")

@@ -3,7 +3,7 @@ hand-made tiny datasets."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -20,8 +20,8 @@ def small_env(env: str = "focused_topdown", **overrides: Any) -> envs.TopicRec:
     return envs.make(env, sim_seed=7, episode_length=HORIZON, **overrides)
 
 
-def collect(env: envs.TopicRec, source: str, n: int, *, seed: int = 0, epsilon: Optional[float] = None,
-            action_dim: Optional[int] = None, oracle: bool = False, relevances: bool = False,
+def collect(env: envs.TopicRec, source: str, n: int, *, seed: int = 0, epsilon: float | None = None,
+            action_dim: int | None = None, oracle: bool = False, relevances: bool = False,
             blocks: int = 1) -> OfflineEpisodes:
     """n episodes of random slates (epsilon None) or of the ε-greedy oracle, played in `blocks` blocks of users.
 
@@ -50,8 +50,8 @@ def collect(env: envs.TopicRec, source: str, n: int, *, seed: int = 0, epsilon: 
     return recorder.finish({"policy": "random" if epsilon is None else f"epsilon_greedy_{epsilon}", "seed": seed})
 
 
-def tiny_episodes(slates: list, clicks: list, sources: Optional[list] = None,
-                  source_names: tuple = ("expert",), metadata: Optional[dict] = None) -> OfflineEpisodes:
+def tiny_episodes(slates: list, clicks: list, sources: list | None = None,
+                  source_names: tuple = ("expert",), metadata: dict | None = None) -> OfflineEpisodes:
     """Hand-made episodes: slates and clicks as nested lists (E, T+1, R); rewards derived from the clicks."""
     slate_array = np.array(slates, dtype=np.int16)
     click_array = np.array(clicks, dtype=np.uint8)

@@ -178,7 +178,7 @@ def test_payload_round_trip(build):
     assert plain(payload)
     restored = decoder_from_payload(payload)
     assert type(restored) is type(decoder)
-    for (name, a), (_, b) in zip(decoder.state_dict().items(), restored.state_dict().items()):
+    for (name, a), (_, b) in zip(decoder.state_dict().items(), restored.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     actions = decoder.squash(randn(64, decoder.action_dim, seed=18))
     assert torch.equal(restored.decode(actions), decoder.decode(actions))

@@ -137,7 +137,7 @@ def test_seed_fixes_initialisation_without_touching_the_global_rng():
     state = torch.random.get_rng_state()
     first, second = GeMS(seed=7), GeMS(seed=7)
     assert torch.equal(torch.random.get_rng_state(), state)
-    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters(), strict=True))
     assert not torch.equal(GeMS(seed=8).encoder[0].weight, first.encoder[0].weight)
 
 

@@ -31,7 +31,7 @@ def test_random_oracle_normalisation_by_hand():
 
 def test_normalisation_needs_both_references_on_each_environment():
     results = references("focused_mix") + runs("sac_gems", "diffuse_mix", [1.0, 2.0])
-    with pytest.raises(SlateRLError, match="diffuse_mix.*random or short_term_oracle.*normalisation='raw'"):
+    with pytest.raises(SlateRLError, match=r"diffuse_mix.*random or short_term_oracle.*normalisation='raw'"):
         normalised_scores(results)
     with pytest.raises(SlateRLError, match="unknown normalisation"):
         normalised_scores(results, "minmax")

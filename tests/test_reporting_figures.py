@@ -77,7 +77,7 @@ def test_tradeoff_refuses_bad_input():
     with pytest.raises(SlateRLError, match="'beta' or 'lambda_click'"):
         tradeoff_points(sweep_runs(), env="focused_topdown", vary="gamma")
     twice = sweep_runs() + sweep_runs()[:1]
-    with pytest.raises(SlateRLError, match="latent_dim=16, beta=0.1, lambda_click=0.5 holds two runs of seed 0"):
+    with pytest.raises(SlateRLError, match=r"latent_dim=16, beta=0\.1, lambda_click=0\.5 holds two runs of seed 0"):
         tradeoff_points(twice, env="focused_topdown")
 
 

@@ -136,9 +136,8 @@ def test_latex_escapes_unknown_ids():
 
 
 def test_mixed_presets_are_refused_unless_allowed():
-    results = runs("sac_gems", "focused_mix", [1.0, 2.0], preset="quick") + [
-        RunResult("sac_gems", "focused_mix", 5, 3.0, "paper")
-    ]
+    results = [*runs("sac_gems", "focused_mix", [1.0, 2.0], preset="quick"),
+               RunResult("sac_gems", "focused_mix", 5, 3.0, "paper")]
     with pytest.raises(SlateRLError, match="cell sac_gems/focused_mix mixes presets 'paper', 'quick'"):
         build_table(results)
     table = build_table(results, allow_mixed_presets=True)
@@ -148,7 +147,7 @@ def test_mixed_presets_are_refused_unless_allowed():
 
 def test_two_runs_of_one_seed_are_refused():
     results = runs("sac_gems", "focused_mix", [1.0, 2.0], beta=1.0) + runs("sac_gems", "focused_mix", [3.0], beta=0.5)
-    with pytest.raises(SlateRLError, match="two runs of seed 0 .*differ in params beta"):
+    with pytest.raises(SlateRLError, match=r"two runs of seed 0 .*differ in params beta"):
         build_table(results)
 
 

@@ -7,8 +7,13 @@ import torch
 
 from sim_helpers import ScriptedUser, single_torch_thread, small_env
 from slate_rl.envs import env_params
-from slate_rl.envs.click_models import (attractiveness_scale, is_position_based, marginal_click_probabilities,
-                                        propensity_matrix, sample_clicks)
+from slate_rl.envs.click_models import (
+    attractiveness_scale,
+    is_position_based,
+    marginal_click_probabilities,
+    propensity_matrix,
+    sample_clicks,
+)
 
 TOP_DOWN = [1.0, 0.85, 0.7225, 0.614125, 0.522006, 0.443705, 0.377150, 0.320577, 0.272491, 0.231617]
 MIXED = [0.615808, 0.561245, 0.521539, 0.495637, 0.482856, 0.482856, 0.495637, 0.521539, 0.561245, 0.615808]

@@ -201,7 +201,7 @@ def test_click_only_once() -> None:
     env = small_env(env_params("focused_topdown", click_only_once=True))
     user = ScriptedUser(env, reset_clicks=[0])
     first = int(env.initial_slate[0])
-    obs, info = user.step([first, 300] + list(range(301, 309)), [0, 1])
+    obs, info = user.step([first, 300, *range(301, 309)], [0, 1])
     assert float(info["scores"][0, 0]) > 0.0  # the score is reported, the relevance is zeroed ...
     assert obs["clicks"][0].tolist() == [0, 1] + [0] * 8  # ... so a forced click on a clicked item fails
     obs, _ = user.step([-1] * 10, [0])
@@ -305,7 +305,7 @@ def test_state_dict_round_trip_continues_identically() -> None:
     restored.load_state_dict(state)
     policy.generator.set_state(policy_state)
     second = _play_on(restored, policy, obs, info, 30)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
     assert sum(int(c.sum()) for c in first[1::2]) > 0
 

@@ -17,10 +17,10 @@ import torch
 
 from sim_helpers import paper_table_path, single_torch_thread
 from slate_rl.envs import DEFAULT_SIM_SEED, ENV_NAMES, TopicRec, make
-from slate_rl.envs.randomness import ResetDraws
-from slate_rl.envs.reference import ReferenceTopicRec
 from slate_rl.envs.evaluate import evaluate
 from slate_rl.envs.policies import EpsilonGreedyOracle
+from slate_rl.envs.randomness import ResetDraws
+from slate_rl.envs.reference import ReferenceTopicRec
 
 EPISODES = {0.0: 2000, 0.5: 1000, 1.0: 1000}  # the oracle's returns spread most (sd ~40 vs ~22 and ~7)
 # env: {epsilon: (mean, standard error)}, spec §17; ORACLE_SD: standard deviations of the epsilon = 0 column

@@ -10,8 +10,13 @@ import torch
 from sim_helpers import single_torch_thread, small_env
 from slate_rl.envs import env_params
 from slate_rl.envs.evaluate import evaluate, play
-from slate_rl.envs.policies import (EpsilonGreedyOracle, RandomPolicy, ShortTermOracle, baseline_policy,
-                                    distinct_random_items)
+from slate_rl.envs.policies import (
+    EpsilonGreedyOracle,
+    RandomPolicy,
+    ShortTermOracle,
+    baseline_policy,
+    distinct_random_items,
+)
 from slate_rl.errors import SlateRLError
 
 pytestmark = pytest.mark.usefixtures(single_torch_thread.__name__)  # tiny tensors: threads only add overhead

@@ -11,7 +11,7 @@ in another thread while the updates run (`Trainer` with `Protocol.pipeline`).
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -69,7 +69,7 @@ class Agent(nn.Module):
     def buffer_capacity(self) -> int:
         return 1
 
-    def privileged_record(self, env: TopicRec) -> Optional[torch.Tensor]:
+    def privileged_record(self, env: TopicRec) -> torch.Tensor | None:
         """Privileged simulator data to store after each step (SlateQ only)."""
         return None
 
@@ -77,7 +77,7 @@ class Agent(nn.Module):
     def start(self, num_users: int) -> None:
         """Begin a batch of `num_users` episodes (zero the belief states)."""
 
-    def act(self, obs: Observation, mode: str, episode: int = 0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def act(self, obs: Observation, mode: str, episode: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Slates (n, R) for the latest observations, and the continuous action to store (or None).
 
         mode: 'random' (warm-up), 'explore' (training) or 'greedy' (validation, test, inference);
@@ -107,7 +107,7 @@ class Agent(nn.Module):
         self.generator.set_state(state["generator"])
         self.act_generator.set_state(state["act_generator"])
 
-    def acting_copy(self) -> "Agent":
+    def acting_copy(self) -> Agent:
         """A copy that acts like this agent now (weights copied) for another thread, sharing `act_generator` and
         the simulator (SlateQ) but not the optimisers, the learning generator or the training buffers."""
         memo: dict[int, Any] = {id(self.act_generator): self.act_generator, id(self.generator): None}
@@ -140,7 +140,7 @@ class BeliefAgent(Agent):
         self.beliefs.start(num_users, self.acting_encoders)
 
     @torch.no_grad()
-    def act(self, obs: Observation, mode: str, episode: int = 0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def act(self, obs: Observation, mode: str, episode: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         if mode == RANDOM:
             return self.random_action(obs["slate"].shape[0])
         states = self.beliefs.step(obs["slate"], obs["clicks"], self.acting_encoders)
@@ -152,12 +152,12 @@ class BeliefAgent(Agent):
         states = self.beliefs.encode(slates, clicks, self.acting_encoders)[:, :, -1]
         return self.choose(states, GREEDY, 0, **privileged)[0]
 
-    def random_action(self, num_users: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def random_action(self, num_users: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Warm-up action (Q10): rankerless agents draw R items uniformly with replacement."""
         slates = torch.randint(self.num_items, (num_users, self.slate_size), generator=self.act_generator)
         return slates, None
 
     def choose(self, states: torch.Tensor, mode: str, episode: int,
-               **privileged: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+               **privileged: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Slates (and stored actions) from belief states (G, n, H) of `acting_encoders`."""
         raise NotImplementedError

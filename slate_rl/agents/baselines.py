@@ -3,8 +3,6 @@ the simulator fills every slot with its current top item, privileged information
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from slate_rl.agents.base import Agent, Observation, check_history
@@ -17,7 +15,7 @@ class RandomAgent(Agent):
     method = "random"
     learns = False
 
-    def act(self, obs: Observation, mode: str, episode: int = 0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def act(self, obs: Observation, mode: str, episode: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         return distinct_random_items(obs["slate"].shape[0], self.num_items, self.slate_size, self.act_generator), None
 
     def recommend(self, slates: torch.Tensor, clicks: torch.Tensor, **privileged: torch.Tensor) -> torch.Tensor:
@@ -32,7 +30,7 @@ class ShortTermOracleAgent(Agent):
     method = "short_term_oracle"
     learns = False
 
-    def act(self, obs: Observation, mode: str, episode: int = 0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def act(self, obs: Observation, mode: str, episode: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         return torch.full((obs["slate"].shape[0], self.slate_size), -1, dtype=torch.long), None
 
     def recommend(self, slates: torch.Tensor, clicks: torch.Tensor, **privileged: torch.Tensor) -> torch.Tensor:

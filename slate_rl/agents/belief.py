@@ -10,13 +10,15 @@ them online, one observation at a time, batched over users.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
 
 from slate_rl.agents.gru import GRUWorkspace, gru_cell, stacked_gru
 from slate_rl.agents.inputs import slot_input_gates
+from slate_rl.errors import SlateRLError
 
 
 class GRUBelief(nn.Module):
@@ -55,8 +57,12 @@ class BeliefEncoders(nn.Module):
         items = torch.randn(num_items, item_dim, generator=generator)
         self.encoders = nn.ModuleDict({name: GRUBelief(items, slate_size, hidden_dim, generator)
                                        for name in self.names})
-        self._hidden: Optional[torch.Tensor] = None  # (G, n, H) online state while acting
+        self._hidden: torch.Tensor | None = None  # (G, n, H) online state while acting
         self._workspaces: dict[tuple[int, ...], GRUWorkspace] = {}  # GRU buffers reused by training encodes
+
+    def encoder(self, name: str) -> GRUBelief:
+        """The encoder called `name` (`nn.ModuleDict` does not keep the type of its modules)."""
+        return cast(GRUBelief, self.encoders[name])
 
     def _stacked(self, names: Sequence[str]) -> tuple[torch.Tensor, ...]:
         encs = [self.encoders[name] for name in names]
@@ -68,16 +74,16 @@ class BeliefEncoders(nn.Module):
         """W_ih [E(s_r), c_r]_r + b_ih for each encoder, directly: (G, M, 3H) for M observations (slates (M, R)).
         Used while acting (a few users per step); whole trajectories go through `slot_input_gates`."""
         clicks = clicks.to(w_ih.dtype).unsqueeze(-1)
-        x = torch.stack([torch.cat([self.encoders[name].items[slates], clicks], -1).flatten(1) for name in names])
+        x = torch.stack([torch.cat([self.encoder(name).items[slates], clicks], -1).flatten(1) for name in names])
         return torch.baddbmm(b_ih.unsqueeze(1), x, w_ih.transpose(1, 2))
 
-    def encode(self, slates: torch.Tensor, clicks: torch.Tensor, names: Optional[Sequence[str]] = None) -> torch.Tensor:
+    def encode(self, slates: torch.Tensor, clicks: torch.Tensor, names: Sequence[str] | None = None) -> torch.Tensor:
         """Belief states of whole observation sequences: slates, clicks (B, T, R) -> (G, B, T, H), differentiable;
         [:, :, t] encodes observations 0..t. With gradients enabled the result lives in a reused buffer: consume it
         (back-propagate) before the next encode of the same shape."""
         names = self.names if names is None else tuple(names)
         w_ih, b_ih, w_hh, b_hh = self._stacked(names)
-        items = torch.stack([self.encoders[name].items for name in names])
+        items = torch.stack([self.encoder(name).items for name in names])
         gi = slot_input_gates(items, w_ih, b_ih, slates, clicks)
         workspace = None
         if torch.is_grad_enabled():
@@ -87,14 +93,16 @@ class BeliefEncoders(nn.Module):
                 workspace = self._workspaces[key] = GRUWorkspace(gi.shape[0], gi.shape[1], gi.shape[2], self.hidden_dim)
         return stacked_gru(gi, w_hh, b_hh, workspace).permute(1, 2, 0, 3)
 
-    def start(self, num_users: int, names: Optional[Sequence[str]] = None) -> None:
+    def start(self, num_users: int, names: Sequence[str] | None = None) -> None:
         """Zero the online states of `num_users` users for the encoders `names` (all by default)."""
         count = len(self.names if names is None else names)
-        self._hidden = torch.zeros(count, num_users, self.hidden_dim, device=self.encoders[self.names[0]].items.device)
+        self._hidden = torch.zeros(count, num_users, self.hidden_dim, device=self.encoder(self.names[0]).items.device)
 
     @torch.no_grad()
-    def step(self, slates: torch.Tensor, clicks: torch.Tensor, names: Optional[Sequence[str]] = None) -> torch.Tensor:
+    def step(self, slates: torch.Tensor, clicks: torch.Tensor, names: Sequence[str] | None = None) -> torch.Tensor:
         """Advance the online states (same `names` as in `start`) by one observation (n, R); returns (G, n, H)."""
+        if self._hidden is None:
+            raise SlateRLError("call start() before step()")
         names = self.names if names is None else tuple(names)
         w_ih, b_ih, w_hh, b_hh = self._stacked(names)
         gi = self._input_gates(names, slates.long(), clicks, w_ih, b_ih)

@@ -9,7 +9,7 @@ are not stored: r_t = number of clicks in obs_{t+1}. Optional per-step tensors: 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -22,8 +22,8 @@ class Trajectories:
 
     slates: torch.Tensor
     clicks: torch.Tensor
-    actions: Optional[torch.Tensor] = None
-    privileged: Optional[torch.Tensor] = None
+    actions: torch.Tensor | None = None
+    privileged: torch.Tensor | None = None
 
     @property
     def rewards(self) -> torch.Tensor:
@@ -35,7 +35,7 @@ class Trajectories:
         """Undiscounted return (total clicks) of each episode, (n,)."""
         return self.rewards.sum(1)
 
-    def select(self, index: torch.Tensor) -> "Trajectories":
+    def select(self, index: torch.Tensor) -> Trajectories:
         return Trajectories(self.slates[index].long(), self.clicks[index].float(),
                             None if self.actions is None else self.actions[index],
                             None if self.privileged is None else self.privileged[index])
@@ -74,8 +74,12 @@ class TrajectoryBuffer:
         self.slates[slots] = episodes.slates.to(self.slates.dtype)
         self.clicks[slots] = episodes.clicks.to(torch.uint8)
         if self.actions is not None:
+            if episodes.actions is None:
+                raise SlateRLError("the buffer stores actions, but these trajectories carry none")
             self.actions[slots] = episodes.actions
         if self.privileged is not None:
+            if episodes.privileged is None:
+                raise SlateRLError("the buffer stores privileged data, but these trajectories carry none")
             self.privileged[slots] = episodes.privileged
         self.position = (self.position + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
@@ -85,7 +89,7 @@ class TrajectoryBuffer:
         """The stored trajectories at `slots`, ids as int64 and clicks as float."""
         return Trajectories(self.slates, self.clicks, self.actions, self.privileged).select(slots)
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> Optional[Trajectories]:
+    def sample(self, batch_size: int, generator: torch.Generator) -> Trajectories | None:
         """`batch_size` distinct stored trajectories, uniformly; None while fewer are stored."""
         if self.size < batch_size:
             return None

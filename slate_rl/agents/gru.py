@@ -16,7 +16,7 @@ from one update to the next.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -40,7 +40,9 @@ class GRUWorkspace:
 
     def __init__(self, steps: int, groups: int, batch: int, hidden: int, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu") -> None:
-        new = lambda *shape: torch.empty(*shape, dtype=dtype, device=device)
+        def new(*shape: int) -> torch.Tensor:
+            return torch.empty(*shape, dtype=dtype, device=device)
+
         h = hidden
         self.shape = (steps, groups, batch, hidden)
         self.busy = False
@@ -71,7 +73,7 @@ class StackedGRUSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, gi: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
-                workspace: Optional[GRUWorkspace]) -> torch.Tensor:
+                workspace: GRUWorkspace | None) -> torch.Tensor:
         steps, groups, batch, width = gi.shape
         hidden = width // 3
         if workspace is None or workspace.busy or workspace.shape != (steps, groups, batch, hidden):
@@ -135,7 +137,7 @@ class StackedGRUSequence(torch.autograd.Function):
 
 
 def stacked_gru(gi: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
-                workspace: Optional[GRUWorkspace] = None) -> torch.Tensor:
+                workspace: GRUWorkspace | None = None) -> torch.Tensor:
     """Differentiable `StackedGRUSequence`: gi (T, G, B, 3H), w_hh (G, 3H, H), b_hh (G, 3H) -> (T, G, B, H).
 
     With a `workspace` of the matching shape, its buffers are reused (the output is one of them: consume it, e.g.

@@ -24,16 +24,19 @@ class SlotInputGates(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, items: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor, slates: torch.Tensor,
                 clicks: torch.Tensor) -> torch.Tensor:
-        groups, num_items, dim = items.shape
+        groups, _, dim = items.shape
         batch, steps, size = slates.shape
         gates = w_ih.shape[1]
         w = w_ih.view(groups, gates, size, dim + 1)
         w_slots = w[..., :dim].permute(2, 0, 3, 1)  # (R, G, D, 3H): W_r^T of each encoder
         item_ids = slates.transpose(0, 1).reshape(steps * batch, size).t().contiguous()  # (R, T * B)
-        gi = None
-        for r in range(size):
-            picked = torch.bmm(items, w_slots[r]).index_select(1, item_ids[r])  # (G, T * B, 3H)
-            gi = picked if gi is None else gi.add_(picked)
+
+        def picked(r: int) -> torch.Tensor:  # slot r's input gates (G, T * B, 3H)
+            return torch.bmm(items, w_slots[r]).index_select(1, item_ids[r])
+
+        gi = picked(0)
+        for r in range(1, size):
+            gi.add_(picked(r))
         gi = gi.view(groups, steps, batch, gates).transpose(0, 1)
         clicks_tb = clicks.transpose(0, 1).reshape(steps * batch, size)
         w_clicks = w[..., dim].permute(2, 0, 1).reshape(size, groups * gates)

@@ -12,7 +12,8 @@ of ones, and each skinny product in the orientation MKL runs fastest.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -134,13 +135,14 @@ def twin_q_regression(params: Sequence[torch.Tensor], inputs: torch.Tensor, targ
     d_q = (values - targets.unsqueeze(1)).div_(rows)
     d_weight2 = torch.bmm(d_q.t().unsqueeze(1), hidden.view(rows, 2, width).transpose(0, 1)).squeeze(1)
     mask = hidden.sign_()
-    d_layer1, d_states = [], inputs.new_zeros(rows, state_dim)
+    d_layers: list[torch.Tensor] = []
+    d_states = inputs.new_zeros(rows, state_dim)
     for k in range(2):
         units, row_factor, unit_factor = slice(k * width, (k + 1) * width), d_q[:, k : k + 1], params[2][k]
-        d_layer1.append(torch.mm((inputs * row_factor).t(), mask[:, units]).mul_(unit_factor))  # [dW1_k^T; db1_k]
+        d_layers.append(torch.mm((inputs * row_factor).t(), mask[:, units]).mul_(unit_factor))  # [dW1_k^T; db1_k]
         state_weights = params[0][units, :state_dim] * unit_factor.unsqueeze(1)
         d_states.addcmul_(input_grad(mask[:, units], state_weights), row_factor)
-    d_layer1 = torch.cat(d_layer1, 1)
+    d_layer1 = torch.cat(d_layers, 1)
     return values, [d_layer1[:-1].t().contiguous(), d_layer1[-1].contiguous(), d_weight2, d_q.sum(0)], d_states
 
 

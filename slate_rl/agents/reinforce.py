@@ -8,7 +8,7 @@ from the first episode on the uniform warm-up data without correction (Q8, as in
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -48,7 +48,7 @@ class ReinforceAgent(BeliefAgent):
         self.optimizer = adam(self.parameters(), config.lr)
 
     def choose(self, states: torch.Tensor, mode: str, episode: int,
-               **privileged: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+               **privileged: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         logits = self.policy(states[0])
         if mode == EXPLORE:
             probs = torch.softmax(logits, dim=-1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -11,11 +11,11 @@ from slate_rl.agents.buffer import Trajectories
 from slate_rl.envs.topicrec import TopicRec
 from slate_rl.errors import SlateRLError
 
-StepHook = Callable[[int, dict, dict, Optional[torch.Tensor]], None]
+StepHook = Callable[[int, dict, dict, torch.Tensor | None], None]
 
 
 def play(env: TopicRec, agent: Agent, num_users: int, mode: str, episode: int = 0,
-         on_step: Optional[StepHook] = None) -> Trajectories:
+         on_step: StepHook | None = None) -> Trajectories:
     """`num_users` full episodes at once (one reset, H steps), recorded as trajectories.
 
     mode: 'random', 'explore' or 'greedy' (see `Agent.act`); episode: index of the first of these episodes in
@@ -38,16 +38,23 @@ def play(env: TopicRec, agent: Agent, num_users: int, mode: str, episode: int = 
         obs, _, _, info = env.step(slate)
         slates[:, t + 1], clicks[:, t + 1] = obs["slate"], obs["clicks"]
         if actions is not None:
+            if action is None:
+                raise SlateRLError(f"{type(agent).__name__} stores {agent.stored_action_dim}-d actions, "
+                                   f"but acting in mode {mode!r} returned none")
             actions[:, t] = action
         if privileged is not None:
-            privileged[:, t] = agent.privileged_record(env)
+            record = agent.privileged_record(env)
+            if record is None:
+                raise SlateRLError(f"{type(agent).__name__} stores {agent.privileged_dim}-d privileged data, "
+                                   "but privileged_record returned none")
+            privileged[:, t] = record
         if on_step is not None:
             on_step(t + 1, obs, info, action)
     return Trajectories(slates, clicks, actions, privileged)
 
 
 def evaluate_policy(env: TopicRec, agent: Agent, num_episodes: int, reseed: bool = True,
-                    on_step: Optional[StepHook] = None) -> torch.Tensor:
+                    on_step: StepHook | None = None) -> torch.Tensor:
     """Returns (total clicks) of `num_episodes` deterministic episodes played as one batch.
 
     reseed=True restarts the simulator's user stream first (the paper's test: every policy meets the same users).

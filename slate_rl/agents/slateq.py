@@ -11,7 +11,7 @@ next slate would be penalised. Polyak averaging happens before the optimiser ste
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -32,6 +32,11 @@ class SlateQAgent(BeliefAgent):
     method = "slateq"
     acting_encoders = ("critic",)
     metric_names = ("loss", "epsilon", "q_mean", "clicked_share")
+    # the target network: copies of `q`'s parameters, registered as buffers q_target_<name> in __init__
+    q_target_weight1: torch.Tensor
+    q_target_bias1: torch.Tensor
+    q_target_weight2: torch.Tensor
+    q_target_bias2: torch.Tensor
 
     def __init__(self, env: TopicRec, config: SlateQConfig, seed: int) -> None:
         super().__init__(env.num_items, env.slate_size, seed)
@@ -57,7 +62,7 @@ class SlateQAgent(BeliefAgent):
     def buffer_capacity(self) -> int:
         return self.config.capacity
 
-    def privileged_record(self, env: TopicRec) -> Optional[torch.Tensor]:
+    def privileged_record(self, env: TopicRec) -> torch.Tensor | None:
         """The user after the step: raw (reference, Q5) or with bored topics zeroed (the relevance acting used)."""
         return env.user.clone() if self.config.reference_relevances else env.effective_user()
 
@@ -71,7 +76,7 @@ class SlateQAgent(BeliefAgent):
         return torch.addmm(self.q_target_bias2, hidden, self.q_target_weight2.t())
 
     def choose(self, states: torch.Tensor, mode: str, episode: int,
-               **privileged: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+               **privileged: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         relevances = privileged.get("relevances")
         if relevances is None:
             relevances = self.env.item_relevances(reference_slicing=self.config.reference_relevances)
@@ -111,6 +116,8 @@ class SlateQAgent(BeliefAgent):
 
     def update(self, batch: Trajectories) -> torch.Tensor:
         cfg, hidden = self.config, self.config.belief.hidden_dim
+        if batch.privileged is None:
+            raise SlateRLError("SlateQ learns from trajectories that carry the users' states (privileged data)")
         num, steps = batch.slates.shape[0], batch.slates.shape[1] - 1
         states = self.beliefs.encode(batch.slates[:, :-1], batch.clicks[:, :-1])[0].reshape(-1, hidden)
         items, has_click = first_clicks(batch.slates, batch.clicks, cfg.reference_pairing)

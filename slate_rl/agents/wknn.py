@@ -17,14 +17,12 @@ each candidate costs one gathered row of a projected table instead of a full cri
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from slate_rl.agents.buffer import Trajectories
 from slate_rl.agents.config import WkNNConfig
-from slate_rl.agents.sac import SACBase
 from slate_rl.agents.nets import twin_q
+from slate_rl.agents.sac import SACBase
 from slate_rl.errors import SlateRLError
 from slate_rl.rankers.decoders import KNNDecoder
 
@@ -36,6 +34,8 @@ class WkNNAgent(SACBase):
 
     method = "sac_wknn"
     acting_encoders = ("actor", "critic")
+    config: WkNNConfig
+    decoder: KNNDecoder
 
     def __init__(self, item_table: torch.Tensor, num_items: int, slate_size: int, config: WkNNConfig,
                  seed: int) -> None:
@@ -48,7 +48,7 @@ class WkNNAgent(SACBase):
         self.item_dim = int(item_table.shape[1])
 
     def choose(self, states: torch.Tensor, mode: str, episode: int,
-               **privileged: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+               **privileged: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         proto = self.policy_action(states[0], mode)
         return self.refine(states[1], proto, self.q.params()), None
 
@@ -90,10 +90,7 @@ class WkNNAgent(SACBase):
             rows = slice(start, start + REFINE_ROWS)
             for slot in range(size):
                 cand = candidates[rows, slot]
-                if projected is not None:
-                    pre = projected[slot][cand]  # (n, k, h)
-                else:
-                    pre = table[cand] @ candidate_weights[slot].t()
+                pre = projected[slot][cand] if projected is not None else table[cand] @ candidate_weights[slot].t()
                 pre += base[rows].unsqueeze(1)
                 if later is not None and slot + 1 < size:
                     pre += later[slot + 1, rows].unsqueeze(1)

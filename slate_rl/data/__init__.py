@@ -9,16 +9,26 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the same names, for type checkers and IDEs
-    from slate_rl.data.d4rl_npz import read_npz, write_npz
-    from slate_rl.data.loading import load_offline
-    from slate_rl.data.minari_io import dataset_id, find_minari, minari_root, read_minari, write_minari
-    from slate_rl.data.mixing import mix, split_counts
-    from slate_rl.data.offline import OfflineEpisodes
-    from slate_rl.data.quality import quality_metrics
-    from slate_rl.data.quality_report import write_quality_report
-    from slate_rl.data.recorder import EpisodeRecorder
-    from slate_rl.data.transitions import OfflineTransitions, to_episodes, to_transitions
+if TYPE_CHECKING:  # the same names (explicit re-exports), for type checkers and IDEs
+    from slate_rl.data.d4rl_npz import read_npz as read_npz, write_npz as write_npz
+    from slate_rl.data.loading import load_offline as load_offline
+    from slate_rl.data.minari_io import (
+        dataset_id as dataset_id,
+        find_minari as find_minari,
+        minari_root as minari_root,
+        read_minari as read_minari,
+        write_minari as write_minari,
+    )
+    from slate_rl.data.mixing import mix as mix, split_counts as split_counts
+    from slate_rl.data.offline import OfflineEpisodes as OfflineEpisodes
+    from slate_rl.data.quality import quality_metrics as quality_metrics
+    from slate_rl.data.quality_report import write_quality_report as write_quality_report
+    from slate_rl.data.recorder import EpisodeRecorder as EpisodeRecorder
+    from slate_rl.data.transitions import (
+        OfflineTransitions as OfflineTransitions,
+        to_episodes as to_episodes,
+        to_transitions as to_transitions,
+    )
 
 _EXPORTS = {
     "EpisodeRecorder": "recorder", "OfflineEpisodes": "offline", "OfflineTransitions": "transitions",

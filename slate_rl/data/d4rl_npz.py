@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +41,7 @@ FORMAT_VERSION = 1
 # loading instead of 0.7 s and 0.9 s; with 32 float32 latent actions (nearly incompressible), from 202 MB to 147 MB.
 # Datasets travel as tracking-store artifacts, so files are compressed by default.
 COMPRESS_DEFAULT = True
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 def oracle_path(path: PathLike) -> Path:
@@ -96,7 +96,7 @@ def _save(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any], compr
     save = np.savez_compressed if compress else np.savez
     try:
         with open(tmp, "wb") as handle:
-            save(handle, **arrays, metadata_json=np.array(json.dumps(meta, sort_keys=True)))
+            save(handle, allow_pickle=True, **arrays, metadata_json=np.array(json.dumps(meta, sort_keys=True)))
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 from slate_rl.data.d4rl_npz import read_npz
 from slate_rl.data.minari_io import read_minari
@@ -15,13 +15,13 @@ from slate_rl.errors import SlateRLError
 Kind = Literal["episodes", "transitions"]
 
 
-def load_offline(path: Union[str, os.PathLike], kind: Kind = "episodes",
-                 oracle: bool = False) -> Union[OfflineEpisodes, OfflineTransitions]:
+def load_offline(path: str | os.PathLike, kind: Kind = "episodes",
+                 oracle: bool = False) -> OfflineEpisodes | OfflineTransitions:
     """Load an offline dataset as episodes or as D4RL-style transitions.
 
     `path` is a `.npz` main file, a Minari root / dataset / data folder, a folder holding exactly one of them
-    (e.g. a downloaded MLflow artifact folder), or a finished `collect` run (its id or `runs:/<id>`). `oracle` also loads the oracle arrays (user states, bored topics,
-    relevances) when the dataset has them.
+    (e.g. a downloaded MLflow artifact folder), or a finished `collect` run (its id or `runs:/<id>`). `oracle` also
+    loads the oracle arrays (user states, bored topics, relevances) when the dataset has them.
     """
     if kind not in ("episodes", "transitions"):
         raise SlateRLError(f"kind must be 'episodes' or 'transitions' (got {kind!r})")

@@ -20,7 +20,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ class LoggedSessions:
     def env(self) -> str:
         return str(self.meta["env"])
 
-    def clicks(self, sessions: Union[slice, np.ndarray, None] = None) -> np.ndarray:
+    def clicks(self, sessions: slice | np.ndarray | None = None) -> np.ndarray:
         """Clicks as uint8 0/1 of shape (n, H, R) (optionally of some sessions only)."""
         packed = self.packed_clicks if sessions is None else self.packed_clicks[sessions]
         size = self.slates.shape[2]
@@ -69,7 +69,7 @@ class LoggedSessionsWriter:
     write never leaves a folder that looks complete.
     """
 
-    def __init__(self, path: Union[str, Path], n_sessions: int, episode_length: int, slate_size: int,
+    def __init__(self, path: str | Path, n_sessions: int, episode_length: int, slate_size: int,
                  initial_slate: np.ndarray, meta: dict[str, Any]) -> None:
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".partial")
@@ -111,7 +111,7 @@ class LoggedSessionsWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def load_logged_sessions(path: Union[str, Path], mmap: bool = True) -> LoggedSessions:
+def load_logged_sessions(path: str | Path, mmap: bool = True) -> LoggedSessions:
     """Open a dataset folder (memory-mapped by default), checking format, completeness and shapes."""
     path = Path(path)
     meta_path = path / "meta.json"
@@ -128,7 +128,7 @@ def load_logged_sessions(path: Union[str, Path], mmap: bool = True) -> LoggedSes
     missing = [name for name in _ARRAYS if not (path / name).is_file()]
     if missing:
         raise SlateRLError(f"{str(path)!r} is incomplete: missing {', '.join(missing)}")
-    mode: Optional[str] = "r" if mmap else None
+    mode: Literal["r"] | None = "r" if mmap else None
     data = LoggedSessions(
         slates=np.load(path / "slates.npy", mmap_mode=mode),
         packed_clicks=np.load(path / "clicks.npy", mmap_mode=mode),
@@ -140,6 +140,7 @@ def load_logged_sessions(path: Union[str, Path], mmap: bool = True) -> LoggedSes
     expected = {"packed_clicks": (n, horizon, (size + 7) // 8), "reset_clicks": (n, size), "initial_slate": (size,)}
     for name, shape in expected.items():
         if tuple(getattr(data, name).shape) != shape:
-            raise SlateRLError(f"{str(path)!r} is corrupt: {name} has shape {getattr(data, name).shape}, expected {shape}")
+            raise SlateRLError(f"{str(path)!r} is corrupt: {name} has shape {getattr(data, name).shape}, "
+                               f"expected {shape}")
     return data
 

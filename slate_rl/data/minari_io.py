@@ -36,8 +36,9 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any
 
 import numpy as np
 from gymnasium.envs.registration import EnvSpec
@@ -55,7 +56,7 @@ ENTRY_POINT = "slate_rl.envs.gym:SlateRLEnv"
 VECTOR_ENTRY_POINT = "slate_rl.envs.gym:SlateRLVectorEnv"
 _INFO_NAMES = {"user_states": "user_state", "bored": "bored", "item_relevances": "item_relevances"}
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 def dataset_id(env: str, name: str, version: int = 0) -> str:
@@ -94,8 +95,8 @@ def env_spec(metadata: dict[str, Any]) -> EnvSpec:
 
 
 def write_minari(episodes: OfflineEpisodes, root: PathLike, name: str, *, version: int = 0,
-                 author: str = "slate-rl", author_email: Optional[str] = None, code_permalink: Optional[str] = None,
-                 description: Optional[str] = None) -> Path:
+                 author: str = "slate-rl", author_email: str | None = None, code_permalink: str | None = None,
+                 description: str | None = None) -> Path:
     """Write `episodes` as Minari dataset `slate-rl/<env>/<name>-v<version>` under `root`; returns its folder."""
     import minari
 
@@ -156,7 +157,7 @@ def _buffers(episodes: OfflineEpisodes) -> Iterator[Any]:
                             truncations=truncations, infos=infos)
 
 
-def _description(episodes: OfflineEpisodes, extra: Optional[str]) -> str:
+def _description(episodes: OfflineEpisodes, extra: str | None) -> str:
     counts = ", ".join(f"{name} {count:,}" for name, count in episodes.source_counts().items())
     text = (f"slate-rl offline dataset on {episodes.metadata['env']}: {episodes.num_episodes:,} episodes of "
             f"{episodes.horizon} steps (sources: {counts}). Observations are the shown slate and its clicks, from the "

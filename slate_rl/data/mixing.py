@@ -14,7 +14,8 @@ top-level key of a part (its seed, sim_seed, a previous `mix`...) moves into eac
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,14 +33,14 @@ def split_counts(total: int, proportions: Mapping[str, float]) -> dict[str, int]
         raise SlateRLError(f"proportions must add up to 1, they add up to {sum(proportions.values()):.6g}: "
                            f"{dict(proportions)}")
     exact = {name: float(p) * int(total) for name, p in proportions.items()}
-    counts = {name: int(math.floor(value)) for name, value in exact.items()}
+    counts = {name: math.floor(value) for name, value in exact.items()}
     by_remainder = sorted(exact, key=lambda name: exact[name] - counts[name], reverse=True)
     for name in by_remainder[: int(total) - sum(counts.values())]:
         counts[name] += 1
     return counts
 
 
-def mix(parts: Sequence[tuple[OfflineEpisodes, int]], seed: int, total: Optional[int] = None) -> OfflineEpisodes:
+def mix(parts: Sequence[tuple[OfflineEpisodes, int]], seed: int, total: int | None = None) -> OfflineEpisodes:
     """Draw `n` episodes from each part and shuffle them together (see the module docs); `total` checks the sum."""
     if not parts:
         raise SlateRLError("mix needs at least one (episodes, count) part")
@@ -51,7 +52,7 @@ def mix(parts: Sequence[tuple[OfflineEpisodes, int]], seed: int, total: Optional
     rng = np.random.default_rng(int(seed))
     names: list[str] = []
     taken, offsets = [], []
-    for index, (part, n) in enumerate(zip(episodes, counts)):
+    for index, (part, n) in enumerate(zip(episodes, counts, strict=True)):
         label = f"part {index} ({', '.join(part.source_names)})"
         if not 1 <= n <= part.num_episodes:
             raise SlateRLError(f"{label} has {part.num_episodes} episodes; {n} requested. Ask for 1 to "
@@ -66,12 +67,12 @@ def mix(parts: Sequence[tuple[OfflineEpisodes, int]], seed: int, total: Optional
     # where each part's episodes land in the shuffled result (filled in place: one copy of the data)
     positions = np.split(rng.permutation(sum(counts)), np.cumsum(counts)[:-1])
     arrays = {}
-    for name in ("slates", "clicks", "rewards", "sources") + OPTIONAL_FIELDS:
+    for name in ("slates", "clicks", "rewards", "sources", *OPTIONAL_FIELDS):
         first = getattr(episodes[0], name)
         if first is None:
             continue
-        out = np.empty((sum(counts),) + first.shape[1:], dtype=first.dtype)
-        for part, rows, position, offset in zip(episodes, taken, positions, offsets):
+        out = np.empty((sum(counts), *first.shape[1:]), dtype=first.dtype)
+        for part, rows, position, offset in zip(episodes, taken, positions, offsets, strict=True):
             values = getattr(part, name)[rows]
             out[position] = values + offset if name == "sources" else values
         arrays[name] = out
@@ -109,9 +110,9 @@ def _merged_metadata(parts: Sequence[OfflineEpisodes], taken: Sequence[np.ndarra
     if references:
         merged["reference_scores"] = references[0]
     sources: dict[str, Any] = {}
-    for part, rows in zip(parts, taken):
+    for part, rows in zip(parts, taken, strict=True):
         extra = {key: value for key, value in part.metadata.items()
-                 if key not in ENV_KEYS + ("reference_scores", "sources")}
+                 if key not in (*ENV_KEYS, "reference_scores", "sources")}
         available = part.source_counts()
         chosen = np.bincount(part.sources[rows], minlength=len(part.source_names))
         for code, name in enumerate(part.source_names):

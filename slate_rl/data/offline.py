@@ -33,15 +33,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
 from slate_rl.errors import SlateRLError
 
 ORACLE_FIELDS = ("user_states", "bored", "item_relevances")
-OPTIONAL_FIELDS = ("actions",) + ORACLE_FIELDS
+OPTIONAL_FIELDS = ("actions", *ORACLE_FIELDS)
 # Keys that describe the environment itself: every part of a mix must agree on them.
 ENV_KEYS = ("env", "env_params", "embeddings")
 # Keys the writers add to the stored metadata (recomputed on every write, removed again on loading).
@@ -78,15 +79,15 @@ class OfflineEpisodes:
     sources: np.ndarray
     source_names: Sequence[str]
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
-    actions: Optional[np.ndarray] = None
-    user_states: Optional[np.ndarray] = None
-    bored: Optional[np.ndarray] = None
-    item_relevances: Optional[np.ndarray] = None
+    actions: np.ndarray | None = None
+    user_states: np.ndarray | None = None
+    bored: np.ndarray | None = None
+    item_relevances: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.source_names = tuple(str(name) for name in self.source_names)
         self.metadata = json_safe(dict(self.metadata))
-        for name in ("slates", "clicks", "rewards", "sources") + OPTIONAL_FIELDS:
+        for name in ("slates", "clicks", "rewards", "sources", *OPTIONAL_FIELDS):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, np.ascontiguousarray(value))
@@ -107,7 +108,7 @@ class OfflineEpisodes:
         return int(self.slates.shape[2])
 
     @property
-    def num_items(self) -> Optional[int]:
+    def num_items(self) -> int | None:
         """Catalogue size from metadata['env_params'], if recorded."""
         value = self.metadata.get("env_params", {}).get("num_items")
         return None if value is None else int(value)
@@ -123,7 +124,7 @@ class OfflineEpisodes:
 
     def source_counts(self) -> dict[str, int]:
         counts = np.bincount(self.sources, minlength=len(self.source_names))
-        return {name: int(count) for name, count in zip(self.source_names, counts)}
+        return {name: int(count) for name, count in zip(self.source_names, counts, strict=True)}
 
     def return_stats(self) -> dict[str, Any]:
         """Mean / std / min / median / max of the returns, overall and per source."""
@@ -135,7 +136,7 @@ class OfflineEpisodes:
                 stats["by_source"][name] = _summary(mine)
         return stats
 
-    def select(self, indices: np.ndarray) -> "OfflineEpisodes":
+    def select(self, indices: np.ndarray) -> OfflineEpisodes:
         """The episodes at `indices` (a copy), with the same source names and metadata."""
         indices = np.asarray(indices, dtype=np.int64)
         taken = {name: getattr(self, name)[indices] for name in ("slates", "clicks", "rewards", "sources")}

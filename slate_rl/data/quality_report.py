@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -36,9 +35,9 @@ _ROWS = (("mean_step_reward", "clicks per step (mean)", "{:.3f}"),
          ("top1_item_share", "slots taken by the most shown item", "{:.1%}"))
 
 
-def write_quality_report(episodes: OfflineEpisodes, folder: Union[str, os.PathLike], *,
-                         num_items: Optional[int] = None, item_topics: Optional[np.ndarray] = None,
-                         title: Optional[str] = None) -> dict[str, float]:
+def write_quality_report(episodes: OfflineEpisodes, folder: str | os.PathLike, *,
+                         num_items: int | None = None, item_topics: np.ndarray | None = None,
+                         title: str | None = None) -> dict[str, float]:
     """Compute the metrics and write quality.json, quality.md and quality.png into `folder`; returns the metrics."""
     num_items = num_items or episodes.num_items
     metrics = quality_metrics(episodes, num_items=num_items, item_topics=item_topics)  # refuses an unknown num_items
@@ -50,7 +49,7 @@ def write_quality_report(episodes: OfflineEpisodes, folder: Union[str, os.PathLi
     return metrics
 
 
-def quality_markdown(episodes: OfflineEpisodes, metrics: dict[str, float], title: Optional[str] = None) -> str:
+def quality_markdown(episodes: OfflineEpisodes, metrics: dict[str, float], title: str | None = None) -> str:
     """A short Markdown report of `metrics` (as returned by `quality_metrics`)."""
     m = {key[len(PREFIX):]: value for key, value in metrics.items()}
     env = episodes.metadata.get("env", "unknown environment")
@@ -83,7 +82,7 @@ def quality_markdown(episodes: OfflineEpisodes, metrics: dict[str, float], title
     return "\n".join(lines) + "\n"
 
 
-def plot_quality(episodes: OfflineEpisodes, path: Union[str, os.PathLike], num_items: int) -> Path:
+def plot_quality(episodes: OfflineEpisodes, path: str | os.PathLike, num_items: int) -> Path:
     """The three-panel PNG (see the module docs), written atomically."""
     fig = Figure(figsize=(15, 4.2))
     returns_ax, steps_ax, items_ax = fig.subplots(1, 3)

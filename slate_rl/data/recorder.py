@@ -15,7 +15,7 @@ Tensors (any device) and numpy arrays are both accepted. Rewards are the clicks 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,8 +45,8 @@ class EpisodeRecorder:
     """
 
     def __init__(self, num_episodes: int, episode_length: int, slate_size: int, source: str, *,
-                 action_dim: Optional[int] = None, oracle: bool = False, relevances: bool = False,
-                 metadata: Optional[dict[str, Any]] = None) -> None:
+                 action_dim: int | None = None, oracle: bool = False, relevances: bool = False,
+                 metadata: dict[str, Any] | None = None) -> None:
         if int(num_episodes) < 1 or int(episode_length) < 1:
             raise SlateRLError(f"need num_episodes >= 1 and episode_length >= 1 (got {num_episodes}, {episode_length})")
         self.num_episodes, self.horizon, self.source = int(num_episodes), int(episode_length), str(source)
@@ -63,14 +63,14 @@ class EpisodeRecorder:
         self.t = self.horizon  # steps recorded in the current block
 
     @classmethod
-    def for_env(cls, env: "TopicRec", num_episodes: int, source: str, **kwargs: Any) -> "EpisodeRecorder":
+    def for_env(cls, env: TopicRec, num_episodes: int, source: str, **kwargs: Any) -> EpisodeRecorder:
         """A recorder sized for `env`, its metadata holding the environment's name, parameters and sim seed."""
         metadata = {"env": env.name, "env_params": env.params.as_dict(), "sim_seed": int(env.stream.seed),
                     **kwargs.pop("metadata", {})}
         return cls(num_episodes, env.episode_length, env.slate_size, source, metadata=metadata, **kwargs)
 
     # ------------------------------------------------------------------ recording
-    def reset(self, obs: dict[str, Any], info: Optional[dict[str, Any]] = None, relevances: Any = None) -> slice:
+    def reset(self, obs: dict[str, Any], info: dict[str, Any] | None = None, relevances: Any = None) -> slice:
         """Start a block with its reset observations (n users); returns the block's episode rows."""
         if self.t != self.horizon:
             raise SlateRLError(f"the current block has {self.t} of {self.horizon} steps; finish it before a reset")
@@ -82,7 +82,7 @@ class EpisodeRecorder:
         self._observe(0, obs, info, relevances)
         return self.rows
 
-    def step(self, obs: dict[str, Any], info: Optional[dict[str, Any]] = None, actions: Any = None,
+    def step(self, obs: dict[str, Any], info: dict[str, Any] | None = None, actions: Any = None,
              relevances: Any = None) -> None:
         """Record observation o_{t+1} of the block and, when recording actions, a_t (which produced its slate)."""
         if self.rows.stop == self.rows.start or self.t >= self.horizon:
@@ -104,7 +104,7 @@ class EpisodeRecorder:
         else:
             self.step(obs, info)
 
-    def _observe(self, t: int, obs: dict[str, Any], info: Optional[dict[str, Any]], relevances: Any) -> None:
+    def _observe(self, t: int, obs: dict[str, Any], info: dict[str, Any] | None, relevances: Any) -> None:
         self.slates[self.rows, t] = _numpy(obs["slate"])
         self.clicks[self.rows, t] = _numpy(obs["clicks"])
         if self.oracle:
@@ -126,8 +126,8 @@ class EpisodeRecorder:
         self.oracle_arrays[name][self.rows, t] = value
 
     # ------------------------------------------------------------------ result
-    def finish(self, source_info: Optional[dict[str, Any]] = None,
-               metadata: Optional[dict[str, Any]] = None) -> OfflineEpisodes:
+    def finish(self, source_info: dict[str, Any] | None = None,
+               metadata: dict[str, Any] | None = None) -> OfflineEpisodes:
         """The recorded episodes; `source_info` describes the source (model version, alias, run, epsilon, seed...)."""
         if self.filled != self.num_episodes or self.t != self.horizon:
             raise SlateRLError(f"only {self.filled} of {self.num_episodes} episodes are complete; record them all "

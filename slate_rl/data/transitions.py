@@ -19,8 +19,9 @@ o_t and [episode_ids, timesteps + 1] for o_{t+1}.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ class OfflineTransitions:
     data: dict[str, np.ndarray]
     source_names: Sequence[str]
     metadata: dict[str, Any]
-    oracle: Optional[dict[str, np.ndarray]] = None
+    oracle: dict[str, np.ndarray] | None = None
 
     def __getitem__(self, key: str) -> np.ndarray:
         return self.data[key]

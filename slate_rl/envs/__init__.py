@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import torch
 
 from slate_rl import config
-from slate_rl.envs.embeddings import (EmbeddingSource, fingerprint, generate_item_embeddings, load_item_embeddings,
-                                      validate_item_embeddings)
+from slate_rl.envs.embeddings import (
+    EmbeddingSource,
+    fingerprint,
+    generate_item_embeddings,
+    load_item_embeddings,
+    validate_item_embeddings,
+)
 from slate_rl.envs.params import EnvParams
 from slate_rl.envs.randomness import DEFAULT_SIM_SEED
 from slate_rl.envs.topicrec import TopicRec
 
-__all__ = ["ENV_NAMES", "DEFAULT_SIM_SEED", "EnvParams", "TopicRec", "make", "env_params", "resolve_item_embeddings",
-           "fingerprint", "generate_item_embeddings", "load_item_embeddings"]
+__all__ = [
+    "DEFAULT_SIM_SEED",
+    "ENV_NAMES",
+    "EnvParams",
+    "TopicRec",
+    "env_params",
+    "fingerprint",
+    "generate_item_embeddings",
+    "load_item_embeddings",
+    "make",
+    "resolve_item_embeddings",
+]
 
 ENV_NAMES = config.env_names()
 
@@ -26,7 +41,7 @@ def env_params(name: str, **overrides: Any) -> EnvParams:
     return EnvParams.from_dict({**config.env_preset(name), **overrides})
 
 
-def resolve_item_embeddings(params: EnvParams, item_embeddings: Optional[EmbeddingSource] = None) -> torch.Tensor:
+def resolve_item_embeddings(params: EnvParams, item_embeddings: EmbeddingSource | None = None) -> torch.Tensor:
     """The validated item table: the given tensor / array / file, else the one `params.item_embeddings` names."""
     source: Any = params.item_embeddings if item_embeddings is None else item_embeddings
     origin = "item embeddings"
@@ -45,9 +60,9 @@ def resolve_item_embeddings(params: EnvParams, item_embeddings: Optional[Embeddi
 def make(
     name: str,
     *,
-    item_embeddings: Optional[EmbeddingSource] = None,
+    item_embeddings: EmbeddingSource | None = None,
     sim_seed: int = DEFAULT_SIM_SEED,
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
     **overrides: Any,
 ) -> TopicRec:
     """Build preset environment `name` (one of ENV_NAMES).

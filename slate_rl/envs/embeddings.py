@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
 
 from slate_rl.errors import SlateRLError
 
-EmbeddingSource = Union[str, Path, torch.Tensor, np.ndarray]
+EmbeddingSource = str | Path | torch.Tensor | np.ndarray
 
 
 def generate_item_embeddings(
@@ -31,7 +30,7 @@ def generate_item_embeddings(
     return (flat / flat.norm(dim=1, keepdim=True)).to(torch.float32).contiguous()
 
 
-def load_item_embeddings(path: Union[str, Path]) -> torch.Tensor:
+def load_item_embeddings(path: str | Path) -> torch.Tensor:
     """Read a float table from a .pt (one tensor) or .npy file; validation is left to `validate_item_embeddings`."""
     path = Path(path)
     if not path.is_file():
@@ -54,7 +53,8 @@ def load_item_embeddings(path: Union[str, Path]) -> torch.Tensor:
     return table
 
 
-def validate_item_embeddings(table: torch.Tensor, num_items: int, dim: int, origin: str = "item embeddings") -> torch.Tensor:
+def validate_item_embeddings(table: torch.Tensor, num_items: int, dim: int,
+                             origin: str = "item embeddings") -> torch.Tensor:
     """Check shape, dtype and values of a simulator item table; return it as contiguous float32."""
     if table.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise SlateRLError(f"{origin}: expected a floating-point table, got dtype {table.dtype}")
@@ -76,7 +76,8 @@ def validate_item_embeddings(table: torch.Tensor, num_items: int, dim: int, orig
         )
     zero_rows = table.norm(dim=1) == 0
     if zero_rows.any():
-        raise SlateRLError(f"{origin}: {int(zero_rows.sum())} row(s) are all zero (first: item {int(zero_rows.nonzero()[0])})")
+        raise SlateRLError(f"{origin}: {int(zero_rows.sum())} row(s) are all zero "
+                           f"(first: item {int(zero_rows.nonzero()[0])})")
     return table
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
@@ -48,7 +48,7 @@ class EvaluationResult:
 
 
 def play(env: TopicRec, policy: Policy, num_users: int,
-         on_step: Optional[Callable[[int, dict, torch.Tensor, dict], None]] = None) -> torch.Tensor:
+         on_step: Callable[[int, dict, torch.Tensor | None, dict], None] | None = None) -> torch.Tensor:
     """Play one batch of `num_users` full episodes; returns their returns. `on_step(t, obs, reward, info)` sees
     every step (t = 1..H) and, with t = 0, the reset observation (reward None)."""
     obs, info = env.reset(num_users)
@@ -64,7 +64,7 @@ def play(env: TopicRec, policy: Policy, num_users: int,
     return returns
 
 
-def evaluate(env: TopicRec, policy: Policy, num_episodes: int, batch_size: Optional[int] = None,
+def evaluate(env: TopicRec, policy: Policy, num_episodes: int, batch_size: int | None = None,
              reseed: bool = False) -> EvaluationResult:
     """Play `num_episodes` episodes (all at once, or in blocks of `batch_size` users).
 
@@ -79,7 +79,7 @@ def evaluate(env: TopicRec, policy: Policy, num_episodes: int, batch_size: Optio
     returns, clicks = [], []
     bored = 0
 
-    def record(t: int, obs: dict, reward: Optional[torch.Tensor], info: dict) -> None:
+    def record(t: int, obs: dict, reward: torch.Tensor | None, info: dict) -> None:
         nonlocal bored
         if t > 0:
             clicks.append(obs["clicks"].sum(dim=1).to("cpu", torch.int8))

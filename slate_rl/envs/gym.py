@@ -7,7 +7,7 @@ The fixed 100-step horizon ends an episode by truncation (terminated is always F
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import gymnasium
 import numpy as np
@@ -44,13 +44,14 @@ def _make_sim(name: str, make_kwargs: dict[str, Any]):
 class SlateRLEnv(gymnasium.Env):
     """One simulated user at a time. `reset(seed=s)` re-seeds the simulator's user stream with s."""
 
-    metadata = {"render_modes": []}
+    # gymnasium declares `metadata` as a plain (instance) attribute, so it cannot be a ClassVar here
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
 
     def __init__(self, name: str = "focused_topdown", **make_kwargs: Any) -> None:
         self.sim = _make_sim(name, make_kwargs)
         self.observation_space, self.action_space = _spaces(self.sim.num_items, self.sim.slate_size)
 
-    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         if seed is not None:
             self.sim.stream.seed = int(seed)
@@ -71,7 +72,8 @@ def _unbatch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 class SlateRLVectorEnv(VectorEnv):
     """`num_envs` users stepped together by the batched simulator (next-step autoreset)."""
 
-    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+    # as in SlateRLEnv: gymnasium's own declaration of `metadata` is not a ClassVar
+    metadata: dict[str, Any] = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}  # noqa: RUF012
 
     def __init__(self, name: str = "focused_topdown", num_envs: int = 1, **make_kwargs: Any) -> None:
         self.sim = _make_sim(name, make_kwargs)
@@ -81,7 +83,7 @@ class SlateRLVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self._needs_reset = True
 
-    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         if seed is not None:
             self.sim.stream.seed = int(seed)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from slate_rl.errors import SlateRLError
 
@@ -24,9 +25,9 @@ class EnvParams:
     topic_size: int = 2
     episode_length: int = 100
     env_alpha: float = 1.0  # attractiveness multiplier; forced to 1.0 by tdPBM / mixPBM
-    env_propensities: Optional[Sequence[float]] = None  # slate_size x (slate_size + 1) values, 'custom' model only
-    rel_threshold: Optional[float] = None
-    prop_threshold: Optional[float] = None
+    env_propensities: Sequence[float] | None = None  # slate_size x (slate_size + 1) values, 'custom' model only
+    rel_threshold: float | None = None
+    prop_threshold: float | None = None
     diversity_threshold: int = 4
     click_only_once: bool = False
     env_offset: float = 0.28
@@ -45,7 +46,7 @@ class EnvParams:
         return self.num_topics * self.topic_size
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "EnvParams":
+    def from_dict(cls, values: dict[str, Any]) -> EnvParams:
         """Build from a mapping, naming any unknown key."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -57,7 +58,7 @@ class EnvParams:
         params.validate()
         return params
 
-    def replace(self, **changes: Any) -> "EnvParams":
+    def replace(self, **changes: Any) -> EnvParams:
         return EnvParams.from_dict({**dataclasses.asdict(self), **changes})
 
     def as_dict(self) -> dict[str, Any]:
@@ -81,7 +82,8 @@ class EnvParams:
             expected = self.slate_size * (self.slate_size + 1)
             if self.env_propensities is None or len(self.env_propensities) != expected:
                 raise SlateRLError(
-                    f"click_model 'custom' needs env_propensities with slate_size x (slate_size + 1) = {expected} values"
+                    "click_model 'custom' needs env_propensities with slate_size x (slate_size + 1) = "
+                    f"{expected} values"
                 )
         if self.diversity_penalty <= 0:
             raise SlateRLError(f"diversity_penalty must be > 0 (got {self.diversity_penalty})")

@@ -7,7 +7,7 @@ A policy is any object with `start(num_users)` (called after each reset) and `ac
 
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import Protocol
 
 import torch
 
@@ -85,7 +85,7 @@ class ShortTermOracle:
         return torch.full((obs["slate"].shape[0], self.slate_size), -1, dtype=torch.long, device=self.device)
 
 
-def baseline_policy(kind: str, num_items: int, slate_size: int, seed: int, epsilon: Optional[float] = None,
+def baseline_policy(kind: str, num_items: int, slate_size: int, seed: int, epsilon: float | None = None,
                     device: torch.device | str = "cpu") -> Policy:
     """'random', 'short_term_oracle' or 'epsilon_greedy' (with `epsilon`)."""
     if kind == "random":

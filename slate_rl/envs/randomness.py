@@ -23,7 +23,7 @@ class ResetDraws:
     click_uniforms: torch.Tensor  # (N, R) uniform: clicks on the initial slate
     fallback_topic: torch.Tensor  # (N,) uniform topic: short-term topic when the initial slate gets no click
 
-    def select(self, index: torch.Tensor | slice) -> "ResetDraws":
+    def select(self, index: torch.Tensor | slice) -> ResetDraws:
         """The draws of a subset of users."""
         return ResetDraws(self.normal[index], self.topic_weights[index], self.click_uniforms[index],
                           self.fallback_topic[index])

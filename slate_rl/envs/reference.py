@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ import torch
 from slate_rl.envs.params import EnvParams
 from slate_rl.errors import SlateRLError
 
-ArrayLike = Union[torch.Tensor, np.ndarray, list]
+ArrayLike = torch.Tensor | np.ndarray | list
 DYNAMIC_STATE = ("t", "u", "clicked_items", "clicked_step", "all_clicked_items", "bored", "bored_timeout",
                  "short_term_topic")
 
@@ -79,6 +79,7 @@ class ReferenceTopicRec:
         elif p.click_model == "mixPBM":
             gamma = np.array([[0.5 * 0.85**r + 0.5 * 0.85 ** (R - 1 - r)] * (R + 1) for r in range(R)])
         else:
+            assert p.env_propensities is not None  # EnvParams requires them for the 'custom' model
             gamma = np.array(list(p.env_propensities), dtype=np.float64).reshape(R, R + 1)
         if p.prop_threshold is not None:
             gamma = (gamma > p.prop_threshold).astype(np.float64)
@@ -176,7 +177,7 @@ class ReferenceTopicRec:
             raise SlateRLError("call reset() before step()")
         if self.t >= p.episode_length:
             raise SlateRLError(f"the episode is over after {p.episode_length} steps; call reset()")
-        slate = _as_numpy(slate, np.int64).copy()
+        slate = np.array(_as_numpy(slate, np.int64))  # a copy: oracle slots are filled in place
         if slate.shape != (self.R,) or slate.min() < -1 or slate.max() >= len(self.E):
             raise SlateRLError(f"a slate is {self.R} item ids in [0, {len(self.E) - 1}] or -1, got {slate.tolist()}")
         uniforms = _as_numpy(click_uniforms, np.float32)

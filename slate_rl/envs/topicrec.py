@@ -8,7 +8,7 @@ follow the specification; docs/fidelity.md lists the reference quirks and how th
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from slate_rl.envs.randomness import DEFAULT_SIM_SEED, ResetDraws, UserStream
 from slate_rl.errors import SlateRLError
 
 Observation = dict[str, torch.Tensor]
-SlateInput = Union[torch.Tensor, np.ndarray]
+SlateInput = torch.Tensor | np.ndarray
 
 
 def l21_normalise(users: torch.Tensor, num_topics: int, topic_size: int) -> torch.Tensor:
@@ -46,7 +46,7 @@ class TopicRec:
         params: EnvParams,
         item_embeddings: torch.Tensor,
         sim_seed: int = DEFAULT_SIM_SEED,
-        device: Union[str, torch.device] = "cpu",
+        device: str | torch.device = "cpu",
         name: str = "custom",
         oracle_chunk: int = 1024,
     ) -> None:
@@ -131,7 +131,7 @@ class TopicRec:
         self._clicked_before = None
         if p.click_only_once:
             self._clicked_before = torch.zeros(n, p.num_items, dtype=torch.bool, device=self.device)
-            self._mark_clicked(slates, clicks)
+            self._mark_clicked(self._clicked_before, slates, clicks)
         obs = {"slate": slates.clone(), "clicks": clicks}
         info = {"user_state": self.user, "bored": self.bored, "scores": scores, "slate_topics": slate_topics}
         return obs, info
@@ -171,7 +171,7 @@ class TopicRec:
         # 9.-12. click log, drift, short-term topic
         self._append_clicks(slate_topics, clicks, count_in_step_log=True)
         if self._clicked_before is not None:
-            self._mark_clicked(slates, clicks)
+            self._mark_clicked(self._clicked_before, slates, clicks)
         self._drift(slates, clicks)
         self._update_short_term_topic(slates, clicks)
 
@@ -254,14 +254,16 @@ class TopicRec:
         if self.num_users == 0:
             raise SlateRLError("call reset(num_users) before step()")
         if self.t >= self.episode_length:
-            raise SlateRLError(f"the episode is over after {self.episode_length} steps; call reset() to start a new one")
+            raise SlateRLError(f"the episode is over after {self.episode_length} steps; "
+                               "call reset() to start a new one")
         if isinstance(slates, np.ndarray):
             slates = torch.from_numpy(slates)
         if not isinstance(slates, torch.Tensor):
             raise SlateRLError(f"slates must be a tensor or array of item ids, got {type(slates).__name__}")
         expected = (self.num_users, self.slate_size)
         if tuple(slates.shape) != expected:
-            raise SlateRLError(f"slates must have shape (num_users, slate_size) = {expected}, got {tuple(slates.shape)}")
+            raise SlateRLError(f"slates must have shape (num_users, slate_size) = {expected}, "
+                               f"got {tuple(slates.shape)}")
         if slates.dtype.is_floating_point or slates.dtype == torch.bool or slates.dtype.is_complex:
             raise SlateRLError(f"slates must hold integer item ids, got dtype {slates.dtype}")
         slates = slates.to(self.device, torch.long)
@@ -340,10 +342,12 @@ class TopicRec:
         self._log_len_items = self._log_len_items - expired
         self._log_len_steps = self._log_len_steps - expired
 
-    def _mark_clicked(self, slates: torch.Tensor, clicks: torch.Tensor) -> None:
-        counts = torch.zeros(self._clicked_before.shape, dtype=torch.long, device=self.device)
+    @staticmethod
+    def _mark_clicked(clicked_before: torch.Tensor, slates: torch.Tensor, clicks: torch.Tensor) -> None:
+        """Flag (in place) every item each user clicked in `slates`."""
+        counts = torch.zeros(clicked_before.shape, dtype=torch.long, device=clicked_before.device)
         counts.scatter_add_(1, slates, clicks)
-        self._clicked_before |= counts > 0
+        clicked_before |= counts > 0
 
     def _drift(self, slates: torch.Tensor, clicks: torch.Tensor) -> None:
         """Move each user towards every clicked item in rank order, renormalising after each click."""

@@ -13,6 +13,9 @@ class SlateDecoder(nn.Module):
     decoder so that no later stage recomputes or guesses them).
     """
 
+    action_center: torch.Tensor
+    action_scale: torch.Tensor
+
     def __init__(self, action_center: torch.Tensor, action_scale: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("action_center", action_center.detach().clone().float())

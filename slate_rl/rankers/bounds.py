@@ -22,7 +22,7 @@ class ActionBounds:
     scale: torch.Tensor
 
     @classmethod
-    def from_min_max(cls, low: torch.Tensor, high: torch.Tensor) -> "ActionBounds":
+    def from_min_max(cls, low: torch.Tensor, high: torch.Tensor) -> ActionBounds:
         """Box [low, high]: scale = (high - low) / 2, centre = low + scale (as the reference computes it)."""
         if low.shape != high.shape or bool((high < low).any()):
             raise SlateRLError("action bounds need low <= high, with equal shapes")
@@ -37,7 +37,7 @@ class ActionBounds:
     def high(self) -> torch.Tensor:
         return self.center + self.scale
 
-    def tile(self, times: int) -> "ActionBounds":
+    def tile(self, times: int) -> ActionBounds:
         """The box repeated `times` times, block after block (slot-major: block r = slot r)."""
         return ActionBounds(self.center.repeat(times), self.scale.repeat(times))
 
@@ -51,7 +51,7 @@ def table_bounds(item_table: torch.Tensor) -> ActionBounds:
 
 
 @torch.no_grad()
-def gems_action_bounds(vae: "GeMS", slates: torch.Tensor, clicks: torch.Tensor, num_sessions: int = 1000,
+def gems_action_bounds(vae: GeMS, slates: torch.Tensor, clicks: torch.Tensor, num_sessions: int = 1000,
                        chunk_size: int = 16384) -> ActionBounds:
     """GeMS latent box from the encoder over the first `num_sessions` logged sessions (all of them if fewer).
 

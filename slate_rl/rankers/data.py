@@ -7,14 +7,15 @@ converted to int64 ids and float clicks one batch at a time (no per-slate Python
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Optional
 
 import pytorch_lightning as pl
 import torch
 
 from slate_rl.errors import SlateRLError
 from slate_rl.rankers.checks import check_logged
+
 
 @dataclass(frozen=True)
 class SlateSamples:
@@ -27,7 +28,7 @@ class SlateSamples:
         return int(self.slates.shape[0])
 
     @classmethod
-    def from_sessions(cls, slates: torch.Tensor, clicks: torch.Tensor) -> "SlateSamples":
+    def from_sessions(cls, slates: torch.Tensor, clicks: torch.Tensor) -> SlateSamples:
         """Flatten sessions (n_sessions, T, R) into n_sessions * T samples (a view when the input is contiguous)."""
         check_logged(slates, clicks)
         width = slates.shape[-1]
@@ -63,7 +64,7 @@ class SliceBatches:
     """
 
     def __init__(self, samples: SlateSamples, batch_size: int, shuffle: bool = True,
-                 generator: Optional[torch.Generator] = None) -> None:
+                 generator: torch.Generator | None = None) -> None:
         if int(batch_size) < 1:
             raise SlateRLError(f"batch_size must be >= 1 (got {batch_size})")
         if shuffle and generator is None:
@@ -79,6 +80,7 @@ class SliceBatches:
             for start in range(0, n, size):
                 yield self.samples.batch(slice(start, start + size))
             return
+        assert self.generator is not None  # __init__ requires one for shuffled batches
         order = torch.randperm(n, generator=self.generator, device=self.generator.device)
         order = order.to(self.samples.slates.device)
         for start in range(0, n, size):

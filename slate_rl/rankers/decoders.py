@@ -13,7 +13,8 @@ dict (tensors and Python values) that `decoder_from_payload` turns back into the
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from slate_rl.rankers.gems import GeMS
 
 Payload = dict[str, Any]
+Decoder = TypeVar("Decoder", bound=SlateDecoder)
 SCORE_ROWS = 1024  # query rows scored at once (a 1024 x 1000 float block is 4 MB)
 
 
@@ -59,7 +61,7 @@ def _payload(kind: str, config: dict[str, Any], module: nn.Module) -> Payload:
     return {"kind": kind, "config": dict(config), "state_dict": state}
 
 
-def _restore(decoder: SlateDecoder, payload: Payload) -> SlateDecoder:
+def _restore(decoder: Decoder, payload: Payload) -> Decoder:
     decoder.load_state_dict(payload["state_dict"], strict=True, assign=True)
     return decoder
 
@@ -77,6 +79,7 @@ class GeMSDecoder(SlateDecoder):
     """
 
     kind = "gems"
+    item_table: torch.Tensor  # a buffer
 
     def __init__(self, decoder: nn.Sequential, slate_head: nn.Linear, item_table: torch.Tensor,
                  action_center: torch.Tensor, action_scale: torch.Tensor, sample: bool = False,
@@ -94,10 +97,10 @@ class GeMSDecoder(SlateDecoder):
         self.requires_grad_(False)
         self.slate_size = slate_head.out_features // item_table.shape[1]
         self.sample, self.seed = bool(sample), int(seed)
-        self._generator: Optional[torch.Generator] = None
+        self._generator: torch.Generator | None = None
 
     @classmethod
-    def from_vae(cls, vae: GeMS, bounds: ActionBounds, sample: bool = False, seed: int = 0) -> "GeMSDecoder":
+    def from_vae(cls, vae: GeMS, bounds: ActionBounds, sample: bool = False, seed: int = 0) -> GeMSDecoder:
         """The decoder of a trained GeMS VAE with its action box (`gems_action_bounds(vae, slates, clicks)`)."""
         return cls(vae.decoder, vae.slate_head, vae.item_embeddings.weight, bounds.center, bounds.scale, sample, seed)
 
@@ -112,17 +115,16 @@ class GeMSDecoder(SlateDecoder):
         return self.slot_vectors(actions) @ self.item_table.T
 
     @torch.no_grad()
-    def decode(self, actions: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def decode(self, actions: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Slates (B, R) int64: per-slot argmax, or per-slot softmax samples if `sample` (drawn from `generator`,
         else from the decoder's own generator seeded with `seed`)."""
         vectors = self.slot_vectors(actions).reshape(-1, self.item_table.shape[1])
         table_t = self.item_table.T
-        if self.sample:
-            generator = generator or self._own_generator(actions.device)
+        draw = (generator or self._own_generator(actions.device)) if self.sample else None
 
         def pick(rows: torch.Tensor) -> torch.Tensor:
-            if self.sample:
-                return _sample_rows(torch.softmax(rows @ table_t, dim=1), generator)
+            if draw is not None:
+                return _sample_rows(torch.softmax(rows @ table_t, dim=1), draw)
             return (rows @ table_t).argmax(dim=1)
 
         return _by_chunks(vectors, pick).view(actions.shape[0], self.slate_size)
@@ -141,7 +143,7 @@ class GeMSDecoder(SlateDecoder):
         return _payload(self.kind, config, self)
 
     @classmethod
-    def from_payload(cls, payload: Payload) -> "GeMSDecoder":
+    def from_payload(cls, payload: Payload) -> GeMSDecoder:
         c = payload["config"]
         with torch.device("meta"):
             decoder = mlp(c["latent_dim"], c["decoder_hidden"])
@@ -156,6 +158,7 @@ class TopKDecoder(SlateDecoder):
     distinct, in descending score order. Box: per-dimension min / max of the table."""
 
     kind = "topk"
+    item_table: torch.Tensor  # a buffer
 
     def __init__(self, item_table: torch.Tensor, slate_size: int = 10) -> None:
         _check_table(item_table)
@@ -177,7 +180,7 @@ class TopKDecoder(SlateDecoder):
                                         item_dim=int(self.item_table.shape[1])), self)
 
     @classmethod
-    def from_payload(cls, payload: Payload) -> "TopKDecoder":
+    def from_payload(cls, payload: Payload) -> TopKDecoder:
         c = payload["config"]
         return _restore(cls(torch.zeros(c["num_items"], c["item_dim"]), c["slate_size"]), payload)
 
@@ -190,6 +193,7 @@ class KNNDecoder(SlateDecoder):
     """
 
     kind = "knn"
+    item_table: torch.Tensor  # a buffer
 
     def __init__(self, item_table: torch.Tensor, slate_size: int = 10, k: int = 10) -> None:
         _check_table(item_table)
@@ -227,12 +231,14 @@ class KNNDecoder(SlateDecoder):
                                         item_dim=int(self.item_table.shape[1])), self)
 
     @classmethod
-    def from_payload(cls, payload: Payload) -> "KNNDecoder":
+    def from_payload(cls, payload: Payload) -> KNNDecoder:
         c = payload["config"]
         return _restore(cls(torch.zeros(c["num_items"], c["item_dim"]), c["slate_size"], c["k"]), payload)
 
 
-DECODERS: dict[str, type] = {cls.kind: cls for cls in (GeMSDecoder, TopKDecoder, KNNDecoder)}
+DECODERS: dict[str, type[GeMSDecoder | TopKDecoder | KNNDecoder]] = {
+    cls.kind: cls for cls in (GeMSDecoder, TopKDecoder, KNNDecoder)
+}
 
 
 def decoder_from_payload(payload: Payload) -> SlateDecoder:

@@ -11,11 +11,13 @@ Train with `pl.Trainer(...).fit(model, datamodule=SlateDataModule(slates, clicks
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from typing import cast
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities.parsing import AttributeDict
 from torch import nn
 
 from slate_rl.errors import SlateRLError
@@ -37,9 +39,9 @@ def _check_hyperparameters(num_items: int, slate_size: int, item_dim: int, laten
             raise SlateRLError(f"{name} widths must be >= 1 (got {list(widths)})")
     if len(decoder_hidden) == 0:
         raise SlateRLError("decoder_hidden needs at least one layer (the slate and click heads read its output)")
-    for name, value in (("lambda_kl", lambda_kl), ("lambda_click", lambda_click), ("lambda_prior", lambda_prior)):
-        if not float(value) >= 0.0:
-            raise SlateRLError(f"{name} must be a non-negative loss weight (got {value})")
+    for name, weight in (("lambda_kl", lambda_kl), ("lambda_click", lambda_click), ("lambda_prior", lambda_prior)):
+        if not float(weight) >= 0.0:
+            raise SlateRLError(f"{name} must be a non-negative loss weight (got {weight})")
     if not float(lr) > 0.0:
         raise SlateRLError(f"lr must be > 0 (got {lr})")
 
@@ -86,7 +88,7 @@ class GeMS(pl.LightningModule):
         self.to_empty(device="cpu")
         self._initialise(torch.Generator().manual_seed(int(seed)))
         self._noise: torch.Generator | None = None
-        self._sums: dict[str, tuple[list[str], torch.Tensor | float, int]] = {}
+        self._sums: dict[str, tuple[list[str], torch.Tensor, int]] = {}
 
     def _initialise(self, generator: torch.Generator) -> None:
         """PyTorch's default initialisation (as in the reference), drawn from `generator`: item table N(0, 1) (the
@@ -99,6 +101,11 @@ class GeMS(pl.LightningModule):
                     bound = 1.0 / math.sqrt(layer.in_features)
                     nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
 
+    @property
+    def hp(self) -> AttributeDict:
+        """The hyperparameters, by attribute (`save_hyperparameters` keeps them in an AttributeDict)."""
+        return cast(AttributeDict, self.hparams)
+
     # ------------------------------------------------------------------ model
     def encode(self, slates: torch.Tensor, clicks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, logvar), each (B, d), of q(z | slates (B, R) int64, clicks (B, R) float)."""
@@ -109,7 +116,7 @@ class GeMS(pl.LightningModule):
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(slot vectors (B, R, D), click logits (B, R)) for latent codes z (B, d)."""
         hidden = self.decoder(z)
-        slot_vectors = self.slate_head(hidden).view(z.shape[0], self.hparams.slate_size, self.hparams.item_dim)
+        slot_vectors = self.slate_head(hidden).view(z.shape[0], self.hp.slate_size, self.hp.item_dim)
         return slot_vectors, self.click_head(hidden)
 
     def item_logits(self, slot_vectors: torch.Tensor) -> torch.Tensor:
@@ -119,13 +126,13 @@ class GeMS(pl.LightningModule):
     def sample_noise(self, like: torch.Tensor) -> torch.Tensor:
         """Standard normal noise shaped like `like`, from the module's own generator (seeded by `seed`)."""
         if self._noise is None or self._noise.device != like.device:
-            self._noise = torch.Generator(device=like.device).manual_seed(self.hparams.seed)
+            self._noise = torch.Generator(device=like.device).manual_seed(self.hp.seed)
         return torch.randn(like.shape, generator=self._noise, device=like.device, dtype=like.dtype)
 
     # ------------------------------------------------------------------ objective
     def loss_terms(self, slates: torch.Tensor, clicks: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training loss and its terms for one batch (z sampled with the reparameterisation trick)."""
-        hp = self.hparams
+        hp = self.hp
         mu, logvar = self.encode(slates, clicks)
         z = reparameterise(mu, logvar, self.sample_noise(mu), hp.loss_convention)
         slot_vectors, click_logits = self.decode(z)
@@ -138,7 +145,7 @@ class GeMS(pl.LightningModule):
 
     def evaluation_terms(self, slates: torch.Tensor, clicks: torch.Tensor) -> dict[str, torch.Tensor]:
         """Validation terms decoding from z = mu, plus slot and click accuracy."""
-        hp = self.hparams
+        hp = self.hp
         mu, logvar = self.encode(slates, clicks)
         slot_vectors, click_logits = self.decode(mu)
         logits = self.item_logits(slot_vectors).view(-1, hp.num_items)
@@ -167,18 +174,23 @@ class GeMS(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         fused = self.device.type in ("cpu", "cuda")
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=fused)
+        return torch.optim.Adam(self.parameters(), lr=self.hp.lr, fused=fused)
 
     def _accumulate(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
         """Add the batch's terms, weighted by its size, to the epoch's running sums (one tensor op per step
         instead of one `self.log` call per metric and step)."""
         weighted = torch.stack([value.detach() for value in terms.values()]) * batch_size
-        names, sums, count = self._sums.get(stage, (list(terms), 0.0, 0))
-        self._sums[stage] = (names, weighted + sums, count + batch_size)
+        if stage in self._sums:
+            names, sums, count = self._sums[stage]
+            self._sums[stage] = (names, weighted + sums, count + batch_size)
+        else:
+            self._sums[stage] = (list(terms), weighted, batch_size)
 
     def _log_means(self, stage: str) -> None:
         """`self.log` the epoch means as `<stage>/<term>` (nothing during Lightning's sanity check)."""
-        names, sums, count = self._sums.pop(stage, ([], 0.0, 0))
-        if count and not self.trainer.sanity_checking:
-            for name, value in zip(names, (sums / count).tolist()):
-                self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True)
+        epoch = self._sums.pop(stage, None)
+        if epoch is None or self.trainer.sanity_checking:
+            return
+        names, sums, count = epoch
+        for name, value in zip(names, (sums / count).tolist(), strict=True):
+            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True)

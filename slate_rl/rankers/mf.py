@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -87,8 +86,8 @@ def _held_out_loss(model: BPRMatrixFactorization, users: torch.Tensor, positives
 
 def train_mf(slates: torch.Tensor, clicks: torch.Tensor, *, num_items: int = 1000, dim: int = 20, lr: float = 1e-4,
              batch_size: int = 256, eval_every: int = 1000, patience: int = 3, val_fraction: float = 0.1,
-             holdout_fraction: float = 0.5, max_steps: Optional[int] = None, max_seconds: Optional[float] = None,
-             seed: int = 0, device: Union[str, torch.device] = "cpu") -> MFResult:
+             holdout_fraction: float = 0.5, max_steps: int | None = None, max_seconds: float | None = None,
+             seed: int = 0, device: str | torch.device = "cpu") -> MFResult:
     """Train BPR MF on logged sessions (n_sessions, T, R) and return the item table with the best held-out loss.
 
     Evaluates after training batch b of every epoch with b % eval_every == 0 (as the reference: batch 0 of each

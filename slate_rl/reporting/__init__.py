@@ -18,11 +18,11 @@ from slate_rl.reporting.stats import CurveBand, Summary, WelchTest, curve_band, 
 from slate_rl.reporting.table import ResultsTable, TableCell, build_table
 
 __all__ = [
-    "AggregateScore",
-    "CurveBand",
     "ENV_NAMES",
     "METHOD_NAMES",
     "PRIVILEGED_METHODS",
+    "AggregateScore",
+    "CurveBand",
     "ResultsTable",
     "RunResult",
     "Summary",

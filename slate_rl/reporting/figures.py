@@ -61,7 +61,7 @@ def plot_run_curve(validations: Sequence[tuple[int, float]], path: str | os.Path
     """One run's learning curve: mean validation return against training episode."""
     fig = _figure(figsize=(6, 3.5))
     ax = fig.add_subplot()
-    episodes, values = zip(*validations)
+    episodes, values = zip(*validations, strict=True)
     ax.plot(episodes, values, marker="o", markersize=3)
     ax.set_xlabel("training episode")
     ax.set_ylabel("validation return (clicks)")
@@ -104,17 +104,18 @@ def plot_learning_curves(
     _episodes_axis(axes[0])  # shared by all panels
     colours = {method: f"C{i % 10}" for i, method in enumerate(methods)}
     handles = {}
-    for ax, env in zip(axes, envs):
+    for ax, env in zip(axes, envs, strict=False):  # the grid may have spare panels
         seeds = set()
         for method in methods:
             runs = groups.get((method, env))
             if runs is None:
                 continue
             seeds.add(len(runs))
-            band = curve_band([run.val_curve for run in runs], confidence)
+            band = curve_band([run.val_curve for run in runs if run.val_curve], confidence)
             (handles[method],) = ax.plot(band.episodes, band.mean, color=colours[method])
             ax.fill_between(
-                band.episodes, band.mean - band.half_width, band.mean + band.half_width, color=colours[method], alpha=0.2
+                band.episodes, band.mean - band.half_width, band.mean + band.half_width, color=colours[method],
+                alpha=0.2,
             )
         counts = "–".join(str(n) for n in sorted({min(seeds), max(seeds)})) if seeds else "no"
         ax.set_title(f"{env_name(env)} ({counts} seeds)")
@@ -253,10 +254,11 @@ def write_figures(
     Trade-off figures use the paper's value of the parameter held fixed; returns the paths written.
     """
     out_dir = Path(out_dir)
-    options = {"confidence": confidence, "allow_mixed_presets": allow_mixed_presets}
-    written = [plot_learning_curves(results, out_dir / "learning_curves.png", **options)]
+    written = [plot_learning_curves(results, out_dir / "learning_curves.png", confidence=confidence,
+                                    allow_mixed_presets=allow_mixed_presets)]
     envs = paper_order((r.env for r in results if r.method == GEMS), tuple(ENV_NAMES))
     for env in envs:
         for vary in ("beta", "lambda_click"):
-            written.append(plot_tradeoff(results, out_dir / f"tradeoff_{vary}_{env}.png", env=env, vary=vary, **options))
+            written.append(plot_tradeoff(results, out_dir / f"tradeoff_{vary}_{env}.png", env=env, vary=vary,
+                                         confidence=confidence, allow_mixed_presets=allow_mixed_presets))
     return [path for path in written if path is not None]

@@ -6,6 +6,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, TypeVar
 
 from slate_rl.errors import SlateRLError
@@ -74,7 +75,7 @@ def group_runs(
                 f"{describe(group_key)} mixes presets {', '.join(map(repr, presets))}; report one preset at a time, "
                 "or pass allow_mixed_presets=True to pool them knowingly"
             )
-        for first, second in zip(runs, runs[1:]):
+        for first, second in pairwise(runs):
             if (first.seed, first.preset) == (second.seed, second.preset):
                 differing = sorted(
                     name

@@ -11,7 +11,6 @@ from slate_rl.reporting.aggregate import STATISTICS, AggregateScore
 from slate_rl.reporting.names import PRIVILEGED_METHODS, env_name, method_name
 from slate_rl.reporting.table import ResultsTable, TableCell
 
-
 _LATEX_SPECIALS = {c: "\\" + c for c in "&%$#_{}"} | {
     "\\": r"\textbackslash{}",
     "~": r"\textasciitilde{}",
@@ -35,7 +34,8 @@ class _Style:
 
 _MARKDOWN = _Style(lambda s: s.replace("|", "\\|"), lambda s: f"**{s}**", " ± ", "†", "—", lambda s: f" ({s})")
 _LATEX = _Style(
-    _latex_escape, lambda s: f"\\textbf{{{s}}}", " $\\pm$ ", "$^{\\dagger}$", "---", lambda s: f" {{\\scriptsize ({s})}}"
+    _latex_escape, lambda s: f"\\textbf{{{s}}}", " $\\pm$ ", "$^{\\dagger}$", "---",
+    lambda s: f" {{\\scriptsize ({s})}}",
 )
 
 
@@ -153,7 +153,7 @@ def to_latex(table: ResultsTable, decimals: int = 1, label: str | None = None) -
         "Method & " + " & ".join(_latex_escape(env_name(e)) for e in table.envs) + " \\\\",
         "\\midrule",
     ]
-    for previous, method in zip((None,) + table.methods, table.methods):
+    for previous, method in zip((None, *table.methods[:-1]), table.methods, strict=True):
         if previous in PRIVILEGED_METHODS and method not in PRIVILEGED_METHODS:
             lines.append("\\midrule")
         cells = (_cell_text(table.cell(method, env), decimals, _LATEX) for env in table.envs)

@@ -96,7 +96,7 @@ def curve_band(curves: Sequence[Sequence[tuple[int, float]]], confidence: float 
         raise SlateRLError("curve_band needs at least one validation curve")
     episodes = np.unique(np.concatenate([np.asarray([e for e, _ in c], dtype=np.int64) for c in curves]))
     grid = np.full((len(curves), episodes.size), np.nan)
-    for row, curve in zip(grid, curves):
+    for row, curve in zip(grid, curves, strict=True):
         row[np.searchsorted(episodes, [e for e, _ in curve])] = [v for _, v in curve]
     n = np.sum(~np.isnan(grid), axis=0)
     mean = np.nansum(grid, axis=0) / n

@@ -151,7 +151,8 @@ def set_alias(env: str, version: str, alias: str) -> ModelVersion:
 
 def remove_alias(env: str, alias: str) -> None:
     if alias not in aliases(env):
-        raise SlateRLError(f"{registered_model_name(env)} has no alias {alias!r} (set: {', '.join(aliases(env)) or 'none'})")
+        raise SlateRLError(f"{registered_model_name(env)} has no alias {alias!r} "
+                           f"(set: {', '.join(aliases(env)) or 'none'})")
     MlflowClient().delete_registered_model_alias(registered_model_name(env), alias)
 
 

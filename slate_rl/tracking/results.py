@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
 from slate_rl.errors import SlateRLError
 
 
-def search_finished_runs(stage: str, filter_string: str = "", experiment_names: Optional[list[str]] = None) -> list[Run]:
+def search_finished_runs(stage: str, filter_string: str = "", experiment_names: list[str] | None = None) -> list[Run]:
     """All FINISHED runs of `stage` (newest first) in the given experiments (default: all), with an optional extra
     MLflow filter such as "params.lambda_kl = '1.0'"."""
     client = MlflowClient()
