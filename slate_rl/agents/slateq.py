@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 
-from slate_rl.agents.base import EXPLORE, BeliefAgent
+from slate_rl.agents.base import EXPLORE, BeliefAgent, Diagnostics
 from slate_rl.agents.belief import BeliefEncoders
 from slate_rl.agents.buffer import Trajectories
 from slate_rl.agents.config import SlateQConfig
@@ -31,7 +31,6 @@ class SlateQAgent(BeliefAgent):
 
     method = "slateq"
     acting_encoders = ("critic",)
-    metric_names = ("loss", "epsilon", "q_mean", "clicked_share")
 
     def __init__(self, env: TopicRec, config: SlateQConfig, seed: int) -> None:
         super().__init__(env.num_items, env.slate_size, seed)
@@ -109,7 +108,7 @@ class SlateQAgent(BeliefAgent):
             probs = torch.where(penalised.unsqueeze(1), probs / penalty, probs)
         return (probs * q_next.gather(1, chosen)).sum(1)
 
-    def update(self, batch: Trajectories) -> torch.Tensor:
+    def update(self, batch: Trajectories) -> Diagnostics:
         cfg, hidden = self.config, self.config.belief.hidden_dim
         num, steps = batch.slates.shape[0], batch.slates.shape[1] - 1
         states = self.beliefs.encode(batch.slates[:, :-1], batch.clicks[:, :-1])[0].reshape(-1, hidden)
@@ -129,8 +128,8 @@ class SlateQAgent(BeliefAgent):
                                   self.q_target_bias2], [p.detach() for p in self.q.parameters()], cfg.tau)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return torch.stack([loss.detach(), torch.tensor(self._epsilon), q_taken.detach().mean().nan_to_num(0.0),
-                            mask.float().mean()])
+        return {"loss": loss.detach(), "epsilon": torch.tensor(self._epsilon),
+                "q_mean": q_taken.detach().mean().nan_to_num(0.0), "clicked_share": mask.float().mean()}
 
     def training_state_dict(self) -> dict[str, Any]:
         return {**super().training_state_dict(), "optimizer": self.optimizer.state_dict(), "epsilon": self._epsilon}
