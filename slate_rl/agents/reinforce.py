@@ -1,4 +1,4 @@
-"""REINFORCE+SoftMax (agents_protocol.md §3.6): a softmax over the catalogue from the actor belief.
+"""REINFORCE+SoftMax: a softmax over the catalogue from the actor belief.
 
 Training slates are R i.i.d. draws (duplicates allowed); evaluation slates the R most probable items. Each update
 trains on one episode: L = -sum_t G_t log(1 - (1 - pi(i_t | h_t))^R + 1e-6) over the steps with a click, i_t the

@@ -1,5 +1,4 @@
-"""Soft actor-critic over GRU beliefs (agents_protocol.md §3.1): SAC+TopK (ideal / MF), SAC+GeMS, and the shared
-core of SAC+WkNN.
+"""Soft actor-critic over GRU beliefs: SAC+TopK (ideal / MF), SAC+GeMS, and the shared core of SAC+WkNN.
 
 One update on B whole trajectories, in the reference's order: critic step, actor step, temperature step, Polyak
 averaging of the two target critics (targets cover only the Q heads; both critics share the critic encoder; the

@@ -1,5 +1,5 @@
-"""SlateQ, QL-TT-TS variant (agents_protocol.md §3.5): item-wise long-term values from the critic belief, slates by
-top-R of (true relevance x Q), privileged simulator information throughout (Q7).
+"""SlateQ, QL-TT-TS variant: item-wise long-term values from the critic belief, slates by top-R of (true relevance
+x Q); privileged simulator information throughout (relevances, click model, user states).
 
 Acting: epsilon-greedy per user and step with epsilon(g) = end + (start - end) exp(-g / decay), g the training
 episode; the random slate is R uniform items with replacement. Update (SARSA-free Q-learning with the slate
