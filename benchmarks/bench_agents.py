@@ -96,7 +96,7 @@ def bench_fit(method: str, env_name: str, inputs: dict, seed: int, parallel: int
     """Wall seconds per learning episode (collection, update, overlap) of the real loop after a short warm-up."""
     warmup = max(parallel, 20)
     protocol = Protocol(episodes=warmup + episodes, warmup_episodes=warmup, val_every=warmup + episodes,
-                        val_episodes=1, test_episodes=1, parallel_episodes=parallel, pipeline=pipeline,
+                        val_episodes=1, test_episodes=1, parallel_episodes=parallel, overlap_collection=pipeline,
                         save_every=10**9)
     env = envs.make(env_name)
     marks: dict[int, float] = {}

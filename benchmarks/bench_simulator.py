@@ -6,7 +6,7 @@
 Workload: whole episodes (reset + `episode_length` steps) of a paper environment under the epsilon-greedy oracle
 (epsilon 0.5, the logging policy): about half the slots are filled by the simulator's short-term oracle. The
 batched simulator plays N users at once (policy: `EpsilonGreedyOracle`); the reference plays users one after
-the other with the spec's per-user logging policy (R Bernoulli draws and a catalogue permutation per step) and
+the other with its own per-user logging policy (R Bernoulli draws and a catalogue permutation per step) and
 draws from the same kind of stream. Each configuration gets a warm-up run (10 steps), then `--repeats` rounds in
 which every configuration plays its episodes once (round robin, so that a change in the machine's load hits all
 alike); the table shows medians, the speed-up is the median of the per-round ratios. Time is split into simulator
@@ -73,7 +73,7 @@ def batched_episode(env: TopicRec, num_users: int, epsilon: float, seed: int, st
 
 def reference_episodes(env: TopicRec, num_users: int, epsilon: float, seed: int, steps: int) -> Timing:
     """`num_users` users played one after the other in the per-user reference (draws from a CPU stream), with the
-    per-user logging policy of the spec (§16.1: R Bernoulli(epsilon) draws and a permutation of the catalogue)."""
+    reference's per-user logging policy (R Bernoulli(epsilon) draws and a permutation of the catalogue)."""
     p = env.params
     reference = ReferenceTopicRec(p, env.item_embeddings.cpu())
     stream = UserStream(seed)

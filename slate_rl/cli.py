@@ -239,8 +239,14 @@ def train_online_command(env: str, preset: str, experiment_name: str | None, par
         cfg = stage_configs.TrainOnlineConfig.resolve(
             env, preset, agent=config.parse_assignments(assignments, "--set") or None, **overrides)
         run_id = train_online.run(cfg, **placement(experiment_name, parent_run))
-    click.echo(f"policy run: runs:/{run_id}  (test return in the run's metrics; `slate-rl registry list "
-               f"--env {cfg.env}` shows the registered version)")
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient().get_run(run_id)
+    click.echo(f"policy run: runs:/{run_id}; {train_online.result_line(run.data.metrics, cfg.test_episodes)}")
+    version = run.data.tags.get("registered_version")
+    if version:
+        click.echo(f"registered as version {version} of slate-rl.{cfg.env} (`slate-rl registry list --env {cfg.env}` "
+                   "lists the versions)")
 
 
 @main.group("registry")
@@ -414,8 +420,14 @@ def ui_command(port: int, mlflow_args: tuple[str, ...]) -> None:
     """Open the MLflow UI on the project's tracking store (extra arguments go to `mlflow ui`)."""
     import mlflow
 
+    from slate_rl.tracking.runs import latest_runs_page
+
     uri = mlflow.get_tracking_uri()
-    click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}")
+    address = f"http://127.0.0.1:{port}"
+    click.echo(f"MLflow UI for {uri} at {address}")
+    page = latest_runs_page(address)
+    if page:
+        click.echo(f"runs of the experiment written last: {page}")
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                "--port", str(port), *mlflow_args])
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from slate_rl.config import StageConfig
 from slate_rl.errors import SlateRLError
+from slate_rl.protocol import Protocol
 
 
 @dataclasses.dataclass
@@ -112,21 +113,13 @@ METHOD_IDS = ("sac_gems", "sac_topk_ideal", "sac_topk_mf", "sac_wknn", "slateq",
 
 
 @dataclasses.dataclass
-class TrainOnlineConfig(StageConfig):
-    """Parameters of `train_online`: the method, the protocol (episode counts from the preset), the upstream
-    runs (found or produced by lineage when empty) and agent hyper-parameter overrides."""
+class TrainOnlineConfig(Protocol, StageConfig):
+    """Parameters of `train_online`: the method, the protocol (the fields of `Protocol`, episode counts from the
+    preset), the upstream runs (found or produced by lineage when empty) and agent hyper-parameter overrides."""
 
     stage = "train_online"
     method: str = "sac_gems"
     seed: int = 58407201
-    episodes: int = 100_000
-    warmup_episodes: int = 2_000
-    val_every: int = 1_000
-    val_episodes: int = 200
-    test_episodes: int = 500
-    parallel_episodes: int = 10
-    overlap_collection: bool = True  # collect the next block during the updates (with K = 1 and False: reference order)
-    save_every: int = 10_000
     item_embeddings: str = ""
     dataset: str = ""  # runs:/ of a generate_dataset run (for GeMS / MF); '' = the preset's, by lineage
     gems: str = ""  # runs:/ of a pretrain_gems run; '' = GeMS of this seed and setting, by lineage
@@ -142,11 +135,7 @@ class TrainOnlineConfig(StageConfig):
             raise SlateRLError(f"unknown method {self.method!r}; choose one of: {', '.join(METHOD_IDS)}")
         if not 0 <= int(self.seed) < 2**63:
             raise SlateRLError(f"seed must lie in [0, 2**63) (got {self.seed})")
-        for name in ("episodes", "val_every", "val_episodes", "test_episodes", "parallel_episodes", "save_every"):
-            if int(getattr(self, name)) < 1:
-                raise SlateRLError(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if not 0 <= int(self.warmup_episodes) <= int(self.episodes):
-            raise SlateRLError(f"warmup_episodes must lie in [0, episodes] (got {self.warmup_episodes})")
+        Protocol.validate(self)
         if int(self.latent_dim) < 1 or float(self.lambda_kl) < 0 or float(self.lambda_click) < 0:
             raise SlateRLError("latent_dim must be >= 1 and the GeMS loss weights >= 0")
 

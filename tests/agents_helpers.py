@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slate_rl import envs
-from slate_rl.agents.config import Protocol
+from slate_rl.protocol import Protocol
 from slate_rl.rankers.base import SlateDecoder
 
 @pytest.fixture(autouse=True)

@@ -92,7 +92,7 @@ def test_reinforce_loss_and_gradients_match_plain_computation():
     captured = {}
     step = agent.optimizer.step
     agent.optimizer.step = lambda: (captured.update(g=[p.grad.clone() for p in agent.parameters()]), step())
-    value = agent.update(batch)[0]
+    value = agent.update(batch)["loss"]
     torch.testing.assert_close(value, loss.detach(), rtol=1e-5, atol=1e-5)
     mine = dict(zip([n for n, _ in agent.named_parameters()], captured["g"]))
     for name, ref in zip(["policy.weight1", "policy.bias1", "policy.weight2", "policy.bias2"], grads[:4]):
@@ -172,7 +172,7 @@ def test_slateq_update_regresses_clicked_items_on_targets():
         not_done[:, -1] = 0
         y = 1 + 0.8 * not_done.reshape(-1) * agent.next_slate_values(nxt, batch.privileged.reshape(-1, 20))
     expected = (q - y)[mask].pow(2).mean()
-    loss = agent.update(batch)[0]
+    loss = agent.update(batch)["loss"]
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
 
 

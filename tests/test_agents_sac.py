@@ -78,7 +78,7 @@ def assert_update_equals_plain(agent, batch, **plain_options) -> None:
 
     capture(agent.q_optimizer, "q")
     capture(agent.optimizer, "rest")
-    metrics = dict(zip(agent.metric_names, agent.update(batch).tolist()))
+    metrics = {name: value.item() for name, value in agent.update(batch).items()}
     torch.testing.assert_close(torch.tensor(metrics["q_loss"]), plain["q_loss"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.tensor(metrics["pi_loss"]), plain["pi_loss"], rtol=1e-5, atol=1e-5)
     critic_q, critic_enc = plain["critic_grads"][:4], plain["critic_grads"][4:]
@@ -125,7 +125,7 @@ def test_reference_temperature_schedule():
     agent = make_agent(env)
     assert float(agent.temperature.alpha) == pytest.approx(0.2) and float(agent.temperature.log_alpha.detach()) == 0.0
     batch = collected_batch(env, agent)
-    values = dict(zip(agent.metric_names, agent.update(batch).tolist()))
+    values = {name: value.item() for name, value in agent.update(batch).items()}
     assert values["alpha"] == pytest.approx(0.2)  # the initial alpha serves the first update only
     # first Adam step moves log alpha by lr against the sign of -(log pi + target entropy)
     expected_sign = 1.0 if values["log_prob"] - agent.action_dim > 0 else -1.0

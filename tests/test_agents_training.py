@@ -10,6 +10,7 @@ import torch
 
 from agents_helpers import single_thread, small_env, small_protocol, upstream  # noqa: F401 (autouse fixture)
 from slate_rl.agents import Hooks, Trainer, build_agent
+from slate_rl.agents.training import _Meter
 from slate_rl.errors import SlateRLError
 
 
@@ -52,6 +53,47 @@ def test_block_schedule_and_update_counts():
     assert [m["time/updates"] for _, m in metrics] == [3.0, 25.0]  # one update per episode after the warm-up
 
 
+SAC_DIAGNOSTICS = ("q_loss", "pi_loss", "alpha_loss", "alpha", "q_mean", "log_prob")
+DIAGNOSTICS = {"sac_topk_ideal": SAC_DIAGNOSTICS, "sac_wknn": SAC_DIAGNOSTICS, "reinforce_softmax": ("loss", "return",
+               "entropy"), "slateq": ("loss", "epsilon", "q_mean", "clicked_share")}
+
+
+@pytest.mark.parametrize("method", sorted(DIAGNOSTICS))
+def test_updates_report_named_diagnostics_logged_as_their_means(method):
+    env = small_env()
+    agent = build_agent(method, env, 5, **upstream(env))
+    reported = []
+    update = agent.update
+
+    def recorded_update(batch):
+        reported.append(update(batch))
+        return reported[-1]
+    agent.update = recorded_update
+    emitted = []
+    trainer = Trainer(agent, env, small_protocol(episodes=30, warmup_episodes=10, val_every=30, parallel_episodes=5),
+                      Hooks(on_metrics=lambda e, m: emitted.append(m)))
+    trainer.fit()
+    assert all(tuple(values) == DIAGNOSTICS[method] and all(v.dim() == 0 for v in values.values())
+               for values in reported)
+    (metrics,) = emitted
+    assert metrics["time/updates"] == len(reported) > 0
+    train = {k: v for k, v in metrics.items() if k.startswith("train/")}
+    assert list(train) == [f"train/{name}" for name in DIAGNOSTICS[method]]
+    for name in DIAGNOSTICS[method]:
+        mean = torch.stack([values[name] for values in reported]).mean()
+        assert train[f"train/{name}"] == pytest.approx(float(mean), rel=1e-5, abs=1e-6)
+
+
+def test_meter_refuses_diagnostics_that_change_names():
+    meter = _Meter()
+    meter.add({"loss": torch.tensor(1.0), "q_mean": torch.tensor(2.0)})
+    meter.add({"loss": torch.tensor(3.0), "q_mean": torch.tensor(4.0)})
+    assert {k: v for k, v in meter.emit().items() if k.startswith("train/")} == {"train/loss": 2.0,
+                                                                                "train/q_mean": 3.0}
+    with pytest.raises(SlateRLError, match="same names at every update"):
+        meter.add({"q_mean": torch.tensor(1.0), "loss": torch.tensor(1.0)})
+
+
 def test_checkpoint_hooks_best_on_strict_improvement_and_periodic():
     calls = []
     protocol = small_protocol(episodes=60, val_every=10, save_every=25, parallel_episodes=5)
@@ -71,11 +113,11 @@ def test_checkpoint_hooks_best_on_strict_improvement_and_periodic():
     assert best == expected and trainer.best_episode == expected[-1] and returns[expected[-1]] == trainer.best_return
 
 
-@pytest.mark.parametrize("method, pipeline", [("sac_gems", True), ("sac_topk_ideal", False), ("sac_wknn", True),
-                                              ("slateq", True), ("reinforce_softmax", True)])
-def test_resume_reproduces_the_uninterrupted_run(method, pipeline):
+@pytest.mark.parametrize("method, overlap", [("sac_gems", True), ("sac_topk_ideal", False), ("sac_wknn", True),
+                                             ("slateq", True), ("reinforce_softmax", True)])
+def test_resume_reproduces_the_uninterrupted_run(method, overlap):
     protocol = small_protocol(episodes=60, warmup_episodes=20, val_every=20, save_every=30, parallel_episodes=5,
-                              pipeline=pipeline)
+                              overlap_collection=overlap)
 
     def hooks(store):
         return Hooks(on_metrics=lambda e, m: store["metrics"].append(
@@ -115,11 +157,11 @@ def test_resume_refuses_another_protocol_or_method():
 def test_common_random_numbers_across_methods():
     protocol = small_protocol(episodes=40, warmup_episodes=10, val_every=20, parallel_episodes=5)
     streams = {}
-    for method, pipeline in (("sac_topk_ideal", True), ("sac_gems", False), ("reinforce_softmax", True),
-                             ("slateq", False)):
+    for method, overlap in (("sac_topk_ideal", True), ("sac_gems", False), ("reinforce_softmax", True),
+                            ("slateq", False)):
         env = small_env()
         users = record_resets(env)
-        trainer = run(method, dataclasses.replace(protocol, pipeline=pipeline), env=env)
+        trainer = run(method, dataclasses.replace(protocol, overlap_collection=overlap), env=env)
         trainer.fit()
         trainer.test()
         streams[method] = users

@@ -113,7 +113,7 @@ def test_slate_loss_does_not_train_the_item_table_through_the_decoder():
     assert model.slate_head.weight.grad is not None
 
 
-def test_architecture_matches_the_spec():
+def test_architecture_matches_the_reference():
     model = GeMS()
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     assert count(model) == 523_570

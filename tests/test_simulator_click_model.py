@@ -1,4 +1,4 @@
-"""Click model: propensity matrices, the last-click cascade, marginal probabilities, diversity penalty (spec §5)."""
+"""Click model: propensity matrices, the last-click cascade, marginal probabilities, diversity penalty."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Scripted users: boredom (stale entries, six-step window, 10-entry cap, timers), drift, short-term topic,
-oracle filling, click_only_once, rel_threshold, episode end, input errors, checkpoints (spec §7-§10).
+oracle filling, click_only_once, rel_threshold, episode end, input errors, checkpoints.
 
 Clicks are forced with uniforms of 0 (click: U = 0 < a * gamma) and 1 (no click); every scripted step runs in
 the batched simulator and the reference at once (`ScriptedUser`), and the expected timelines are derived by hand.
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures(single_torch_thread.__name__)  # tiny tenso
 
 # ---------------------------------------------------------------- boredom
 def test_boredom_timeline_with_stale_reset_entries_and_the_cap() -> None:
-    """Hand-derived from spec §8-§9 (topic log `items`, step log `steps`, reset clicks R0 and R1):
+    """Hand-derived from the reference's boredom rules (topic log `items`, step log `steps`, reset clicks R0, R1):
 
     reset: items [R0, R1], steps []            (Q3: reset clicks have no step entry; offset 2)
     1: clicks 0, 0  -> items [R0 R1 0 0]        steps [1 1]

@@ -1,4 +1,4 @@
-"""Item embeddings and the quantities derived from them: topics, the initial slate, max score (spec §3-§4)."""
+"""Item embeddings and the quantities derived from them: topics, the initial slate, max score."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def test_generated_rows_are_unit_norm_and_non_negative() -> None:
 
 
 def test_generated_tables_follow_the_stored_files_law() -> None:
-    """Spec §3: the stored tables (exponent 1) have entry mean 0.160 and std 0.156, balanced topic counts."""
+    """The paper's stored tables (exponent 1) have entry mean 0.160 and std 0.156, balanced topic counts."""
     table = generate_item_embeddings(seed=2)
     # 20,000 entries, correlated within rows: allow 5 standard errors computed per row (1000 independent rows)
     row_means = table.double().mean(dim=1)

@@ -1,6 +1,6 @@
-"""Returns on the six paper environments with the paper's item tables against spec §17 (skipped without them).
+"""Returns on the six paper environments with the paper's item tables against the reference implementation's
+(skipped without the tables). The reference figures are 200-episode means with their standard errors.
 
-The spec's figures are 200-episode means of the reference implementation with their standard errors.
 1. Statistical: 1000- to 2000-episode means of the batched simulator (its own stream) lie within 3 combined
    standard errors.
 2. Stream replay: the short-term oracle's column does not depend on the policy's random numbers, so feeding the
@@ -23,8 +23,9 @@ from slate_rl.envs.randomness import ResetDraws
 from slate_rl.envs.reference import ReferenceTopicRec
 
 EPISODES = {0.0: 2000, 0.5: 1000, 1.0: 1000}  # the oracle's returns spread most (sd ~40 vs ~22 and ~7)
-# env: {epsilon: (mean, standard error)}, spec §17; ORACLE_SD: standard deviations of the epsilon = 0 column
-SPEC_RETURNS = {
+# env: {epsilon: (mean, standard error)} of the reference implementation; ORACLE_SD: standard deviations of the
+# epsilon = 0 column
+REFERENCE_RETURNS = {
     "focused_topdown": {0.0: (103.9, 3.1), 0.5: (94.8, 1.6), 1.0: (33.4, 0.5)},
     "diffuse_topdown": {0.0: (92.0, 2.4), 0.5: (92.0, 1.5), 1.0: (34.1, 0.5)},
     "focused_mix": {0.0: (99.3, 3.1), 0.5: (92.4, 1.6), 1.0: (34.7, 0.5)},
@@ -42,16 +43,16 @@ pytestmark = pytest.mark.usefixtures(single_torch_thread.__name__)  # tiny tenso
 def test_returns_match_the_reference_implementation(name: str) -> None:
     env = make(name, item_embeddings=paper_table_path(name.split("_")[0]))
     report = []
-    for epsilon, (spec_mean, spec_se) in SPEC_RETURNS[name].items():
+    for epsilon, (reference_mean, reference_se) in REFERENCE_RETURNS[name].items():
         result = evaluate(env, EpsilonGreedyOracle(env.num_items, env.slate_size, epsilon, seed=2754851),
                           EPISODES[epsilon], reseed=True)
-        z = (result.mean - spec_mean) / math.sqrt(result.stderr**2 + spec_se**2)
-        report.append((epsilon, round(result.mean, 1), spec_mean, round(z, 2)))
+        z = (result.mean - reference_mean) / math.sqrt(result.stderr**2 + reference_se**2)
+        report.append((epsilon, round(result.mean, 1), reference_mean, round(z, 2)))
     assert all(abs(z) <= 3.0 for *_, z in report), report
 
 
 def _reference_stream(env: TopicRec, episodes: int) -> tuple[ResetDraws, torch.Tensor]:
-    """The simulator generator's draws in the reference implementation's order (spec §13.1), per episode:
+    """The simulator generator's draws in the reference implementation's order, per episode:
     randn(K, S), rand(K), R Bernoulli draws on the initial slate, randint(K, (1,)) only if none clicked, then R
     Bernoulli draws per step. A Bernoulli draw with a 0-dim float32 probability p is one `rand()` compared with p.
     """
@@ -90,8 +91,8 @@ def test_oracle_returns_replay_the_reference_stream_exactly(name: str) -> None:
     for t in range(env.episode_length):
         _, reward, _, _ = env.step_with(torch.full((200, env.slate_size), -1), uniforms[t])
         returns += reward
-    mean, standard_error = SPEC_RETURNS[name][0.0]
-    # the spec rounds to 0.1; a float near-tie on another platform could move one episode a little
+    mean, standard_error = REFERENCE_RETURNS[name][0.0]
+    # the reference figures are rounded to 0.1; a float near-tie on another platform could move one episode a little
     assert float(returns.mean()) == pytest.approx(mean, abs=0.25)
     assert float(returns.std()) == pytest.approx(ORACLE_SD[name], abs=0.3)
     assert float(returns.std()) / 200**0.5 == pytest.approx(standard_error, abs=0.06)

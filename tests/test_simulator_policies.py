@@ -86,7 +86,7 @@ def test_evaluator_summary_and_common_random_numbers() -> None:
     assert result.clicks_per_step.numel() == 50 * 30
     assert int(result.clicks_per_step.sum()) == int(result.returns.sum())  # returns = clicks over the steps
     assert summary["clicks_per_step"] == pytest.approx(float(result.returns.mean()) / 30)
-    assert 0.2 < summary["bored_step_share"] < 1.0  # epsilon 0.5 bores users on most steps (spec: ~70% over 100)
+    assert 0.2 < summary["bored_step_share"] < 1.0  # epsilon 0.5 bores users on most steps (~70% over 100)
     assert torch.equal(result.returns, again.returns)  # reseeded stream + same policy seed: same episodes
     assert torch.equal(played, result.returns[:20])  # the first block of users is the stream's first users
     with pytest.raises(SlateRLError, match="num_episodes"):

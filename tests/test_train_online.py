@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 from slate_rl.agents.training import Trainer
 from slate_rl.cli import main
 from slate_rl.errors import SlateRLError
+from slate_rl.protocol import Protocol
 from slate_rl.stage_configs import TrainOnlineConfig
 from slate_rl.stages import train_online
 from slate_rl.tracking import models
@@ -41,6 +42,11 @@ def test_run_logs_curves_checkpoints_test_and_registers(tracking_store):
     assert [m.step for m in history] == [20, 40, 60]
     assert {"train/q_loss", "train/alpha", "time/episodes_per_s"} <= set(run.data.metrics)
     assert run.data.metrics["test_return"] > 0
+    # the baselines on the same environment and re-seeded test users: what runs of those methods would test
+    for method, metric in (("random", "test_return_random"), ("short_term_oracle", "test_return_oracle")):
+        baseline = MlflowClient().get_run(train_online.run(_config(method=method, register=False)))
+        assert run.data.metrics[metric] == baseline.data.metrics["test_return"]
+        assert "test_return_random" not in baseline.data.metrics
     files = _paths(run_id)
     assert {"config.json", "console.log", "learning_curve.png", "test/test_returns.csv",
             "checkpoints/best/policy.pt", "checkpoints/episode_000020/policy.pt",
@@ -75,6 +81,28 @@ def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one(tracking_stor
     assert "console-1.log" in _paths(resumed.info.run_id)
 
 
+def test_cli_end_of_run_lines(tracking_store):
+    args = ["train-online", "--env", "focused_mix", "--preset", "quick", "--method", "reinforce_softmax",
+            *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]]
+    unregistered = CliRunner().invoke(main, [*args, "--register", "false"])
+    assert unregistered.exit_code == 0, unregistered.output
+    assert "test return " in unregistered.output and "over 100 test users (Random " in unregistered.output
+    assert "short-term oracle " in unregistered.output and "registry list" not in unregistered.output
+    registered = CliRunner().invoke(main, args)
+    assert registered.exit_code == 0, registered.output
+    assert "registered as version 1 of slate-rl.focused_mix" in registered.output
+    assert "`slate-rl registry list --env focused_mix`" in registered.output
+
+
+def test_protocol_fields_are_the_configs_own_parameters():
+    cfg = _config(overlap_collection=False)
+    assert cfg.protocol() == Protocol(**TINY, overlap_collection=False)
+    params = cfg.as_params()
+    assert {k: params[k] for k in (*TINY, "overlap_collection")} == {**TINY, "overlap_collection": False}
+    with pytest.raises(SlateRLError, match=r"warmup_episodes must lie in \[0, episodes\]"):
+        _config(warmup_episodes=61)
+
+
 def test_resume_refuses_finished_runs_and_runs_without_checkpoint(tracking_store):
     finished = train_online.run(_config(method="random", register=False))
     with pytest.raises(SlateRLError, match="already finished"):
@@ -106,7 +134,8 @@ def test_gems_run_of_another_setting_is_refused(tracking_store):
         train_online.run(_config(method="sac_gems", gems="gems.ckpt"))
 
 
-# Spec §17: 200-episode reference returns (mean, standard error) of the short-term oracle (ε = 0) and random slates.
+# 200-episode returns (mean, standard error) of the reference implementation's short-term oracle (ε = 0) and
+# random slates.
 REFERENCE_RETURNS = {("focused_topdown", "short_term_oracle"): (103.9, 3.1), ("focused_topdown", "random"): (33.4, 0.5),
                      ("diffuse_divpen", "short_term_oracle"): (76.5, 1.3), ("diffuse_divpen", "random"): (31.2, 0.5)}
 

@@ -5,7 +5,7 @@ An agent is an `nn.Module` whose `state_dict()` holds everything needed to act (
 randomness comes from two generators derived from the run's seed, never from the global RNG nor the simulator's:
 `act_generator` (seeded with the seed: exploration, warm-up actions, Random's items) and `generator` (initialisation,
 update noise, replay sampling). Two streams keep acting and learning independent, so episodes can be collected
-in another thread while the updates run (`Trainer` with `Protocol.pipeline`).
+in another thread while the updates run (`Trainer` with `Protocol.overlap_collection`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from slate_rl.envs.topicrec import TopicRec
 from slate_rl.errors import SlateRLError
 
 Observation = dict[str, torch.Tensor]
+Diagnostics = dict[str, torch.Tensor]  # what an update reports: name -> 0-d tensor
 
 RANDOM, EXPLORE, GREEDY = "random", "explore", "greedy"
 MODES = (RANDOM, EXPLORE, GREEDY)
@@ -91,11 +92,10 @@ class Agent(nn.Module):
         raise NotImplementedError
 
     # ---------------------------------------------------------------- learning
-    def update(self, batch: Trajectories) -> torch.Tensor:
-        """One gradient step on a batch of trajectories; returns the values named by `metric_names` (1-d)."""
+    def update(self, batch: Trajectories) -> Diagnostics:
+        """One gradient step on a batch of trajectories; returns its diagnostics by name (0-d tensors, the same
+        names at every update), which the training loop logs as 'train/<name>'."""
         raise NotImplementedError
-
-    metric_names: tuple[str, ...] = ()
 
     def training_state_dict(self) -> dict[str, Any]:
         """Weights plus everything needed to continue training exactly (optimisers, generators, counters)."""

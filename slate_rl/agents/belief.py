@@ -1,4 +1,4 @@
-"""The GRU belief encoders of the agents (spec agents_protocol.md section 2.2).
+"""The GRU belief encoders of the agents: each turns an observation history into a belief state.
 
 Each encoder has its own scratch item table (N x 20) and its own single-layer GRU (input R x [embedding, click] =
 210, hidden 20, zero initial state). The tables of all encoders of an agent start as copies of one random N(0, 1)

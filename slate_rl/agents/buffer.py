@@ -1,4 +1,4 @@
-"""Replay of whole trajectories on preallocated tensors (spec agents_protocol.md section 2.3).
+"""Replay of whole trajectories on preallocated tensors (a ring buffer sampled without replacement).
 
 A trajectory of horizon H stores its H + 1 observations obs_0 (the reset slate and its clicks) .. obs_H, so that
 both pairings of B1 can be built: step t's action a_t produced obs_{t+1}, and h_t encodes obs_0..obs_t. Rewards

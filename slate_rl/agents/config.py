@@ -1,4 +1,4 @@
-"""Hyper-parameters of the agents and of the training protocol; defaults are the paper's (agents_protocol.md §3-4)."""
+"""Hyper-parameters of the agents; defaults are the paper's (the protocol's counts are in `slate_rl.protocol`)."""
 
 from __future__ import annotations
 
@@ -100,33 +100,3 @@ class ReinforceConfig:
     hidden: int = 256
     reference_pairing: bool = False
     belief: BeliefConfig = BeliefConfig()
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """The training / validation / test protocol (counts in episodes = users).
-
-    parallel_episodes (K): episodes collected together as one batch of users, followed by K gradient steps
-    (K = 1 is the reference's ordering). K also shapes the simulator's user stream, so common random numbers
-    across methods hold between runs with the same protocol.
-    pipeline: collect the next block in a second thread while the updates of the current one run, with the
-    weights as they were when those updates started (the policy then lags the learner by up to 2K updates
-    instead of K); the stream schedule is unchanged. Blocks that follow a validation are collected after it.
-    save_every: a periodic (resumable) checkpoint at the first block end at or after each multiple.
-    """
-
-    episodes: int = 100_000
-    warmup_episodes: int = 2_000
-    val_every: int = 1_000
-    val_episodes: int = 200
-    test_episodes: int = 500
-    parallel_episodes: int = 10
-    pipeline: bool = True
-    save_every: int = 10_000
-
-    def validate(self) -> None:
-        for name in ("episodes", "val_every", "val_episodes", "test_episodes", "parallel_episodes", "save_every"):
-            if int(getattr(self, name)) < 1:
-                raise SlateRLError(f"protocol {name} must be >= 1 (got {getattr(self, name)})")
-        if self.warmup_episodes < 0:
-            raise SlateRLError(f"protocol warmup_episodes must be >= 0 (got {self.warmup_episodes})")

@@ -1,4 +1,4 @@
-"""REINFORCE+SoftMax (agents_protocol.md §3.6): a softmax over the catalogue from the actor belief.
+"""REINFORCE+SoftMax: a softmax over the catalogue from the actor belief.
 
 Training slates are R i.i.d. draws (duplicates allowed); evaluation slates the R most probable items. Each update
 trains on one episode: L = -sum_t G_t log(1 - (1 - pi(i_t | h_t))^R + 1e-6) over the steps with a click, i_t the
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from slate_rl.agents.base import EXPLORE, BeliefAgent
+from slate_rl.agents.base import EXPLORE, BeliefAgent, Diagnostics
 from slate_rl.agents.belief import BeliefEncoders
 from slate_rl.agents.buffer import Trajectories
 from slate_rl.agents.config import ReinforceConfig
@@ -36,7 +36,6 @@ class ReinforceAgent(BeliefAgent):
     on_policy = True
     updates_in_warmup = True
     acting_encoders = ("actor",)
-    metric_names = ("loss", "return", "entropy")
 
     def __init__(self, num_items: int, slate_size: int, config: ReinforceConfig, seed: int) -> None:
         super().__init__(num_items, slate_size, seed)
@@ -55,7 +54,7 @@ class ReinforceAgent(BeliefAgent):
             return torch.multinomial(probs, self.slate_size, replacement=True, generator=self.act_generator), None
         return logits.topk(self.slate_size, dim=-1).indices, None
 
-    def update(self, batch: Trajectories) -> torch.Tensor:
+    def update(self, batch: Trajectories) -> Diagnostics:
         hidden = self.config.belief.hidden_dim
         states = self.beliefs.encode(batch.slates[:, :-1], batch.clicks[:, :-1])[0].reshape(-1, hidden)
         log_probs = torch.log_softmax(self.policy(states), dim=-1)
@@ -69,7 +68,7 @@ class ReinforceAgent(BeliefAgent):
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             entropy = -(log_probs.exp() * log_probs).sum(-1).mean()
-            return torch.stack([loss.detach(), batch.rewards.sum() / batch.slates.shape[0], entropy])
+            return {"loss": loss.detach(), "return": batch.rewards.sum() / batch.slates.shape[0], "entropy": entropy}
 
     def training_state_dict(self) -> dict[str, Any]:
         return {**super().training_state_dict(), "optimizer": self.optimizer.state_dict()}

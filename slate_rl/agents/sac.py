@@ -1,5 +1,4 @@
-"""Soft actor-critic over GRU beliefs (agents_protocol.md §3.1): SAC+TopK (ideal / MF), SAC+GeMS, and the shared
-core of SAC+WkNN.
+"""Soft actor-critic over GRU beliefs: SAC+TopK (ideal / MF), SAC+GeMS, and the shared core of SAC+WkNN.
 
 One update on B whole trajectories, in the reference's order: critic step, actor step, temperature step, Polyak
 averaging of the two target critics (targets cover only the Q heads; both critics share the critic encoder; the
@@ -29,7 +28,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from slate_rl.agents.base import EXPLORE, BeliefAgent
+from slate_rl.agents.base import EXPLORE, BeliefAgent, Diagnostics
 from slate_rl.agents.belief import BeliefEncoders
 from slate_rl.agents.buffer import Trajectories
 from slate_rl.agents.config import SACConfig
@@ -74,7 +73,6 @@ class SACBase(BeliefAgent):
     """
 
     acting_encoders = ("actor",)
-    metric_names = ("q_loss", "pi_loss", "alpha_loss", "alpha", "q_mean", "log_prob")
 
     def __init__(self, num_items: int, slate_size: int, action_dim: int, critic_action_dim: int,
                  action_center: torch.Tensor, action_scale: torch.Tensor, config: SACConfig, seed: int) -> None:
@@ -147,7 +145,7 @@ class SACBase(BeliefAgent):
         """min(Q1_target, Q2_target) at critic states (n, H) for policy actions (n, A), row by row: (n,)."""
         raise NotImplementedError
 
-    def update(self, batch: Trajectories) -> torch.Tensor:
+    def update(self, batch: Trajectories) -> Diagnostics:
         cfg, hidden, dim = self.config, self.config.belief.hidden_dim, self.action_dim
         num, steps = batch.slates.shape[0], batch.slates.shape[1] - 1
         rows = num * steps
@@ -191,7 +189,8 @@ class SACBase(BeliefAgent):
             self.temperature.refresh()
         with torch.no_grad():
             torch._foreach_lerp_(self.target_params(), q_params, cfg.tau)
-            return torch.stack([q_loss, pi_loss, alpha_loss, alpha, q[:, 0].mean(), log_prob.mean()])
+            return {"q_loss": q_loss, "pi_loss": pi_loss, "alpha_loss": alpha_loss, "alpha": alpha,
+                    "q_mean": q[:, 0].mean(), "log_prob": log_prob.mean()}
 
     def squashed_sample_backward(self, sample: SquashedSample, d_actions: torch.Tensor,
                                  d_log_prob: float) -> tuple[torch.Tensor, torch.Tensor]:

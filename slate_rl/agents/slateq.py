@@ -1,5 +1,5 @@
-"""SlateQ, QL-TT-TS variant (agents_protocol.md §3.5): item-wise long-term values from the critic belief, slates by
-top-R of (true relevance x Q), privileged simulator information throughout (Q7).
+"""SlateQ, QL-TT-TS variant: item-wise long-term values from the critic belief, slates by top-R of (true relevance
+x Q); privileged simulator information throughout (relevances, click model, user states).
 
 Acting: epsilon-greedy per user and step with epsilon(g) = end + (start - end) exp(-g / decay), g the training
 episode; the random slate is R uniform items with replacement. Update (SARSA-free Q-learning with the slate
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from slate_rl.agents.base import EXPLORE, BeliefAgent
+from slate_rl.agents.base import EXPLORE, BeliefAgent, Diagnostics
 from slate_rl.agents.belief import BeliefEncoders
 from slate_rl.agents.buffer import Trajectories
 from slate_rl.agents.config import SlateQConfig
@@ -31,7 +31,6 @@ class SlateQAgent(BeliefAgent):
 
     method = "slateq"
     acting_encoders = ("critic",)
-    metric_names = ("loss", "epsilon", "q_mean", "clicked_share")
     # the target network: copies of `q`'s parameters, registered as buffers q_target_<name> in __init__
     q_target_weight1: torch.Tensor
     q_target_bias1: torch.Tensor
@@ -114,7 +113,7 @@ class SlateQAgent(BeliefAgent):
             probs = torch.where(penalised.unsqueeze(1), probs / penalty, probs)
         return (probs * q_next.gather(1, chosen)).sum(1)
 
-    def update(self, batch: Trajectories) -> torch.Tensor:
+    def update(self, batch: Trajectories) -> Diagnostics:
         cfg, hidden = self.config, self.config.belief.hidden_dim
         if batch.privileged is None:
             raise SlateRLError("SlateQ learns from trajectories that carry the users' states (privileged data)")
@@ -136,8 +135,8 @@ class SlateQAgent(BeliefAgent):
                                   self.q_target_bias2], [p.detach() for p in self.q.parameters()], cfg.tau)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return torch.stack([loss.detach(), torch.tensor(self._epsilon), q_taken.detach().mean().nan_to_num(0.0),
-                            mask.float().mean()])
+        return {"loss": loss.detach(), "epsilon": torch.tensor(self._epsilon),
+                "q_mean": q_taken.detach().mean().nan_to_num(0.0), "clicked_share": mask.float().mean()}
 
     def training_state_dict(self) -> dict[str, Any]:
         return {**super().training_state_dict(), "optimizer": self.optimizer.state_dict(), "epsilon": self._epsilon}

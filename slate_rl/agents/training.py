@@ -1,12 +1,12 @@
-"""The paper's online protocol as a pure, resumable loop (agents_protocol.md §2.4-2.6); no files, no MLflow.
+"""The paper's online protocol (`slate_rl.protocol.Protocol`) as a pure, resumable loop; no files, no MLflow.
 
 One training step is one collected episode. Episodes are collected in blocks of K users played together
 (`Protocol.parallel_episodes`), each block followed by one gradient step per episode of the block (K = 1 is the
 reference's ordering). Blocks never straddle the end of the warm-up or a validation point, so the schedule of the
 simulator's user stream (training blocks, then the validation users as one batch, ...) depends only on the
 protocol, never on the agent: every method and seed meets the same training, validation and test users (common
-random numbers). With `Protocol.pipeline` the next block is collected in a second thread during the updates of the
-current one (same stream schedule, policy one block older). The test re-seeds the stream and plays the
+random numbers). With `Protocol.overlap_collection` the next block is collected in a second thread during the
+updates of the current one (same stream schedule, policy one block older). The test re-seeds the stream and plays the
 best-validation weights on the test users as one batch.
 
 The stage drives the loop through `Hooks` and saves what it is handed; `Trainer.state_dict()` is a complete,
@@ -27,12 +27,12 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from slate_rl.agents.base import EXPLORE, RANDOM, Agent
+from slate_rl.agents.base import EXPLORE, RANDOM, Agent, Diagnostics
 from slate_rl.agents.buffer import Trajectories, TrajectoryBuffer
-from slate_rl.agents.config import Protocol
 from slate_rl.agents.rollout import StepHook, evaluate_policy, play
 from slate_rl.envs.topicrec import TopicRec
 from slate_rl.errors import SlateRLError
+from slate_rl.protocol import Protocol
 
 
 @dataclass
@@ -55,23 +55,35 @@ class Hooks:
 
 @dataclass
 class _Meter:
-    """Sums of the update diagnostics and the time spent per phase since the last emission."""
+    """Sums of the update diagnostics (by name) and the time spent per phase since the last emission.
 
+    Each update's values are stacked into one tensor and added to the running sums, so an emission costs one
+    host sync whatever the number of metrics.
+    """
+
+    names: tuple[str, ...] = ()
     sums: Optional[torch.Tensor] = None
     updates: int = 0
     episodes: int = 0
     since: float = field(default_factory=time.perf_counter)
     seconds: dict[str, float] = field(default_factory=lambda: {"collect": 0.0, "update": 0.0, "validate": 0.0})
 
-    def add(self, values: torch.Tensor) -> None:
-        self.sums = values.clone() if self.sums is None else self.sums + values
+    def add(self, values: Diagnostics) -> None:
+        stacked = torch.stack(tuple(values.values()))
+        if self.sums is None:
+            self.names, self.sums = tuple(values), stacked
+        elif tuple(values) != self.names:
+            raise SlateRLError(f"an update reported the diagnostics {tuple(values)}, earlier ones {self.names}; "
+                               "an agent must report the same names at every update")
+        else:
+            self.sums += stacked
         self.updates += 1
 
-    def emit(self, names: tuple[str, ...]) -> dict[str, float]:
+    def emit(self) -> dict[str, float]:
         out: dict[str, float] = {}
         if self.sums is not None:
             means = (self.sums / self.updates).tolist()
-            out.update({f"train/{name}": value for name, value in zip(names, means)})
+            out.update({f"train/{name}": value for name, value in zip(self.names, means)})
         elapsed = time.perf_counter() - self.since
         out.update({"time/updates": float(self.updates), "time/episodes": float(self.episodes),
                     "time/episodes_per_s": self.episodes / elapsed if elapsed > 0 else 0.0,
@@ -80,11 +92,14 @@ class _Meter:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": None if self.sums is None else self.sums.clone(), "updates": self.updates,
-                "episodes": self.episodes}
+        sums = {} if self.sums is None else dict(zip(self.names, self.sums.clone().unbind()))
+        return {"sums": sums, "updates": self.updates, "episodes": self.episodes}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sums, self.updates, self.episodes = state["sums"], state["updates"], state["episodes"]
+        sums = state["sums"]
+        self.names = tuple(sums)
+        self.sums = torch.stack(tuple(sums.values())) if sums else None
+        self.updates, self.episodes = state["updates"], state["episodes"]
 
 
 class _Collector(threading.Thread):
@@ -118,12 +133,13 @@ class Trainer:
     Args:
         agent: built by `slate_rl.agents.build_agent`.
         env: the simulator; its generator drives every user (training, validation, test).
-        protocol: counts of the protocol (paper defaults).
+        protocol: the protocol's counts (default: the paper's).
         hooks: callbacks for the stage (metrics, validation, checkpoints, progress).
     """
 
-    def __init__(self, agent: Agent, env: TopicRec, protocol: Protocol = Protocol(),
+    def __init__(self, agent: Agent, env: TopicRec, protocol: Optional[Protocol] = None,
                  hooks: Optional[Hooks] = None) -> None:
+        protocol = protocol or Protocol()
         protocol.validate()
         self.agent, self.env, self.protocol = agent, env, protocol
         self.hooks = hooks or Hooks()
@@ -135,7 +151,7 @@ class Trainer:
         self.best_episode: Optional[int] = None
         self.best_weights: Optional[dict[str, Any]] = None
         self.validations: list[tuple[int, float]] = []
-        self._pending: Optional[Trajectories] = None  # the next block, collected ahead (pipeline)
+        self._pending: Optional[Trajectories] = None  # the next block, collected ahead (overlap_collection)
         self._meter = _Meter()
 
     # ---------------------------------------------------------------- training
@@ -171,7 +187,7 @@ class Trainer:
         end = start + size
         slots = self.buffer.add(episodes)
         collector = None
-        if p.pipeline and end < p.episodes and end % p.val_every != 0:
+        if p.overlap_collection and end < p.episodes and end % p.val_every != 0:
             collector = _Collector(self._collect, end, agent.acting_copy())
             collector.start()
         tic = time.perf_counter()
@@ -202,7 +218,7 @@ class Trainer:
         mean = float(returns.mean())
         self.validations.append((self.episode, mean))
         if self.hooks.on_metrics is not None:
-            self.hooks.on_metrics(self.episode, self._meter.emit(self.agent.metric_names))
+            self.hooks.on_metrics(self.episode, self._meter.emit())
         self._meter = _Meter()
         if self.hooks.on_validation is not None:
             self.hooks.on_validation(self.episode, returns)

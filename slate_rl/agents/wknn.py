@@ -1,4 +1,5 @@
-"""SAC+WkNN (agents_protocol.md §3.4), with the reference's bugs fixed:
+"""SAC+WkNN (Wolpertinger: SAC proto-action, k nearest items per slot, critic refinement), with the reference's bugs
+fixed (docs/fidelity.md):
 
 * B2: the k-nearest-neighbour item table is the given (MF) table, not a frozen copy of a random belief table;
 * B3: one slot-major layout everywhere (slot r = components r*D .. (r+1)*D - 1 of the proto-action, of the critic

@@ -19,7 +19,7 @@ from slate_rl.atomic import write_json, write_text
 from slate_rl.data.offline import OfflineEpisodes
 from slate_rl.data.quality import PREFIX, item_counts, quality_metrics
 
-# Orientation values used by the earlier research workflow's health check (spec §6), not hard requirements.
+# Orientation values of a healthy offline dataset (from an earlier research workflow), not hard requirements.
 TARGETS = {"consecutive_overlap": ("< 50%", lambda v: v < 0.5),
            "catalogue_coverage": (">= 70%", lambda v: v >= 0.7),
            "top10pct_item_share": ("< 60%", lambda v: v < 0.6)}

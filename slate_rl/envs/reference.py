@@ -1,10 +1,10 @@
 """A per-user TopicRec simulator written for clarity, used only to cross-check the batched one (tests, benchmark).
 
-It follows the specification (shared/spec/simulator.md, §5-§12) literally, one user at a time: Python deques for
-the boredom log (reset clicks enter the topic deque but not the step deque, pops happen in lockstep), a loop over
-ranks for the click cascade, one click at a time for the drift. All random numbers are passed in (clicks are
-U_r < a_r * Gamma[r, j]), so that the same draws fed to the batched `TopicRec.reset_with` / `step_with` must give
-the same episode.
+It follows the simulator's definition literally (click model, boredom, drift, oracle), one user at a time: Python
+deques for the boredom log (reset clicks enter the topic deque but not the step deque, pops happen in lockstep), a
+loop over ranks for the click cascade, one click at a time for the drift. All random numbers are passed in (clicks
+are U_r < a_r * Gamma[r, j]), so that the same draws fed to the batched `TopicRec.reset_with` / `step_with` must
+give the same episode.
 
 With `params.reference_quirks` False, the reset clicks stay out of the boredom log (no Q3), the window keeps the
 last `boredom_moving_window` steps (not one more, Q4) and the short-term topic follows the clicked item (not the
@@ -168,8 +168,8 @@ class ReferenceTopicRec:
                                                                           dict[str, Any]]:
         """Show one slate (R item ids, -1 = oracle slot) with the R click uniforms of this step.
 
-        Returns (obs, reward, done, info) as in spec §12: obs = {'slate' (filled), 'clicks'}, reward = number of
-        clicks (0-dim int64), done = t >= episode_length, info = slate, slate_components, scores, bored,
+        Returns (obs, reward, done, info) as `TopicRec.step` does: obs = {'slate' (filled), 'clicks'}, reward = number
+        of clicks (0-dim int64), done = t >= episode_length, info = slate, slate_components, scores, bored,
         user_state (after drift), clicks, done.
         """
         p = self.params

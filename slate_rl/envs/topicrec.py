@@ -3,7 +3,7 @@
 All N users of a batch start together (`reset(n)`) and step together (`step(slates)`, slates N x R); an episode
 is one reset followed by exactly `episode_length` steps. The order of operations of a step, the click models,
 boredom (with the reference's stale reset-click entries and six-step window), drift and the short-term oracle
-follow the specification; docs/fidelity.md lists the reference quirks and how they are reproduced.
+follow the reference implementation; docs/fidelity.md lists its quirks and how they are reproduced.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""RL action boxes: from an item table (TopK, kNN) or from the GeMS encoder's aggregated posterior (spec 7.2)."""
+"""RL action boxes: from an item table (TopK, kNN) or from the GeMS encoder's aggregated posterior."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Slate decoders the RL agents act through (spec gems_mf_rankers.md 7-8, agents_protocol.md 3.2-3.4).
+"""Slate decoders the RL agents act through: a continuous action in, a slate of R items out.
 
 * `GeMSDecoder`: latent action (d) -> GeMS decoder MLP -> R slot vectors -> argmax (or softmax sample) over the
   VAE's own item table, independently per slot (duplicates possible, G9).

@@ -1,4 +1,4 @@
-"""The GeMS slate VAE (spec gems_mf_rankers.md section 4-5) as a PyTorch Lightning module.
+"""The GeMS slate VAE (encoder, decoder, loss, validation) as a PyTorch Lightning module.
 
 Encoder q(z | slate, clicks): [E(s_0) .. E(s_{R-1}), c_0 .. c_{R-1}] -> MLP -> (mu, logvar). Decoder: z -> MLP (ReLU
 after every hidden layer) -> slate head (R slot vectors of size D, scored against GeMS's own item table, detached:

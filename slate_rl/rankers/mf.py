@@ -1,4 +1,4 @@
-"""BPR matrix factorisation item embeddings (spec gems_mf_rankers.md section 3), sessions as users.
+"""BPR matrix factorisation item embeddings, sessions as users.
 
 Positive pairs are (session, clicked item), one per click. Training: one uniform negative per positive (the positive
 itself can be drawn, as in the reference), loss mean -log(sigmoid(s+ - s-) + 1e-7), Adam, shuffled batches.
@@ -159,7 +159,7 @@ def train_mf(slates: torch.Tensor, clicks: torch.Tensor, *, num_items: int = 100
 
 def popularity_correlation(item_table: torch.Tensor, slates: torch.Tensor, clicks: torch.Tensor) -> float:
     """Pearson correlation between each item's projection on the mean item vector and its click count in the
-    logged sessions: the spec's check that MF embeddings mainly encode popularity (about -0.83 for the reference's
+    logged sessions: a check that MF embeddings mainly encode popularity (about -0.83 for the reference's
     focused_topdown file; negative because the mean item vector is dominated by the many rarely clicked items,
     which BPR pushes away from the users)."""
     check_logged(slates, clicks)

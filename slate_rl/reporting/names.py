@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-# Rows of the paper's table: the methods that use privileged simulator information first (Q7 of the spec), then the
-# others, ending with the paper's own method.
+# Rows of the paper's table: the methods that use privileged simulator information first (they exist only inside
+# the simulator), then the others, ending with the paper's own method.
 METHOD_NAMES: dict[str, str] = {
     "short_term_oracle": "Short-term oracle",
     "sac_topk_ideal": "SAC+TopK (ideal)",

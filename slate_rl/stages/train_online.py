@@ -13,9 +13,9 @@ from typing import Any, Optional
 import torch
 
 from slate_rl import atomic, envs
-from slate_rl.agents.config import Protocol
 from slate_rl.agents.export import policy_payload
 from slate_rl.agents.methods import build_agent, method_info
+from slate_rl.agents.rollout import evaluate_policy
 from slate_rl.agents.training import Hooks, Trainer
 from slate_rl.errors import SlateRLError
 from slate_rl.progress import Progress
@@ -29,6 +29,7 @@ from slate_rl.tracking.results import metric_curve
 from slate_rl.tracking.runs import StageRun, stage_run
 
 STAGE = "train_online"
+CONTEXT_METRICS = {"random": "test_return_random", "short_term_oracle": "test_return_oracle"}
 CONFIG_FILE = "config.json"
 RESUME_PATH = "resume"
 RESUME_FILE = "state.pt"
@@ -63,12 +64,8 @@ def run(cfg: TrainOnlineConfig, parent: Optional[StageRun] = None, experiment_na
         gems_decoder = load_gems(cfg, upstream.gems) if upstream.gems else None
         agent = build_agent(cfg.method, env, cfg.seed, gems_decoder=gems_decoder, mf_table=mf_table,
                             overrides=cfg.agent or None)
-        protocol = Protocol(episodes=cfg.episodes, warmup_episodes=cfg.warmup_episodes, val_every=cfg.val_every,
-                            val_episodes=cfg.val_episodes, test_episodes=cfg.test_episodes,
-                            parallel_episodes=cfg.parallel_episodes, pipeline=cfg.overlap_collection,
-                            save_every=cfg.save_every)
         session = _Session(cfg, mlrun, env, agent, mf_table)
-        trainer = Trainer(agent, env, protocol, session.hooks())
+        trainer = Trainer(agent, env, cfg.protocol(), session.hooks())
         if resume_run is not None:
             session.resume(trainer)
         else:
@@ -85,6 +82,17 @@ def run(cfg: TrainOnlineConfig, parent: Optional[StageRun] = None, experiment_na
 def identity(cfg: TrainOnlineConfig) -> dict[str, Any]:
     """What determines a train_online run's outcome (its lineage key; `pipeline` skips runs that have one)."""
     return {k: v for k, v in cfg.as_params().items() if k != "register"}
+
+
+def result_line(metrics: dict[str, float], test_episodes: int) -> str:
+    """The end-of-run summary: the test return with its standard error, next to the returns of Random and the
+    short-term oracle on the same environment and test users (when the run measured them)."""
+    line = (f"test return {metrics['test_return']:.2f} ± {metrics['test_return_stderr']:.2f} over {test_episodes} "
+            "test users")
+    if set(CONTEXT_METRICS.values()) <= set(metrics):
+        line += (f" (Random {metrics['test_return_random']:.2f}, short-term oracle {metrics['test_return_oracle']:.2f} "
+                 "on the same environment and test users)")
+    return line
 
 
 def resumable(run_id: str) -> TrainOnlineConfig:
@@ -214,7 +222,9 @@ class _Session:
         cfg, mlrun = self.cfg, self.mlrun
         mean, std = float(test_returns.mean()), float(test_returns.std())
         stderr = std / len(test_returns) ** 0.5
-        mlrun.log_metrics({"test_return": mean, "test_return_std": std, "test_return_stderr": stderr})
+        results = {"test_return": mean, "test_return_std": std, "test_return_stderr": stderr,
+                   **self.context_returns()}
+        mlrun.log_metrics(results)
         if trainer.best_episode is not None:
             mlrun.log_metrics({"best_val_return": trainer.best_return, "best_episode": trainer.best_episode})
         with tempfile.TemporaryDirectory() as tmp:
@@ -229,7 +239,7 @@ class _Session:
         payload = policy_payload(self.agent, self.env, seed=cfg.seed, overrides=cfg.agent, episode=episode,
                                  mf_table=self.mf_table, info={"run_id": mlrun.run_id, "test_return": mean})
         self.log_policy_file(payload, "best")
-        log.info("%s: test return %.2f ± %.2f (500 episodes after re-seeding)", STAGE, mean, stderr)
+        log.info("%s: %s", STAGE, result_line(results, cfg.test_episodes))
         if cfg.register:
             path = models.log_policy(mlrun, payload, "best")
             version = models.register(cfg.env, mlrun.run_id, path, {
@@ -237,3 +247,12 @@ class _Session:
                 "val_return": trainer.best_return if trainer.best_episode is not None else "",
                 "test_return": mean, "run_id": mlrun.run_id, "preset": cfg.preset, "env": cfg.env})
             mlrun.set_tags({"registered_version": version.version})
+
+    def context_returns(self) -> dict[str, float]:
+        """Mean test returns of Random and the short-term oracle (seeded like this run) on the same re-seeded test
+        users, by metric name; none when the method is one of them."""
+        if self.cfg.method in CONTEXT_METRICS:
+            return {}
+        return {metric: float(evaluate_policy(self.env, build_agent(method, self.env, self.cfg.seed),
+                                              self.cfg.test_episodes).mean())
+                for method, metric in CONTEXT_METRICS.items()}

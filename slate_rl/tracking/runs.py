@@ -15,7 +15,7 @@ from typing import Any, Iterator, Optional
 from urllib.parse import unquote, urlparse
 
 import mlflow
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -149,6 +149,20 @@ def _mark_model_training(client: MlflowClient, run_id: str) -> None:
     if EXPERIMENT_KIND_TAG not in experiment.tags:
         with contextlib.suppress(MlflowException):  # a job running at the same time may be setting it too
             client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+
+
+def latest_runs_page(ui_address: str) -> Optional[str]:
+    """The MLflow UI's runs page of the experiment whose run started last in the tracking store (the UI at
+    `ui_address` would otherwise open on its overview), or None when the store holds no run."""
+    client = MlflowClient()
+    try:
+        experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+        runs = client.search_runs(experiments, order_by=["attributes.start_time DESC"], max_results=1)
+    except MlflowException:
+        return None
+    if not runs:
+        return None
+    return f"{ui_address.rstrip('/')}/#/experiments/{runs[0].info.experiment_id}/runs"
 
 
 @contextlib.contextmanager
