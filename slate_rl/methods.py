@@ -19,8 +19,8 @@ import dataclasses
 import enum
 import importlib
 import re
-from collections.abc import Collection
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable, Collection
+from typing import Any
 
 from slate_rl.errors import SlateRLError
 
@@ -40,7 +40,7 @@ class Need(enum.Enum):
                 Need.MF: "the MF item table (a train_mf run)"}[self]
 
 
-Reference = Union[str, Callable[..., Any]]  # "module:name", imported when first used, or the object itself
+Reference = str | Callable[..., Any]  # "module:name", imported when first used, or the object itself
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,7 @@ class MethodSpec:
     display: str
     family: str
     builder: Reference
-    config: Optional[Reference] = None
+    config: Reference | None = None
     privileged: bool = False
     needs: tuple[Need, ...] = ()
 
@@ -73,7 +73,7 @@ class MethodSpec:
         """The agent builder, `builder(env, seed, config, inputs) -> Agent`."""
         return _load(self.builder)
 
-    def load_config(self) -> Optional[type]:
+    def load_config(self) -> type | None:
         """The hyper-parameter dataclass, or None for a method without hyper-parameters."""
         return None if self.config is None else _load(self.config)
 
@@ -107,13 +107,13 @@ _REGISTRY: dict[str, MethodSpec] = {spec.id: spec for spec in (
 )}
 
 
-def method_ids(family: Union[str, Collection[str], None] = None) -> tuple[str, ...]:
+def method_ids(family: str | Collection[str] | None = None) -> tuple[str, ...]:
     """The registered ids in table order; only those of `family` (one family or several) when given."""
     families = FAMILIES if family is None else (family,) if isinstance(family, str) else tuple(family)
     return tuple(spec.id for spec in _REGISTRY.values() if spec.family in families)
 
 
-def get_method(method_id: str, families: Optional[Collection[str]] = None) -> MethodSpec:
+def get_method(method_id: str, families: Collection[str] | None = None) -> MethodSpec:
     """The entry of `method_id`; raises naming every registered id when there is none, and when `families` is given
     and the method is of another family (e.g. an offline algorithm given to train_online)."""
     spec = _REGISTRY.get(method_id)

@@ -3,7 +3,7 @@ compare with no other change, and an unknown method gets one message everywhere.
 
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
 
 import pytest
 import torch
@@ -38,7 +38,7 @@ class FirstItemsAgent(Agent):
     def _slates(self, num_users: int) -> torch.Tensor:
         return torch.arange(self.slate_size).expand(num_users, -1).clone()
 
-    def act(self, obs: Observation, mode: str, episode: int = 0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def act(self, obs: Observation, mode: str, episode: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self._slates(obs["slate"].shape[0]), None
 
     def recommend(self, slates: torch.Tensor, clicks: torch.Tensor, **privileged: torch.Tensor) -> torch.Tensor:
@@ -70,6 +70,8 @@ def test_registry_holds_the_papers_methods_in_table_order():
     assert [m for m in PAPER if is_privileged(m)] == ["short_term_oracle", "sac_topk_ideal", "slateq"]
     assert get_method("sac_gems").needs == (Need.GEMS,)
     assert [m for m in PAPER if get_method(m).needs == (Need.MF,)] == ["sac_wknn", "sac_topk_mf"]
+    for fields in (dataclasses.fields(TrainOnlineConfig), dataclasses.fields(train_online.Upstream)):
+        assert {need.value for need in Need} <= {field.name for field in fields}  # a need's run is given by name
 
 
 def test_cli_help_lists_the_registered_methods():

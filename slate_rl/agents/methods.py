@@ -8,7 +8,7 @@ of the method's needs (`slate_rl.methods.Need`) to its upstream artifact; `build
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -28,8 +28,8 @@ from slate_rl.rankers.decoders import TopKDecoder
 Inputs = Mapping[Need, Any]
 
 
-def build_agent(method: str, env: TopicRec, seed: int, *, gems_decoder: Optional[SlateDecoder] = None,
-                mf_table: Optional[torch.Tensor] = None, overrides: Optional[dict[str, Any]] = None) -> Agent:
+def build_agent(method: str, env: TopicRec, seed: int, *, gems_decoder: SlateDecoder | None = None,
+                mf_table: torch.Tensor | None = None, overrides: dict[str, Any] | None = None) -> Agent:
     """A fresh agent of the registered `method` for `env`, initialised from `seed` (the agent's own generator).
 
     Args:
