@@ -26,7 +26,6 @@ from slate_rl import envs
 from slate_rl.agents import (
     EXPLORE,
     GREEDY,
-    METHODS,
     RANDOM,
     Hooks,
     Protocol,
@@ -37,6 +36,7 @@ from slate_rl.agents import (
 )
 from slate_rl.agents.base import Agent
 from slate_rl.agents.runtime import configure_cpu
+from slate_rl.methods import ONLINE_FAMILIES, get_method, method_ids
 from slate_rl.rankers.decoders import GeMSDecoder
 from slate_rl.rankers.gems import GeMS
 
@@ -122,7 +122,7 @@ def project(update_ms: float, random_eps: float, explore_eps: float, val_s: floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=["sac_gems"],
-                        help=f"method ids or 'all' ({', '.join(METHODS)})")
+                        help=f"method ids or 'all' ({', '.join(method_ids(ONLINE_FAMILIES))})")
     parser.add_argument("--env", default="focused_topdown", help="preset environment")
     parser.add_argument("--parallel", nargs="+", type=int, default=[1, 10, 50, 100],
                         help="K values (episodes collected together) to measure collection at")
@@ -135,13 +135,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     configure_cpu(args.threads)
-    methods = list(METHODS) if args.methods == ["all"] else args.methods
+    methods = list(method_ids(ONLINE_FAMILIES)) if args.methods == ["all"] else args.methods
     env = envs.make(args.env)
     inputs = upstream(env, args.seed)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), env {args.env}")
     for method in methods:
         agent = build_agent(method, env, args.seed, **inputs)
-        print(f"\n== {method} ({METHODS[method].display})")
+        print(f"\n== {method} ({get_method(method).display})")
         update = bench_updates(agent, env, args.updates) if agent.learns else None
         if update:
             print(f"update: {update['cpu_ms']:.1f} ms CPU (min {update['cpu_min_ms']:.1f}), "

@@ -27,12 +27,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
-        from slate_rl.reporting import ENV_NAMES, METHOD_NAMES
+        from slate_rl.methods import method_ids
+        from slate_rl.reporting import ENV_NAMES
         from slate_rl.stages import compare
         from synthetic_runs import add_train_online_run
 
         rng = np.random.default_rng(0)
-        cells = list(itertools.product(METHOD_NAMES, ENV_NAMES))
+        cells = list(itertools.product(method_ids(), ENV_NAMES))
         started = time.perf_counter()
         for i in range(args.runs):
             method, env = cells[i % len(cells)]

@@ -14,6 +14,7 @@ import click
 
 from slate_rl import config, stage_configs
 from slate_rl.errors import SlateRLError
+from slate_rl.methods import ONLINE_FAMILIES, method_ids
 from slate_rl.progress import setup_logging
 
 log = logging.getLogger("slate_rl")
@@ -21,6 +22,7 @@ log = logging.getLogger("slate_rl")
 
 ENV_HELP = ("Environment: focused_topdown, focused_mix, focused_divpen, diffuse_topdown, diffuse_mix, "
             "diffuse_divpen.")
+METHODS_HELP = ", ".join(method_ids(ONLINE_FAMILIES))  # the registered methods train_online runs, in table order
 
 
 def option(name: str, dest: str | None = None, **kwargs: Any) -> Callable:
@@ -199,8 +201,7 @@ def train_mf_command(env: str, preset: str, experiment_name: str | None, parent_
 @common_options
 @pipeline_job
 @config_options(stage_configs.TrainOnlineConfig, {
-    "method": "Method: sac_gems, sac_topk_ideal, sac_topk_mf, sac_wknn, slateq, reinforce_softmax, random, "
-              "short_term_oracle.",
+    "method": f"Method: {METHODS_HELP}.",
     "seed": "Seed of the agent (weights, exploration, warm-up, replay sampling) and of its GeMS.",
     "episodes": "Training episodes (one per step).",
     "warmup_episodes": "Episodes of random actions before learning.",
@@ -356,8 +357,7 @@ def collect_command(env: str, preset: str, experiment_name: str | None, **overri
 @main.command("compare")
 @option("envs", default="all", show_default=True, help="Comma-separated environments, or 'all'.")
 @option("methods", default="all", show_default=True,
-        help="Comma-separated method ids (sac_gems, sac_topk_ideal, sac_topk_mf, sac_wknn, slateq, reinforce_softmax, "
-             "random, short_term_oracle), or 'all'.")
+        help=f"Comma-separated method ids ({METHODS_HELP}), or 'all'.")
 @option("preset", default="paper", show_default=True, help="Compare runs of this preset (quick, paper, or any).")
 @option("reference", default="sac_gems", show_default=True, help="Method the Welch t-tests compare against.")
 @option("filter", dest="filter_string", default="",
@@ -379,7 +379,7 @@ def compare_command(envs: str, methods: str, experiment_name: str | None, filter
 
 @main.command("pipeline")
 @option("envs", default="all", show_default=True, help="Comma-separated environments, or 'all'.")
-@option("methods", default="all", show_default=True, help="Comma-separated method ids, or 'all'.")
+@option("methods", default="all", show_default=True, help=f"Comma-separated method ids ({METHODS_HELP}), or 'all'.")
 @option("seeds", default="10", show_default=True,
         help="A count (the paper's first N seeds) or a comma-separated list of seeds.")
 @option("preset", default="paper", show_default=True, type=click.Choice(["quick", "paper"]))

@@ -11,6 +11,7 @@ from typing import Any
 
 from slate_rl.config import StageConfig
 from slate_rl.errors import SlateRLError
+from slate_rl.methods import ONLINE_FAMILIES, get_method
 from slate_rl.protocol import Protocol
 
 
@@ -108,10 +109,6 @@ class TrainMFConfig(StageConfig):
                                                                                  "item_embeddings")}
 
 
-METHOD_IDS = ("sac_gems", "sac_topk_ideal", "sac_topk_mf", "sac_wknn", "slateq", "reinforce_softmax", "random",
-              "short_term_oracle")
-
-
 @dataclasses.dataclass
 class TrainOnlineConfig(Protocol, StageConfig):
     """Parameters of `train_online`: the method, the protocol (the fields of `Protocol`, episode counts from the
@@ -131,8 +128,7 @@ class TrainOnlineConfig(Protocol, StageConfig):
     register: bool = True
 
     def validate(self) -> None:
-        if self.method not in METHOD_IDS:
-            raise SlateRLError(f"unknown method {self.method!r}; choose one of: {', '.join(METHOD_IDS)}")
+        get_method(self.method, ONLINE_FAMILIES)
         if not 0 <= int(self.seed) < 2**63:
             raise SlateRLError(f"seed must lie in [0, 2**63) (got {self.seed})")
         Protocol.validate(self)

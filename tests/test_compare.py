@@ -78,6 +78,6 @@ def test_mixed_presets_are_refused_unless_asked(tracking_store):
 
 def test_cli_bad_input(tracking_store):
     result = CliRunner().invoke(main, ["compare", "--methods", "sac_gem"])
-    assert result.exit_code == 1 and "unknown method(s) sac_gem" in result.output
+    assert result.exit_code == 1 and "unknown method 'sac_gem'; choose one of: " in result.output
     result = CliRunner().invoke(main, ["compare", "--envs", "focused"])
     assert result.exit_code == 1 and "unknown environment 'focused'" in result.output

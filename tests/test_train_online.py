@@ -115,7 +115,7 @@ def test_resume_refuses_finished_runs_and_runs_without_checkpoint(tracking_store
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--method", "sac_gem"], "unknown method 'sac_gem'; choose one of: sac_gems"),
+    (["--method", "sac_gem"], "unknown method 'sac_gem'; choose one of: short_term_oracle, sac_topk_ideal"),
     (["--episodes", "0"], "episodes must be >= 1"),
     (["--seed", "-3"], "seed must lie in [0, 2**63)"),
     (["--set", "gama=0.9"], "unknown SACConfig field(s) gama"),

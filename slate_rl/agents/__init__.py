@@ -10,12 +10,12 @@
 from slate_rl.agents.base import EXPLORE, GREEDY, RANDOM, Agent
 from slate_rl.agents.buffer import Trajectories, TrajectoryBuffer
 from slate_rl.agents.config import BeliefConfig, ReinforceConfig, SACConfig, SlateQConfig, WkNNConfig, with_overrides
-from slate_rl.agents.methods import METHODS, MethodInfo, build_agent, method_info
+from slate_rl.agents.methods import build_agent
 from slate_rl.agents.rollout import evaluate_policy, play
 from slate_rl.agents.runtime import configure_cpu
 from slate_rl.agents.training import Hooks, Trainer
 from slate_rl.protocol import Protocol
 
-__all__ = ["Agent", "BeliefConfig", "EXPLORE", "GREEDY", "Hooks", "METHODS", "MethodInfo", "Protocol", "RANDOM",
-           "ReinforceConfig", "SACConfig", "SlateQConfig", "Trainer", "Trajectories", "TrajectoryBuffer",
-           "WkNNConfig", "build_agent", "configure_cpu", "evaluate_policy", "method_info", "play", "with_overrides"]
+__all__ = ["Agent", "BeliefConfig", "EXPLORE", "GREEDY", "Hooks", "Protocol", "RANDOM", "ReinforceConfig", "SACConfig",
+           "SlateQConfig", "Trainer", "Trajectories", "TrajectoryBuffer", "WkNNConfig", "build_agent", "configure_cpu",
+           "evaluate_policy", "play", "with_overrides"]

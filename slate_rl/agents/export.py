@@ -12,10 +12,11 @@ from typing import Any, Optional
 import torch
 
 from slate_rl.agents.base import Agent
-from slate_rl.agents.methods import build_agent, method_info
+from slate_rl.agents.methods import build_agent
 from slate_rl.envs.params import EnvParams
 from slate_rl.envs.topicrec import TopicRec
 from slate_rl.errors import SlateRLError
+from slate_rl.methods import Need, get_method
 from slate_rl.rankers.decoders import GeMSDecoder
 
 POLICY_FORMAT = "slate-rl/policy"
@@ -25,17 +26,17 @@ POLICY_VERSION = 1
 def policy_payload(agent: Agent, env: TopicRec, *, seed: int, overrides: Optional[dict[str, Any]] = None,
                    episode: int = 0, mf_table: Optional[torch.Tensor] = None,
                    info: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Everything needed to rebuild `agent` (a method id of `slate_rl.agents.methods.METHODS`) for `env`."""
+    """Everything needed to rebuild `agent` (of a registered method, `slate_rl.methods`) for `env`."""
     payload: dict[str, Any] = {
         "format": POLICY_FORMAT, "version": POLICY_VERSION, "method": agent.method, "seed": int(seed),
         "overrides": dict(overrides or {}), "episode": int(episode), "env": env.name,
         "env_params": env.params.as_dict(), "item_embeddings": env.item_embeddings.detach().cpu().clone(),
         "weights": {k: v.detach().cpu().clone() for k, v in agent.state_dict().items()}, "info": dict(info or {}),
     }
-    needs = method_info(agent.method).needs
-    if needs == "gems_decoder":
+    needs = get_method(agent.method).needs
+    if Need.GEMS in needs:
         payload["gems_decoder"] = agent.decoder.save_payload()
-    elif needs == "mf_table":
+    if Need.MF in needs:
         if mf_table is None:
             raise SlateRLError(f"a {agent.method} policy needs its MF item table in the payload")
         payload["mf_table"] = mf_table.detach().cpu().clone()

@@ -11,7 +11,7 @@ from slate_rl.reporting.figures import (
     tradeoff_points,
     write_figures,
 )
-from slate_rl.reporting.names import ENV_NAMES, METHOD_NAMES, PRIVILEGED_METHODS, env_name, method_name
+from slate_rl.reporting.names import ENV_NAMES, env_name, is_privileged, method_name, method_order
 from slate_rl.reporting.records import RunResult
 from slate_rl.reporting.render import aggregates_to_markdown, to_csv, to_latex, to_markdown
 from slate_rl.reporting.stats import CurveBand, Summary, WelchTest, curve_band, iqm, summarise, welch_test
@@ -19,8 +19,6 @@ from slate_rl.reporting.table import ResultsTable, TableCell, build_table
 
 __all__ = [
     "ENV_NAMES",
-    "METHOD_NAMES",
-    "PRIVILEGED_METHODS",
     "AggregateScore",
     "CurveBand",
     "ResultsTable",
@@ -35,7 +33,9 @@ __all__ = [
     "curve_band",
     "env_name",
     "iqm",
+    "is_privileged",
     "method_name",
+    "method_order",
     "normalised_scores",
     "plot_learning_curves",
     "plot_tradeoff",

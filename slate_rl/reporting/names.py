@@ -1,22 +1,12 @@
-"""Method and environment ids of the GeMS paper (WSDM 2023): display names and the order of its results table."""
+"""Display names and table order: methods from the method registry (rows, in its order), environments of the GeMS
+paper (WSDM 2023, columns)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-# Rows of the paper's table: the methods that use privileged simulator information first (they exist only inside
-# the simulator), then the others, ending with the paper's own method.
-METHOD_NAMES: dict[str, str] = {
-    "short_term_oracle": "Short-term oracle",
-    "sac_topk_ideal": "SAC+TopK (ideal)",
-    "slateq": "SlateQ",
-    "random": "Random",
-    "reinforce_softmax": "REINFORCE+SoftMax",
-    "sac_wknn": "SAC+WkNN",
-    "sac_topk_mf": "SAC+TopK (MF)",
-    "sac_gems": "SAC+GeMS",
-}
-PRIVILEGED_METHODS: frozenset[str] = frozenset({"short_term_oracle", "sac_topk_ideal", "slateq"})
+from slate_rl.errors import SlateRLError
+from slate_rl.methods import get_method, method_ids
 
 # Columns of the paper's table: the three click-model / penalty families on focused, then on diffuse embeddings.
 ENV_NAMES: dict[str, str] = {
@@ -34,8 +24,21 @@ GEMS = "sac_gems"
 
 
 def method_name(method: str) -> str:
-    """The paper's display name of a method id (the id itself for a method the paper does not have)."""
-    return METHOD_NAMES.get(method, method)
+    """The registered display name of a method id (the id itself for a method no longer registered)."""
+    try:
+        return get_method(method).display
+    except SlateRLError:
+        return method
+
+
+def is_privileged(method: str) -> bool:
+    """Whether a registered method uses privileged simulator information (its rows come first in the table)."""
+    return method in method_ids() and get_method(method).privileged
+
+
+def method_order(ids: Iterable[str]) -> tuple[str, ...]:
+    """The distinct method `ids` in the registry's order (the paper's rows), methods no longer registered last."""
+    return paper_order(ids, method_ids())
 
 
 def env_name(env: str) -> str:

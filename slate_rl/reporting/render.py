@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from slate_rl.reporting.aggregate import STATISTICS, AggregateScore
-from slate_rl.reporting.names import PRIVILEGED_METHODS, env_name, method_name
+from slate_rl.reporting.names import env_name, is_privileged, method_name
 from slate_rl.reporting.table import ResultsTable, TableCell
 
 _LATEX_SPECIALS = {c: "\\" + c for c in "&%$#_{}"} | {
@@ -154,7 +154,7 @@ def to_latex(table: ResultsTable, decimals: int = 1, label: str | None = None) -
         "\\midrule",
     ]
     for previous, method in zip((None, *table.methods[:-1]), table.methods, strict=True):
-        if previous in PRIVILEGED_METHODS and method not in PRIVILEGED_METHODS:
+        if previous is not None and is_privileged(previous) and not is_privileged(method):
             lines.append("\\midrule")
         cells = (_cell_text(table.cell(method, env), decimals, _LATEX) for env in table.envs)
         lines.append(_latex_escape(method_name(method)) + " & " + " & ".join(cells) + " \\\\")

@@ -6,7 +6,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from slate_rl.errors import SlateRLError
-from slate_rl.reporting.names import ENV_NAMES, GEMS, METHOD_NAMES, paper_order
+from slate_rl.reporting.names import ENV_NAMES, GEMS, method_order, paper_order
 from slate_rl.reporting.records import RunResult, group_cells
 from slate_rl.reporting.stats import Summary, WelchTest, summarise, welch_test
 
@@ -69,7 +69,7 @@ def build_table(
     if not 0.0 < alpha < 1.0:
         raise SlateRLError(f"alpha must lie strictly between 0 and 1 (e.g. 0.05), got {alpha}")
     groups = group_cells(results, allow_mixed_presets=allow_mixed_presets)
-    methods = tuple(methods) if methods is not None else paper_order((m for m, _ in groups), tuple(METHOD_NAMES))
+    methods = tuple(methods) if methods is not None else method_order(m for m, _ in groups)
     envs = tuple(envs) if envs is not None else paper_order((e for _, e in groups), tuple(ENV_NAMES))
     if not methods or not envs:
         raise SlateRLError("no results to tabulate; pass at least one finished run")

@@ -13,7 +13,8 @@ from mlflow.entities import Run
 
 from slate_rl import atomic, config
 from slate_rl.errors import SlateRLError
-from slate_rl.reporting import (METHOD_NAMES, RunResult, aggregate_scores, aggregates_to_markdown, build_table,
+from slate_rl.methods import ONLINE_FAMILIES, get_method, method_ids
+from slate_rl.reporting import (RunResult, aggregate_scores, aggregates_to_markdown, build_table,
                                 plot_learning_curves, plot_tradeoff, to_csv, to_latex, to_markdown)
 from slate_rl.tracking.results import metric_curve, search_finished_runs
 from slate_rl.tracking.runs import stage_run
@@ -43,15 +44,12 @@ class CompareConfig:
         env_list = list(config.env_names()) if envs.strip() in ("", "all") else _split(envs)
         for env in env_list:
             config.check_env_name(env)
-        method_list = list(METHOD_NAMES) if methods.strip() in ("", "all") else _split(methods)
-        unknown = [m for m in method_list if m not in METHOD_NAMES]
-        if unknown:
-            raise SlateRLError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHOD_NAMES)}")
+        method_list = list(method_ids(ONLINE_FAMILIES)) if methods.strip() in ("", "all") else _split(methods)
         cfg = cls(envs=env_list, methods=method_list, **{k: v for k, v in values.items() if v is not None})
+        for method in (*cfg.methods, cfg.reference):
+            get_method(method, ONLINE_FAMILIES)
         if cfg.preset not in (*config.PRESETS, "any"):
             raise SlateRLError(f"unknown preset {cfg.preset!r}; choose one of: {', '.join(config.PRESETS)}, any")
-        if cfg.reference not in METHOD_NAMES:
-            raise SlateRLError(f"unknown reference method {cfg.reference!r}; choose from: {', '.join(METHOD_NAMES)}")
         if cfg.bootstrap < 100:
             raise SlateRLError(f"bootstrap needs at least 100 resamples (got {cfg.bootstrap})")
         return cfg
@@ -71,7 +69,7 @@ def run(cfg: CompareConfig, experiment_name: Optional[str] = None) -> str:
     with stage_run(STAGE, run_name=f"{STAGE}/{cfg.preset}", experiment_name=experiment_name,
                    tags={"preset": cfg.preset}) as mlrun:
         mlrun.log_params({"envs": _listing(cfg.envs, config.env_names()),
-                          "methods": _listing(cfg.methods, METHOD_NAMES), "preset": cfg.preset,
+                          "methods": _listing(cfg.methods, method_ids(ONLINE_FAMILIES)), "preset": cfg.preset,
                           "reference": cfg.reference, "filter": cfg.filter, "out": cfg.out,
                           "allow_mixed_presets": cfg.allow_mixed_presets, "bootstrap": cfg.bootstrap})
         runs = select_runs(cfg)

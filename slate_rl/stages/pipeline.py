@@ -23,8 +23,8 @@ from mlflow.tracking import MlflowClient
 
 from slate_rl import config
 from slate_rl.errors import SlateRLError
-from slate_rl.stage_configs import (METHOD_IDS, GenerateDatasetConfig, PretrainGemsConfig, TrainMFConfig,
-                                    TrainOnlineConfig)
+from slate_rl.methods import ONLINE_FAMILIES, Need, get_method, method_ids
+from slate_rl.stage_configs import GenerateDatasetConfig, PretrainGemsConfig, TrainMFConfig, TrainOnlineConfig
 from slate_rl.stages import compare, generate_dataset, pretrain_gems, train_mf, train_online
 from slate_rl.tracking.lineage import find_finished_run, lineage_key
 from slate_rl.tracking.runs import StageRun, stage_run
@@ -50,10 +50,9 @@ class PipelineConfig:
         env_list = list(config.env_names()) if envs.strip() in ("", "all") else compare._split(envs)
         for env in env_list:
             config.check_env_name(env)
-        method_list = list(METHOD_IDS) if methods.strip() in ("", "all") else compare._split(methods)
-        unknown = [m for m in method_list if m not in METHOD_IDS]
-        if unknown:
-            raise SlateRLError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHOD_IDS)}")
+        method_list = list(method_ids(ONLINE_FAMILIES)) if methods.strip() in ("", "all") else compare._split(methods)
+        for method in method_list:
+            get_method(method, ONLINE_FAMILIES)
         cfg = cls(env_list, method_list, parse_seeds(seeds), **values)
         if cfg.preset not in config.PRESETS:
             raise SlateRLError(f"unknown preset {cfg.preset!r}; choose one of: {', '.join(config.PRESETS)}")
@@ -93,19 +92,19 @@ class Job:
 def plan(cfg: PipelineConfig) -> list[list[Job]]:
     """The jobs of the grid in dependency phases: datasets; MF and GeMS; training runs."""
     datasets, upstream, training = [], [], []
-    needs = {m: train_online.method_info(m).needs for m in cfg.methods}
+    needs = {need for method in cfg.methods for need in get_method(method).needs}
     for env in cfg.envs:
         data_cfg = GenerateDatasetConfig.resolve(env, cfg.preset)
         data_key = lineage_key(generate_dataset.STAGE, generate_dataset.identity(data_cfg,
                                                                                  generate_dataset.make_env(data_cfg)))
-        if any(needs.values()):  # GeMS and MF learn from the logged dataset
+        if needs:  # GeMS and MF learn from the logged dataset
             datasets.append(Job(generate_dataset.STAGE, f"dataset/{env}", ["generate-dataset", "--env", env,
                                                                              "--preset", cfg.preset], data_key))
         data_run = find_finished_run(generate_dataset.STAGE, data_key)
-        if "mf_table" in needs.values():
+        if Need.MF in needs:
             upstream.append(_upstream_job(train_mf.STAGE, TrainMFConfig.resolve(env, cfg.preset), data_run,
                                           f"mf/{env}", ["train-mf", "--env", env, "--preset", cfg.preset]))
-        for seed in cfg.seeds if "gems_decoder" in needs.values() else []:
+        for seed in cfg.seeds if Need.GEMS in needs else []:
             gems_cfg = PretrainGemsConfig.resolve(env, cfg.preset, seed=seed)
             upstream.append(_upstream_job(pretrain_gems.STAGE, gems_cfg, data_run, f"gems/{env}/seed{seed}",
                                           ["pretrain-gems", "--env", env, "--preset", cfg.preset, "--seed", str(seed)]))

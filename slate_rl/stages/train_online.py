@@ -14,10 +14,11 @@ import torch
 
 from slate_rl import atomic, envs
 from slate_rl.agents.export import policy_payload
-from slate_rl.agents.methods import build_agent, method_info
+from slate_rl.agents.methods import build_agent
 from slate_rl.agents.rollout import evaluate_policy
 from slate_rl.agents.training import Hooks, Trainer
 from slate_rl.errors import SlateRLError
+from slate_rl.methods import Need, get_method
 from slate_rl.progress import Progress
 from slate_rl.rankers.decoders import GeMSDecoder
 from slate_rl.reporting.figures import plot_run_curve
@@ -38,7 +39,8 @@ log = logging.getLogger("slate_rl")
 
 @dataclasses.dataclass
 class Upstream:
-    """The upstream runs a method acts through (run ids; empty when the method needs none)."""
+    """The upstream runs a method acts through (run ids; empty when the method needs none). A field per `Need`,
+    named by its value, plus the dataset they were trained on."""
 
     dataset: str = ""
     gems: str = ""
@@ -126,20 +128,20 @@ def generate_dataset_config(cfg: TrainOnlineConfig):
 
 def resolve_upstream(cfg: TrainOnlineConfig, mlrun: StageRun) -> Upstream:
     """The dataset, GeMS and MF runs the method needs: given explicitly, else found (or produced) by lineage."""
-    needs = method_info(cfg.method).needs
-    if needs is None:
-        return Upstream()
-    if needs == "gems_decoder" and cfg.gems:
-        return Upstream(gems=parse_run_uri(cfg.gems)[0])
-    if needs == "mf_table" and cfg.mf:
-        return Upstream(mf=parse_run_uri(cfg.mf)[0])
-    dataset_run, _ = generate_dataset.resolve_dataset(cfg.env, cfg.preset, cfg.dataset, cfg.item_embeddings, mlrun)
-    if needs == "gems_decoder":
+    needs = get_method(cfg.method).needs
+    upstream = Upstream(**{need.value: parse_run_uri(getattr(cfg, need.value))[0] for need in needs
+                           if getattr(cfg, need.value)})
+    if all(getattr(upstream, need.value) for need in needs):
+        return upstream
+    upstream.dataset, _ = generate_dataset.resolve_dataset(cfg.env, cfg.preset, cfg.dataset, cfg.item_embeddings,
+                                                           mlrun)  # GeMS and MF learn from the logged dataset
+    if Need.GEMS in needs and not upstream.gems:
         gems_cfg = PretrainGemsConfig.resolve(cfg.env, cfg.preset, seed=cfg.seed, latent_dim=cfg.latent_dim,
                                               lambda_kl=cfg.lambda_kl, lambda_click=cfg.lambda_click)
-        return Upstream(dataset=dataset_run, gems=pretrain_gems.find_or_pretrain(gems_cfg, dataset_run, mlrun))
-    mf_cfg = TrainMFConfig.resolve(cfg.env, cfg.preset)
-    return Upstream(dataset=dataset_run, mf=train_mf.find_or_train(mf_cfg, dataset_run, mlrun))
+        upstream.gems = pretrain_gems.find_or_pretrain(gems_cfg, upstream.dataset, mlrun)
+    if Need.MF in needs and not upstream.mf:
+        upstream.mf = train_mf.find_or_train(TrainMFConfig.resolve(cfg.env, cfg.preset), upstream.dataset, mlrun)
+    return upstream
 
 
 def load_gems(cfg: TrainOnlineConfig, gems_run: str):
