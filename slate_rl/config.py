@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 import os
 from importlib import resources
 from pathlib import Path
@@ -19,7 +20,10 @@ import yaml
 from slate_rl.errors import SlateRLError
 
 if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
+    if sys.version_info >= (3, 11):
+        from importlib.resources.abc import Traversable
+    else:
+        from importlib.abc import Traversable
 
 PRESETS = ("quick", "paper")
 OVERRIDE_VARIABLE = "SLATE_RL_PRESETS"
@@ -60,12 +64,13 @@ def preset_file(name: str) -> Traversable:
 
 
 def _read_yaml(name: str) -> dict[str, Any]:
-    return _parse(preset_file(name))
+    return _parse(name, os.environ.get(OVERRIDE_VARIABLE, ""))
 
 
 @functools.cache
-def _parse(source: Traversable) -> dict[str, Any]:
-    return yaml.safe_load(source.read_text()) or {}
+def _parse(name: str, override: str) -> dict[str, Any]:
+    """Preset file `name` parsed once per value of the override variable (`override` is only the cache key)."""
+    return yaml.safe_load(preset_file(name).read_text()) or {}
 
 
 def env_names() -> tuple[str, ...]:

@@ -35,7 +35,10 @@ def policy_payload(agent: Agent, env: TopicRec, *, seed: int, overrides: Optiona
     }
     needs = get_method(agent.method).needs
     if Need.GEMS in needs:
-        payload["gems_decoder"] = agent.decoder.save_payload()
+        decoder = getattr(agent, "decoder", None)
+        if not isinstance(decoder, GeMSDecoder):
+            raise SlateRLError(f"a {agent.method} policy acts through a GeMS decoder, but the agent has none")
+        payload["gems_decoder"] = decoder.save_payload()
     if Need.MF in needs:
         if mf_table is None:
             raise SlateRLError(f"a {agent.method} policy needs its MF item table in the payload")

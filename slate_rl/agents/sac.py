@@ -35,6 +35,7 @@ from slate_rl.agents.config import SACConfig
 from slate_rl.agents.nets import (MLP, TwinQ, adam, mlp_backward, mlp_forward, twin_q_min, twin_q_min_action_grad,
                                   twin_q_regression, with_ones)
 from slate_rl.rankers.base import SlateDecoder
+from slate_rl.errors import SlateRLError
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -46,6 +47,7 @@ class Temperature(nn.Module):
         super().__init__()
         self.reference, self.target_entropy = reference, float(target_entropy)
         self.log_alpha = nn.Parameter(torch.tensor(0.0 if reference else math.log(initial)))
+        self.alpha: torch.Tensor
         self.register_buffer("alpha", torch.tensor(float(initial)))
 
     @torch.no_grad()
@@ -72,7 +74,14 @@ class SACBase(BeliefAgent):
     `target_values` (min of the target critics at the next states for sampled next actions).
     """
 
-    acting_encoders = ("actor",)
+    acting_encoders: tuple[str, ...] = ("actor",)
+    # buffers registered in __init__: the action box and the target critic (copies of `q`'s parameters)
+    action_center: torch.Tensor
+    action_scale: torch.Tensor
+    q_target_weight1: torch.Tensor
+    q_target_bias1: torch.Tensor
+    q_target_weight2: torch.Tensor
+    q_target_bias2: torch.Tensor
 
     def __init__(self, num_items: int, slate_size: int, action_dim: int, critic_action_dim: int,
                  action_center: torch.Tensor, action_scale: torch.Tensor, config: SACConfig, seed: int) -> None:
@@ -271,6 +280,8 @@ class SACAgent(SACBase):
         return self.decoder.decode(actions), actions
 
     def critic_actions(self, batch: Trajectories) -> torch.Tensor:
+        if batch.actions is None:
+            raise SlateRLError("SAC learns from trajectories that carry the latent actions it played")
         return batch.actions.reshape(-1, self.action_dim)
 
     def target_values(self, critic_states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

@@ -124,6 +124,8 @@ class _Collector(threading.Thread):
         self.join()
         if self.error is not None:
             raise self.error
+        if self.result is None:
+            raise SlateRLError("the background collection ended without a block of episodes")
         return self.result
 
 
@@ -183,9 +185,12 @@ class Trainer:
             self._pending = self._collect(start, agent)
             self._meter.seconds["collect"] += time.perf_counter() - tic
         episodes, self._pending = self._pending, None
+        buffer = self.buffer
+        if buffer is None:
+            raise SlateRLError(f"method {agent.method!r} does not learn: it has no training loop")
         size = episodes.slates.shape[0]
         end = start + size
-        slots = self.buffer.add(episodes)
+        slots = buffer.add(episodes)
         collector = None
         if p.overlap_collection and end < p.episodes and end % p.val_every != 0:
             collector = _Collector(self._collect, end, agent.acting_copy())
@@ -194,8 +199,8 @@ class Trainer:
         for i in range(size):
             if start + i < p.warmup_episodes and not agent.updates_in_warmup:
                 continue
-            batch = (self.buffer.get(slots[i : i + 1]) if agent.on_policy
-                     else self.buffer.sample(agent.batch_size, agent.generator))
+            batch = (buffer.get(slots[i : i + 1]) if agent.on_policy
+                     else buffer.sample(agent.batch_size, agent.generator))
             if batch is not None:
                 self._meter.add(agent.update(batch))
         self._meter.seconds["update"] += time.perf_counter() - tic
