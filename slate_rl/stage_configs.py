@@ -151,6 +151,16 @@ class TrainOnlineConfig(StageConfig):
             raise SlateRLError("latent_dim must be >= 1 and the GeMS loss weights >= 0")
 
 
+def agent_defaults(method: str) -> dict[str, Any]:
+    """The hyper-parameters of `method`'s agent with their defaults ({} for a method without any): what an
+    `agent` override (`--set`) can change, and what a run that logged no `agent.<name>` param ran with."""
+    from slate_rl.agents.config import ReinforceConfig, SACConfig, SlateQConfig, WkNNConfig
+
+    classes = {"sac_gems": SACConfig, "sac_topk_ideal": SACConfig, "sac_topk_mf": SACConfig, "sac_wknn": WkNNConfig,
+               "slateq": SlateQConfig, "reinforce_softmax": ReinforceConfig}
+    return dataclasses.asdict(classes[method]()) if method in classes else {}
+
+
 @dataclasses.dataclass(frozen=True)
 class CollectPart:
     """One source of a collected dataset: a registered version (alias or number), or a models:/ URI."""

@@ -34,8 +34,34 @@ GEMS = "sac_gems"
 
 
 def method_name(method: str) -> str:
-    """The paper's display name of a method id (the id itself for a method the paper does not have)."""
-    return METHOD_NAMES.get(method, method)
+    """The paper's display name of a method id (the id itself for a method the paper does not have); a row of one
+    variant of a method, 'sac_gems [gamma=0.9]', keeps its variant: 'SAC+GeMS [gamma=0.9]'."""
+    base, sep, variant = method.partition(" [")
+    return METHOD_NAMES.get(base, base) + sep + variant
+
+
+def base_method(row: str) -> str:
+    """The method id of a table row ('sac_gems' for 'sac_gems [gamma=0.9]')."""
+    return row.partition(" [")[0]
+
+
+def variant_row(method: str, variant: Iterable[tuple[str, str]]) -> str:
+    """The row of a variant of `method`, e.g. 'sac_gems [gamma=0.9]' for (('agent.gamma', '0.9'),): parameters by
+    their last name part; the method id alone for no variant."""
+    fields = ", ".join(f"{name.rpartition('.')[2]}={value}" for name, value in variant)
+    return f"{method} [{fields}]" if fields else method
+
+
+def row_order(rows: Iterable[str]) -> tuple[str, ...]:
+    """The distinct rows in the paper's order of their methods (unknown methods after, sorted); the rows of one
+    method's variants together, its plain row first."""
+    known = tuple(METHOD_NAMES)
+
+    def position(row: str) -> tuple:
+        base = base_method(row)
+        return (known.index(base) if base in known else len(known), base, row != base, row)
+
+    return tuple(sorted(set(rows), key=position))
 
 
 def env_name(env: str) -> str:
