@@ -315,7 +315,8 @@ def registry_demote(env: str, alias: str) -> None:
 @main.command("collect")
 @common_options
 @config_options(stage_configs.CollectConfig, {
-    "quality": "Alias of the environment's registered model to play: expert, medium or random.",
+    "quality": "Alias of the environment's registered model to play: expert, medium or random (default: expert, "
+               "unless --policy or --mix is given).",
     "policy": "Or any registered version: models:/slate-rl.<env>@<alias> or models:/slate-rl.<env>/<version>.",
     "episodes": "Episodes to collect (with --mix: the total).",
     "epsilon_noise": "Probability that a step's latent action gets Gaussian noise (SAC+GeMS / TopK policies).",

@@ -307,7 +307,7 @@ def describe_plan(cfg: PipelineConfig) -> str:
             note = f" ({job.note})" if job.note else ""
             if job.state == "run" and not job.key:
                 note = " (after its dataset)"
-            lines.append(f"  {words[job.state]:10} {job.name}  {detail}{note}".rstrip())
+            lines.append(f"  {words[job.state]:10} {job.name}" + (f"  {detail}" if detail else "") + note)
     return "\n".join(lines)
 
 
