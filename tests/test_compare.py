@@ -90,7 +90,8 @@ def test_variants_of_a_method_are_kept_apart_and_labelled(tracking_store):
         add_train_online_run("sac_topk_ideal", "focused_mix", seed, value - 50, params={"agent.gamma": "0.9"})
     # an explicit default is the preset's configuration: the newest run of that variant and seed replaces the first
     time.sleep(0.01)  # a later start time
-    add_train_online_run("sac_topk_ideal", "focused_mix", 0, 120.0, params={"agent.gamma": "0.80", "episodes": "100000"})
+    add_train_online_run("sac_topk_ideal", "focused_mix", 0, 120.0,
+                         params={"agent.gamma": "0.80", "episodes": "100000"})
     add_train_online_run("random", "focused_mix", 0, 30.0)
     out = tracking_store / "report"
     compare.run(compare.CompareConfig.resolve("focused_mix", "sac_topk_ideal,random", reference="sac_topk_ideal",
@@ -101,7 +102,8 @@ def test_variants_of_a_method_are_kept_apart_and_labelled(tracking_store):
     plain, variant = by_label["SAC+TopK (ideal)"], by_label["SAC+TopK (ideal) [gamma=0.9]"]
     assert (plain["n"], float(plain["mean"])) == ("2", 115.0)
     assert (variant["n"], float(variant["mean"])) == ("2", 55.0)
-    assert (variant["method"], variant["variant"], variant["agent.gamma"]) == ("sac_topk_ideal", "agent.gamma=0.9", "0.9")
+    assert (variant["method"], variant["variant"], variant["agent.gamma"]) == \
+        ("sac_topk_ideal", "agent.gamma=0.9", "0.9")
     assert plain["variant"] == plain["agent.gamma"] == by_label["Random"]["agent.gamma"] == ""
     assert variant["welch_p"] != ""  # tested against the plain row, the reference
     markdown = (out / "results.md").read_text()

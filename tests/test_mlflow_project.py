@@ -109,9 +109,10 @@ def test_collect_with_its_defaults_plays_the_expert(workflow):
 
 
 def test_compare_with_its_defaults(workflow):
-    run_id = _run_entry_point(workflow, "compare", bootstrap="100")
+    out = workflow["store"] / "reports" / "latest"  # `mlflow run` works in the project folder: write elsewhere
+    run_id = _run_entry_point(workflow, "compare", bootstrap="100", out=str(out))
     assert MlflowClient().get_run(run_id).data.metrics["runs"] == 1
-    assert "| SAC+GeMS |" in (workflow["store"] / "reports" / "latest" / "results.md").read_text()
+    assert "| SAC+GeMS |" in (out / "results.md").read_text()
 
 
 def test_pipeline_dry_run_with_all_its_defaults_prints_the_plan(workflow):
@@ -125,12 +126,14 @@ def test_pipeline_dry_run_with_all_its_defaults_prints_the_plan(workflow):
 
 def test_pipeline_runs_one_seed_with_overrides(workflow):
     run_id = _run_entry_point(workflow, "pipeline", envs="focused_topdown", methods="random",
-                              seeds="58407201", preset="quick", set="test_episodes=20")
+                              seeds="58407201", preset="quick", set="test_episodes=20",
+                              out=str(workflow["store"] / "reports" / "pipeline"))
     client = MlflowClient()
     params = client.get_run(run_id).data.params
     assert (params["seeds"], params["seeds_resolved"], params["set"]) == ("58407201", "58407201", "test_episodes=20")
     (job,) = client.search_runs(["0"], f"tags.`mlflow.parentRunId` = '{run_id}'")
-    assert (job.data.params["method"], job.data.params["test_episodes"], job.info.status) == ("random", "20", "FINISHED")
+    assert (job.data.params["method"], job.data.params["test_episodes"], job.info.status) == \
+        ("random", "20", "FINISHED")
 
 
 def test_every_declared_entry_point_ran(workflow):

@@ -80,7 +80,8 @@ def test_a_killed_training_job_resumes_in_its_run_and_ends_like_an_uninterrupted
     while killed is None and time.monotonic() < deadline and process.poll() is None:
         for run in client.search_runs(["0"], "tags.stage = 'train_online' and attributes.status = 'RUNNING'"):
             if [f for f in client.list_artifacts(run.info.run_id, "resume") if f.path == "resume/state.pt"]:
-                (job,) = [p for p in _children(process.pid) if b"train-online" in Path(f"/proc/{p}/cmdline").read_bytes()]
+                (job,) = [p for p in _children(process.pid)
+                          if b"train-online" in Path(f"/proc/{p}/cmdline").read_bytes()]
                 os.kill(job, signal.SIGKILL)
                 killed = run.info.run_id
         time.sleep(0.2)
@@ -108,7 +109,9 @@ def test_a_killed_training_job_resumes_in_its_run_and_ends_like_an_uninterrupted
                     "--method", "sac_topk_ideal", "--seed", "58407201", "--register", "false", *options],
                    cwd=tracking_store, env=env, check=True, capture_output=True, timeout=600)
     (uninterrupted,) = client.search_runs(["0"], f"tags.stage = 'train_online' and attributes.run_id != '{killed}'")
-    curve = lambda run_id: [(m.step, m.value) for m in client.get_metric_history(run_id, "val_return")]  # noqa: E731
+    def curve(run_id: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in client.get_metric_history(run_id, "val_return")]
+
     assert curve(killed) == curve(uninterrupted.info.run_id) and len(curve(killed)) == 4
     assert client.get_run(killed).data.metrics["test_return"] == uninterrupted.data.metrics["test_return"]
 
