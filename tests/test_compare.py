@@ -119,3 +119,12 @@ def test_a_filter_selects_one_variant_shown_as_the_plain_row(tracking_store):
                                               out=str(out)))
     (row,) = csv.DictReader(io.StringIO((out / "results.csv").read_text()))
     assert (row["method_name"], row["n"], float(row["mean"]), row["variant"]) == ("SAC+TopK (ideal)", "2", 50.5, "")
+
+
+def test_defaults_in_any_spelling_are_one_configuration(tracking_store):
+    add_train_online_run("sac_topk_ideal", "focused_mix", 0, 100.0, params={"item_embeddings": "''"})  # mlflow run
+    add_train_online_run("sac_topk_ideal", "focused_mix", 1, 110.0, params={"item_embeddings": "", "gamma": "0.9",
+                                                                            "overlap_collection": "True"})
+    runs = compare.select_runs(compare.CompareConfig.resolve("focused_mix", "sac_topk_ideal"))
+    identities = {r.data.tags["seed"]: compare.identity(r) for r in runs}
+    assert identities == {"0": {}, "1": {"gamma": "0.9"}}  # 'gamma' (not agent.gamma) has no known default

@@ -125,9 +125,12 @@ def identity(r: Run) -> dict[str, str]:
 
 
 def _normal(text: Optional[str]) -> Optional[str]:
-    """One spelling per value: '0.90' and '0.9' are the same number, 'True' and 'true' the same flag."""
+    """One spelling per value: '0.90' and '0.9' are the same number, 'True' and 'true' the same flag, and `mlflow
+    run`'s quoted empty value '' is empty."""
     if text is None:
         return None
+    if text in ("''", '""'):
+        return ""
     number = _number(text)
     return repr(number) if number is not None else text.strip().lower()
 
