@@ -62,7 +62,7 @@ def test_killed_job_is_reported_and_a_rerun_completes_the_table(tracking_store):
     rerun = _pipeline(tracking_store)
     output, _ = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, output
-    assert "3 jobs, 2 already finished, 1 to run" in output
+    assert "3 jobs, 2 already finished, 1 to run" in output, output
     rows = list(csv.DictReader(io.StringIO((tracking_store / "reports" / "pipeline" / "results.csv").read_text())))
     assert {(row["method"], row["n"]) for row in rows} == {("random", "2"), ("short_term_oracle", "1")}
 

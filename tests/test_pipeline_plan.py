@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from slate_rl.cli import main
 from slate_rl.errors import SlateRLError
+from slate_rl.stage_configs import GenerateDatasetConfig
 from slate_rl.stages import pipeline
 from slate_rl.tracking.lineage import LINEAGE_TAG
 
@@ -67,6 +69,21 @@ def test_sweeps_and_overrides_reach_the_jobs_that_take_them(tracking_store):
     assert "  to run     gems/focused_mix/seed496912423 [lambda_kl=0.5] (after its dataset)" in result.output
     assert "  to run     sac_gems/focused_mix/seed496912423 [lambda_kl=1.0]" in result.output
     assert not MlflowClient().search_runs(["0"])  # a dry run starts no run
+
+
+@pytest.mark.skipif("env_params" not in {f.name for f in dataclasses.fields(GenerateDatasetConfig)},
+                    reason="needs simulator overrides (env_params) on the stage configs")
+def test_an_env_param_sweep_gives_each_value_its_dataset_and_jobs(tracking_store):
+    cfg = pipeline.PipelineConfig.resolve("focused_mix", "sac_gems,random", "58407201", preset="quick",
+                                          env_param=("boredom_threshold=3,4",))
+    datasets, upstream, training = pipeline.plan(cfg)
+    assert [job.name for job in datasets] == ["dataset/focused_mix [boredom_threshold=3]",
+                                              "dataset/focused_mix [boredom_threshold=4]"]
+    assert len(upstream) == 2 and len(training) == 4
+    for job in datasets + training:
+        value = job.name.rsplit("=", 1)[1].rstrip("]")
+        assert job.args[-2:] == ["--env-param", f"boredom_threshold={value}"], job.args
+    assert len({job.key for job in datasets + training}) == 6
 
 
 def _dead_pid() -> int:

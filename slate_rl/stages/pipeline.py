@@ -47,7 +47,7 @@ ORACLE_SEED = PAPER_SEEDS[0]  # the short-term oracle is deterministic given the
 JOB_TAG = "pipeline_job"
 SIGNAL_TAG = "exit_signal"  # set on a job's runs when its process died by a signal (so the run can be resumed)
 GEMS_SETTINGS = ("latent_dim", "lambda_kl", "lambda_click")  # train_online options that also shape its GeMS
-SET_BY_PIPELINE = ("env", "preset", "method", "seed", "agent", "item_embeddings", "dataset", "gems", "mf")
+SET_BY_PIPELINE = ("env", "preset", "method", "seed", "agent", "item_embeddings", "env_params", "dataset", "gems", "mf")
 PHASES = ("datasets", "MF and GeMS", "training")
 # Stages whose unfinished runs continue with `--resume <run id>`, and how to tell that a run saved a state to do so.
 RESUMABLE: dict[str, Callable[[str], bool]] = {train_online.STAGE: train_online.has_resume_state}
@@ -125,7 +125,8 @@ def _check_overrides(overrides: dict[str, list[Any]], methods: list[str]) -> Non
     for name in overrides:
         if name in SET_BY_PIPELINE:
             raise SlateRLError(f"--set {name}=... is not allowed: the pipeline sets {name} itself"
-                               + ("; use --item-embeddings" if name == "item_embeddings" else ""))
+                               + {"item_embeddings": "; use --item-embeddings",
+                                  "env_params": "; use --env-param"}.get(name, ""))
         if name not in _stage_fields() | hyper:
             raise SlateRLError(f"--set {name}: not a train_online option nor a hyper-parameter of "
                                f"{', '.join(methods)}; valid: {', '.join(sorted(_stage_fields() | hyper))}")
@@ -242,20 +243,19 @@ def plan(cfg: PipelineConfig) -> list[list[Job]]:
 
     for env, env_params in itertools.product(cfg.envs, _combinations(cfg.env_params)):
         variant = label(env_params)
-        env_args = _env_args(cfg, env_params)
-        env_values = {"env_params": env_params} if env_params else {}  # a field of the stage configs since the env spec
-        data_cfg = GenerateDatasetConfig.resolve(env, cfg.preset, item_embeddings=cfg.item_embeddings or None,
-                                                 **env_values)
+        data_cfg = GenerateDatasetConfig.resolve(env, cfg.preset, **_env_values(cfg, GenerateDatasetConfig, env_params))
         data_key = lineage_key(generate_dataset.STAGE, generate_dataset.identity(data_cfg,
                                                                                  generate_dataset.make_env(data_cfg)))
         data_run = store.finished(generate_dataset.STAGE, data_key)
         if any(needs.values()):  # GeMS and MF learn from the logged dataset
             add(0, Job(generate_dataset.STAGE, f"dataset/{env}{variant}",
-                       ["generate-dataset", "--env", env, "--preset", cfg.preset, *env_args], data_key))
+                       ["generate-dataset", "--env", env, "--preset", cfg.preset,
+                        *_env_args(cfg, GenerateDatasetConfig, env_params)], data_key))
         if "mf_table" in needs.values():
-            mf_cfg = TrainMFConfig.resolve(env, cfg.preset, item_embeddings=cfg.item_embeddings or None, **env_values)
+            mf_cfg = TrainMFConfig.resolve(env, cfg.preset, **_env_values(cfg, TrainMFConfig, env_params))
             add(1, _upstream_job(train_mf.STAGE, mf_cfg, data_run, f"mf/{env}{variant}",
-                                 ["train-mf", "--env", env, "--preset", cfg.preset, *env_args]))
+                                 ["train-mf", "--env", env, "--preset", cfg.preset,
+                                  *_env_args(cfg, TrainMFConfig, env_params)]))
         for method in cfg.methods:
             options, agent = _method_overrides(cfg, method)
             for seed in [ORACLE_SEED] if method == "short_term_oracle" else cfg.seeds:
@@ -263,19 +263,21 @@ def plan(cfg: PipelineConfig) -> list[list[Job]]:
                     name = f"{method}/{env}/seed{seed}{label({**env_params, **chosen, **hyper})}"
                     if needs[method] == "gems_decoder":
                         gems = {k: v for k, v in chosen.items() if k in GEMS_SETTINGS}
-                        gems_cfg = PretrainGemsConfig.resolve(env, cfg.preset, seed=seed, **gems, **env_values,
-                                                              item_embeddings=cfg.item_embeddings or None)
+                        gems_cfg = PretrainGemsConfig.resolve(env, cfg.preset, seed=seed, **gems,
+                                                              **_env_values(cfg, PretrainGemsConfig, env_params))
                         add(1, _upstream_job(pretrain_gems.STAGE, gems_cfg, data_run,
                                              f"gems/{env}/seed{seed}{label({**env_params, **gems})}",
                                              ["pretrain-gems", "--env", env, "--preset", cfg.preset, "--seed",
-                                              str(seed), *_option_args(gems), *env_args]))
+                                              str(seed), *_option_args(gems),
+                                              *_env_args(cfg, PretrainGemsConfig, env_params)]))
                     run_cfg = TrainOnlineConfig.resolve(env, cfg.preset, method=method, seed=seed,
-                                                        item_embeddings=cfg.item_embeddings or None,
-                                                        agent=hyper or None, **chosen, **env_values)
+                                                        agent=hyper or None, **chosen,
+                                                        **_env_values(cfg, TrainOnlineConfig, env_params))
                     add(2, Job(train_online.STAGE, name,
                                ["train-online", "--env", env, "--preset", cfg.preset, "--method", method, "--seed",
                                 str(seed), *_option_args(chosen),
-                                *[a for k, v in hyper.items() for a in ("--set", f"{k}={json.dumps(v)}")], *env_args],
+                                *[a for k, v in hyper.items() for a in ("--set", f"{k}={json.dumps(v)}")],
+                                *_env_args(cfg, TrainOnlineConfig, env_params)],
                                lineage_key(train_online.STAGE, train_online.identity(run_cfg))))
     return [list(jobs.values()) for jobs in phases]
 
@@ -284,10 +286,20 @@ def _option_args(values: dict[str, Any]) -> list[str]:
     return [a for k, v in values.items() for a in (f"--{k.replace('_', '-')}", format_param(v))]
 
 
-def _env_args(cfg: PipelineConfig, env_params: dict[str, Any]) -> list[str]:
-    """--item-embeddings and --env-param options of every job that plays or learns from the simulator."""
-    args = ["--item-embeddings", cfg.item_embeddings] if cfg.item_embeddings else []
-    return args + [a for k, v in env_params.items() for a in ("--env-param", f"{k}={json.dumps(v)}")]
+def _env_values(cfg: PipelineConfig, config_class: type, env_params: dict[str, Any]) -> dict[str, Any]:
+    """The item table and the simulator overrides: for the stages that play the simulator, and for those that
+    learn from its logged data when their config names them (to find that data)."""
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    plays = config_class in (GenerateDatasetConfig, TrainOnlineConfig)
+    values = {"item_embeddings": cfg.item_embeddings or None, "env_params": env_params or None}
+    return {k: v for k, v in values.items() if v is not None and (plays or k in fields)}
+
+
+def _env_args(cfg: PipelineConfig, config_class: type, env_params: dict[str, Any]) -> list[str]:
+    """--item-embeddings and --env-param options, for the stages that take them (their configs have the field)."""
+    values = _env_values(cfg, config_class, env_params)
+    args = ["--item-embeddings", values["item_embeddings"]] if "item_embeddings" in values else []
+    return args + [a for k, v in values.get("env_params", {}).items() for a in ("--env-param", f"{k}={json.dumps(v)}")]
 
 
 def _upstream_job(stage: str, stage_cfg: Any, data_run: Optional[Run], name: str, args: list[str]) -> Job:
