@@ -329,7 +329,8 @@ def registry_demote(env: str, alias: str) -> None:
 @main.command("collect")
 @common_options
 @config_options(stage_configs.CollectConfig, {
-    "quality": "Alias of the environment's registered model to play: expert, medium or random.",
+    "quality": "Alias of the environment's registered model to play: expert, medium or random (default: expert, "
+               "unless --policy or --mix is given).",
     "policy": "Or any registered version: models:/slate-rl.<env>@<alias> or models:/slate-rl.<env>/<version>.",
     "episodes": "Episodes to collect (with --mix: the total).",
     "epsilon_noise": "Probability that a step's latent action gets Gaussian noise (SAC+GeMS / TopK policies).",
@@ -381,21 +382,36 @@ def compare_command(envs: str, methods: str, experiment_name: str | None, filter
 @option("envs", default="all", show_default=True, help="Comma-separated environments, or 'all'.")
 @option("methods", default="all", show_default=True, help=f"Comma-separated method ids ({METHODS_HELP}), or 'all'.")
 @option("seeds", default="10", show_default=True,
-        help="A count (the paper's first N seeds) or a comma-separated list of seeds.")
+        help="A count in [1, 10] (the paper's first N seeds), one seed above 10, or a comma-separated list of seeds "
+             "('7,' is the single seed 7).")
 @option("preset", default="paper", show_default=True, type=click.Choice(["quick", "paper"]))
 @option("workers", type=int, default=1, show_default=True, help="Jobs run at once (each its own process).")
 @option("devices", default="", help="GPUs to spread jobs over, e.g. 0,1,2,3 (default: CPU).")
+@option("env_param", multiple=True, metavar="KEY=VALUE[,VALUE...]",
+        help="Override a simulator parameter in every job, e.g. --env-param boredom_threshold=3; several values "
+             "sweep it (one variant of the grid per value). Repeatable; one value may hold several, K1=V1,K2=V2.")
+@option("item_embeddings", default="", help="A .pt / .npy item table for every job instead of the preset's.")
+@option("set", dest="assignments", multiple=True, metavar="KEY=VALUE[,VALUE...]",
+        help="Set a parameter of the training runs: a train-online option (episodes=300, lambda_kl=0.5: GeMS settings "
+             "also reach the GeMS jobs) or a hyper-parameter of the methods that have it (gamma=0.9). Several values "
+             "sweep it: --set gamma=0.8,0.9 runs every job twice. Repeatable; one value may hold several, K1=V1,K2=V2.")
+@option("dry_run", type=click.BOOL, is_flag=False, flag_value=True, default=False,
+        help="Print the plan (every job, finished, to run, to resume or running) and run nothing.")
 @option("out", default="reports/pipeline", show_default=True, help="Folder of the final compare report.")
 @option("experiment_name", default=None, help="MLflow experiment of the parent run and its jobs.")
 @user_errors
-def pipeline_command(envs: str, methods: str, seeds: str, devices: str, out: str, experiment_name: str | None,
-                     **values: Any) -> None:
+def pipeline_command(envs: str, methods: str, seeds: str, devices: str, dry_run: bool, out: str,
+                     experiment_name: str | None, **values: Any) -> None:
     """Run the whole grid (datasets, MF, GeMS, every training run) as child runs of one run, then compare.
 
-    Finished jobs are skipped: interrupt it and run it again to finish only what is missing."""
+    Finished jobs are skipped and killed ones resume from their last checkpoint: interrupt it and run it again to
+    finish only what is missing."""
     from slate_rl.stages import pipeline
 
     cfg = pipeline.PipelineConfig.resolve(envs, methods, seeds, devices=compare_split(devices), **values)
+    if dry_run:
+        click.echo(pipeline.describe_plan(cfg))
+        return
     run_id = pipeline.run(cfg, experiment_name=experiment_name, out=out)
     click.echo(f"pipeline run {run_id}; report in {out}/report.md")
 

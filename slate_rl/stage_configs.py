@@ -136,6 +136,13 @@ class TrainOnlineConfig(Protocol, StageConfig):
             raise SlateRLError("latent_dim must be >= 1 and the GeMS loss weights >= 0")
 
 
+def agent_defaults(method: str) -> dict[str, Any]:
+    """The hyper-parameters of `method`'s agent with their defaults ({} for a method without any): what an
+    `agent` override (`--set`) can change, and what a run that logged no `agent.<name>` param ran with."""
+    config_class = get_method(method).load_config()
+    return dataclasses.asdict(config_class()) if config_class is not None else {}
+
+
 @dataclasses.dataclass(frozen=True)
 class CollectPart:
     """One source of a collected dataset: a registered version (alias or number), or a models:/ URI."""
@@ -147,10 +154,11 @@ class CollectPart:
 
 @dataclasses.dataclass
 class CollectConfig(StageConfig):
-    """Parameters of `collect`: one policy (`quality` alias or `policy` URI) or a `mix` of several."""
+    """Parameters of `collect`: one policy (`quality` alias or `policy` URI) or a `mix` of several; none of them
+    given means the expert (alias `expert`)."""
 
     stage = "collect"
-    quality: str = ""  # alias of the environment's registered model: expert, medium or random
+    quality: str = ""  # alias of the environment's registered model: expert, medium or random ('' and no other: expert)
     policy: str = ""  # any models:/slate-rl.<env>@alias or models:/slate-rl.<env>/<version>
     episodes: int = 10_000  # in a mix: the total, which the parts must add up to
     epsilon_noise: float = 0.0  # probability that a step's latent action gets Gaussian noise
@@ -167,7 +175,7 @@ class CollectConfig(StageConfig):
     def parts(self) -> list[CollectPart]:
         """The sources to collect: the single policy, or the mix with its shares turned into episode counts."""
         if not self.mix:
-            return [CollectPart(self.quality or self.policy, int(self.episodes), float(self.epsilon_noise))]
+            return [CollectPart(self.source(), int(self.episodes), float(self.epsilon_noise))]
         entries = []
         for item in self.mix.split(","):
             fields = [f.strip() for f in item.split(":")]
@@ -193,11 +201,15 @@ class CollectConfig(StageConfig):
                                    "fractions")
         return [CollectPart(name, count, noise) for (name, _, noise), count in zip(entries, counts)]
 
+    def source(self) -> str:
+        """What is collected: the alias or URI given, 'mix', or the default, the expert."""
+        return self.quality or self.policy or ("mix" if self.mix else "expert")
+
     def validate(self) -> None:
         chosen = [name for name in ("quality", "policy", "mix") if getattr(self, name)]
-        if len(chosen) != 1:
-            raise SlateRLError("choose what to collect with exactly one of quality (an alias), policy (a models:/ "
-                               f"URI) or mix (got {', '.join(chosen) or 'none'})")
+        if len(chosen) > 1:
+            raise SlateRLError("choose what to collect with one of quality (an alias), policy (a models:/ URI) or "
+                               f"mix (got {', '.join(chosen)}); with none, the expert is collected")
         if self.quality and self.quality not in ("expert", "medium", "random"):
             raise SlateRLError(f"quality is an alias: expert, medium or random (got {self.quality!r}); use policy= "
                                "for another version")

@@ -1,4 +1,5 @@
-"""End to end through `mlflow run` (the MLflow Project entry points) against a real SQLite store."""
+"""End to end through `mlflow run` (the MLflow Project entry points) against a real SQLite store: every entry point
+with its declared defaults (and tiny sizes), one after the other in one store, as the workflow runs them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+
+from slate_rl.cli import main
 
 from slate_rl.stages.generate_dataset import load_from_run
 
@@ -49,3 +54,88 @@ def test_bad_input_fails_the_run_and_leaves_no_dataset(tracking_store):
     (run,) = MlflowClient().search_runs(["0"])
     assert run.info.status == "FAILED"
     assert [f.path for f in MlflowClient().list_artifacts(run.info.run_id)] == []
+
+
+@pytest.fixture(scope="module")
+def workflow(module_store):
+    """The store every entry point of the workflow writes to, and the run ids of those that ran (by entry point)."""
+    return {"store": module_store}
+
+
+def _run_entry_point(workflow: dict, entry_point: str, **params: str) -> str:
+    """Run `entry_point` with `params` (on top of its declared defaults); returns the id of the run it created."""
+    before = {r.info.run_id for r in MlflowClient().search_runs(["0"])}
+    result = mlflow_run(workflow["store"], entry_point, **params)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    (run,) = [r for r in MlflowClient().search_runs(["0"], f"tags.`mlflow.project.entryPoint` = '{entry_point}'")
+              if r.info.run_id not in before]
+    assert run.info.status == "FINISHED"
+    workflow[entry_point] = run.info.run_id
+    workflow[f"{entry_point}.output"] = result.stdout + result.stderr
+    return run.info.run_id
+
+
+def test_generate_dataset_with_its_defaults(workflow):
+    run_id = _run_entry_point(workflow, "generate_dataset", n_sessions="200")
+    params = MlflowClient().get_run(run_id).data.params
+    assert (params["env"], params["preset"], params["epsilon"], params["seed"]) == \
+        ("focused_topdown", "paper", "0.5", "2754851")
+
+
+def test_train_mf_with_its_defaults(workflow):
+    _run_entry_point(workflow, "train_mf", dataset=f"runs:/{workflow['generate_dataset']}/dataset", max_steps="20",
+                     eval_every="10")
+
+
+def test_pretrain_gems_with_its_defaults(workflow):
+    _run_entry_point(workflow, "pretrain_gems", dataset=f"runs:/{workflow['generate_dataset']}/dataset", epochs="1",
+                     bound_sessions="100")
+
+
+def test_train_online_with_its_defaults(workflow):
+    run_id = _run_entry_point(workflow, "train_online", gems=f"runs:/{workflow['pretrain_gems']}", episodes="20",
+                              warmup_episodes="10", val_every="10", val_episodes="10", test_episodes="20",
+                              save_every="20")
+    run = MlflowClient().get_run(run_id)
+    assert (run.data.tags["method"], run.data.tags["seed"]) == ("sac_gems", "58407201")
+    assert "test_return" in run.data.metrics and run.data.tags["registered_version"] == "1"
+
+
+def test_collect_with_its_defaults_plays_the_expert(workflow):
+    result = CliRunner().invoke(main, ["registry", "promote", "focused_topdown", "1", "--as", "expert"])
+    assert result.exit_code == 0, result.output
+    run_id = _run_entry_point(workflow, "collect", episodes="20", reference_episodes="10")
+    assert MlflowClient().get_run(run_id).data.tags["quality"] == "expert"
+
+
+def test_compare_with_its_defaults(workflow):
+    out = workflow["store"] / "reports" / "latest"  # `mlflow run` works in the project folder: write elsewhere
+    run_id = _run_entry_point(workflow, "compare", bootstrap="100", out=str(out))
+    assert MlflowClient().get_run(run_id).data.metrics["runs"] == 1
+    assert "| SAC+GeMS |" in (out / "results.md").read_text()
+
+
+def test_pipeline_dry_run_with_all_its_defaults_prints_the_plan(workflow):
+    _run_entry_point(workflow, "pipeline", dry_run="true")
+    output = workflow["pipeline.output"]
+    assert "seeds: 10 -> 58407201,496912423,2465781,300029,215567,23437561,309081907,548260111,51941177,212407167" \
+        in output
+    assert "phase 3/3 (training): 426 jobs, 0 already finished, 426 to run, 0 to resume" in output
+    assert not MlflowClient().search_runs(["0"], "tags.stage = 'pipeline'")  # planned, nothing run
+
+
+def test_pipeline_runs_one_seed_with_overrides(workflow):
+    run_id = _run_entry_point(workflow, "pipeline", envs="focused_topdown", methods="random",
+                              seeds="58407201", preset="quick", set="test_episodes=20",
+                              out=str(workflow["store"] / "reports" / "pipeline"))
+    client = MlflowClient()
+    params = client.get_run(run_id).data.params
+    assert (params["seeds"], params["seeds_resolved"], params["set"]) == ("58407201", "58407201", "test_episodes=20")
+    (job,) = client.search_runs(["0"], f"tags.`mlflow.parentRunId` = '{run_id}'")
+    assert (job.data.params["method"], job.data.params["test_episodes"], job.info.status) == \
+        ("random", "20", "FINISHED")
+
+
+def test_every_declared_entry_point_ran(workflow):
+    declared = set(yaml.safe_load((REPO / "MLproject").read_text())["entry_points"])
+    assert declared <= set(workflow), f"not run through `mlflow run`: {', '.join(sorted(declared - set(workflow)))}"

@@ -1,4 +1,5 @@
-"""The pipeline: a tiny grid with one job killed on purpose, re-run to completion; the store under concurrency."""
+"""The pipeline: a tiny grid with one job killed on purpose, re-run to completion; a killed training job resumed by
+the next pipeline into the same run; the store under concurrency."""
 
 from __future__ import annotations
 
@@ -15,17 +16,15 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from slate_rl.errors import SlateRLError
-from slate_rl.stages import pipeline
 
 pytestmark = pytest.mark.slow
 GRID = ["--envs", "focused_mix", "--methods", "random,short_term_oracle", "--seeds", "2", "--preset", "quick",
         "--workers", "2"]
 
 
-def _pipeline(store: Path) -> subprocess.Popen:
+def _pipeline(store: Path, grid: list[str] = GRID) -> subprocess.Popen:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.Popen([sys.executable, "-m", "slate_rl.cli", "pipeline", *GRID], cwd=store, env=env,
+    return subprocess.Popen([sys.executable, "-m", "slate_rl.cli", "pipeline", *grid], cwd=store, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -54,7 +53,7 @@ def test_killed_job_is_reported_and_a_rerun_completes_the_table(tracking_store):
     os.kill(victim, signal.SIGKILL)
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 1
-    assert "short_term_oracle/focused_mix/seed58407201 FAILED" in output
+    assert "short_term_oracle/focused_mix/seed58407201 FAILED (killed by SIGKILL)" in output
     assert "[2/3]" in output or "[3/3]" in output  # the other jobs went on
     statuses = {r.data.tags.get("method"): r.info.status
                 for r in MlflowClient().search_runs(["0"], "tags.stage = 'train_online'")}
@@ -63,9 +62,58 @@ def test_killed_job_is_reported_and_a_rerun_completes_the_table(tracking_store):
     rerun = _pipeline(tracking_store)
     output, _ = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, output
-    assert "3 jobs, 2 already finished, 1 to run" in output
+    assert "3 jobs, 2 already finished, 1 to run" in output, output
     rows = list(csv.DictReader(io.StringIO((tracking_store / "reports" / "pipeline" / "results.csv").read_text())))
     assert {(row["method"], row["n"]) for row in rows} == {("random", "2"), ("short_term_oracle", "1")}
+
+
+SIZES = "episodes=160,warmup_episodes=20,val_every=40,save_every=40,val_episodes=20,test_episodes=50"
+ONE_JOB = ["--envs", "focused_mix", "--methods", "sac_topk_ideal", "--seeds", "58407201", "--preset", "quick",
+           "--set", SIZES]
+
+
+def test_a_killed_training_job_resumes_in_its_run_and_ends_like_an_uninterrupted_one(tracking_store):
+    client = MlflowClient()
+    process = _pipeline(tracking_store, ONE_JOB)
+    killed = None
+    deadline = time.monotonic() + 300
+    while killed is None and time.monotonic() < deadline and process.poll() is None:
+        for run in client.search_runs(["0"], "tags.stage = 'train_online' and attributes.status = 'RUNNING'"):
+            if [f for f in client.list_artifacts(run.info.run_id, "resume") if f.path == "resume/state.pt"]:
+                (job,) = [p for p in _children(process.pid)
+                          if b"train-online" in Path(f"/proc/{p}/cmdline").read_bytes()]
+                os.kill(job, signal.SIGKILL)
+                killed = run.info.run_id
+        time.sleep(0.2)
+    assert killed is not None, "the training job never reached its first checkpoint"
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 1 and "FAILED (killed by SIGKILL)" in output
+    run = client.get_run(killed)
+    assert (run.info.status, run.data.tags["exit_signal"]) == ("KILLED", "SIGKILL")
+
+    plan = _pipeline(tracking_store, [*ONE_JOB, "--dry-run"]).communicate(timeout=300)[0]
+    assert f"to resume  sac_topk_ideal/focused_mix/seed58407201  {killed} (KILLED by SIGKILL)" in plan, plan
+    rerun = _pipeline(tracking_store, ONE_JOB)
+    output, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, output
+    assert "1 jobs, 0 already finished, 0 to run, 1 to resume" in output and f"resuming run {killed}" in output
+    (resumed,) = client.search_runs(["0"], "tags.stage = 'train_online'")
+    assert (resumed.info.run_id, resumed.info.status) == (killed, "FINISHED")
+    for key in resumed.data.metrics:
+        steps = [m.step for m in client.get_metric_history(killed, key)]
+        assert len(steps) == len(set(steps)), f"{key} logged a step twice: {sorted(steps)}"
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    options = [a for item in SIZES.split(",") for a in (f"--{item.split('=')[0]}", item.split("=")[1])]
+    subprocess.run([sys.executable, "-m", "slate_rl.cli", "train-online", "--env", "focused_mix", "--preset", "quick",
+                    "--method", "sac_topk_ideal", "--seed", "58407201", "--register", "false", *options],
+                   cwd=tracking_store, env=env, check=True, capture_output=True, timeout=600)
+    (uninterrupted,) = client.search_runs(["0"], f"tags.stage = 'train_online' and attributes.run_id != '{killed}'")
+    def curve(run_id: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in client.get_metric_history(run_id, "val_return")]
+
+    assert curve(killed) == curve(uninterrupted.info.run_id) and len(curve(killed)) == 4
+    assert client.get_run(killed).data.metrics["test_return"] == uninterrupted.data.metrics["test_return"]
 
 
 def _log_like_a_stage(uri: str, parent: str, index: int) -> str:
@@ -92,13 +140,3 @@ def test_concurrent_jobs_do_not_corrupt_the_store(tracking_store):
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent
         assert len(client.get_metric_history(run_id, "a")) == 300 and len(run.data.params) == 20
-
-
-def test_bad_pipeline_input():
-    with pytest.raises(SlateRLError, match="workers must be >= 1"):
-        pipeline.PipelineConfig.resolve("all", "all", "2", workers=0)
-    with pytest.raises(SlateRLError, match="unknown method"):
-        pipeline.PipelineConfig.resolve("all", "sac_gem", "2")
-    with pytest.raises(SlateRLError, match="seeds must be a count in"):
-        pipeline.PipelineConfig.resolve("all", "all", "11")
-    assert pipeline.parse_seeds("2") == [58407201, 496912423] and pipeline.parse_seeds("1,5") == [1, 5]

@@ -11,7 +11,7 @@ from slate_rl.reporting.figures import (
     tradeoff_points,
     write_figures,
 )
-from slate_rl.reporting.names import ENV_NAMES, env_name, is_privileged, method_name, method_order
+from slate_rl.reporting.names import ENV_NAMES, env_name, is_privileged, method_name, row_order
 from slate_rl.reporting.records import RunResult
 from slate_rl.reporting.render import aggregates_to_markdown, to_csv, to_latex, to_markdown
 from slate_rl.reporting.stats import CurveBand, Summary, WelchTest, curve_band, iqm, summarise, welch_test
@@ -35,7 +35,7 @@ __all__ = [
     "iqm",
     "is_privileged",
     "method_name",
-    "method_order",
+    "row_order",
     "normalised_scores",
     "plot_learning_curves",
     "plot_tradeoff",

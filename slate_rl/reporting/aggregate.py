@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 
 from slate_rl.errors import SlateRLError
-from slate_rl.reporting.names import ENV_NAMES, ORACLE, RANDOM, method_name, method_order, paper_order
+from slate_rl.reporting.names import ENV_NAMES, ORACLE, RANDOM, method_name, paper_order, row_order
 from slate_rl.reporting.records import RunResult, group_cells
 from slate_rl.reporting.stats import iqm
 
@@ -106,7 +106,7 @@ def aggregate_scores(
     if envs is not None:
         results = [run for run in results if run.env in envs]
     scores = normalised_scores(results, normalisation, allow_mixed_presets=allow_mixed_presets)
-    methods = tuple(methods) if methods is not None else method_order(m for m, _ in scores)
+    methods = tuple(methods) if methods is not None else row_order(m for m, _ in scores)
     envs = tuple(envs) if envs is not None else paper_order((e for _, e in scores), tuple(ENV_NAMES))
     if not methods or not envs:
         raise SlateRLError("no results to aggregate; pass at least one finished run")

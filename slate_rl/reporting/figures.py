@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from slate_rl.errors import SlateRLError
-from slate_rl.reporting.names import ENV_NAMES, GEMS, env_name, method_name, method_order, paper_order
+from slate_rl.reporting.names import ENV_NAMES, GEMS, env_name, method_name, paper_order, row_order
 from slate_rl.reporting.records import RunResult, group_cells, group_runs
 from slate_rl.reporting.stats import Summary, curve_band, summarise
 
@@ -88,7 +88,7 @@ def plot_learning_curves(
     groups = group_cells((r for r in results if r.val_curve), allow_mixed_presets=allow_mixed_presets)
     if not groups:
         return None
-    methods = tuple(methods) if methods is not None else method_order(m for m, _ in groups)
+    methods = tuple(methods) if methods is not None else row_order(m for m, _ in groups)
     envs = tuple(envs) if envs is not None else paper_order((e for _, e in groups), tuple(ENV_NAMES))
     ncols = min(3, len(envs))
     nrows = math.ceil(len(envs) / ncols)
@@ -171,13 +171,15 @@ def tradeoff_points(
     """Per (latent_dim, value of `vary`): the test-return summary of `method` on `env`, sorted.
 
     Uses the runs whose params hold all of TRADEOFF_PARAMS and whose other parameter (λ when varying β, and
-    vice versa) equals `fixed` (default: its paper value, λ = 0.5 or β = 1.0).
+    vice versa) equals `fixed` (default: its paper value, λ = 0.5 or β = 1.0); runs of a variant of the method
+    (another configuration besides the GeMS setting) are left out.
     """
     other, fixed = _held_fixed(vary, fixed)
     runs = [
         r
         for r in results
         if r.method == method
+        and not r.variant
         and r.env == env
         and all(key in r.params for key in TRADEOFF_PARAMS)
         and math.isclose(_number(r, other), fixed)

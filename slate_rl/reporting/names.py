@@ -24,11 +24,14 @@ GEMS = "sac_gems"
 
 
 def method_name(method: str) -> str:
-    """The registered display name of a method id (the id itself for a method no longer registered)."""
+    """The registered display name of a method id (the id itself for a method no longer registered); a row of one
+    variant of a method, 'sac_gems [gamma=0.9]', keeps its variant: 'SAC+GeMS [gamma=0.9]'."""
+    base, sep, variant = method.partition(" [")
     try:
-        return get_method(method).display
+        display = get_method(base).display
     except SlateRLError:
-        return method
+        display = base
+    return display + sep + variant
 
 
 def is_privileged(method: str) -> bool:
@@ -36,9 +39,28 @@ def is_privileged(method: str) -> bool:
     return method in method_ids() and get_method(method).privileged
 
 
-def method_order(ids: Iterable[str]) -> tuple[str, ...]:
-    """The distinct method `ids` in the registry's order (the paper's rows), methods no longer registered last."""
-    return paper_order(ids, method_ids())
+def base_method(row: str) -> str:
+    """The method id of a table row ('sac_gems' for 'sac_gems [gamma=0.9]')."""
+    return row.partition(" [")[0]
+
+
+def variant_row(method: str, variant: Iterable[tuple[str, str]]) -> str:
+    """The row of a variant of `method`, e.g. 'sac_gems [gamma=0.9]' for (('agent.gamma', '0.9'),): parameters by
+    their last name part; the method id alone for no variant."""
+    fields = ", ".join(f"{name.rpartition('.')[2]}={value}" for name, value in variant)
+    return f"{method} [{fields}]" if fields else method
+
+
+def row_order(rows: Iterable[str]) -> tuple[str, ...]:
+    """The distinct rows in the registry's order of their methods (the paper's rows; methods no longer registered
+    after, sorted); the rows of one method's variants together, its plain row first."""
+    known = method_ids()
+
+    def position(row: str) -> tuple:
+        base = base_method(row)
+        return (known.index(base) if base in known else len(known), base, row != base, row)
+
+    return tuple(sorted(set(rows), key=position))
 
 
 def env_name(env: str) -> str:

@@ -10,6 +10,7 @@ from itertools import pairwise
 from typing import Any, TypeVar
 
 from slate_rl.errors import SlateRLError
+from slate_rl.reporting.names import variant_row
 
 K = TypeVar("K", bound=Hashable)
 
@@ -21,6 +22,8 @@ class RunResult:
     `val_curve` holds (training episode, val_return) pairs; methods that do not train (oracle, random) have None.
     `params` carries what distinguishes runs of a sweep; the trade-off figure reads `latent_dim`, `beta` and
     `lambda_click` from it (numbers or numeric strings, as MLflow stores params).
+    `variant` names the configuration when runs of the method differ in more than the seed: (param, value) pairs,
+    e.g. (("agent.gamma", "0.9"),); each variant is a row of its own (`row`), empty for the method's only one.
     """
 
     method: str
@@ -30,6 +33,12 @@ class RunResult:
     preset: str
     val_curve: list[tuple[int, float]] | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
+    variant: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def row(self) -> str:
+        """The table row of the run: its method id, with the variant when it has one ('sac_gems [gamma=0.9]')."""
+        return variant_row(self.method, self.variant)
 
     def __post_init__(self) -> None:
         where = f"run {self.method}/{self.env}/seed{self.seed}"
@@ -93,10 +102,10 @@ def group_runs(
 def group_cells(
     results: Iterable[RunResult], *, allow_mixed_presets: bool = False
 ) -> dict[tuple[str, str], list[RunResult]]:
-    """Runs grouped by (method, env): the cells of the results table."""
+    """Runs grouped by (row, env), a row being a method or one variant of it: the cells of the results table."""
     return group_runs(
         results,
-        lambda run: (run.method, run.env),
+        lambda run: (run.row, run.env),
         lambda cell: f"cell {cell[0]}/{cell[1]}",
         allow_mixed_presets=allow_mixed_presets,
     )

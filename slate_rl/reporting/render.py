@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from slate_rl.reporting.aggregate import STATISTICS, AggregateScore
-from slate_rl.reporting.names import env_name, is_privileged, method_name
+from slate_rl.reporting.names import base_method, env_name, is_privileged, method_name
 from slate_rl.reporting.table import ResultsTable, TableCell
 
 _LATEX_SPECIALS = {c: "\\" + c for c in "&%$#_{}"} | {
@@ -73,6 +73,11 @@ def _legend(table: ResultsTable, style: _Style) -> str:
             f": Welch's t-test against {method_name(table.reference)} significant at level {table.alpha:g} "
             "(needs two seeds on both sides). "
         )
+    if table.variants:
+        text += style.escape(
+            "A row with [...] is a variant of its method: the params its runs set apart from the method's other rows "
+            "(the plain row runs the preset's configuration). "
+        )
     presets = table.presets
     label = "Presets" if len(presets) > 1 else "Preset"
     return text + style.missing + style.escape(f": not run. {label}: {', '.join(presets)}.")
@@ -108,28 +113,35 @@ _CSV_COLUMNS = (
     "welch_p",
     "significant",
     "best",
+    "variant",
 )
 
 
 def to_csv(table: ResultsTable) -> str:
-    """The table in long form, one row per (method, env) in table order, numbers at full precision.
+    """The table in long form, one row per (row, env) in table order, numbers at full precision.
 
-    Empty fields mean undefined: no runs (n empty), a single seed (no std / half-width), or no Welch test.
+    `method` is the method id; for a variant row `variant` lists its distinguishing params ('agent.gamma=0.9') and
+    each such param has a column of its own, after the fixed ones. Empty fields mean undefined: no runs (n empty),
+    a single seed (no std / half-width), no Welch test, or a param column in a method's plain row (the preset's
+    configuration) or in a row of another method.
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(_CSV_COLUMNS)
+    params = sorted({name for variant in table.variants.values() for name, _ in variant})
+    writer.writerow(_CSV_COLUMNS + tuple(params))
     blank = lambda value: "" if value is None else value  # noqa: E731
     for method in table.methods:
+        variant = dict(table.variants.get(method, ()))
         for env in table.envs:
             cell = table.cell(method, env)
             s, w = cell.summary, cell.welch
             writer.writerow(
-                [method, method_name(method), env, env_name(env), ";".join(cell.presets)]
+                [base_method(method), method_name(method), env, env_name(env), ";".join(cell.presets)]
                 + ([s.n, s.mean, blank(s.std)] if s else ["", "", ""])
                 + [table.confidence, blank(s.half_width) if s else "", blank(table.reference)]
                 + ([w.statistic, w.dof, w.p_value] if w else ["", "", ""])
-                + [int(cell.significant), int(cell.best)]
+                + [int(cell.significant), int(cell.best), ", ".join(f"{k}={v}" for k, v in variant.items())]
+                + [variant.get(name, "") for name in params]
             )
     return buffer.getvalue()
 
@@ -154,7 +166,7 @@ def to_latex(table: ResultsTable, decimals: int = 1, label: str | None = None) -
         "\\midrule",
     ]
     for previous, method in zip((None, *table.methods[:-1]), table.methods, strict=True):
-        if previous is not None and is_privileged(previous) and not is_privileged(method):
+        if previous is not None and is_privileged(base_method(previous)) and not is_privileged(base_method(method)):
             lines.append("\\midrule")
         cells = (_cell_text(table.cell(method, env), decimals, _LATEX) for env in table.envs)
         lines.append(_latex_escape(method_name(method)) + " & " + " & ".join(cells) + " \\\\")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from slate_rl.errors import SlateRLError
-from slate_rl.reporting.names import ENV_NAMES, GEMS, method_order, paper_order
+from slate_rl.reporting.names import ENV_NAMES, GEMS, paper_order, row_order
 from slate_rl.reporting.records import RunResult, group_cells
 from slate_rl.reporting.stats import Summary, WelchTest, summarise, welch_test
 
@@ -31,7 +31,8 @@ class TableCell:
 
 @dataclass(frozen=True)
 class ResultsTable:
-    """Rows `methods`, columns `envs`, and the settings the marks were computed with."""
+    """Rows `methods` (method ids, or rows of variants such as 'sac_gems [gamma=0.9]'), columns `envs`, the
+    settings the marks were computed with, and the (param, value) pairs of each variant row."""
 
     methods: tuple[str, ...]
     envs: tuple[str, ...]
@@ -39,6 +40,7 @@ class ResultsTable:
     reference: str | None
     alpha: float
     confidence: float
+    variants: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     def cell(self, method: str, env: str) -> TableCell:
         """The cell of `method` on `env`."""
@@ -61,7 +63,9 @@ def build_table(
     bold_among: Collection[str] | None = None,
     allow_mixed_presets: bool = False,
 ) -> ResultsTable:
-    """Summarise test returns per (method, env), test each against `reference` with Welch's t-test, mark the best.
+    """Summarise test returns per (row, env), test each against `reference` with Welch's t-test, mark the best.
+
+    A row is a method, or one variant of it when its runs differ in more than the seed (`RunResult.row`).
 
     `methods` / `envs` default to those present in the results, in the paper's order (unknown ids after, sorted).
     `bold_among` restricts which methods can be bold (e.g. the non-privileged ones); default all.
@@ -69,7 +73,7 @@ def build_table(
     if not 0.0 < alpha < 1.0:
         raise SlateRLError(f"alpha must lie strictly between 0 and 1 (e.g. 0.05), got {alpha}")
     groups = group_cells(results, allow_mixed_presets=allow_mixed_presets)
-    methods = tuple(methods) if methods is not None else method_order(m for m, _ in groups)
+    methods = tuple(methods) if methods is not None else row_order(m for m, _ in groups)
     envs = tuple(envs) if envs is not None else paper_order((e for _, e in groups), tuple(ENV_NAMES))
     if not methods or not envs:
         raise SlateRLError("no results to tabulate; pass at least one finished run")
@@ -94,4 +98,5 @@ def build_table(
                 significant=welch is not None and welch.p_value < alpha,
                 best=summary is not None and method in eligible and summary.mean == best,
             )
-    return ResultsTable(methods, envs, cells, reference, alpha, confidence)
+    variants = {row: runs[0].variant for (row, _), runs in groups.items() if runs[0].variant}
+    return ResultsTable(methods, envs, cells, reference, alpha, confidence, variants)

@@ -48,7 +48,7 @@ class Source:
 
 def run(cfg: CollectConfig, experiment_name: Optional[str] = None) -> str:
     """Collect the dataset inside an MLflow run; returns the run id."""
-    label = cfg.name or cfg.quality or ("mix" if cfg.mix else "policy")
+    label = cfg.name or ("policy" if cfg.policy else cfg.source())
     with stage_run(STAGE, run_name=f"{STAGE}/{cfg.env}/{label}", experiment_name=experiment_name,
                    tags={"env": cfg.env, "preset": cfg.preset, "seed": cfg.seed, "quality": label}) as mlrun:
         mlrun.log_params(cfg.as_params())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import tempfile
 from collections import Counter
@@ -16,13 +17,18 @@ from slate_rl.errors import SlateRLError
 from slate_rl.methods import ONLINE_FAMILIES, get_method, method_ids
 from slate_rl.reporting import (RunResult, aggregate_scores, aggregates_to_markdown, build_table,
                                 plot_learning_curves, plot_tradeoff, to_csv, to_latex, to_markdown)
+from slate_rl.reporting.names import row_order
+from slate_rl.stage_configs import TrainOnlineConfig, agent_defaults
 from slate_rl.tracking.results import metric_curve, search_finished_runs
-from slate_rl.tracking.runs import stage_run
+from slate_rl.tracking.runs import format_param, stage_run
 
 STAGE = "compare"
 SOURCE_STAGE = "train_online"
 # The GeMS setting of the paper's table (d = 32, beta = 1.0, lambda = 0.5); other settings feed the trade-off figures.
 PAPER_GEMS = {"latent_dim": 32.0, "lambda_kl": 1.0, "lambda_click": 0.5}
+# Params that are not part of a run's configuration identity: the cell and table it belongs to, its seed and the
+# upstream run of that seed, and what happens after training (registration).
+NOT_IDENTITY = ("env", "method", "preset", "seed", "gems", "register")
 log = logging.getLogger("slate_rl")
 
 
@@ -73,7 +79,7 @@ def run(cfg: CompareConfig, experiment_name: Optional[str] = None) -> str:
                           "reference": cfg.reference, "filter": cfg.filter, "out": cfg.out,
                           "allow_mixed_presets": cfg.allow_mixed_presets, "bootstrap": cfg.bootstrap})
         runs = select_runs(cfg)
-        results = [to_result(r, with_curve=True) for r in runs]
+        results = to_results(runs, with_curve=True)
         with tempfile.TemporaryDirectory(prefix="slate-rl-report-") as tmp:
             files = write_report(results, cfg, Path(tmp))
             mlrun.log_artifacts(tmp, "report")
@@ -88,7 +94,8 @@ def run(cfg: CompareConfig, experiment_name: Optional[str] = None) -> str:
 
 
 def select_runs(cfg: CompareConfig) -> list[Run]:
-    """Finished train_online runs of the requested cells; the latest run per (method, env, seed, preset, setting)."""
+    """Finished train_online runs of the requested cells; the latest run per (method, env, seed, preset,
+    configuration identity): runs of one seed that differ in any other param are variants, all kept."""
     found = search_finished_runs(SOURCE_STAGE, cfg.filter)
     wanted = [r for r in found if r.data.tags.get("env") in cfg.envs and r.data.tags.get("method") in cfg.methods
               and (cfg.preset == "any" or r.data.tags.get("preset") == cfg.preset)
@@ -101,9 +108,73 @@ def select_runs(cfg: CompareConfig) -> list[Run]:
     latest: dict[tuple, Run] = {}
     for r in wanted:  # newest first: keep the first of each key
         tags = r.data.tags
-        key = (tags["method"], tags["env"], tags.get("seed"), tags.get("preset"), _gems_setting(r))
+        key = (tags["method"], tags["env"], tags.get("seed"), tags.get("preset"), frozenset(identity(r).items()))
         latest.setdefault(key, r)
     return list(latest.values())
+
+
+def identity(r: Run) -> dict[str, str]:
+    """The run's configuration apart from its seed: its params that differ from the defaults of its method,
+    environment and preset (a param a run did not log counts as that default), values normalised."""
+    tags = r.data.tags
+    return {name: _normal(value) for name, value in r.data.params.items()
+            if name not in NOT_IDENTITY and _normal(value) != _default(tags["method"], tags["env"],
+                                                                       tags.get("preset", ""), name)}
+
+
+def _normal(text: Optional[str]) -> Optional[str]:
+    """One spelling per value: '0.90' and '0.9' are the same number, 'True' and 'true' the same flag, and `mlflow
+    run`'s quoted empty value '' is empty."""
+    if text is None:
+        return None
+    if text in ("''", '""'):
+        return ""
+    number = _number(text)
+    return repr(number) if number is not None else text.strip().lower()
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults(method: str, env: str, preset: str) -> dict[str, str]:
+    """The params a train_online run of (method, env, preset) logs when nothing else is asked ({} if unknown)."""
+    try:
+        cfg = TrainOnlineConfig.resolve(env, preset, method=method)
+    except SlateRLError:
+        return {}
+    return {name: format_param(value) for name, value in cfg.as_params().items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _default(method: str, env: str, preset: str, name: str) -> Optional[str]:
+    """The normalised default of param `name` (agent hyper-parameters: the method's own); None when unknown."""
+    if name.startswith("agent."):
+        value = agent_defaults(method).get(name[len("agent."):])
+        return None if value is None else _normal(format_param(value))
+    return _normal(_defaults(method, env, preset).get(name))
+
+
+def to_results(runs: Sequence[Run], with_curve: bool) -> list[RunResult]:
+    """The runs as results, each with its variant: the params on which the configurations of its method differ.
+    None for a method with one configuration, nor for the runs of the preset's configuration (the plain row, which
+    Welch's tests compare against); the GeMS setting is left to the trade-off figures."""
+    identities = {r.info.run_id: {k: v for k, v in identity(r).items() if k not in PAPER_GEMS} for r in runs}
+    fields: dict[str, list[str]] = {}
+    for method in {r.data.tags["method"] for r in runs}:
+        mine = [(r, identities[r.info.run_id]) for r in runs if r.data.tags["method"] == method]
+        names = sorted({name for _, ident in mine for name in ident})
+        fields[method] = [name for name in names if len({_shown(r, ident, name) for r, ident in mine}) > 1]
+    return [to_result(r, with_curve, tuple((name, _shown(r, identities[r.info.run_id], name))
+                                           for name in fields[r.data.tags["method"]] if identities[r.info.run_id]))
+            for r in runs]
+
+
+def _shown(r: Run, ident: dict[str, str], name: str) -> str:
+    """The value of param `name` in run `r` as a row label shows it (its default when the run kept that)."""
+    if name in ident:
+        return r.data.params[name]
+    tags = r.data.tags
+    default = (agent_defaults(tags["method"]).get(name[len("agent."):]) if name.startswith("agent.")
+               else _defaults(tags["method"], tags["env"], tags.get("preset", "")).get(name))
+    return "default" if default is None else format_param(default)
 
 
 def describe_store(runs: Sequence[Run]) -> str:
@@ -115,11 +186,6 @@ def describe_store(runs: Sequence[Run]) -> str:
     return "the store has: " + ", ".join(items[:30]) + (" ..." if len(items) > 30 else "")
 
 
-def _gems_setting(r: Run) -> tuple:
-    params = r.data.params
-    return tuple(_number(params.get(name)) for name in PAPER_GEMS)
-
-
 def _number(text: Optional[str]) -> Optional[float]:
     try:
         return float(text) if text not in (None, "") else None
@@ -127,14 +193,14 @@ def _number(text: Optional[str]) -> Optional[float]:
         return None
 
 
-def to_result(r: Run, with_curve: bool) -> RunResult:
+def to_result(r: Run, with_curve: bool, variant: tuple[tuple[str, str], ...] = ()) -> RunResult:
     tags, params = r.data.tags, r.data.params
     gems = {"latent_dim": params.get("latent_dim"), "beta": params.get("lambda_kl"),
             "lambda_click": params.get("lambda_click")}
     return RunResult(method=tags["method"], env=tags["env"], seed=int(tags["seed"]),
                      test_return=r.data.metrics["test_return"], preset=tags.get("preset", "unknown"),
                      val_curve=(metric_curve(r.info.run_id, "val_return") or None) if with_curve else None,
-                     params={k: v for k, v in gems.items() if v is not None})
+                     params={k: v for k, v in gems.items() if v is not None}, variant=variant)
 
 
 def is_paper_setting(result: RunResult) -> bool:
@@ -150,7 +216,9 @@ def write_report(results: list[RunResult], cfg: CompareConfig, folder: Path) -> 
     """Table (md, csv, tex), aggregate scores, figures and a combined report.md; returns the file names."""
     mixed = {"allow_mixed_presets": cfg.allow_mixed_presets}
     table_runs = [r for r in results if is_paper_setting(r)]
-    table = build_table(table_runs, methods=cfg.methods, envs=cfg.envs, reference=cfg.reference, **mixed)
+    rows = [row for method in cfg.methods
+            for row in row_order(r.row for r in table_runs if r.method == method) or (method,)]
+    table = build_table(table_runs, methods=rows, envs=cfg.envs, reference=cfg.reference, **mixed)
     markdown = to_markdown(table)
     atomic.write_text(folder / "results.md", markdown)
     atomic.write_text(folder / "results.csv", to_csv(table))
@@ -183,4 +251,4 @@ def _aggregate(results: list[RunResult], cfg: CompareConfig) -> list:
 def _complete_for_aggregates(results: list[RunResult]) -> bool:
     """Aggregates compare methods across the same environments: every method present must cover every env."""
     envs = {r.env for r in results}
-    return bool(results) and all({r.env for r in results if r.method == m} == envs for m in {r.method for r in results})
+    return bool(results) and all({r.env for r in results if r.row == row} == envs for row in {r.row for r in results})

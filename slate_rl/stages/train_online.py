@@ -26,7 +26,6 @@ from slate_rl.stage_configs import PretrainGemsConfig, TrainMFConfig, TrainOnlin
 from slate_rl.stages import generate_dataset, pretrain_gems, train_mf
 from slate_rl.tracking import models
 from slate_rl.tracking.lineage import LINEAGE_TAG, artifact_dir, lineage_key, parse_run_uri
-from slate_rl.tracking.results import metric_curve
 from slate_rl.tracking.runs import StageRun, stage_run
 
 STAGE = "train_online"
@@ -119,6 +118,13 @@ def resumable(run_id: str) -> TrainOnlineConfig:
     return TrainOnlineConfig.resolve(config.pop("env"), config.pop("preset"), **config)
 
 
+def has_resume_state(run_id: str) -> bool:
+    """Whether a run saved the state `--resume` continues from (its first periodic checkpoint came)."""
+    from mlflow.tracking import MlflowClient
+
+    return any(f.path == f"{RESUME_PATH}/{RESUME_FILE}" for f in MlflowClient().list_artifacts(run_id, RESUME_PATH))
+
+
 def generate_dataset_config(cfg: TrainOnlineConfig):
     """The dataset configuration of this environment and preset (also how the simulator is built)."""
     from slate_rl.stage_configs import GenerateDatasetConfig
@@ -168,7 +174,6 @@ class _Session:
     def __init__(self, cfg: TrainOnlineConfig, mlrun: StageRun, env: envs.TopicRec, agent: Any,
                  mf_table: Optional[torch.Tensor]) -> None:
         self.cfg, self.mlrun, self.env, self.agent, self.mf_table = cfg, mlrun, env, agent, mf_table
-        self.logged_until = -1  # validations up to this episode are already in the run (a resumed run)
         self._progress: Optional[Progress] = None
 
     def hooks(self) -> Hooks:
@@ -176,14 +181,12 @@ class _Session:
                      on_checkpoint=self.on_checkpoint, on_progress=self.on_progress)
 
     def on_metrics(self, episode: int, values: dict[str, float]) -> None:
-        if episode > self.logged_until:
-            self.mlrun.log_metrics(values, step=episode)
+        self.mlrun.log_metrics(values, step=episode)  # a resumed run skips the points it already holds
 
     def on_validation(self, episode: int, returns: torch.Tensor) -> None:
         mean, std = float(returns.mean()), float(returns.std())
-        if episode > self.logged_until:
-            self.mlrun.log_metrics({"val_return": mean, "val_return_std": std}, step=episode)
-            self.mlrun.flush()
+        self.mlrun.log_metrics({"val_return": mean, "val_return_std": std}, step=episode)
+        self.mlrun.flush()
         log.info("%s: validation after %d episodes: return %.2f (sd %.1f)", STAGE, episode, mean, std)
 
     def on_checkpoint(self, kind: str, episode: int, state: dict[str, Any]) -> None:
@@ -216,8 +219,6 @@ class _Session:
             raise SlateRLError(f"run {self.mlrun.run_id} has no checkpoint to resume from (none was saved before "
                                f"it stopped; checkpoints come every save_every={self.cfg.save_every} episodes)") from exc
         trainer.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
-        history = metric_curve(self.mlrun.run_id, "val_return")
-        self.logged_until = max((step for step, _ in history), default=-1)
         log.info("%s: resumed run %s at episode %d", STAGE, self.mlrun.run_id, trainer.episode)
 
     def finish(self, trainer: Trainer, test_returns: torch.Tensor) -> None:

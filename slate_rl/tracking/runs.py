@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -27,6 +28,7 @@ from slate_rl.progress import LOGGER_NAME
 log = logging.getLogger(LOGGER_NAME)
 _MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 _PROJECT_DIR = Path(__file__).resolve().parents[2]
+HOST_TAG, PID_TAG = "host", "pid"  # who runs it: tells a live RUNNING run from one whose process died
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by the MLflow UI to choose an experiment's default views
 MODEL_TRAINING_KIND = "custom_model_development"
 
@@ -61,11 +63,16 @@ def git_commit() -> str:
 
 
 class StageRun:
-    """A handle on one MLflow run: params, tags, buffered metrics, artifacts. Create it with `stage_run`."""
+    """A handle on one MLflow run: params, tags, buffered metrics, artifacts. Create it with `stage_run`.
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
+    `already_logged`: (metric, step) points the run holds from before (a resumed run); they are never logged again.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str,
+                 already_logged: frozenset[tuple[str, int]] = frozenset()) -> None:
         self.client = client
         self.run_id = run_id
+        self.already_logged = already_logged
         self._metrics: list[Metric] = []
         self._last_flush = time.monotonic()
 
@@ -93,7 +100,8 @@ class StageRun:
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         """Buffer metrics; they are written in batches (a single SQLite write costs ~4 ms)."""
         timestamp = int(time.time() * 1000)
-        self._metrics.extend(Metric(k, float(v), timestamp, int(step)) for k, v in metrics.items())
+        self._metrics.extend(Metric(k, float(v), timestamp, int(step)) for k, v in metrics.items()
+                             if (k, int(step)) not in self.already_logged)
         if len(self._metrics) >= _MAX_BATCH or time.monotonic() - self._last_flush > 30:
             self.flush()
 
@@ -121,6 +129,12 @@ class StageRun:
         staged = folder / f".{Path(local_file).name}.partial"
         shutil.copyfile(local_file, staged)
         os.replace(staged, folder / Path(local_file).name)
+
+
+def logged_points(client: MlflowClient, run_id: str) -> frozenset[tuple[str, int]]:
+    """Every (metric, step) point a run holds."""
+    keys = client.get_run(run_id).data.metrics
+    return frozenset((m.key, m.step) for key in keys for m in client.get_metric_history(run_id, key))
 
 
 def _same_value(logged: str, resolved: str) -> bool:
@@ -172,7 +186,8 @@ def stage_run(stage: str, run_name: str, tags: Optional[dict[str, Any]] = None,
     """Run one stage inside an MLflow run and end it with the right status.
 
     With `run_id` (a resumed run) or under `mlflow run` (MLFLOW_RUN_ID) the run already exists and is continued
-    (a resumed run's console log is kept as `console-<n>.log`); with `parent`, a child run is
+    (a resumed run's console log is kept as `console-<n>.log`, and the metric points it holds are not logged
+    again); with `parent`, a child run is
     created in the parent's experiment; otherwise a new run in `experiment_name` (or MLFLOW_EXPERIMENT_NAME /
     the default experiment). The console log of the run is kept as the artifact `console.log`. An exception
     marks the run FAILED (KILLED for Ctrl-C) and propagates.
@@ -180,11 +195,14 @@ def stage_run(stage: str, run_name: str, tags: Optional[dict[str, Any]] = None,
     configure_mlflow()
     client = MlflowClient()
     env_run = os.environ.pop("MLFLOW_RUN_ID", None) if parent is None else None
-    base_tags = {"stage": stage, "git_commit": git_commit(), "slate_rl_version": __version__, **(tags or {})}
+    base_tags = {"stage": stage, "git_commit": git_commit(), "slate_rl_version": __version__,
+                 HOST_TAG: socket.gethostname(), PID_TAG: os.getpid(), **(tags or {})}
     if os.environ.get("SLATE_RL_JOB"):  # a job of `slate-rl pipeline`
         base_tags["pipeline_job"] = os.environ["SLATE_RL_JOB"]
     console_name = "console.log"
+    already_logged: frozenset[tuple[str, int]] = frozenset()
     if run_id is not None:
+        already_logged = logged_points(client, run_id)
         existing = {f.path for f in client.list_artifacts(run_id)}
         console_name = next(f"console-{n}.log" for n in range(1, 10_000) if f"console-{n}.log" not in existing)
         client.update_run(run_id, status="RUNNING")
@@ -199,7 +217,7 @@ def stage_run(stage: str, run_name: str, tags: Optional[dict[str, Any]] = None,
             start_tags[MLFLOW_PARENT_RUN_ID] = parent.run_id
         run_id = client.create_run(experiment, tags=start_tags, run_name=run_name).info.run_id
     _mark_model_training(client, run_id)
-    run = StageRun(client, run_id)
+    run = StageRun(client, run_id, already_logged)
     run.set_tags(base_tags)
     with tempfile.TemporaryDirectory(prefix="slate-rl-log-") as tmp:
         console = _attach_console_log(Path(tmp) / console_name)

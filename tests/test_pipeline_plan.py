@@ -1,0 +1,128 @@
+"""The pipeline's plan, without running it: sweeps and overrides reach the right jobs, and each job's state
+(finished, to run, to resume, running elsewhere) follows from the runs of its lineage key."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from slate_rl.cli import main
+from slate_rl.errors import SlateRLError
+from slate_rl.stage_configs import GenerateDatasetConfig
+from slate_rl.stages import pipeline
+from slate_rl.tracking.lineage import LINEAGE_TAG
+
+
+def test_bad_pipeline_input():
+    with pytest.raises(SlateRLError, match="workers must be >= 1"):
+        pipeline.PipelineConfig.resolve("all", "all", "2", workers=0)
+    with pytest.raises(SlateRLError, match="unknown method"):
+        pipeline.PipelineConfig.resolve("all", "sac_gem", "2")
+    with pytest.raises(SlateRLError, match=r"seeds '0' is neither a count in \[1, 10\] nor a seed above 10"):
+        pipeline.PipelineConfig.resolve("all", "all", "0")
+    with pytest.raises(SlateRLError, match="--set gama: not a train_online option nor a hyper-parameter of random, "
+                                           "slateq; valid: .*gamma"):
+        pipeline.PipelineConfig.resolve("all", "random,slateq", "2", assignments=("gama=0.9",))
+    with pytest.raises(SlateRLError, match="the pipeline sets seed itself"):
+        pipeline.PipelineConfig.resolve("all", "all", "2", assignments=("seed=3",))
+
+
+def test_sweep_values():
+    assert pipeline.parse_sweep(["gamma=0.8,0.9", "episodes=60,warmup_episodes=20"], "--set") == {
+        "gamma": [0.8, 0.9], "episodes": [60], "warmup_episodes": [20]}
+    assert pipeline.parse_sweep(["belief={item_dim: 32}", "refine_fill=proto", ""], "--set") == {
+        "belief": [{"item_dim": 32}], "refine_fill": ["proto"]}
+    for bad, message in (["gamma"], "must look like KEY=VALUE"), (["gamma=0.8,0.8"], "names a value twice"), \
+            (["gamma=0.8", "gamma=0.9"], "gives gamma twice; give all its values at once"):
+        with pytest.raises(SlateRLError, match=message):
+            pipeline.parse_sweep(bad, "--set")
+
+
+def test_sweeps_and_overrides_reach_the_jobs_that_take_them(tracking_store):
+    cfg = pipeline.PipelineConfig.resolve("focused_mix", "sac_topk_ideal,random", "58407201", preset="quick",
+                                          assignments=("gamma=0.8,0.9", "episodes=60,warmup_episodes=20"))
+    datasets, upstream, training = pipeline.plan(cfg)
+    assert datasets == upstream == []  # neither method acts through GeMS or MF
+    jobs = {job.name: job for job in training}
+    assert set(jobs) == {"sac_topk_ideal/focused_mix/seed58407201 [gamma=0.8]",
+                         "sac_topk_ideal/focused_mix/seed58407201 [gamma=0.9]", "random/focused_mix/seed58407201"}
+    args = jobs["sac_topk_ideal/focused_mix/seed58407201 [gamma=0.9]"].args
+    assert args[:8] == ["train-online", "--env", "focused_mix", "--preset", "quick", "--method", "sac_topk_ideal",
+                        "--seed"]
+    assert " ".join(args).endswith("--episodes 60 --warmup-episodes 20 --set gamma=0.9")
+    assert "--set" not in jobs["random/focused_mix/seed58407201"].args  # random has no hyper-parameters
+    assert len({job.key for job in training}) == 3 and all(job.state == "run" for job in training)
+
+    result = CliRunner().invoke(main, ["pipeline", "--envs", "focused_mix", "--methods", "sac_gems", "--seeds", "2",
+                                       "--preset", "quick", "--set", "lambda_kl=0.5,1.0", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("seeds: 2 -> 58407201,496912423\nphase 1/3 (datasets): 1 jobs, 0 already "
+                                    "finished, 1 to run, 0 to resume\n  to run     dataset/focused_mix\n")
+    assert "  to run     gems/focused_mix/seed496912423 [lambda_kl=0.5] (after its dataset)" in result.output
+    assert "  to run     sac_gems/focused_mix/seed496912423 [lambda_kl=1.0]" in result.output
+    assert not MlflowClient().search_runs(["0"])  # a dry run starts no run
+
+
+@pytest.mark.skipif("env_params" not in {f.name for f in dataclasses.fields(GenerateDatasetConfig)},
+                    reason="needs simulator overrides (env_params) on the stage configs")
+def test_an_env_param_sweep_gives_each_value_its_dataset_and_jobs(tracking_store):
+    cfg = pipeline.PipelineConfig.resolve("focused_mix", "sac_gems,random", "58407201", preset="quick",
+                                          env_param=("boredom_threshold=3,4",))
+    datasets, upstream, training = pipeline.plan(cfg)
+    assert [job.name for job in datasets] == ["dataset/focused_mix [boredom_threshold=3]",
+                                              "dataset/focused_mix [boredom_threshold=4]"]
+    assert len(upstream) == 2 and len(training) == 4
+    for job in datasets + training:
+        value = job.name.rsplit("=", 1)[1].rstrip("]")
+        assert job.args[-2:] == ["--env-param", f"boredom_threshold={value}"], job.args
+    assert len({job.key for job in datasets + training}) == 6
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_job_state_follows_the_runs_of_its_key(tracking_store):
+    cfg = pipeline.PipelineConfig.resolve("focused_mix", "sac_topk_ideal", "58407201", preset="quick")
+    client = MlflowClient()
+    checkpoint = tracking_store / "state.pt"
+    checkpoint.write_bytes(b"state")
+
+    def newest_run(status, checkpointed=False, **tags):
+        time.sleep(0.01)  # a later start time than the run before
+        (job,) = pipeline.plan(cfg)[2]
+        run_id = client.create_run("0", tags={"stage": "train_online", LINEAGE_TAG: job.key, **tags}).info.run_id
+        if checkpointed:
+            client.log_artifact(run_id, str(checkpoint), "resume")
+        if status != "RUNNING":
+            client.set_terminated(run_id, status)
+        (job,) = pipeline.plan(cfg)[2]
+        return run_id, job
+
+    here = {"host": socket.gethostname()}
+    _, job = newest_run("FAILED", checkpointed=True)  # an error, not a death: a new run
+    assert (job.state, job.command()[0]) == ("run", "train-online") and "FAILED" in job.note
+    run_id, job = newest_run("KILLED")
+    assert job.state == "run" and job.note == f"run {run_id} KILLED before its first checkpoint"
+    run_id, job = newest_run("KILLED", checkpointed=True)
+    assert (job.state, job.run_id, job.command()) == ("resume", run_id, ["train-online", "--resume", run_id])
+    run_id, job = newest_run("FAILED", checkpointed=True, exit_signal="SIGTERM")
+    assert (job.state, job.run_id, job.note) == ("resume", run_id, "FAILED by SIGTERM")
+    run_id, job = newest_run("RUNNING", checkpointed=True, pid=str(_dead_pid()), **here)
+    assert (job.state, job.run_id, job.note) == ("resume", run_id, "RUNNING")
+    run_id, job = newest_run("RUNNING", checkpointed=True, pid=str(os.getpid()), **here)
+    assert (job.state, job.run_id, job.note) == ("running", run_id, f"RUNNING (pid {os.getpid()})")
+    run_id, job = newest_run("RUNNING", checkpointed=True, pid="12", host="another-machine")
+    assert job.state == "running" and "on host another-machine, pid 12; mark it KILLED" in job.note
+    finished, job = newest_run("FINISHED")
+    assert (job.state, job.run_id) == ("finished", finished)
