@@ -40,9 +40,7 @@ class CompareConfig:
 
     @classmethod
     def resolve(cls, envs: str, methods: str, **values: Any) -> "CompareConfig":
-        env_list = list(config.env_names()) if envs.strip() in ("", "all") else _split(envs)
-        for env in env_list:
-            config.check_env_name(env)
+        env_list = config.resolve_env_list(envs)
         method_list = list(METHOD_NAMES) if methods.strip() in ("", "all") else _split(methods)
         unknown = [m for m in method_list if m not in METHOD_NAMES]
         if unknown:
@@ -70,7 +68,7 @@ def run(cfg: CompareConfig, experiment_name: Optional[str] = None) -> str:
     """Build the report inside a `compare` run; returns the run id. The report is also written to `cfg.out`."""
     with stage_run(STAGE, run_name=f"{STAGE}/{cfg.preset}", experiment_name=experiment_name,
                    tags={"preset": cfg.preset}) as mlrun:
-        mlrun.log_params({"envs": _listing(cfg.envs, config.env_names()),
+        mlrun.log_params({"envs": _listing(cfg.envs, config.paper_env_names()),
                           "methods": _listing(cfg.methods, METHOD_NAMES), "preset": cfg.preset,
                           "reference": cfg.reference, "filter": cfg.filter, "out": cfg.out,
                           "allow_mixed_presets": cfg.allow_mixed_presets, "bootstrap": cfg.bootstrap})

@@ -25,8 +25,8 @@ from slate_rl import config
 from slate_rl.errors import SlateRLError
 from slate_rl.stage_configs import (METHOD_IDS, GenerateDatasetConfig, PretrainGemsConfig, TrainMFConfig,
                                     TrainOnlineConfig)
-from slate_rl.stages import compare, generate_dataset, pretrain_gems, train_mf, train_online
-from slate_rl.tracking.lineage import find_finished_run, lineage_key
+from slate_rl.stages import compare, generate_dataset, on_dataset, pretrain_gems, train_mf, train_online
+from slate_rl.tracking.lineage import find_finished_run
 from slate_rl.tracking.runs import StageRun, stage_run
 
 STAGE = "pipeline"
@@ -47,9 +47,7 @@ class PipelineConfig:
 
     @classmethod
     def resolve(cls, envs: str, methods: str, seeds: str, **values: Any) -> "PipelineConfig":
-        env_list = list(config.env_names()) if envs.strip() in ("", "all") else compare._split(envs)
-        for env in env_list:
-            config.check_env_name(env)
+        env_list = config.resolve_env_list(envs)
         method_list = list(METHOD_IDS) if methods.strip() in ("", "all") else compare._split(methods)
         unknown = [m for m in method_list if m not in METHOD_IDS]
         if unknown:
@@ -79,15 +77,16 @@ def parse_seeds(text: str) -> list[int]:
 
 @dataclasses.dataclass
 class Job:
-    """One stage run of the grid: its command-line arguments, and its lineage key to skip it when done."""
+    """One stage run of the grid: its command-line arguments, and its lineage keys (current, then legacy) to skip it
+    when done."""
 
     stage: str
     name: str
     args: list[str]
-    key: str
+    keys: tuple[str, ...]
 
     def done(self) -> bool:
-        return find_finished_run(self.stage, self.key) is not None
+        return bool(self.keys) and find_finished_run(self.stage, self.keys) is not None
 
 
 def plan(cfg: PipelineConfig) -> list[list[Job]]:
@@ -96,12 +95,11 @@ def plan(cfg: PipelineConfig) -> list[list[Job]]:
     needs = {m: train_online.method_info(m).needs for m in cfg.methods}
     for env in cfg.envs:
         data_cfg = GenerateDatasetConfig.resolve(env, cfg.preset)
-        data_key = lineage_key(generate_dataset.STAGE, generate_dataset.identity(data_cfg,
-                                                                                 generate_dataset.make_env(data_cfg)))
+        data_keys = generate_dataset.lookup_keys(data_cfg)
         if any(needs.values()):  # GeMS and MF learn from the logged dataset
             datasets.append(Job(generate_dataset.STAGE, f"dataset/{env}", ["generate-dataset", "--env", env,
-                                                                             "--preset", cfg.preset], data_key))
-        data_run = find_finished_run(generate_dataset.STAGE, data_key)
+                                                                             "--preset", cfg.preset], data_keys))
+        data_run = find_finished_run(generate_dataset.STAGE, data_keys)
         if "mf_table" in needs.values():
             upstream.append(_upstream_job(train_mf.STAGE, TrainMFConfig.resolve(env, cfg.preset), data_run,
                                           f"mf/{env}", ["train-mf", "--env", env, "--preset", cfg.preset]))
@@ -115,14 +113,14 @@ def plan(cfg: PipelineConfig) -> list[list[Job]]:
                 training.append(Job(train_online.STAGE, f"{method}/{env}/seed{seed}",
                                     ["train-online", "--env", env, "--preset", cfg.preset, "--method", method,
                                      "--seed", str(seed)],
-                                    lineage_key(train_online.STAGE, train_online.identity(run_cfg))))
+                                    train_online.lookup_keys(run_cfg)))
     return [datasets, upstream, training]
 
 
 def _upstream_job(stage: str, stage_cfg: Any, data_run: Optional[Any], name: str, args: list[str]) -> Job:
     """An MF or GeMS job; its key is known only once its dataset exists (until then it is never 'done')."""
-    key = lineage_key(stage, {"dataset_run": data_run.info.run_id, **stage_cfg.model_params()}) if data_run else ""
-    return Job(stage, name, args, key)
+    keys = on_dataset.lookup_keys(stage, stage_cfg, data_run.info.run_id) if data_run else ()
+    return Job(stage, name, args, keys)
 
 
 def run(cfg: PipelineConfig, experiment_name: Optional[str] = None, out: str = "reports/pipeline") -> str:

@@ -17,12 +17,13 @@ from slate_rl.agents.config import Protocol
 from slate_rl.agents.export import policy_payload
 from slate_rl.agents.methods import build_agent, method_info
 from slate_rl.agents.training import Hooks, Trainer
+from slate_rl.envs.spec import EnvSpec
 from slate_rl.errors import SlateRLError
 from slate_rl.progress import Progress
 from slate_rl.rankers.decoders import GeMSDecoder
 from slate_rl.reporting.figures import plot_run_curve
 from slate_rl.stage_configs import PretrainGemsConfig, TrainMFConfig, TrainOnlineConfig
-from slate_rl.stages import generate_dataset, pretrain_gems, train_mf
+from slate_rl.stages import environment, generate_dataset, pretrain_gems, train_mf
 from slate_rl.tracking import models
 from slate_rl.tracking.lineage import LINEAGE_TAG, artifact_dir, lineage_key, parse_run_uri
 from slate_rl.tracking.results import metric_curve
@@ -55,8 +56,9 @@ def run(cfg: TrainOnlineConfig, parent: Optional[StageRun] = None, experiment_na
                    tags={"env": cfg.env, "method": cfg.method, "seed": cfg.seed, "preset": cfg.preset}) as mlrun:
         if resume_run is None:
             mlrun.log_params(cfg.as_params())
+            environment.log_spec(mlrun, environment.spec_of(cfg))
             mlrun.set_tags({LINEAGE_TAG: lineage_key(STAGE, identity(cfg))})
-        env = generate_dataset.make_env(generate_dataset_config(cfg))
+        env = environment.make_env(cfg)
         upstream = resolve_upstream(cfg, mlrun)
         mlrun.set_tags({f"upstream.{k}": f"runs:/{v}" for k, v in dataclasses.asdict(upstream).items() if v})
         mf_table = train_mf.load_item_table(upstream.mf) if upstream.mf else None
@@ -82,9 +84,33 @@ def run(cfg: TrainOnlineConfig, parent: Optional[StageRun] = None, experiment_na
         return mlrun.run_id
 
 
+# Fields that do not change a run's outcome (the table's path neither: the spec holds its fingerprint).
+NOT_IDENTITY_FIELDS = ("register", "allow_env_mismatch", "item_embeddings", "env_params")
+# The fields of slate-rl 0.1.0's TrainOnlineConfig, whose values (every one, default or not) made its lineage keys.
+LEGACY_FIELDS = ("env", "preset", "method", "seed", "episodes", "warmup_episodes", "val_every", "val_episodes",
+                 "test_episodes", "parallel_episodes", "overlap_collection", "save_every", "item_embeddings", "dataset",
+                 "gems", "mf", "latent_dim", "lambda_kl", "lambda_click", "agent")
+
+
 def identity(cfg: TrainOnlineConfig) -> dict[str, Any]:
-    """What determines a train_online run's outcome (its lineage key; `pipeline` skips runs that have one)."""
-    return {k: v for k, v in cfg.as_params().items() if k != "register"}
+    """What determines a train_online run's outcome (its lineage key; `pipeline` skips runs that have one): the
+    environment spec and the fields that differ from their defaults."""
+    return {**cfg.changed_fields(exclude=NOT_IDENTITY_FIELDS), **environment.spec_of(cfg).as_params()}
+
+
+def legacy_identity(cfg: TrainOnlineConfig) -> Optional[dict[str, Any]]:
+    """The identity slate-rl 0.1.0 hashed (every field of its config), to find the runs it wrote; None for a
+    configuration it could not express (simulator overrides)."""
+    if cfg.env_params:
+        return None
+    params = cfg.as_params()
+    return {k: v for k, v in params.items() if k.split(".")[0] in LEGACY_FIELDS}
+
+
+def lookup_keys(cfg: TrainOnlineConfig) -> tuple[str, ...]:
+    """The lineage key of this configuration's run, then the key slate-rl 0.1.0 gave it (when it had one)."""
+    legacy = legacy_identity(cfg)
+    return (lineage_key(STAGE, identity(cfg)),) + ((lineage_key(STAGE, legacy),) if legacy is not None else ())
 
 
 def resumable(run_id: str) -> TrainOnlineConfig:
@@ -109,29 +135,33 @@ def resumable(run_id: str) -> TrainOnlineConfig:
     return TrainOnlineConfig.resolve(config.pop("env"), config.pop("preset"), **config)
 
 
-def generate_dataset_config(cfg: TrainOnlineConfig):
-    """The dataset configuration of this environment and preset (also how the simulator is built)."""
-    from slate_rl.stage_configs import GenerateDatasetConfig
-
-    return GenerateDatasetConfig.resolve(cfg.env, cfg.preset, item_embeddings=cfg.item_embeddings or None)
-
-
 def resolve_upstream(cfg: TrainOnlineConfig, mlrun: StageRun) -> Upstream:
-    """The dataset, GeMS and MF runs the method needs: given explicitly, else found (or produced) by lineage."""
+    """The dataset, GeMS and MF runs the method needs: given explicitly, else found (or produced) by lineage;
+    each checked to come from this run's simulator (unless `allow_env_mismatch`, which tags the run)."""
     needs = method_info(cfg.method).needs
     if needs is None:
         return Upstream()
     if needs == "gems_decoder" and cfg.gems:
-        return Upstream(gems=parse_run_uri(cfg.gems)[0])
-    if needs == "mf_table" and cfg.mf:
-        return Upstream(mf=parse_run_uri(cfg.mf)[0])
-    dataset_run, _ = generate_dataset.resolve_dataset(cfg.env, cfg.preset, cfg.dataset, cfg.item_embeddings, mlrun)
-    if needs == "gems_decoder":
-        gems_cfg = PretrainGemsConfig.resolve(cfg.env, cfg.preset, seed=cfg.seed, latent_dim=cfg.latent_dim,
-                                              lambda_kl=cfg.lambda_kl, lambda_click=cfg.lambda_click)
-        return Upstream(dataset=dataset_run, gems=pretrain_gems.find_or_pretrain(gems_cfg, dataset_run, mlrun))
-    mf_cfg = TrainMFConfig.resolve(cfg.env, cfg.preset)
-    return Upstream(dataset=dataset_run, mf=train_mf.find_or_train(mf_cfg, dataset_run, mlrun))
+        upstream = Upstream(gems=parse_run_uri(cfg.gems)[0])
+    elif needs == "mf_table" and cfg.mf:
+        upstream = Upstream(mf=parse_run_uri(cfg.mf)[0])
+    else:
+        dataset_run, _ = generate_dataset.resolve_dataset(cfg, mlrun)
+        environment_fields = {"env_params": cfg.env_params or None, "item_embeddings": cfg.item_embeddings or None,
+                              "allow_env_mismatch": cfg.allow_env_mismatch or None}
+        if needs == "gems_decoder":
+            gems_cfg = PretrainGemsConfig.resolve(cfg.env, cfg.preset, seed=cfg.seed, latent_dim=cfg.latent_dim,
+                                                  lambda_kl=cfg.lambda_kl, lambda_click=cfg.lambda_click,
+                                                  **environment_fields)
+            upstream = Upstream(dataset=dataset_run, gems=pretrain_gems.find_or_pretrain(gems_cfg, dataset_run, mlrun))
+        else:
+            mf_cfg = TrainMFConfig.resolve(cfg.env, cfg.preset, **environment_fields)
+            upstream = Upstream(dataset=dataset_run, mf=train_mf.find_or_train(mf_cfg, dataset_run, mlrun))
+    spec = environment.spec_of(cfg)
+    for what, run_id in (("gems", upstream.gems), ("mf", upstream.mf)):
+        if run_id:
+            environment.check_upstream(spec, run_id, what, cfg.allow_env_mismatch, mlrun)
+    return upstream
 
 
 def load_gems(cfg: TrainOnlineConfig, gems_run: str):
@@ -142,8 +172,6 @@ def load_gems(cfg: TrainOnlineConfig, gems_run: str):
             raise SlateRLError(f"GeMS run {gems_run} was trained with {name} = {payload['hparams'][name]}, but "
                                f"{name} = {getattr(cfg, name)} was requested; pass {name}={payload['hparams'][name]} "
                                "or another GeMS run")
-    if payload["env"] != cfg.env:
-        raise SlateRLError(f"GeMS run {gems_run} was trained on {payload['env']!r}, not {cfg.env!r}")
     return GeMSDecoder.from_payload(payload["decoder"])
 
 
@@ -235,5 +263,6 @@ class _Session:
             version = models.register(cfg.env, mlrun.run_id, path, {
                 "method": cfg.method, "seed": cfg.seed, "episode": episode, "checkpoint": "best",
                 "val_return": trainer.best_return if trainer.best_episode is not None else "",
-                "test_return": mean, "run_id": mlrun.run_id, "preset": cfg.preset, "env": cfg.env})
+                "test_return": mean, "run_id": mlrun.run_id, "preset": cfg.preset, "env": cfg.env,
+                **EnvSpec.of(self.env).as_params()})
             mlrun.set_tags({"registered_version": version.version})
