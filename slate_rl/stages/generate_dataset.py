@@ -18,12 +18,15 @@ from slate_rl.envs.spec import EnvSpec
 from slate_rl.progress import Progress
 from slate_rl.stage_configs import GenerateDatasetConfig
 from slate_rl.stages import environment
-from slate_rl.tracking.lineage import (LINEAGE_TAG, artifact_dir, find_or_run, get_finished_run, lineage_key,
-                                       parse_run_uri)
+from slate_rl.tracking.lineage import (LINEAGE_TAG, artifact_dir, find_or_run, get_finished_run, legacy_applies,
+                                       lineage_key, parse_run_uri)
 from slate_rl.tracking.runs import StageRun, stage_run
 
 STAGE = "generate_dataset"
 ARTIFACT = "dataset"
+# The fields of slate-rl 0.1.0's GenerateDatasetConfig (env_params was called env_overrides).
+LEGACY_FIELDS = ("env", "preset", "n_sessions", "epsilon", "seed", "sim_seed", "item_embeddings", "chunk_size",
+                 "env_params")
 log = logging.getLogger("slate_rl")
 
 
@@ -46,11 +49,13 @@ def legacy_identity(config: GenerateDatasetConfig, env: envs.TopicRec) -> dict[s
             "chunk_size": config.chunk_size}
 
 
-def lookup_keys(config: GenerateDatasetConfig) -> tuple[str, str]:
-    """The lineage key of this configuration's dataset, then the key slate-rl 0.1.0 gave it."""
+def lookup_keys(config: GenerateDatasetConfig) -> tuple[str, ...]:
+    """The lineage key of this configuration's dataset, then the key slate-rl 0.1.0 gave it (when it could)."""
     env = make_env(config)
-    return (lineage_key(STAGE, identity(config, EnvSpec.of(env))),
-            lineage_key(STAGE, legacy_identity(config, env)))
+    current = lineage_key(STAGE, identity(config, EnvSpec.of(env)))
+    if not legacy_applies(config.changed_fields(), LEGACY_FIELDS):
+        return (current,)
+    return current, lineage_key(STAGE, legacy_identity(config, env))
 
 
 def run(config: GenerateDatasetConfig, parent: Optional[StageRun] = None,

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from slate_rl.data.logged import LoggedSessions
 from slate_rl.stages import environment, generate_dataset
-from slate_rl.tracking.lineage import LINEAGE_TAG, find_or_run, lineage_key
+from slate_rl.tracking.lineage import LINEAGE_TAG, find_or_run, legacy_applies, lineage_key
 from slate_rl.tracking.runs import StageRun, stage_run
 
 # Fields that do not shape the model given its dataset run (the dataset's own identity covers the environment).
@@ -34,9 +34,12 @@ def legacy_identity(stage: str, cfg: Any, dataset_run: str) -> dict[str, Any]:
     return {"dataset_run": dataset_run, **{name: getattr(cfg, name) for name in LEGACY_MODEL_FIELDS[stage]}}
 
 
-def lookup_keys(stage: str, cfg: Any, dataset_run: str) -> tuple[str, str]:
-    """The lineage key of this model, then the key slate-rl 0.1.0 gave it."""
-    return key(stage, cfg, dataset_run), lineage_key(stage, legacy_identity(stage, cfg, dataset_run))
+def lookup_keys(stage: str, cfg: Any, dataset_run: str) -> tuple[str, ...]:
+    """The lineage key of this model, then the key slate-rl 0.1.0 gave it (when it could)."""
+    current = key(stage, cfg, dataset_run)
+    if not legacy_applies(cfg.changed_fields(exclude=NOT_MODEL_FIELDS), LEGACY_MODEL_FIELDS[stage]):
+        return (current,)
+    return current, lineage_key(stage, legacy_identity(stage, cfg, dataset_run))
 
 
 @contextlib.contextmanager

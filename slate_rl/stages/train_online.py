@@ -25,7 +25,7 @@ from slate_rl.reporting.figures import plot_run_curve
 from slate_rl.stage_configs import PretrainGemsConfig, TrainMFConfig, TrainOnlineConfig
 from slate_rl.stages import environment, generate_dataset, pretrain_gems, train_mf
 from slate_rl.tracking import models
-from slate_rl.tracking.lineage import LINEAGE_TAG, artifact_dir, lineage_key, parse_run_uri
+from slate_rl.tracking.lineage import LINEAGE_TAG, artifact_dir, legacy_applies, lineage_key, parse_run_uri
 from slate_rl.tracking.results import metric_curve
 from slate_rl.tracking.runs import StageRun, stage_run
 
@@ -98,19 +98,18 @@ def identity(cfg: TrainOnlineConfig) -> dict[str, Any]:
     return {**cfg.changed_fields(exclude=NOT_IDENTITY_FIELDS), **environment.spec_of(cfg).as_params()}
 
 
-def legacy_identity(cfg: TrainOnlineConfig) -> Optional[dict[str, Any]]:
-    """The identity slate-rl 0.1.0 hashed (every field of its config), to find the runs it wrote; None for a
-    configuration it could not express (simulator overrides)."""
-    if cfg.env_params:
-        return None
-    params = cfg.as_params()
-    return {k: v for k, v in params.items() if k.split(".")[0] in LEGACY_FIELDS}
+def legacy_identity(cfg: TrainOnlineConfig) -> dict[str, Any]:
+    """The identity slate-rl 0.1.0 hashed (every field of its config), to find the runs it wrote."""
+    return {k: v for k, v in cfg.as_params().items() if k.split(".")[0] in LEGACY_FIELDS}
 
 
 def lookup_keys(cfg: TrainOnlineConfig) -> tuple[str, ...]:
-    """The lineage key of this configuration's run, then the key slate-rl 0.1.0 gave it (when it had one)."""
-    legacy = legacy_identity(cfg)
-    return (lineage_key(STAGE, identity(cfg)),) + ((lineage_key(STAGE, legacy),) if legacy is not None else ())
+    """The lineage key of this configuration's run, then the key slate-rl 0.1.0 gave it (when it could: not with
+    simulator overrides or any later field away from its default)."""
+    current = lineage_key(STAGE, identity(cfg))
+    if not legacy_applies(cfg.changed_fields(exclude=("register",)), LEGACY_FIELDS):
+        return (current,)
+    return current, lineage_key(STAGE, legacy_identity(cfg))
 
 
 def resumable(run_id: str) -> TrainOnlineConfig:

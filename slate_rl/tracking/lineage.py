@@ -36,6 +36,13 @@ def lineage_key(stage: str, identity: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:24]
 
 
+def legacy_applies(changed: dict[str, Any], legacy_fields: Sequence[str]) -> bool:
+    """Whether a run of slate-rl 0.1.0 can match a configuration whose non-default fields are `changed` (flat, dict
+    entries as 'name.key'): only if each of them existed then -- a later field away from its default describes
+    something 0.1.0 never ran."""
+    return all(name.split(".")[0] in legacy_fields for name in changed)
+
+
 def find_finished_run(stage: str, keys: Union[str, Sequence[str]]) -> Optional[Run]:
     """The newest FINISHED run of `stage` with a lineage key of `keys` (tried in order: the current key, then a
     legacy one), in any experiment."""
