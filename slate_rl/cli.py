@@ -264,7 +264,7 @@ def registry_group() -> None:
 
 
 @registry_group.command("list")
-@option("env", default=None, help="Environment (default: all six).")
+@option("env", default=None, help="Environment (default: all of them).")
 @user_errors
 def registry_list(env: str | None) -> None:
     """Versions with method, seed, episode, validation / test return, aliases and source run."""

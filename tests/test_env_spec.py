@@ -14,11 +14,14 @@ from mlflow.tracking import MlflowClient
 from slate_rl import config, envs
 from slate_rl.cli import main
 from slate_rl.config import parse_env_params
+from slate_rl.data import load_offline
 from slate_rl.envs.spec import EnvSpec
 from slate_rl.errors import SlateRLError
 from slate_rl.stage_configs import GenerateDatasetConfig, PretrainGemsConfig, TrainMFConfig, TrainOnlineConfig
-from slate_rl.stages import compare, environment, generate_dataset, pipeline, pretrain_gems, train_mf, train_online
-from slate_rl.tracking.lineage import LINEAGE_TAG, find_finished_run, lineage_key
+from slate_rl.stages import (compare, environment, generate_dataset, on_dataset, pipeline, pretrain_gems, registry,
+                             train_mf, train_online)
+from slate_rl.tracking import models
+from slate_rl.tracking.lineage import LINEAGE_TAG, artifact_dir, find_finished_run, lineage_key
 from slate_rl.tracking.runs import format_param
 
 ENV = "focused_mix"
@@ -141,6 +144,20 @@ def test_dataset_run_logs_its_spec_and_its_lineage_depends_on_it(tracking_store)
     assert generate_dataset.lookup_keys(other)[0] != tags[LINEAGE_TAG]
 
 
+def test_train_online_runs_on_its_spec_and_registers_it(tracking_store):
+    result = _invoke("train-online", "--env", ENV, "--preset", "quick", "--method", "random", "--test-episodes", "20",
+                     "--env-param", "boredom_threshold=3")
+    assert result.exit_code == 0, result.output
+    (run,) = MlflowClient().search_runs(["0"], "tags.stage = 'train_online'")
+    assert run.data.params["env.boredom_threshold"] == "3" and "env_params.boredom_threshold" not in run.data.params
+    cfg = TrainOnlineConfig.resolve(ENV, "quick", method="random", test_episodes=20,
+                                    env_params={"boredom_threshold": 3})
+    assert run.data.tags[LINEAGE_TAG] == train_online.lookup_keys(cfg)[0]
+    (version,) = models.versions(ENV)
+    assert version.tags["env.boredom_threshold"] == "3"
+    assert models.load_version_payload(version)["env_params"]["boredom_threshold"] == 3  # the simulator it played
+
+
 def test_explicit_dataset_of_another_simulator_is_refused_or_allowed_with_a_tag(tracking_store):
     dataset = f"runs:/{_dataset({'boredom_threshold': 3})}/dataset"
     refused = _invoke("train-mf", "--env", ENV, "--preset", "quick", "--dataset", dataset, "--max-steps", "5")
@@ -161,6 +178,8 @@ def test_explicit_dataset_of_another_simulator_is_refused_or_allowed_with_a_tag(
     runs = {r.data.params.get("env.boredom_threshold", "5"): r
             for r in MlflowClient().search_runs(["0"], "tags.stage = 'train_mf' and attributes.status = 'FINISHED'")}
     assert "env_mismatch.dataset" not in runs["3"].data.tags
+    recorded = json.loads((artifact_dir(runs["3"], "mf") / train_mf.SPEC_FILE).read_text())
+    assert recorded == EnvSpec.build(ENV, {"boredom_threshold": 3}).as_dict()
     assert "boredom_threshold = 3 there, 5 here" in runs["5"].data.tags["env_mismatch.dataset"]
     assert runs["3"].data.params["allow_env_mismatch"] == "false"
 
@@ -181,18 +200,12 @@ def test_gems_payload_and_policy_versions_record_the_spec(tracking_store):
     assert pretrain_gems.load_payload(gems_run)["env_spec"] == spec.as_dict()
     assert environment.recorded_spec(MlflowClient().get_run(gems_run)) == spec
 
-    from slate_rl.stages import registry
-    from slate_rl.tracking import models
-
     registry.register_random(ENV, seed=0)
     (version,) = models.versions(ENV)
     assert version.tags["env.name"] == ENV and version.tags["env.item_table"] == EnvSpec.build(ENV).item_table
 
 
 def test_collect_refuses_a_policy_of_another_simulator_unless_allowed(tracking_store):
-    from slate_rl.data import load_offline
-    from slate_rl.stages import registry
-
     registry.register_random(ENV, seed=0)
     args = ["collect", "--env", ENV, "--preset", "quick", "--policy", f"models:/slate-rl.{ENV}/1", "--episodes", "20",
             "--batch-size", "20", "--reference-episodes", "10", "--format", "npz", "--env-param", "boredom_threshold=3"]
@@ -256,8 +269,6 @@ def _keys(stage: str, cfg) -> tuple[str, ...]:
         return generate_dataset.lookup_keys(cfg)
     if stage == "train_online":
         return train_online.lookup_keys(cfg)
-    from slate_rl.stages import on_dataset
-
     return on_dataset.lookup_keys(stage, cfg, DATASET_RUN)
 
 
