@@ -20,8 +20,9 @@ from slate_rl.progress import setup_logging
 log = logging.getLogger("slate_rl")
 
 
-ENV_HELP = ("Environment: focused_topdown, focused_mix, focused_divpen, diffuse_topdown, diffuse_mix, "
-            "diffuse_divpen.")
+ENV_HELP = ("Environment: one of the paper's six (focused_topdown, focused_mix, focused_divpen, diffuse_topdown, "
+            "diffuse_mix, diffuse_divpen) or a harder variant such as diffuse_mix_bt3_dp5 (`slate-rl envs` lists "
+            "them).")
 METHODS_HELP = ", ".join(method_ids(ONLINE_FAMILIES))  # the registered methods train_online runs, in table order
 
 
@@ -111,10 +112,22 @@ def _shown_default(stage: str, name: str, default: Any) -> str:
     return "" if default in (None, "") else f" [{default}]"
 
 
+def env_param_option(func: Callable) -> Callable:
+    """--env-param KEY=VALUE (repeatable; also KEY=VALUE,KEY=VALUE, as `mlflow run -P env_param=...` passes it)."""
+    return option("env_param", multiple=True, metavar="KEY=VALUE",
+                  help="Override a simulator parameter, e.g. --env-param boredom_threshold=3 (repeatable, or "
+                       "several in one: KEY=VALUE,KEY=VALUE; `slate-rl envs` lists the parameters). Part of the "
+                       "run's environment spec.")(func)
+
+
+ALLOW_MISMATCH_HELP = ("Use a given upstream run (or policy) made on another simulator anyway; the differences are "
+                       "recorded as a tag env_mismatch.<upstream>. Refused otherwise.")
 DATASET_HELP = {
     "dataset": "A generate_dataset run to train on (runs:/<id>/dataset); default: the preset's dataset for --env, "
-               "reused if it exists, else generated first as a child run.",
-    "item_embeddings": "Item table of the environment (to find or generate the dataset); default: the preset's.",
+               "reused if it exists, else generated first as a child run. Checked to come from the same simulator.",
+    "item_embeddings": "Item table of the environment (to find or generate the dataset): a .pt / .npy file, or "
+                       "focused / diffuse; default: the preset's.",
+    "allow_env_mismatch": ALLOW_MISMATCH_HELP,
 }
 
 
@@ -130,8 +143,7 @@ DATASET_HELP = {
                        "e.g. the paper's item_embeddings_focused.pt.",
     "chunk_size": "Users simulated at once (memory vs speed).",
 })
-@option("env_param", multiple=True, metavar="KEY=VALUE",
-        help="Override a simulator parameter, e.g. --env-param boredom_threshold=3 (repeatable).")
+@env_param_option
 @user_errors
 def generate_dataset_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None,
                              env_param: tuple[str, ...], **overrides: Any) -> None:
@@ -139,7 +151,7 @@ def generate_dataset_command(env: str, preset: str, experiment_name: str | None,
     from slate_rl.stages import generate_dataset
 
     cfg = stage_configs.GenerateDatasetConfig.resolve(
-        env, preset, env_overrides=config.parse_assignments(env_param, "--env-param") or None, **overrides)
+        env, preset, env_params=config.parse_env_params(env_param) or None, **overrides)
     run_id = generate_dataset.run(cfg, **placement(experiment_name, parent_run))
     click.echo(f"dataset: runs:/{run_id}/{generate_dataset.ARTIFACT}")
 
@@ -161,14 +173,16 @@ def generate_dataset_command(env: str, preset: str, experiment_name: str | None,
     "shuffle": "Shuffle training slates every epoch (the reference does not).",
     "bound_sessions": "Logged sessions whose encodings define the action bounds.",
 })
+@env_param_option
 @user_errors
 def pretrain_gems_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None,
-                          **overrides: Any) -> None:
+                          env_param: tuple[str, ...], **overrides: Any) -> None:
     """Pretrain the GeMS slate VAE; logs the best-validation model with its action bounds (artifact 'gems')."""
     from slate_rl.stages import pretrain_gems
 
-    run_id = pretrain_gems.run(stage_configs.PretrainGemsConfig.resolve(env, preset, **overrides),
-                               **placement(experiment_name, parent_run))
+    cfg = stage_configs.PretrainGemsConfig.resolve(env, preset, env_params=config.parse_env_params(env_param) or None,
+                                                   **overrides)
+    run_id = pretrain_gems.run(cfg, **placement(experiment_name, parent_run))
     click.echo(f"gems: runs:/{run_id}/{pretrain_gems.ARTIFACT}")
 
 
@@ -186,14 +200,16 @@ def pretrain_gems_command(env: str, preset: str, experiment_name: str | None, pa
     "max_steps": "Cap on training steps (0: none).",
     "max_seconds": "Cap on training time in seconds (0: none).",
 })
+@env_param_option
 @user_errors
 def train_mf_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None,
-                     **overrides: Any) -> None:
+                     env_param: tuple[str, ...], **overrides: Any) -> None:
     """Train BPR matrix-factorisation item embeddings on logged sessions (artifact 'mf')."""
     from slate_rl.stages import train_mf
 
-    run_id = train_mf.run(stage_configs.TrainMFConfig.resolve(env, preset, **overrides),
-                          **placement(experiment_name, parent_run))
+    cfg = stage_configs.TrainMFConfig.resolve(env, preset, env_params=config.parse_env_params(env_param) or None,
+                                              **overrides)
+    run_id = train_mf.run(cfg, **placement(experiment_name, parent_run))
     click.echo(f"mf: runs:/{run_id}/{train_mf.ARTIFACT}")
 
 
@@ -213,6 +229,7 @@ def train_mf_command(env: str, preset: str, experiment_name: str | None, parent_
                           "learner by up to 2K updates). K = 1 without overlap is the reference's ordering.",
     "save_every": "A checkpoint (episode_NNNNNN, and the resume state) every this many episodes.",
     "item_embeddings": "A .pt / .npy item table of the environment instead of the preset's generated one.",
+    "allow_env_mismatch": ALLOW_MISMATCH_HELP,
     "dataset": "generate_dataset run for GeMS / MF (runs:/<id>); default: by lineage.",
     "gems": "pretrain_gems run to act through (runs:/<id>); default: the GeMS of this seed and setting, by lineage.",
     "mf": "train_mf run (runs:/<id>); default: by lineage.",
@@ -225,9 +242,11 @@ def train_mf_command(env: str, preset: str, experiment_name: str | None, parent_
         help="Override a hyper-parameter of the method, e.g. --set gamma=0.9 --set pi_lr=0.001 (repeatable).")
 @option("resume", default=None, metavar="RUN_ID",
         help="Continue a killed or failed train_online run from its last checkpoint, in the same MLflow run.")
+@env_param_option
 @user_errors
 def train_online_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None,
-                         assignments: tuple[str, ...], resume: str | None, **overrides: Any) -> None:
+                         assignments: tuple[str, ...], resume: str | None, env_param: tuple[str, ...],
+                         **overrides: Any) -> None:
     """Train one of the paper's methods with validation and test; register its best policy."""
     from slate_rl.agents import configure_cpu
     from slate_rl.stages import train_online
@@ -238,7 +257,8 @@ def train_online_command(env: str, preset: str, experiment_name: str | None, par
         run_id = train_online.run(cfg, resume_run=resume)
     else:
         cfg = stage_configs.TrainOnlineConfig.resolve(
-            env, preset, agent=config.parse_assignments(assignments, "--set") or None, **overrides)
+            env, preset, agent=config.parse_assignments(assignments, "--set") or None,
+            env_params=config.parse_env_params(env_param) or None, **overrides)
         run_id = train_online.run(cfg, **placement(experiment_name, parent_run))
     from mlflow.tracking import MlflowClient
 
@@ -258,7 +278,7 @@ def registry_group() -> None:
 
 
 @registry_group.command("list")
-@option("env", default=None, help="Environment (default: all six).")
+@option("env", default=None, help="Environment (default: all of them).")
 @user_errors
 def registry_list(env: str | None) -> None:
     """Versions with method, seed, episode, validation / test return, aliases and source run."""
@@ -344,14 +364,20 @@ def registry_demote(env: str, alias: str) -> None:
     "batch_size": "Users simulated at once.",
     "name": "Dataset name (default: the alias, 'policy' or 'mix').",
     "reference_episodes": "Episodes of the random policy that give the dataset's random reference score.",
+    "item_embeddings": "Item table of the simulator to collect on (a .pt / .npy file, or focused / diffuse); "
+                       "default: the preset's. The policies must have been trained on the same simulator.",
+    "allow_env_mismatch": ALLOW_MISMATCH_HELP,
 })
+@env_param_option
 @user_errors
-def collect_command(env: str, preset: str, experiment_name: str | None, **overrides: Any) -> None:
+def collect_command(env: str, preset: str, experiment_name: str | None, env_param: tuple[str, ...],
+                    **overrides: Any) -> None:
     """Collect an offline dataset from registered policies chosen by alias, with a quality report."""
     from slate_rl.stages import collect
 
-    run_id = collect.run(stage_configs.CollectConfig.resolve(env, preset, **overrides),
-                         experiment_name=experiment_name)
+    cfg = stage_configs.CollectConfig.resolve(env, preset, env_params=config.parse_env_params(env_param) or None,
+                                              **overrides)
+    run_id = collect.run(cfg, experiment_name=experiment_name)
     click.echo(f"dataset: runs:/{run_id}/{collect.ARTIFACT}  (load with slate_rl.data.load_offline('{run_id}'))")
 
 
@@ -422,11 +448,16 @@ def compare_split(text: str) -> list[str]:
 
 @main.command("envs")
 def envs_command() -> None:
-    """List the preset environments and their distinguishing parameters."""
+    """List the preset environments (the paper's six, then the variants) and the simulator parameters."""
+    paper = config.paper_env_names()
     for name in config.env_names():
         preset = config.env_preset(name)
-        click.echo(f"{name:16s} embeddings={preset['item_embeddings']:8s} click_model={preset['click_model']:7s} "
-                   f"diversity_penalty={preset['diversity_penalty']}")
+        click.echo(f"{name:24s} embeddings={preset['item_embeddings']:8s} click_model={preset['click_model']:7s} "
+                   f"diversity_penalty={preset['diversity_penalty']} boredom_threshold={preset['boredom_threshold']}"
+                   + ("  (paper)" if name in paper else ""))
+    common = {k: v for k, v in config.env_preset(paper[0]).items() if k != "item_embeddings"}
+    click.echo("\nSimulator parameters (--env-param KEY=VALUE; values of " + paper[0] + "):")
+    click.echo("  " + ", ".join(f"{k}={v}" for k, v in sorted(common.items())))
 
 
 @main.command("ui", context_settings={"ignore_unknown_options": True})

@@ -1,4 +1,5 @@
-"""Preset loading: the six paper environments and the `quick` / `paper` stage presets.
+"""Preset loading: the named environments (the paper's six and harder variants) and the `quick` / `paper` stage
+presets.
 
 The YAML files ship inside the package (slate_rl/presets/, which the source checkout also shows as `experiments/`).
 A user overrides them without touching the package: $SLATE_RL_PRESETS names a folder of their own YAML files, and a
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import sys
 import os
 from importlib import resources
 from pathlib import Path
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
@@ -74,8 +77,20 @@ def _parse(name: str, override: str) -> dict[str, Any]:
 
 
 def env_names() -> tuple[str, ...]:
-    """Names of the preset environments, in the paper's order."""
+    """Names of all preset environments: the paper's six in its order, then the variants."""
     return tuple(_read_yaml("envs.yaml")["environments"])
+
+
+def paper_env_names() -> tuple[str, ...]:
+    """The six environments of the paper's results table, in its column order (what 'all' means in comparisons)."""
+    return tuple(_read_yaml("envs.yaml")["paper_environments"])
+
+
+def resolve_env_list(text: str) -> list[str]:
+    """'all' (or '') -> the paper's six environments; else the comma-separated names, each checked."""
+    if text.strip() in ("", "all"):
+        return list(paper_env_names())
+    return [check_env_name(name.strip()) for name in text.split(",") if name.strip()]
 
 
 def check_env_name(name: str) -> str:
@@ -126,6 +141,13 @@ def parse_assignments(items: tuple[str, ...] | list[str], what: str = "override"
     return result
 
 
+def parse_env_params(items: Iterable[str]) -> dict[str, Any]:
+    """Simulator overrides from `--env-param KEY=VALUE` values; one value may hold several, 'KEY=VALUE,KEY=VALUE'
+    (as MLflow's `-P env_param=...` passes them). Empty values are ignored. Keys are checked by the stage config."""
+    parts = [part for item in items for part in re.split(r",(?=\s*[A-Za-z_]\w*\s*=)", item) if part.strip()]
+    return parse_assignments(parts, "--env-param")
+
+
 @dataclasses.dataclass
 class StageConfig:
     """Base of the typed stage configs: preset values, then explicit overrides, then validation."""
@@ -153,14 +175,38 @@ class StageConfig:
         """Raise SlateRLError naming the first out-of-range value."""
 
     def as_params(self) -> dict[str, Any]:
-        """Flat dict for MLflow params (dict values are expanded as 'name.key')."""
+        """Flat dict for MLflow params (dict values are expanded as 'name.key'). Simulator overrides (`env_params`)
+        are left out: the stages log them as part of the environment spec (`env.<key>`)."""
         flat: dict[str, Any] = {}
         for key, value in dataclasses.asdict(self).items():
+            if key == "env_params":
+                continue
             if isinstance(value, dict):
                 flat.update({f"{key}.{k}": v for k, v in value.items()})
             else:
                 flat[key] = value
         return flat
+
+    def changed_fields(self, exclude: Iterable[str] = ()) -> dict[str, Any]:
+        """The fields whose value differs from the field's declared default, flat like `as_params` (the required
+        `env` and `preset` always count). Lineage identities are built from these, so that adding a field with a
+        default leaves the identity of every existing configuration -- and the finished runs found by it -- as it
+        was. The price: changing a field's default changes what its runs mean, so treat it as a new field (a new
+        name), never as an edit. An int given for a float field counts as that float."""
+        changed: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            if field.name in exclude:
+                continue
+            value = getattr(self, field.name)
+            if isinstance(value, dict):  # dict fields (empty by default): each entry counts
+                changed.update({f"{field.name}.{k}": v for k, v in value.items()})
+                continue
+            default = field.default
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if default is dataclasses.MISSING or value != default:
+                changed[field.name] = value
+        return changed
 
 
 def _required(cls: type, name: str) -> bool:

@@ -2,6 +2,11 @@
 
 Each config resolves as: the stage's defaults below, then the preset's section (experiments/<preset>.yaml), then the
 values given on the command line; `validate` names the first value out of range.
+
+Every stage that plays or learns from the simulator has the same environment fields: `env` (a preset environment),
+`env_params` (simulator parameter overrides) and `item_embeddings` (a .pt / .npy table, or '' for the preset's);
+together they give the run's environment spec (`slate_rl.envs.spec`). Those that use upstream runs also have
+`allow_env_mismatch`, which lets an explicitly given upstream run of another simulator through (recorded as a tag).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ class GenerateDatasetConfig(StageConfig):
     sim_seed: int = 24321357327
     item_embeddings: str = ""  # '' = the table the environment preset names; else a .pt / .npy path
     chunk_size: int = 10_000
-    env_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    env_params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
         if int(self.n_sessions) <= 0:
@@ -35,9 +40,7 @@ class GenerateDatasetConfig(StageConfig):
             raise SlateRLError(f"epsilon is the probability of a random slot and must lie in [0, 1] (got {self.epsilon})")
         if int(self.chunk_size) <= 0:
             raise SlateRLError(f"chunk_size must be positive (got {self.chunk_size})")
-        from slate_rl.envs import env_params
-
-        env_params(self.env, **self.env_overrides)  # names unknown or out-of-range simulator overrides
+        check_env_params(self)
 
 
 @dataclasses.dataclass
@@ -47,6 +50,8 @@ class PretrainGemsConfig(StageConfig):
     stage = "pretrain_gems"
     dataset: str = ""  # runs:/ reference of a generate_dataset run; '' = find or generate the preset's dataset
     item_embeddings: str = ""  # only to find / generate the dataset (the VAE learns its own item table)
+    env_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    allow_env_mismatch: bool = False
     seed: int = 58407201
     latent_dim: int = 32
     lambda_kl: float = 1.0
@@ -72,11 +77,7 @@ class PretrainGemsConfig(StageConfig):
             raise SlateRLError(f"lr must be > 0 (got {self.lr})")
         if self.loss_convention not in ("reference", "standard"):
             raise SlateRLError(f"loss_convention must be 'reference' or 'standard' (got {self.loss_convention!r})")
-
-    def model_params(self) -> dict[str, Any]:
-        """What determines the model given its dataset (part of the lineage key)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("env", "preset", "dataset",
-                                                                                 "item_embeddings")}
+        check_env_params(self)
 
 
 @dataclasses.dataclass
@@ -86,6 +87,8 @@ class TrainMFConfig(StageConfig):
     stage = "train_mf"
     dataset: str = ""
     item_embeddings: str = ""  # only to find / generate the dataset
+    env_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    allow_env_mismatch: bool = False
     seed: int = 2022
     dim: int = 20
     lr: float = 1e-4
@@ -103,10 +106,7 @@ class TrainMFConfig(StageConfig):
             raise SlateRLError(f"lr must be > 0 (got {self.lr})")
         if int(self.max_steps) < 0 or float(self.max_seconds) < 0:
             raise SlateRLError("max_steps and max_seconds must be >= 0 (0 means no cap)")
-
-    def model_params(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("env", "preset", "dataset",
-                                                                                 "item_embeddings")}
+        check_env_params(self)
 
 
 @dataclasses.dataclass
@@ -118,6 +118,8 @@ class TrainOnlineConfig(Protocol, StageConfig):
     method: str = "sac_gems"
     seed: int = 58407201
     item_embeddings: str = ""
+    env_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    allow_env_mismatch: bool = False
     dataset: str = ""  # runs:/ of a generate_dataset run (for GeMS / MF); '' = the preset's, by lineage
     gems: str = ""  # runs:/ of a pretrain_gems run; '' = GeMS of this seed and setting, by lineage
     mf: str = ""  # runs:/ of a train_mf run; '' = by lineage
@@ -134,6 +136,7 @@ class TrainOnlineConfig(Protocol, StageConfig):
         Protocol.validate(self)
         if int(self.latent_dim) < 1 or float(self.lambda_kl) < 0 or float(self.lambda_click) < 0:
             raise SlateRLError("latent_dim must be >= 1 and the GeMS loss weights >= 0")
+        check_env_params(self)
 
 
 def agent_defaults(method: str) -> dict[str, Any]:
@@ -171,6 +174,9 @@ class CollectConfig(StageConfig):
     batch_size: int = 10_000  # users simulated at once
     name: str = ""  # dataset name (default: the alias, 'policy' or 'mix')
     reference_episodes: int = 500  # episodes of the random policy for the reference score
+    item_embeddings: str = ""  # the table of the simulator to collect on ('' = the preset's)
+    env_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    allow_env_mismatch: bool = False  # play a registered policy on a simulator other than its own
 
     def parts(self) -> list[CollectPart]:
         """The sources to collect: the single policy, or the mix with its shares turned into episode counts."""
@@ -227,4 +233,16 @@ class CollectConfig(StageConfig):
         for name in ("batch_size", "reference_episodes"):
             if int(getattr(self, name)) < 1:
                 raise SlateRLError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        check_env_params(self)
+
+
+def check_env_params(cfg: Any) -> None:
+    """Name an unknown, mistyped or out-of-range simulator override of `cfg.env_params` (with the valid keys)."""
+    from slate_rl.envs import env_params
+    from slate_rl.envs.spec import TABLE_KEY
+
+    if TABLE_KEY in cfg.env_params:
+        raise SlateRLError("item_embeddings is not an --env-param: give the table with --item-embeddings (a .pt / "
+                           ".npy file, or focused / diffuse)")
+    env_params(cfg.env, **cfg.env_params)
 

@@ -65,7 +65,10 @@ def test_mlproject_fixed_defaults_equal_the_stage_defaults(entry_point, config_c
     every parameter the command passes must be a declared one."""
     spec = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"][entry_point]
     declared = spec["parameters"]
-    resolved = config_class.resolve(declared["env"]["default"], declared["preset"]["default"]).as_params()
+    cfg = config_class.resolve(declared["env"]["default"], declared["preset"]["default"])
+    resolved = cfg.as_params()
+    assert declared.pop("env_param") == {"type": "string", "default": ""} and cfg.env_params == {}
+    assert "--env-param {env_param}" in spec["command"]
     for name, param in declared.items():
         assert str(param["default"]) == str(resolved[name] if resolved[name] is not None else ""), name
         assert "{" + name + "}" in spec["command"], name

@@ -7,12 +7,14 @@ import numpy as np
 from gymnasium.utils.env_checker import check_env
 
 import slate_rl.envs  # noqa: F401  (registers the ids)
+from slate_rl import config
 from slate_rl.envs.gym import SlateRLEnv, SlateRLVectorEnv
 
 
 def test_registered_ids_build_checked_envs():
     ids = [env_id for env_id in gymnasium.registry if env_id.startswith("SlateRL/")]
-    assert len(ids) == 6 and "SlateRL/focused_topdown-v0" in ids
+    assert sorted(ids) == sorted(f"SlateRL/{name}-v0" for name in config.env_names())  # the paper's six, variants
+    assert len(ids) == 11 and "SlateRL/focused_topdown-v0" in ids and "SlateRL/diffuse_mix_bt3_dp5-v0" in ids
     env = gymnasium.make("SlateRL/diffuse_divpen-v0")
     assert env.unwrapped.sim.params.diversity_penalty == 3.0
     check_env(env.unwrapped, skip_render_check=True)

@@ -20,7 +20,7 @@ from slate_rl.methods import (ONLINE_FAMILIES, MethodSpec, Need, get_method, met
                               unregister_method)
 from slate_rl.reporting import is_privileged, method_name
 from slate_rl.stage_configs import TrainOnlineConfig
-from slate_rl.stages import compare, generate_dataset, pipeline, train_online
+from slate_rl.stages import compare, environment, pipeline, train_online
 from slate_rl.tracking import models
 from synthetic_runs import add_train_online_run
 
@@ -117,7 +117,7 @@ def test_a_registered_method_trains_tests_registers_and_is_compared(tracking_sto
     assert run.info.status == "FINISHED" and run.data.tags["method"] == "first_items"
     assert not any(tag.startswith("upstream.") for tag in run.data.tags)  # it needs no upstream run
     assert len(MlflowClient().search_runs(["0"])) == 1  # so no dataset, GeMS or MF run was made either
-    env = generate_dataset.make_env(train_online.generate_dataset_config(cfg))
+    env = environment.make_env(cfg)
     expected = evaluate_policy(env, build_first_items(env, 0, None, {}), 50)
     assert run.data.metrics["test_return"] == pytest.approx(float(expected.mean()))
     (version,) = models.versions("focused_mix")

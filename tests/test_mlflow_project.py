@@ -139,3 +139,15 @@ def test_pipeline_runs_one_seed_with_overrides(workflow):
 def test_every_declared_entry_point_ran(workflow):
     declared = set(yaml.safe_load((REPO / "MLproject").read_text())["entry_points"])
     assert declared <= set(workflow), f"not run through `mlflow run`: {', '.join(sorted(declared - set(workflow)))}"
+
+
+def test_env_param_through_mlflow_run(tracking_store):
+    result = mlflow_run(tracking_store, "generate_dataset", env="diffuse_mix", preset="quick", n_sessions="10",
+                        env_param="boredom_threshold=3,diversity_penalty=5.0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = MlflowClient().search_runs(["0"])
+    params = run.data.params
+    assert (params["env.name"], params["env.boredom_threshold"], params["env.diversity_penalty"]) == \
+        ("diffuse_mix", "3", "5.0")
+    assert params["sim.boredom_threshold"] == "3" and params["env_param"] == "boredom_threshold=3,diversity_penalty=5.0"
+    assert load_from_run(run.info.run_id).meta["env_params"]["diversity_penalty"] == 5.0

@@ -65,7 +65,8 @@ def test_bad_gems_parameters(field, value, message):
 
 
 def test_dataset_of_another_environment_or_kind_is_refused(small_dataset):
-    with pytest.raises(SlateRLError, match="generated for environment 'focused_mix', not 'diffuse_mix'"):
+    with pytest.raises(SlateRLError, match="made on another simulator: environment = 'focused_mix' there, "
+                                           "'diffuse_mix' here; item table fingerprint = "):
         pretrain_gems.run(PretrainGemsConfig.resolve("diffuse_mix", "quick", dataset=small_dataset, epochs=1))
     other = train_mf.run(TrainMFConfig.resolve("focused_mix", "quick", dataset=small_dataset, max_steps=5))
     with pytest.raises(SlateRLError, match="is a 'train_mf' run, not a 'generate_dataset' run"):

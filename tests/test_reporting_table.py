@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pytest
 
-from slate_rl.config import env_names
+from slate_rl.config import paper_env_names
 from slate_rl.errors import SlateRLError
 from slate_rl.methods import method_ids
 from slate_rl.reporting import ENV_NAMES, RunResult, build_table, method_name, to_csv, to_latex, to_markdown
@@ -41,7 +41,7 @@ def small_results() -> list[RunResult]:
 
 def test_paper_ids_display_names_and_order():
     assert [method_name(m) for m in method_ids()] == PAPER_ROWS
-    assert tuple(ENV_NAMES) == env_names()  # same ids and order as the presets in experiments/envs.yaml
+    assert tuple(ENV_NAMES) == paper_env_names()  # same ids and order as the paper environments in envs.yaml
     assert list(ENV_NAMES.values())[:3] == ["TopDown-focused", "Mixed-focused", "DivPen-focused"]
 
 

@@ -1,4 +1,5 @@
-"""The batched TopicRec simulator of the GeMS benchmark: `make(name)` builds one of the six paper environments."""
+"""The batched TopicRec simulator of the GeMS benchmark: `make(name)` builds a named environment (the paper's six,
+ENV_NAMES, or a harder variant of `config.env_names()`)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ __all__ = [
     "resolve_item_embeddings",
 ]
 
-ENV_NAMES = config.env_names()
+ENV_NAMES = config.paper_env_names()
 
 
 def env_params(name: str, **overrides: Any) -> EnvParams:
@@ -65,7 +66,7 @@ def make(
     device: str | torch.device = "cpu",
     **overrides: Any,
 ) -> TopicRec:
-    """Build preset environment `name` (one of ENV_NAMES).
+    """Build preset environment `name` (one of `config.env_names()`: the paper's ENV_NAMES and the variants).
 
     Args:
         item_embeddings: a (num_items, 20) tensor / array or a .pt / .npy file (e.g. the paper's own tables);

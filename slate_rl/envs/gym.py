@@ -106,7 +106,7 @@ class SlateRLVectorEnv(VectorEnv):
 
 
 def register_envs() -> None:
-    """Register `SlateRL/<name>-v0` for the six preset environments (idempotent)."""
+    """Register `SlateRL/<name>-v0` for every named environment (idempotent)."""
     for name in config.env_names():
         env_id = f"{ID_PREFIX}/{name}-v0"
         if env_id not in gymnasium.registry:

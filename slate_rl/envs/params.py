@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,14 +48,14 @@ class EnvParams:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EnvParams:
-        """Build from a mapping, naming any unknown key."""
+        """Build from a mapping, naming any unknown key or value of the wrong type (ints are taken as floats)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise SlateRLError(
                 f"unknown simulator parameter(s) {', '.join(unknown)}; valid ones: {', '.join(sorted(known))}"
             )
-        params = cls(**values)
+        params = cls(**{name: _typed(name, value) for name, value in values.items()})
         params.validate()
         return params
 
@@ -91,3 +92,28 @@ class EnvParams:
             raise SlateRLError(f"env_omega must lie in [0, 1] (got {self.env_omega})")
         if self.embedding_exponent <= 0:
             raise SlateRLError(f"embedding_exponent must be > 0 (got {self.embedding_exponent})")
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _typed(name: str, value: Any) -> Any:
+    """`value` checked against the type of parameter `name` (an int given for a float becomes a float)."""
+    hint = typing.get_type_hints(EnvParams)[name]
+    optional = type(None) in typing.get_args(hint)
+    kind = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
+    if value is None and optional:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typing.get_origin(kind) is not None:  # Sequence[float]: a list of numbers
+        if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                    for v in value):
+            return [float(v) for v in value]
+        expected = "a list of numbers"
+    elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    else:
+        expected = _TYPE_NAMES[kind]
+    raise SlateRLError(f"simulator parameter {name} must be {expected}{' or null' if optional else ''} "
+                       f"(got {value!r})")

@@ -22,10 +22,12 @@ from slate_rl.data.recorder import EpisodeRecorder
 from slate_rl.envs.evaluate import evaluate
 from slate_rl.envs.policies import RandomPolicy
 from slate_rl.envs.randomness import UserStream
+from slate_rl.envs.spec import EnvSpec
 from slate_rl.envs.topicrec import TopicRec
 from slate_rl.errors import SlateRLError
 from slate_rl.progress import Progress
 from slate_rl.stage_configs import CollectConfig, CollectPart
+from slate_rl.stages import environment
 from slate_rl.stages.registry import load_policy
 from slate_rl.tracking import models
 from slate_rl.tracking.runs import StageRun, stage_run
@@ -52,7 +54,8 @@ def run(cfg: CollectConfig, experiment_name: Optional[str] = None) -> str:
     with stage_run(STAGE, run_name=f"{STAGE}/{cfg.env}/{label}", experiment_name=experiment_name,
                    tags={"env": cfg.env, "preset": cfg.preset, "seed": cfg.seed, "quality": label}) as mlrun:
         mlrun.log_params(cfg.as_params())
-        sources = resolve_sources(cfg)
+        environment.log_spec(mlrun, environment.spec_of(cfg))
+        sources = resolve_sources(cfg, mlrun)
         mlrun.set_tags({f"source.{s.name}": f"models:/{s.version.name}/{s.version.version}" for s in sources})
         started = time.perf_counter()
         parts = [(collect_source(s, cfg, index), s.part.episodes) for index, s in enumerate(sources)]
@@ -63,6 +66,7 @@ def run(cfg: CollectConfig, experiment_name: Optional[str] = None) -> str:
             parts = [(dataclasses.replace(e, actions=None), n) for e, n in parts]
         episodes = parts[0][0] if len(parts) == 1 else mix(parts, seed=cfg.seed)
         episodes.metadata["reference_scores"] = reference_scores(cfg, sources[0].env)
+        episodes.metadata["env_spec"] = EnvSpec.of(sources[0].env).as_dict()
         episodes.metadata["collection"] = {"seed": cfg.seed, "noise_scale": cfg.noise_scale, "name": label}
         mlrun.log_metrics({"collect_seconds": seconds, "episodes_per_second": episodes.num_episodes / seconds})
         write_outputs(episodes, cfg, label, mlrun, sources[0].env)
@@ -71,9 +75,11 @@ def run(cfg: CollectConfig, experiment_name: Optional[str] = None) -> str:
         return mlrun.run_id
 
 
-def resolve_sources(cfg: CollectConfig) -> list[Source]:
-    """Each part's registered version, checked to exist and to belong to `cfg.env`."""
+def resolve_sources(cfg: CollectConfig, mlrun: StageRun) -> list[Source]:
+    """Each part's registered version, checked to exist, to belong to `cfg.env` and to have been trained on the
+    simulator the config describes (else, with `allow_env_mismatch`, played on that simulator and tagged)."""
     sources, names = [], set()
+    requested = environment.spec_of(cfg)
     for part in cfg.parts():
         env, reference = cfg.env, part.policy
         if reference.startswith("models:/"):
@@ -88,6 +94,11 @@ def resolve_sources(cfg: CollectConfig) -> list[Source]:
         name = base + ("_noisy" if part.epsilon_noise > 0 else "")
         name = next(f"{name}_{i}" for i in range(2, 100) if f"{name}_{i}" not in names) if name in names else name
         names.add(name)
+        own = EnvSpec.of(simulator)
+        if requested.differences(own):
+            environment.check_same(requested, own, f"policy version {version.version} of {version.name}",
+                                   f"source.{name}", cfg.allow_env_mismatch, mlrun)
+            agent, simulator, _ = load_policy(env, str(version.version), environment.make_env(cfg))
         sources.append(Source(part, name, agent, simulator, version))
     return sources
 

@@ -19,6 +19,7 @@ from slate_rl.reporting import (RunResult, aggregate_scores, aggregates_to_markd
                                 plot_learning_curves, plot_tradeoff, to_csv, to_latex, to_markdown)
 from slate_rl.reporting.names import row_order
 from slate_rl.stage_configs import TrainOnlineConfig, agent_defaults
+from slate_rl.stages import environment
 from slate_rl.tracking.results import metric_curve, search_finished_runs
 from slate_rl.tracking.runs import format_param, stage_run
 
@@ -47,9 +48,7 @@ class CompareConfig:
 
     @classmethod
     def resolve(cls, envs: str, methods: str, **values: Any) -> "CompareConfig":
-        env_list = list(config.env_names()) if envs.strip() in ("", "all") else _split(envs)
-        for env in env_list:
-            config.check_env_name(env)
+        env_list = config.resolve_env_list(envs)
         method_list = list(method_ids(ONLINE_FAMILIES)) if methods.strip() in ("", "all") else _split(methods)
         cfg = cls(envs=env_list, methods=method_list, **{k: v for k, v in values.items() if v is not None})
         for method in (*cfg.methods, cfg.reference):
@@ -74,7 +73,7 @@ def run(cfg: CompareConfig, experiment_name: Optional[str] = None) -> str:
     """Build the report inside a `compare` run; returns the run id. The report is also written to `cfg.out`."""
     with stage_run(STAGE, run_name=f"{STAGE}/{cfg.preset}", experiment_name=experiment_name,
                    tags={"preset": cfg.preset}) as mlrun:
-        mlrun.log_params({"envs": _listing(cfg.envs, config.env_names()),
+        mlrun.log_params({"envs": _listing(cfg.envs, config.paper_env_names()),
                           "methods": _listing(cfg.methods, method_ids(ONLINE_FAMILIES)), "preset": cfg.preset,
                           "reference": cfg.reference, "filter": cfg.filter, "out": cfg.out,
                           "allow_mixed_presets": cfg.allow_mixed_presets, "bootstrap": cfg.bootstrap})
@@ -140,7 +139,8 @@ def _defaults(method: str, env: str, preset: str) -> dict[str, str]:
         cfg = TrainOnlineConfig.resolve(env, preset, method=method)
     except SlateRLError:
         return {}
-    return {name: format_param(value) for name, value in cfg.as_params().items()}
+    logged = {**cfg.as_params(), **environment.spec_of(cfg).as_params()}  # older runs did not log the spec
+    return {name: format_param(value) for name, value in logged.items()}
 
 
 @functools.lru_cache(maxsize=None)

@@ -14,30 +14,48 @@ import torch
 from slate_rl import envs
 from slate_rl.data.logged import LoggedSessions, LoggedSessionsWriter, load_logged_sessions
 from slate_rl.envs.policies import EpsilonGreedyOracle
-from slate_rl.errors import SlateRLError
+from slate_rl.envs.spec import EnvSpec
 from slate_rl.progress import Progress
 from slate_rl.stage_configs import GenerateDatasetConfig
-from slate_rl.tracking.lineage import (LINEAGE_TAG, artifact_dir, find_or_run, get_finished_run, lineage_key,
-                                       parse_run_uri)
+from slate_rl.stages import environment
+from slate_rl.tracking.lineage import (LINEAGE_TAG, artifact_dir, find_or_run, get_finished_run, legacy_applies,
+                                       lineage_key, parse_run_uri)
 from slate_rl.tracking.runs import StageRun, stage_run
 
 STAGE = "generate_dataset"
 ARTIFACT = "dataset"
+# The fields of slate-rl 0.1.0's GenerateDatasetConfig (env_params was called env_overrides).
+LEGACY_FIELDS = ("env", "preset", "n_sessions", "epsilon", "seed", "sim_seed", "item_embeddings", "chunk_size",
+                 "env_params")
 log = logging.getLogger("slate_rl")
 
 
 def make_env(config: GenerateDatasetConfig) -> envs.TopicRec:
     """The simulator a dataset configuration describes."""
-    return envs.make(config.env, item_embeddings=config.item_embeddings or None, sim_seed=int(config.sim_seed),
-                     **config.env_overrides)
+    return environment.make_env(config, sim_seed=config.sim_seed)
 
 
-def identity(config: GenerateDatasetConfig, env: envs.TopicRec) -> dict[str, Any]:
-    """Everything that determines the dataset (the lineage key is its hash)."""
+def identity(config: GenerateDatasetConfig, spec: EnvSpec) -> dict[str, Any]:
+    """What determines the dataset (the lineage key is its hash): the environment spec and the fields that differ
+    from their defaults (the preset's name and the table's path do not count, only the values they give)."""
+    return {**config.changed_fields(exclude=("preset", "item_embeddings", "env_params")), **spec.as_params()}
+
+
+def legacy_identity(config: GenerateDatasetConfig, env: envs.TopicRec) -> dict[str, Any]:
+    """The identity slate-rl 0.1.0 hashed (every simulator parameter and field), to find the datasets it wrote."""
     return {"env": config.env, **{f"sim.{k}": v for k, v in env.params.as_dict().items()},
             "embeddings": envs.fingerprint(env.item_embeddings), "n_sessions": config.n_sessions,
             "epsilon": float(config.epsilon), "seed": config.seed, "sim_seed": config.sim_seed,
             "chunk_size": config.chunk_size}
+
+
+def lookup_keys(config: GenerateDatasetConfig) -> tuple[str, ...]:
+    """The lineage key of this configuration's dataset, then the key slate-rl 0.1.0 gave it (when it could)."""
+    env = make_env(config)
+    current = lineage_key(STAGE, identity(config, EnvSpec.of(env)))
+    if not legacy_applies(config.changed_fields(), LEGACY_FIELDS):
+        return (current,)
+    return current, lineage_key(STAGE, legacy_identity(config, env))
 
 
 def run(config: GenerateDatasetConfig, parent: Optional[StageRun] = None,
@@ -46,9 +64,11 @@ def run(config: GenerateDatasetConfig, parent: Optional[StageRun] = None,
     with stage_run(STAGE, run_name=f"{STAGE}/{config.env}/seed{config.seed}", parent=parent,
                    experiment_name=experiment_name, tags={"env": config.env, "preset": config.preset}) as mlrun:
         env = make_env(config)
-        key = lineage_key(STAGE, identity(config, env))
-        mlrun.set_tags({"seed": config.seed, LINEAGE_TAG: key, "embeddings": envs.fingerprint(env.item_embeddings)})
+        spec = EnvSpec.of(env)
+        key = lineage_key(STAGE, identity(config, spec))
+        mlrun.set_tags({"seed": config.seed, LINEAGE_TAG: key, "embeddings": spec.item_table})
         mlrun.log_params({**config.as_params(), **{f"sim.{k}": v for k, v in env.params.as_dict().items()}})
+        environment.log_spec(mlrun, spec)
         with tempfile.TemporaryDirectory(prefix="slate-rl-dataset-") as tmp:
             folder = Path(tmp) / ARTIFACT
             stats = write_dataset(env, config, folder)
@@ -62,6 +82,7 @@ def write_dataset(env: envs.TopicRec, config: GenerateDatasetConfig, folder: Pat
     n, horizon, size = int(config.n_sessions), env.episode_length, env.slate_size
     policy = EpsilonGreedyOracle(env.num_items, size, float(config.epsilon), int(config.seed))
     meta = {"env": config.env, "env_params": env.params.as_dict(), "embeddings": envs.fingerprint(env.item_embeddings),
+            "env_spec": EnvSpec.of(env).as_dict(),
             "n_sessions": n, "episode_length": horizon, "slate_size": size, "num_items": env.num_items,
             "policy": "epsilon_greedy_oracle", "epsilon": float(config.epsilon), "seed": int(config.seed),
             "sim_seed": int(config.sim_seed), "chunk_size": int(config.chunk_size)}
@@ -113,21 +134,19 @@ def load_from_run(run_ref: str) -> LoggedSessions:
 
 def find_or_generate(config: GenerateDatasetConfig, parent: Optional[StageRun]) -> str:
     """Run id of a FINISHED dataset run with this configuration; generates one as a child run if there is none."""
-    key = lineage_key(STAGE, identity(config, make_env(config)))
-    return find_or_run(STAGE, key, lambda: run(config, parent=parent))
+    return find_or_run(STAGE, lookup_keys(config), lambda: run(config, parent=parent))
 
 
-def resolve_dataset(env: str, preset: str, dataset: str, item_embeddings: str,
-                    parent: Optional[StageRun]) -> tuple[str, LoggedSessions]:
-    """The logged dataset a downstream stage trains on: the given `runs:/` reference (checked to be a finished
-    dataset of `env`), or the preset's dataset for `env`, found by lineage or generated first as a child run."""
-    if dataset:
-        run_id, _ = parse_run_uri(dataset)
+def resolve_dataset(cfg: Any, parent: StageRun) -> tuple[str, LoggedSessions]:
+    """The logged dataset a downstream stage (config `cfg`, run `parent`) trains on: `cfg.dataset` (a finished
+    dataset run, checked to come from the simulator of `cfg`'s environment spec), or the preset's dataset for that
+    simulator, found by lineage or generated first as a child run."""
+    if cfg.dataset:
+        run_id, _ = parse_run_uri(cfg.dataset)
         data = load_from_run(run_id)
-        if data.env != env:
-            raise SlateRLError(f"dataset {dataset} was generated for environment {data.env!r}, not {env!r}; "
-                               f"pass a {env} dataset or leave `dataset` empty to find or generate one")
+        environment.check_upstream(environment.spec_of(cfg), run_id, "dataset", cfg.allow_env_mismatch, parent)
         return run_id, data
-    config = GenerateDatasetConfig.resolve(env, preset, item_embeddings=item_embeddings or None)
+    config = GenerateDatasetConfig.resolve(cfg.env, cfg.preset, item_embeddings=cfg.item_embeddings or None,
+                                           env_params=cfg.env_params or None)
     run_id = find_or_generate(config, parent)
     return run_id, load_from_run(run_id)

@@ -39,8 +39,8 @@ from slate_rl.methods import ONLINE_FAMILIES, Need, get_method, method_ids
 from slate_rl.seeds import PAPER_SEEDS, describe, parse_seeds
 from slate_rl.stage_configs import (GenerateDatasetConfig, PretrainGemsConfig, TrainMFConfig, TrainOnlineConfig,
                                     agent_defaults)
-from slate_rl.stages import compare, generate_dataset, pretrain_gems, train_mf, train_online
-from slate_rl.tracking.lineage import LINEAGE_TAG, lineage_key
+from slate_rl.stages import compare, generate_dataset, on_dataset, pretrain_gems, train_mf, train_online
+from slate_rl.tracking.lineage import LINEAGE_TAG
 from slate_rl.tracking.runs import HOST_TAG, PID_TAG, StageRun, format_param, stage_run
 
 STAGE = "pipeline"
@@ -71,9 +71,7 @@ class PipelineConfig:
     @classmethod
     def resolve(cls, envs: str, methods: str, seeds: str, env_param: tuple[str, ...] = (),
                 assignments: tuple[str, ...] = (), **values: Any) -> "PipelineConfig":
-        env_list = list(config.env_names()) if envs.strip() in ("", "all") else compare._split(envs)
-        for env in env_list:
-            config.check_env_name(env)
+        env_list = config.resolve_env_list(envs)
         method_list = list(method_ids(ONLINE_FAMILIES)) if methods.strip() in ("", "all") else compare._split(methods)
         for method in method_list:
             get_method(method, ONLINE_FAMILIES)
@@ -150,13 +148,14 @@ def _method_overrides(cfg: PipelineConfig, method: str) -> tuple[dict[str, list[
 
 @dataclasses.dataclass
 class Job:
-    """One stage run of the grid: its command-line arguments, its lineage key, and what the store holds of it:
-    state 'finished', 'run' (a new run), 'resume' (continue `run_id`) or 'running' (`run_id` is live elsewhere)."""
+    """One stage run of the grid: its command-line arguments, its lineage keys (current, then legacy), and what the
+    store holds of it: state 'finished', 'run' (a new run), 'resume' (continue `run_id`) or 'running' (`run_id` is
+    live elsewhere)."""
 
     stage: str
     name: str
     args: list[str]
-    key: str
+    keys: tuple[str, ...]
     state: str = "run"
     run_id: str = ""
     note: str = ""
@@ -186,13 +185,17 @@ class _Store:
                 if not token:
                     break
 
-    def finished(self, stage: str, key: str) -> Optional[Run]:
-        return next((r for r in self.by_key.get(f"{stage}:{key}", []) if r.info.status == "FINISHED"), None)
+    def runs(self, stage: str, keys: tuple[str, ...]) -> list[Run]:
+        """The runs of any of `keys`, the current key's first, each key's newest first."""
+        return [run for key in keys for run in self.by_key.get(f"{stage}:{key}", [])]
+
+    def finished(self, stage: str, keys: tuple[str, ...]) -> Optional[Run]:
+        return next((r for r in self.runs(stage, keys) if r.info.status == "FINISHED"), None)
 
     def locate(self, job: Job) -> Job:
         """Set the job's state from the runs of its key: finished, resume, running, or run (a new run)."""
-        runs = self.by_key.get(f"{job.stage}:{job.key}", []) if job.key else []
-        done = self.finished(job.stage, job.key) if job.key else None
+        runs = self.runs(job.stage, job.keys)
+        done = self.finished(job.stage, job.keys)
         if done is not None:
             return dataclasses.replace(job, state="finished", run_id=done.info.run_id)
         if not runs:
@@ -235,7 +238,7 @@ def plan(cfg: PipelineConfig) -> list[list[Job]]:
     needs = {need for method in cfg.methods for need in get_method(method).needs}
 
     def add(phase: int, job: Job) -> None:
-        phases[phase].setdefault(f"{job.stage}:{job.key or job.name}", store.locate(job))
+        phases[phase].setdefault(f"{job.stage}:{job.keys[0] if job.keys else job.name}", store.locate(job))
 
     def label(values: dict[str, Any]) -> str:  # the swept values of a job, in its name
         swept = {k: v for k, v in values.items() if len({**cfg.env_params, **cfg.overrides}[k]) > 1}
@@ -244,13 +247,12 @@ def plan(cfg: PipelineConfig) -> list[list[Job]]:
     for env, env_params in itertools.product(cfg.envs, _combinations(cfg.env_params)):
         variant = label(env_params)
         data_cfg = GenerateDatasetConfig.resolve(env, cfg.preset, **_env_values(cfg, GenerateDatasetConfig, env_params))
-        data_key = lineage_key(generate_dataset.STAGE, generate_dataset.identity(data_cfg,
-                                                                                 generate_dataset.make_env(data_cfg)))
-        data_run = store.finished(generate_dataset.STAGE, data_key)
+        data_keys = generate_dataset.lookup_keys(data_cfg)
+        data_run = store.finished(generate_dataset.STAGE, data_keys)
         if needs:  # GeMS and MF learn from the logged dataset
             add(0, Job(generate_dataset.STAGE, f"dataset/{env}{variant}",
                        ["generate-dataset", "--env", env, "--preset", cfg.preset,
-                        *_env_args(cfg, GenerateDatasetConfig, env_params)], data_key))
+                        *_env_args(cfg, GenerateDatasetConfig, env_params)], data_keys))
         if Need.MF in needs:
             mf_cfg = TrainMFConfig.resolve(env, cfg.preset, **_env_values(cfg, TrainMFConfig, env_params))
             add(1, _upstream_job(train_mf.STAGE, mf_cfg, data_run, f"mf/{env}{variant}",
@@ -278,7 +280,7 @@ def plan(cfg: PipelineConfig) -> list[list[Job]]:
                                 str(seed), *_option_args(chosen),
                                 *[a for k, v in hyper.items() for a in ("--set", f"{k}={json.dumps(v)}")],
                                 *_env_args(cfg, TrainOnlineConfig, env_params)],
-                               lineage_key(train_online.STAGE, train_online.identity(run_cfg))))
+                               train_online.lookup_keys(run_cfg)))
     return [list(jobs.values()) for jobs in phases]
 
 
@@ -303,9 +305,9 @@ def _env_args(cfg: PipelineConfig, config_class: type, env_params: dict[str, Any
 
 
 def _upstream_job(stage: str, stage_cfg: Any, data_run: Optional[Run], name: str, args: list[str]) -> Job:
-    """An MF or GeMS job; its key is known only once its dataset exists (until then it is to run)."""
-    key = lineage_key(stage, {"dataset_run": data_run.info.run_id, **stage_cfg.model_params()}) if data_run else ""
-    return Job(stage, name, args, key)
+    """An MF or GeMS job; its keys are known only once its dataset exists (until then it is to run)."""
+    keys = on_dataset.lookup_keys(stage, stage_cfg, data_run.info.run_id) if data_run else ()
+    return Job(stage, name, args, keys)
 
 
 def describe_plan(cfg: PipelineConfig) -> str:
@@ -317,7 +319,7 @@ def describe_plan(cfg: PipelineConfig) -> str:
         for job in jobs:
             detail = job.run_id if job.state in ("finished", "resume", "running") else ""
             note = f" ({job.note})" if job.note else ""
-            if job.state == "run" and not job.key:
+            if job.state == "run" and not job.keys:
                 note = " (after its dataset)"
             lines.append(f"  {words[job.state]:10} {job.name}" + (f"  {detail}" if detail else "") + note)
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from slate_rl.errors import SlateRLError
 from slate_rl.rankers.bounds import gems_action_bounds
 from slate_rl.rankers.decoders import GeMSDecoder
 from slate_rl.stage_configs import PretrainGemsConfig
-from slate_rl.stages import on_dataset
+from slate_rl.stages import environment, on_dataset
 from slate_rl.stages.on_dataset import dataset_stage_run
 from slate_rl.tracking.lineage import artifact_dir, get_finished_run, parse_run_uri
 from slate_rl.tracking.runs import StageRun
@@ -46,7 +46,8 @@ def run(cfg: PretrainGemsConfig, parent: Optional[StageRun] = None, experiment_n
             best = fit(vae, datamodule, cfg.epochs, mlrun, Path(tmp) / "checkpoints")
             bounds = gems_action_bounds(best, slates, clicks, num_sessions=cfg.bound_sessions)
             decoder = GeMSDecoder.from_vae(best, bounds)
-            payload = {"format": FORMAT, "env": cfg.env, "dataset_run": dataset_run,
+            payload = {"format": FORMAT, "env": cfg.env, "env_spec": environment.spec_of(cfg).as_dict(),
+                       "dataset_run": dataset_run,
                        "hparams": dict(best.hparams), "vae": best.state_dict(), "decoder": decoder.save_payload()}
             folder = Path(tmp) / ARTIFACT
             folder.mkdir()

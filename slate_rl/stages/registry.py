@@ -13,6 +13,9 @@ from mlflow.tracking import MlflowClient
 
 from slate_rl.agents.export import agent_from_payload, check_payload, policy_payload
 from slate_rl.agents.methods import build_agent
+from slate_rl.envs.embeddings import fingerprint
+from slate_rl.envs.spec import EnvSpec
+from slate_rl.envs.topicrec import TopicRec
 from slate_rl.errors import SlateRLError
 from slate_rl.stage_configs import GenerateDatasetConfig
 from slate_rl.stages.generate_dataset import make_env
@@ -76,7 +79,9 @@ def register_checkpoint(run_ref: str, checkpoint: str = "best") -> str:
     curve = dict(metric_curve(run_id, "val_return"))
     tags = {"method": payload["method"], "seed": payload["seed"], "episode": episode, "checkpoint": checkpoint,
             "val_return": curve.get(episode, ""), "run_id": run_id, "env": payload["env"],
-            "preset": run.data.tags.get("preset", "")}
+            "preset": run.data.tags.get("preset", ""),
+            **EnvSpec.from_params_of(payload["env"], payload["env_params"],
+                                     fingerprint(payload["item_embeddings"])).as_params()}
     if checkpoint == "best":
         tags["test_return"] = run.data.metrics.get("test_return", "")
     path = models.log_policy(StageRun(client, run_id), payload, checkpoint)
@@ -93,16 +98,18 @@ def register_random(env: str, seed: int, preset: str = "paper", experiment_name:
         path = models.log_policy(mlrun, payload, "random")
         version = models.register(env, mlrun.run_id, path, {"method": "random", "seed": seed, "episode": 0,
                                                              "checkpoint": "builtin", "run_id": mlrun.run_id,
-                                                             "env": env, "preset": preset})
+                                                             "env": env, "preset": preset,
+                                                             **EnvSpec.of(simulator).as_params()})
         return str(version.version)
 
 
-def load_policy(env: str, reference: str):
-    """(agent, simulator, version) for a version number or alias of `env`'s registered model."""
+def load_policy(env: str, reference: str, simulator: Optional[TopicRec] = None):
+    """(agent, simulator, version) for a version number or alias of `env`'s registered model; the agent acts in
+    `simulator` when one is given, else in the simulator it was trained on."""
     version = models.get_version(env, reference)
     payload = check_payload(models.load_version_payload(version))
     if payload["env"] != env:
         raise SlateRLError(f"version {version.version} of {version.name} was trained on {payload['env']!r}, "
                            f"not {env!r}")
-    agent, simulator = agent_from_payload(payload)
+    agent, simulator = agent_from_payload(payload, simulator)
     return agent, simulator, version

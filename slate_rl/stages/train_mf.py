@@ -13,7 +13,7 @@ from slate_rl import atomic
 from slate_rl.errors import SlateRLError
 from slate_rl.rankers.mf import popularity_correlation, train_mf
 from slate_rl.stage_configs import TrainMFConfig
-from slate_rl.stages import on_dataset
+from slate_rl.stages import environment, on_dataset
 from slate_rl.stages.on_dataset import dataset_stage_run
 from slate_rl.tracking.lineage import artifact_dir, get_finished_run, parse_run_uri
 from slate_rl.tracking.runs import StageRun
@@ -21,11 +21,13 @@ from slate_rl.tracking.runs import StageRun
 STAGE = "train_mf"
 ARTIFACT = "mf"
 TABLE_FILE = "item_embeddings.pt"
+SPEC_FILE = "env_spec.json"  # the environment spec of the dataset's simulator (EnvSpec.as_dict)
 log = logging.getLogger("slate_rl")
 
 
 def run(cfg: TrainMFConfig, parent: Optional[StageRun] = None, experiment_name: Optional[str] = None) -> str:
-    """Train MF inside an MLflow run; returns the run id. Artifact: `mf/item_embeddings.pt` (num_items x dim)."""
+    """Train MF inside an MLflow run; returns the run id. Artifacts: `mf/item_embeddings.pt` (num_items x dim) and
+    `mf/env_spec.json` (the simulator it learned from)."""
     with dataset_stage_run(STAGE, cfg, parent, experiment_name) as (mlrun, dataset_run, data):
         slates, clicks = data.tensors()
         log.info("%s: BPR on %d sessions (early stopping, patience %d)", STAGE, data.n_sessions, cfg.patience)
@@ -40,6 +42,7 @@ def run(cfg: TrainMFConfig, parent: Optional[StageRun] = None, experiment_name: 
         mlrun.set_tags({"stop_reason": result.stop_reason})
         with tempfile.TemporaryDirectory(prefix="slate-rl-mf-") as tmp:
             atomic.torch_save(result.item_table.contiguous(), Path(tmp) / TABLE_FILE)
+            atomic.write_json(Path(tmp) / SPEC_FILE, environment.spec_of(cfg).as_dict())
             mlrun.log_artifacts(tmp, ARTIFACT)
         log.info("%s: %d steps (%s), best held-out BPR loss %.4f, popularity correlation %.2f", STAGE,
                  result.steps, result.stop_reason, result.best_val_loss, correlation)

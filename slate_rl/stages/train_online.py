@@ -17,15 +17,16 @@ from slate_rl.agents.export import policy_payload
 from slate_rl.agents.methods import build_agent
 from slate_rl.agents.rollout import evaluate_policy
 from slate_rl.agents.training import Hooks, Trainer
+from slate_rl.envs.spec import EnvSpec
 from slate_rl.errors import SlateRLError
 from slate_rl.methods import Need, get_method
 from slate_rl.progress import Progress
 from slate_rl.rankers.decoders import GeMSDecoder
 from slate_rl.reporting.figures import plot_run_curve
 from slate_rl.stage_configs import PretrainGemsConfig, TrainMFConfig, TrainOnlineConfig
-from slate_rl.stages import generate_dataset, pretrain_gems, train_mf
+from slate_rl.stages import environment, generate_dataset, pretrain_gems, train_mf
 from slate_rl.tracking import models
-from slate_rl.tracking.lineage import LINEAGE_TAG, artifact_dir, lineage_key, parse_run_uri
+from slate_rl.tracking.lineage import LINEAGE_TAG, artifact_dir, legacy_applies, lineage_key, parse_run_uri
 from slate_rl.tracking.runs import StageRun, stage_run
 
 STAGE = "train_online"
@@ -57,8 +58,9 @@ def run(cfg: TrainOnlineConfig, parent: Optional[StageRun] = None, experiment_na
                    tags={"env": cfg.env, "method": cfg.method, "seed": cfg.seed, "preset": cfg.preset}) as mlrun:
         if resume_run is None:
             mlrun.log_params(cfg.as_params())
+            environment.log_spec(mlrun, environment.spec_of(cfg))
             mlrun.set_tags({LINEAGE_TAG: lineage_key(STAGE, identity(cfg))})
-        env = generate_dataset.make_env(generate_dataset_config(cfg))
+        env = environment.make_env(cfg)
         upstream = resolve_upstream(cfg, mlrun)
         mlrun.set_tags({f"upstream.{k}": f"runs:/{v}" for k, v in dataclasses.asdict(upstream).items() if v})
         mf_table = train_mf.load_item_table(upstream.mf) if upstream.mf else None
@@ -80,9 +82,32 @@ def run(cfg: TrainOnlineConfig, parent: Optional[StageRun] = None, experiment_na
         return mlrun.run_id
 
 
+# Fields that do not change a run's outcome (the table's path neither: the spec holds its fingerprint).
+NOT_IDENTITY_FIELDS = ("register", "allow_env_mismatch", "item_embeddings", "env_params")
+# The fields of slate-rl 0.1.0's TrainOnlineConfig, whose values (every one, default or not) made its lineage keys.
+LEGACY_FIELDS = ("env", "preset", "method", "seed", "episodes", "warmup_episodes", "val_every", "val_episodes",
+                 "test_episodes", "parallel_episodes", "overlap_collection", "save_every", "item_embeddings", "dataset",
+                 "gems", "mf", "latent_dim", "lambda_kl", "lambda_click", "agent")
+
+
 def identity(cfg: TrainOnlineConfig) -> dict[str, Any]:
-    """What determines a train_online run's outcome (its lineage key; `pipeline` skips runs that have one)."""
-    return {k: v for k, v in cfg.as_params().items() if k != "register"}
+    """What determines a train_online run's outcome (its lineage key; `pipeline` skips runs that have one): the
+    environment spec and the fields that differ from their defaults."""
+    return {**cfg.changed_fields(exclude=NOT_IDENTITY_FIELDS), **environment.spec_of(cfg).as_params()}
+
+
+def legacy_identity(cfg: TrainOnlineConfig) -> dict[str, Any]:
+    """The identity slate-rl 0.1.0 hashed (every field of its config), to find the runs it wrote."""
+    return {k: v for k, v in cfg.as_params().items() if k.split(".")[0] in LEGACY_FIELDS}
+
+
+def lookup_keys(cfg: TrainOnlineConfig) -> tuple[str, ...]:
+    """The lineage key of this configuration's run, then the key slate-rl 0.1.0 gave it (when it could: not with
+    simulator overrides or any later field away from its default)."""
+    current = lineage_key(STAGE, identity(cfg))
+    if not legacy_applies(cfg.changed_fields(exclude=("register",)), LEGACY_FIELDS):
+        return (current,)
+    return current, lineage_key(STAGE, legacy_identity(cfg))
 
 
 def result_line(metrics: dict[str, float], test_episodes: int) -> str:
@@ -125,28 +150,28 @@ def has_resume_state(run_id: str) -> bool:
     return any(f.path == f"{RESUME_PATH}/{RESUME_FILE}" for f in MlflowClient().list_artifacts(run_id, RESUME_PATH))
 
 
-def generate_dataset_config(cfg: TrainOnlineConfig):
-    """The dataset configuration of this environment and preset (also how the simulator is built)."""
-    from slate_rl.stage_configs import GenerateDatasetConfig
-
-    return GenerateDatasetConfig.resolve(cfg.env, cfg.preset, item_embeddings=cfg.item_embeddings or None)
-
-
 def resolve_upstream(cfg: TrainOnlineConfig, mlrun: StageRun) -> Upstream:
-    """The dataset, GeMS and MF runs the method needs: given explicitly, else found (or produced) by lineage."""
+    """The dataset, GeMS and MF runs the method needs: given explicitly, else found (or produced) by lineage;
+    each checked to come from this run's simulator (unless `allow_env_mismatch`, which tags the run)."""
     needs = get_method(cfg.method).needs
     upstream = Upstream(**{need.value: parse_run_uri(getattr(cfg, need.value))[0] for need in needs
                            if getattr(cfg, need.value)})
-    if all(getattr(upstream, need.value) for need in needs):
-        return upstream
-    upstream.dataset, _ = generate_dataset.resolve_dataset(cfg.env, cfg.preset, cfg.dataset, cfg.item_embeddings,
-                                                           mlrun)  # GeMS and MF learn from the logged dataset
-    if Need.GEMS in needs and not upstream.gems:
-        gems_cfg = PretrainGemsConfig.resolve(cfg.env, cfg.preset, seed=cfg.seed, latent_dim=cfg.latent_dim,
-                                              lambda_kl=cfg.lambda_kl, lambda_click=cfg.lambda_click)
-        upstream.gems = pretrain_gems.find_or_pretrain(gems_cfg, upstream.dataset, mlrun)
-    if Need.MF in needs and not upstream.mf:
-        upstream.mf = train_mf.find_or_train(TrainMFConfig.resolve(cfg.env, cfg.preset), upstream.dataset, mlrun)
+    if not all(getattr(upstream, need.value) for need in needs):
+        upstream.dataset, _ = generate_dataset.resolve_dataset(cfg, mlrun)  # GeMS and MF learn from logged data
+        environment_fields = {"env_params": cfg.env_params or None, "item_embeddings": cfg.item_embeddings or None,
+                              "allow_env_mismatch": cfg.allow_env_mismatch or None}
+        if Need.GEMS in needs and not upstream.gems:
+            gems_cfg = PretrainGemsConfig.resolve(cfg.env, cfg.preset, seed=cfg.seed, latent_dim=cfg.latent_dim,
+                                                  lambda_kl=cfg.lambda_kl, lambda_click=cfg.lambda_click,
+                                                  **environment_fields)
+            upstream.gems = pretrain_gems.find_or_pretrain(gems_cfg, upstream.dataset, mlrun)
+        if Need.MF in needs and not upstream.mf:
+            mf_cfg = TrainMFConfig.resolve(cfg.env, cfg.preset, **environment_fields)
+            upstream.mf = train_mf.find_or_train(mf_cfg, upstream.dataset, mlrun)
+    spec = environment.spec_of(cfg)
+    for what, run_id in (("gems", upstream.gems), ("mf", upstream.mf)):
+        if run_id:
+            environment.check_upstream(spec, run_id, what, cfg.allow_env_mismatch, mlrun)
     return upstream
 
 
@@ -158,8 +183,6 @@ def load_gems(cfg: TrainOnlineConfig, gems_run: str):
             raise SlateRLError(f"GeMS run {gems_run} was trained with {name} = {payload['hparams'][name]}, but "
                                f"{name} = {getattr(cfg, name)} was requested; pass {name}={payload['hparams'][name]} "
                                "or another GeMS run")
-    if payload["env"] != cfg.env:
-        raise SlateRLError(f"GeMS run {gems_run} was trained on {payload['env']!r}, not {cfg.env!r}")
     return GeMSDecoder.from_payload(payload["decoder"])
 
 
@@ -248,7 +271,8 @@ class _Session:
             version = models.register(cfg.env, mlrun.run_id, path, {
                 "method": cfg.method, "seed": cfg.seed, "episode": episode, "checkpoint": "best",
                 "val_return": trainer.best_return if trainer.best_episode is not None else "",
-                "test_return": mean, "run_id": mlrun.run_id, "preset": cfg.preset, "env": cfg.env})
+                "test_return": mean, "run_id": mlrun.run_id, "preset": cfg.preset, "env": cfg.env,
+                **EnvSpec.of(self.env).as_params()})
             mlrun.set_tags({"registered_version": version.version})
 
     def context_returns(self) -> dict[str, float]:

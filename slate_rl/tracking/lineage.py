@@ -1,5 +1,11 @@
 """Finding outputs by lineage: a stage's identity (the config that determines its output) is hashed into the
-`lineage_key` tag; upstream runs are found by that key among FINISHED runs, never by file names."""
+`lineage_key` tag; upstream runs are found by that key among FINISHED runs, never by file names.
+
+An identity holds the environment spec and only the configuration fields that differ from their defaults
+(`StageConfig.changed_fields`), so a field added later with a default does not change any existing key. Runs
+written before this rule (slate-rl 0.1.0, whose identities held every field) are still found: each stage also
+computes the key such a run carries (its `legacy_identity`) and the lookup tries the current key, then that one.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import json
 import re
 from pathlib import Path
 import logging
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence, Union
 from urllib.parse import unquote, urlparse
 
 import mlflow
@@ -30,24 +36,36 @@ def lineage_key(stage: str, identity: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:24]
 
 
-def find_finished_run(stage: str, key: str) -> Optional[Run]:
-    """The newest FINISHED run of `stage` with this lineage key, in any experiment."""
+def legacy_applies(changed: dict[str, Any], legacy_fields: Sequence[str]) -> bool:
+    """Whether a run of slate-rl 0.1.0 can match a configuration whose non-default fields are `changed` (flat, dict
+    entries as 'name.key'): only if each of them existed then -- a later field away from its default describes
+    something 0.1.0 never ran."""
+    return all(name.split(".")[0] in legacy_fields for name in changed)
+
+
+def find_finished_run(stage: str, keys: Union[str, Sequence[str]]) -> Optional[Run]:
+    """The newest FINISHED run of `stage` with a lineage key of `keys` (tried in order: the current key, then a
+    legacy one), in any experiment."""
     client = MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
     if not experiments:
         return None
-    runs = client.search_runs(
-        experiments,
-        filter_string=f"tags.stage = '{stage}' and tags.{LINEAGE_TAG} = '{key}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0] if runs else None
+    for key in [keys] if isinstance(keys, str) else keys:
+        runs = client.search_runs(
+            experiments,
+            filter_string=f"tags.stage = '{stage}' and tags.{LINEAGE_TAG} = '{key}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if runs:
+            return runs[0]
+    return None
 
 
-def find_or_run(stage: str, key: str, run_child: Callable[[], str]) -> str:
-    """Run id of the newest FINISHED `stage` run with this lineage key; `run_child()` produces one if there is none."""
-    existing = find_finished_run(stage, key)
+def find_or_run(stage: str, keys: Union[str, Sequence[str]], run_child: Callable[[], str]) -> str:
+    """Run id of the newest FINISHED `stage` run with one of these lineage keys; `run_child()` produces one if there
+    is none."""
+    existing = find_finished_run(stage, keys)
     if existing is not None:
         log.info("%s: reusing finished run %s", stage, existing.info.run_id)
         return existing.info.run_id
