@@ -2,6 +2,8 @@
 
 A spec is the preset environment's name, the simulator parameters that differ from that preset, and the fingerprint
 of the item-embedding table's values (never its path: the same table at two paths is the same simulator).
+Only overrides enter lineage keys, so a preset's values, like a config field's default, must never be edited in
+place (finished runs would then claim the new values): add a new named environment instead.
 """
 
 from __future__ import annotations
