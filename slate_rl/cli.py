@@ -151,14 +151,20 @@ def generate_dataset_command(env: str, preset: str, experiment_name: str | None,
     "shuffle": "Shuffle training slates every epoch (the reference does not).",
     "bound_sessions": "Logged sessions whose encodings define the action bounds.",
 })
+@option("resume", default=None, metavar="RUN_ID",
+        help="Continue a killed or failed pretrain_gems run from its last finished epoch, in the same MLflow run "
+             "(its saved configuration applies; the other options are ignored).")
 @user_errors
 def pretrain_gems_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None,
-                          **overrides: Any) -> None:
+                          resume: str | None, **overrides: Any) -> None:
     """Pretrain the GeMS slate VAE; logs the best-validation model with its action bounds (artifact 'gems')."""
     from slate_rl.stages import pretrain_gems
 
-    run_id = pretrain_gems.run(stage_configs.PretrainGemsConfig.resolve(env, preset, **overrides),
-                               **placement(experiment_name, parent_run))
+    if resume:
+        run_id = pretrain_gems.run(pretrain_gems.resumable(resume), resume_run=resume)
+    else:
+        run_id = pretrain_gems.run(stage_configs.PretrainGemsConfig.resolve(env, preset, **overrides),
+                                   **placement(experiment_name, parent_run))
     click.echo(f"gems: runs:/{run_id}/{pretrain_gems.ARTIFACT}")
 
 

@@ -8,7 +8,7 @@ converted to int64 ids and float clicks one batch at a time (no per-slate Python
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -109,3 +109,11 @@ class SlateDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> SliceBatches:
         return SliceBatches(self.val_samples, self.batch_size, shuffle=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The shuffling generator's state (Lightning keeps it in its checkpoints: a resumed run draws the batches
+        an uninterrupted one would)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.generator.set_state(state_dict["generator"])

@@ -10,8 +10,9 @@ Train with `pl.Trainer(...).fit(model, datamodule=SlateDataModule(slates, clicks
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -23,6 +24,7 @@ from slate_rl.rankers.layers import mlp
 from slate_rl.rankers.losses import check_convention, item_cross_entropy, kl_to_standard_normal, reparameterise
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+log = logging.getLogger("slate_rl")
 
 
 def _check_hyperparameters(num_items: int, slate_size: int, item_dim: int, latent_dim: int,
@@ -86,6 +88,7 @@ class GeMS(pl.LightningModule):
         self.to_empty(device="cpu")
         self._initialise(torch.Generator().manual_seed(int(seed)))
         self._noise: torch.Generator | None = None
+        self._saved_noise: dict[str, Any] | None = None  # from a checkpoint, applied when the generator is made
         self._sums: dict[str, tuple[list[str], torch.Tensor | float, int]] = {}
 
     def _initialise(self, generator: torch.Generator) -> None:
@@ -120,6 +123,12 @@ class GeMS(pl.LightningModule):
         """Standard normal noise shaped like `like`, from the module's own generator (seeded by `seed`)."""
         if self._noise is None or self._noise.device != like.device:
             self._noise = torch.Generator(device=like.device).manual_seed(self.hparams.seed)
+            saved, self._saved_noise = self._saved_noise, None
+            if saved is not None and saved["device"] == like.device.type:
+                self._noise.set_state(saved["state"])
+            elif saved is not None:
+                log.warning("GeMS resumed on %s after training on %s: the noise generator restarts from its seed, "
+                            "so the run will differ from an uninterrupted one", like.device.type, saved["device"])
         return torch.randn(like.shape, generator=self._noise, device=like.device, dtype=like.dtype)
 
     # ------------------------------------------------------------------ objective
@@ -164,6 +173,14 @@ class GeMS(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_means("val")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the noise generator's state in Lightning checkpoints (a resumed run draws the same noise)."""
+        if self._noise is not None:
+            checkpoint["gems_noise"] = {"device": self._noise.device.type, "state": self._noise.get_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._noise, self._saved_noise = None, checkpoint.get("gems_noise")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         fused = self.device.type in ("cpu", "cuda")

@@ -24,7 +24,7 @@ from slate_rl.reporting.figures import plot_run_curve
 from slate_rl.stage_configs import PretrainGemsConfig, TrainMFConfig, TrainOnlineConfig
 from slate_rl.stages import generate_dataset, pretrain_gems, train_mf
 from slate_rl.tracking import models
-from slate_rl.tracking.lineage import LINEAGE_TAG, artifact_dir, lineage_key, parse_run_uri
+from slate_rl.tracking.lineage import LINEAGE_TAG, artifact_dir, get_unfinished_run, lineage_key, parse_run_uri
 from slate_rl.tracking.results import metric_curve
 from slate_rl.tracking.runs import StageRun, stage_run
 
@@ -89,17 +89,7 @@ def identity(cfg: TrainOnlineConfig) -> dict[str, Any]:
 
 def resumable(run_id: str) -> TrainOnlineConfig:
     """The configuration of a train_online run that can be resumed (it exists and did not finish)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    try:
-        run = MlflowClient().get_run(run_id)
-    except MlflowException as exc:
-        raise SlateRLError(f"no run {run_id} to resume in the tracking store") from exc
-    if run.data.tags.get("stage") != STAGE:
-        raise SlateRLError(f"run {run_id} is not a {STAGE} run")
-    if run.info.status == "FINISHED":
-        raise SlateRLError(f"run {run_id} already finished; nothing to resume")
+    run = get_unfinished_run(run_id, STAGE)
     try:
         saved = json.loads((artifact_dir(run, CONFIG_FILE)).read_text())
     except SlateRLError as exc:

@@ -80,6 +80,19 @@ def get_finished_run(run_id: str, stage: Optional[str] = None) -> Run:
     return run
 
 
+def get_unfinished_run(run_id: str, stage: str) -> Run:
+    """A run to resume: checked to exist, to come from `stage` and not to have finished."""
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException as exc:
+        raise SlateRLError(f"no run {run_id} to resume in the tracking store") from exc
+    if run.data.tags.get("stage") != stage:
+        raise SlateRLError(f"run {run_id} is not a {stage} run")
+    if run.info.status == RunStatus.to_string(RunStatus.FINISHED):
+        raise SlateRLError(f"run {run_id} already finished; nothing to resume")
+    return run
+
+
 def artifact_dir(run: Run, artifact_path: str) -> Path:
     """Local folder of a run's artifact: used in place for local stores, downloaded otherwise."""
     uri = run.info.artifact_uri
