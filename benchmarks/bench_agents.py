@@ -63,8 +63,9 @@ def upstream(env: envs.TopicRec, seed: int) -> dict:
 
 
 def bench_updates(agent: Agent, env: envs.TopicRec, repeats: int) -> dict[str, float]:
-    buffer = TrajectoryBuffer(200, env.episode_length, env.slate_size, env.num_items, agent.stored_action_dim,
-                              agent.privileged_dim)
+    buffer = TrajectoryBuffer(
+        200, env.episode_length, env.slate_size, env.num_items, agent.stored_action_dim, agent.privileged_dim
+    )
     for _ in range(2):
         buffer.add(play(env, agent, 50, EXPLORE))
     batch_size = agent.batch_size
@@ -74,8 +75,11 @@ def bench_updates(agent: Agent, env: envs.TopicRec, repeats: int) -> dict[str, f
 
     timed(step, 3)
     wall, cpu = timed(step, repeats)
-    return {"wall_ms": 1e3 * statistics.median(wall), "cpu_ms": 1e3 * statistics.median(cpu),
-            "cpu_min_ms": 1e3 * min(cpu)}
+    return {
+        "wall_ms": 1e3 * statistics.median(wall),
+        "cpu_ms": 1e3 * statistics.median(cpu),
+        "cpu_min_ms": 1e3 * min(cpu),
+    }
 
 
 def bench_collection(agent: Agent, env: envs.TopicRec, parallel: int, mode: str, episodes: int) -> dict[str, float]:
@@ -91,47 +95,76 @@ def bench_evaluation(agent: Agent, env: envs.TopicRec, users: int, repeats: int 
     return {"wall_s": min(wall), "cpu_s": min(cpu)}
 
 
-def bench_fit(method: str, env_name: str, inputs: dict, seed: int, parallel: int, pipeline: bool,
-              episodes: int) -> float:
+def bench_fit(
+    method: str, env_name: str, inputs: dict, seed: int, parallel: int, pipeline: bool, episodes: int
+) -> float:
     """Wall seconds per learning episode (collection, update, overlap) of the real loop after a short warm-up."""
     warmup = max(parallel, 20)
-    protocol = Protocol(episodes=warmup + episodes, warmup_episodes=warmup, val_every=warmup + episodes,
-                        val_episodes=1, test_episodes=1, parallel_episodes=parallel, overlap_collection=pipeline,
-                        save_every=10**9)
+    protocol = Protocol(
+        episodes=warmup + episodes,
+        warmup_episodes=warmup,
+        val_every=warmup + episodes,
+        val_episodes=1,
+        test_episodes=1,
+        parallel_episodes=parallel,
+        overlap_collection=pipeline,
+        save_every=10**9,
+    )
     env = envs.make(env_name)
     marks: dict[int, float] = {}
-    trainer = Trainer(build_agent(method, env, seed, **inputs), env, protocol,
-                      Hooks(on_progress=lambda episode, total: marks.setdefault(episode, time.perf_counter())))
+    trainer = Trainer(
+        build_agent(method, env, seed, **inputs),
+        env,
+        protocol,
+        Hooks(on_progress=lambda episode, total: marks.setdefault(episode, time.perf_counter())),
+    )
     trainer.fit()
     first = min(e for e in marks if e > warmup)  # the first learning block's end (its collection is excluded)
     last = max(e for e in marks if e < warmup + episodes)  # before the final validation
     return (marks[last] - marks[first]) / (last - first)
 
 
-def project(update_ms: float, random_eps: float, explore_eps: float, val_s: float, test_s: float,
-            updates: bool) -> dict[str, float]:
+def project(
+    update_ms: float, random_eps: float, explore_eps: float, val_s: float, test_s: float, updates: bool
+) -> dict[str, float]:
     """Seconds of a paper run, by phase."""
     learn = PAPER["episodes"] - PAPER["warmup"]
-    out = {"collect": PAPER["warmup"] / random_eps + learn / explore_eps,
-           "update": learn * update_ms / 1e3 if updates else 0.0,
-           "evaluate": PAPER["validations"] * val_s + test_s}
+    out = {
+        "collect": PAPER["warmup"] / random_eps + learn / explore_eps,
+        "update": learn * update_ms / 1e3 if updates else 0.0,
+        "evaluate": PAPER["validations"] * val_s + test_s,
+    }
     out["total"] = sum(out.values())
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=["sac_gems"],
-                        help=f"method ids or 'all' ({', '.join(method_ids(ONLINE_FAMILIES))})")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["sac_gems"],
+        help=f"method ids or 'all' ({', '.join(method_ids(ONLINE_FAMILIES))})",
+    )
     parser.add_argument("--env", default="focused_topdown", help="preset environment")
-    parser.add_argument("--parallel", nargs="+", type=int, default=[1, 10, 50, 100],
-                        help="K values (episodes collected together) to measure collection at")
+    parser.add_argument(
+        "--parallel",
+        nargs="+",
+        type=int,
+        default=[1, 10, 50, 100],
+        help="K values (episodes collected together) to measure collection at",
+    )
     parser.add_argument("--updates", type=int, default=30, help="timed updates per method")
     parser.add_argument("--collect-episodes", type=int, default=200, help="episodes timed per collection setting")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 recommended)")
-    parser.add_argument("--fit", type=int, default=0, metavar="EPISODES",
-                        help="also time the real loop: this many learning episodes after a short warm-up, "
-                             "for each K of --parallel, with and without the collection pipeline")
+    parser.add_argument(
+        "--fit",
+        type=int,
+        default=0,
+        metavar="EPISODES",
+        help="also time the real loop: this many learning episodes after a short warm-up, "
+        "for each K of --parallel, with and without the collection pipeline",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     configure_cpu(args.threads)
@@ -144,36 +177,54 @@ def main() -> None:
         print(f"\n== {method} ({get_method(method).display})")
         update = bench_updates(agent, env, args.updates) if agent.learns else None
         if update:
-            print(f"update: {update['cpu_ms']:.1f} ms CPU (min {update['cpu_min_ms']:.1f}), "
-                  f"{update['wall_ms']:.1f} ms wall  [median of {args.updates}]")
+            print(
+                f"update: {update['cpu_ms']:.1f} ms CPU (min {update['cpu_min_ms']:.1f}), "
+                f"{update['wall_ms']:.1f} ms wall  [median of {args.updates}]"
+            )
         val = bench_evaluation(agent, env, PAPER["val_episodes"])
         test = bench_evaluation(agent, env, PAPER["test_episodes"])
-        print(f"validation (200 users, one batch): {val['cpu_s']:.2f} s CPU, {val['wall_s']:.2f} s wall; "
-              f"test (500 users): {test['cpu_s']:.2f} s CPU, {test['wall_s']:.2f} s wall")
+        print(
+            f"validation (200 users, one batch): {val['cpu_s']:.2f} s CPU, {val['wall_s']:.2f} s wall; "
+            f"test (500 users): {test['cpu_s']:.2f} s CPU, {test['wall_s']:.2f} s wall"
+        )
         if not agent.learns:
             continue
-        print(f"{'K':>5} {'random eps/s (CPU | wall)':>28} {'explore eps/s (CPU | wall)':>29} "
-              f"{'projected paper run, min (CPU | wall): collect + update + eval = total':>72}")
+        print(
+            f"{'K':>5} {'random eps/s (CPU | wall)':>28} {'explore eps/s (CPU | wall)':>29} "
+            f"{'projected paper run, min (CPU | wall): collect + update + eval = total':>72}"
+        )
+
         def fmt(p: dict[str, float]) -> str:
-            return " + ".join(f"{p[part] / 60:.1f}" for part in ("collect", "update", "evaluate")) + \
-                f" = {p['total'] / 60:.1f}"
+            return (
+                " + ".join(f"{p[part] / 60:.1f}" for part in ("collect", "update", "evaluate"))
+                + f" = {p['total'] / 60:.1f}"
+            )
 
         for k in args.parallel:
             rnd = bench_collection(agent, env, k, RANDOM, args.collect_episodes)
             exp = bench_collection(agent, env, k, EXPLORE, args.collect_episodes)
             cpu = project(update["cpu_ms"], rnd["cpu_eps"], exp["cpu_eps"], val["cpu_s"], test["cpu_s"], True)
             wall = project(update["wall_ms"], rnd["wall_eps"], exp["wall_eps"], val["wall_s"], test["wall_s"], True)
-            print(f"{k:>5} {rnd['cpu_eps']:>13.1f} | {rnd['wall_eps']:<12.1f} {exp['cpu_eps']:>13.1f} | "
-                  f"{exp['wall_eps']:<13.1f} {fmt(cpu):>34} | {fmt(wall)}")
+            print(
+                f"{k:>5} {rnd['cpu_eps']:>13.1f} | {rnd['wall_eps']:<12.1f} {exp['cpu_eps']:>13.1f} | "
+                f"{exp['wall_eps']:<13.1f} {fmt(cpu):>34} | {fmt(wall)}"
+            )
         if args.fit:
             for k in args.parallel:
                 random_eps = bench_collection(agent, env, k, RANDOM, args.collect_episodes)["wall_eps"]
                 for pipeline in (True, False):
                     learn = bench_fit(method, env.name, inputs, args.seed, k, pipeline, args.fit)
-                    total = (PAPER["warmup"] / random_eps + (PAPER["episodes"] - PAPER["warmup"]) * learn
-                             + PAPER["validations"] * val["wall_s"] + test["wall_s"])
-                    print(f"real loop K={k:<4} pipeline={pipeline!s:<5}: {1e3 * learn:.1f} ms wall per learning "
-                          f"episode (collection + update) -> projected paper run {total / 60:.1f} min wall")
+                    total = (
+                        PAPER["warmup"] / random_eps
+                        + (PAPER["episodes"] - PAPER["warmup"]) * learn
+                        + PAPER["validations"] * val["wall_s"]
+                        + test["wall_s"]
+                    )
+                    print(
+                        f"real loop K={k:<4} pipeline={pipeline!s:<5}: {1e3 * learn:.1f} ms wall per learning "
+                        f"episode (collection + update) -> projected paper run {total / 60:.1f} min wall"
+                    )
+
 
 if __name__ == "__main__":
     main()

@@ -34,8 +34,10 @@ def main() -> None:
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
     print("| sessions | user-steps | wall time | user-steps/s | size on disk | peak memory | mean return |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| {args.n_sessions:,} | {args.n_sessions * env.episode_length:,} | {seconds:.1f} s | "
-          f"{stats['user_steps_per_second']:,.0f} | {size_mb:.0f} MB | {peak_gb:.2f} GB | {stats['mean_return']:.1f} |")
+    print(
+        f"| {args.n_sessions:,} | {args.n_sessions * env.episode_length:,} | {seconds:.1f} s | "
+        f"{stats['user_steps_per_second']:,.0f} | {size_mb:.0f} MB | {peak_gb:.2f} GB | {stats['mean_return']:.1f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,10 @@ def collect_sac_gems(env: envs.TopicRec, episodes: int, oracle: bool) -> Offline
 def collect_mix(env: envs.TopicRec, episodes: int, action_dim: int, oracle: bool) -> OfflineEpisodes:
     half = episodes // 2
     parts = []
-    for source, policy, n in (("expert_noisy", EpsilonGreedyOracle(env.num_items, env.slate_size, 0.3, 1), half),
-                              ("random", RandomPolicy(env.num_items, env.slate_size, 2), episodes - half)):
+    for source, policy, n in (
+        ("expert_noisy", EpsilonGreedyOracle(env.num_items, env.slate_size, 0.3, 1), half),
+        ("random", RandomPolicy(env.num_items, env.slate_size, 2), episodes - half),
+    ):
         recorder = EpisodeRecorder.for_env(env, n, source, oracle=oracle)
         play(env, policy, n, recorder.on_step)
         parts.append((recorder.finish({"policy": source}), n))
@@ -75,8 +77,12 @@ def main() -> None:
     parser.add_argument("--env", default="focused_topdown")
     parser.add_argument("--episodes", type=int, default=10_000)
     parser.add_argument("--source", choices=("sac_gems", "mix"), default="sac_gems", help="what plays the episodes")
-    parser.add_argument("--action-dim", type=int, default=32,
-                        help="--source mix: size of the random 'latent' actions recorded (0: none)")
+    parser.add_argument(
+        "--action-dim",
+        type=int,
+        default=32,
+        help="--source mix: size of the random 'latent' actions recorded (0: none)",
+    )
     parser.add_argument("--oracle", action="store_true", help="also record user states and bored topics")
     args = parser.parse_args()
     env = envs.make(args.env)
@@ -84,8 +90,10 @@ def main() -> None:
         episodes, seconds = timed(lambda: collect_sac_gems(env, args.episodes, args.oracle))
     else:
         episodes, seconds = timed(lambda: collect_mix(env, args.episodes, args.action_dim, args.oracle))
-    print(f"{args.source}: collected {episodes.num_episodes:,} episodes x {episodes.horizon} steps in {seconds:.1f} s "
-          f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)\n")
+    print(
+        f"{args.source}: collected {episodes.num_episodes:,} episodes x {episodes.horizon} steps in {seconds:.1f} s "
+        f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)\n"
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="slate-rl-bench-") as tmp:
         root = Path(tmp)
@@ -93,8 +101,16 @@ def main() -> None:
         _, episodes_s = timed(lambda: load_offline(folder, "episodes", oracle=True))
         _, transitions_s = timed(lambda: load_offline(folder, "transitions"))
         _, plain_s = timed(lambda: _iterate_with_minari(root / "minari", "slate-rl/" + args.env + "/bench-v0"))
-        rows.append(("Minari (HDF5)", write_s, size_mb(folder), episodes_s, transitions_s,
-                     f"plain minari.load_dataset + iterate: {plain_s:.1f} s"))
+        rows.append(
+            (
+                "Minari (HDF5)",
+                write_s,
+                size_mb(folder),
+                episodes_s,
+                transitions_s,
+                f"plain minari.load_dataset + iterate: {plain_s:.1f} s",
+            )
+        )
         for compress in (False, True):
             path = root / f"bench_{'compressed' if compress else 'plain'}.npz"
             files, write_s = timed(partial(write_npz, episodes, path, compress=compress))

@@ -93,9 +93,17 @@ def gems_training(module: SlateDataModule, steps: int, repeats: int) -> tuple[li
     """Per-epoch wall times of Trainer.fit and of raw loops (`steps` batches each; the first epoch, a warm-up, is
     dropped) and the whole fit's wall time (setup included)."""
     timer = Interleaved(module.train_samples, steps)
-    trainer = pl.Trainer(max_epochs=repeats + 1, limit_train_batches=steps, limit_val_batches=0,
-                         num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
-                         enable_checkpointing=False, enable_model_summary=False, callbacks=[timer])
+    trainer = pl.Trainer(
+        max_epochs=repeats + 1,
+        limit_train_batches=steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
     start = time.perf_counter()
     trainer.fit(GeMS(seed=0), datamodule=module)
     total = time.perf_counter() - start - sum(timer.raw_times)
@@ -103,13 +111,17 @@ def gems_training(module: SlateDataModule, steps: int, repeats: int) -> tuple[li
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=200, help="GeMS training steps (batch 256) per timed run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best and median)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave torch's default)")
-    parser.add_argument("--logged", action="store_true",
-                        help="GeMS data logged by the simulator (epsilon = 0.5 oracle) instead of synthetic")
+    parser.add_argument(
+        "--logged",
+        action="store_true",
+        help="GeMS data logged by the simulator (epsilon = 0.5 oracle) instead of synthetic",
+    )
     parser.add_argument("--mf-users", type=int, default=100_000, help="sessions (= MF users) of the MF benchmark")
     parser.add_argument("--mf-steps", type=int, default=500, help="MF training steps timed")
     args = parser.parse_args()
@@ -127,12 +139,22 @@ def main() -> None:
     fit_times, raw_times, total = gems_training(module, args.steps, args.repeats)
     for name, times in (("raw step", raw_times), ("Trainer.fit", fit_times)):
         best, median = min(times), statistics.median(times)
-        rows.append((f"GeMS training, {name} (batch 256)", f"{256 * args.steps / best:,.0f} slates/s",
-                     f"{1e3 * best / args.steps:.1f} ms/step best epoch, {1e3 * median / args.steps:.1f} median"))
+        rows.append(
+            (
+                f"GeMS training, {name} (batch 256)",
+                f"{256 * args.steps / best:,.0f} slates/s",
+                f"{1e3 * best / args.steps:.1f} ms/step best epoch, {1e3 * median / args.steps:.1f} median",
+            )
+        )
     overhead = [(fit - raw) / args.steps for fit, raw in zip(fit_times, raw_times, strict=True)]
-    rows.append(("Lightning overhead per step", f"{1e3 * statistics.median(overhead):.2f} ms",
-                 f"median over epochs of (fit - raw); whole fit incl. setup "
-                 f"{256 * args.steps * (args.repeats + 1) / total:,.0f} slates/s"))
+    rows.append(
+        (
+            "Lightning overhead per step",
+            f"{1e3 * statistics.median(overhead):.2f} ms",
+            f"median over epochs of (fit - raw); whole fit incl. setup "
+            f"{256 * args.steps * (args.repeats + 1) / total:,.0f} slates/s",
+        )
+    )
 
     vae = GeMS(seed=0)
     best, median = best_of(args.repeats, lambda: gems_action_bounds(vae, slates, clicks, num_sessions=1000))
@@ -161,12 +183,19 @@ def main() -> None:
         train_mf(mf_slates, mf_clicks, lr=1e-4, max_steps=steps, eval_every=10**9, seed=0)
         timings[steps] = time.perf_counter() - start
     per_step = (timings[50 + args.mf_steps] - timings[50]) / args.mf_steps
-    rows.append((f"MF (BPR) training, {args.mf_users:,} users, batch 256", f"{256 / per_step:,.0f} pairs/s",
-                 f"{1e3 * per_step:.2f} ms/step (dense Adam over the user table)"))
+    rows.append(
+        (
+            f"MF (BPR) training, {args.mf_users:,} users, batch 256",
+            f"{256 / per_step:,.0f} pairs/s",
+            f"{1e3 * per_step:.2f} ms/step (dense Adam over the user table)",
+        )
+    )
 
-    print(f"torch {torch.__version__}, pytorch-lightning {pl.__version__}, {torch.get_num_threads()} intra-op "
-          f"threads, {os.cpu_count()} CPUs, load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after, "
-          f"{'logged' if args.logged else 'synthetic'} GeMS data, {args.steps} steps x {args.repeats} runs\n")
+    print(
+        f"torch {torch.__version__}, pytorch-lightning {pl.__version__}, {torch.get_num_threads()} intra-op "
+        f"threads, {os.cpu_count()} CPUs, load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after, "
+        f"{'logged' if args.logged else 'synthetic'} GeMS data, {args.steps} steps x {args.repeats} runs\n"
+    )
     print("| measurement | result | details |\n|---|---|---|")
     for name, value, details in rows:
         print(f"| {name} | {value} | {details} |")

@@ -98,8 +98,7 @@ def reference_episodes(env: TopicRec, num_users: int, epsilon: float, seed: int,
     return Timing(sim, pol, num_users * steps, num_users * steps)
 
 
-def round_robin(runs: list[Callable[[int], Timing]], repeats: int, warmup_steps: int,
-                steps: int) -> list[list[Timing]]:
+def round_robin(runs: list[Callable[[int], Timing]], repeats: int, warmup_steps: int, steps: int) -> list[list[Timing]]:
     """Warm every configuration up, then time each once per round for `repeats` rounds, so that a change in the
     machine's load affects all configurations alike. Returns the timings per configuration."""
     for run in runs:
@@ -124,18 +123,25 @@ def summary(timings: list[Timing]) -> dict[str, float]:
 
 def paired_ratio(fast: list[Timing], slow: list[Timing], attribute: str) -> float:
     """Median over rounds of the ratio of user-steps/s, `attribute` being 'total' or 'simulator'."""
-    return statistics.median((a.user_steps / getattr(a, attribute)) / (b.user_steps / getattr(b, attribute))
-                             for a, b in zip(fast, slow, strict=True))
+    return statistics.median(
+        (a.user_steps / getattr(a, attribute)) / (b.user_steps / getattr(b, attribute))
+        for a, b in zip(fast, slow, strict=True)
+    )
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[2:]))
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[2:]),
+    )
     parser.add_argument("--sizes", default="1,100,1000,10000", help="numbers of users N (comma-separated)")
     parser.add_argument("--env", default="focused_topdown", choices=ENV_NAMES, help="paper environment")
-    parser.add_argument("--item-embeddings", default=None,
-                        help="a .pt / .npy item table (e.g. the paper's); default: the preset's generated table")
+    parser.add_argument(
+        "--item-embeddings",
+        default=None,
+        help="a .pt / .npy item table (e.g. the paper's); default: the preset's generated table",
+    )
     parser.add_argument("--epsilon", type=float, default=0.5, help="share of random slots of the policy")
     parser.add_argument("--repeats", type=int, default=3, help="timed episodes per configuration (median)")
     parser.add_argument("--reference-users", type=int, default=20, help="users played by the reference per run")
@@ -159,20 +165,30 @@ def main() -> None:
     rows = [("batched", size, summary(own)) for size, own in zip(sizes, timings[:-1], strict=True)]
     rows.append(("reference (loop over users)", 1, summary(timings[-1])))
 
-    print(f"TopicRec speed: {args.env}, epsilon-greedy oracle (epsilon {args.epsilon}), whole episodes of {steps} "
-          f"steps, median of {args.repeats} round-robin rounds after a warm-up")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), {os.cpu_count()} CPU(s), "
-          f"device {env.device}, {platform.processor() or platform.machine()}\n")
-    print("| simulator | N users | user-steps/s (with policy) | user-steps/s (simulator only) | policy share "
-          "| ms per step() call |")
+    print(
+        f"TopicRec speed: {args.env}, epsilon-greedy oracle (epsilon {args.epsilon}), whole episodes of {steps} "
+        f"steps, median of {args.repeats} round-robin rounds after a warm-up"
+    )
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), {os.cpu_count()} CPU(s), "
+        f"device {env.device}, {platform.processor() or platform.machine()}\n"
+    )
+    print(
+        "| simulator | N users | user-steps/s (with policy) | user-steps/s (simulator only) | policy share "
+        "| ms per step() call |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for name, size, result in rows:
-        print(f"| {name} | {size:,} | {result['total']:,.0f} | {result['simulator']:,.0f} | "
-              f"{100 * result['policy_share']:.0f}% | {result['ms_per_call']:.2f} |")
+        print(
+            f"| {name} | {size:,} | {result['total']:,.0f} | {result['simulator']:,.0f} | "
+            f"{100 * result['policy_share']:.0f}% | {result['ms_per_call']:.2f} |"
+        )
     largest = sizes.index(max(sizes))
-    print(f"\nSpeed-up of the batched simulator at N = {sizes[largest]:,} over the per-user reference (median of "
-          f"the per-round ratios): {paired_ratio(timings[largest], timings[-1], 'total'):,.1f}x with the policy, "
-          f"{paired_ratio(timings[largest], timings[-1], 'simulator'):,.1f}x simulator only.")
+    print(
+        f"\nSpeed-up of the batched simulator at N = {sizes[largest]:,} over the per-user reference (median of "
+        f"the per-round ratios): {paired_ratio(timings[largest], timings[-1], 'total'):,.1f}x with the policy, "
+        f"{paired_ratio(timings[largest], timings[-1], 'simulator'):,.1f}x simulator only."
+    )
 
 
 if __name__ == "__main__":

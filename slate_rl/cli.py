@@ -7,8 +7,9 @@ import functools
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -20,9 +21,11 @@ from slate_rl.progress import setup_logging
 log = logging.getLogger("slate_rl")
 
 
-ENV_HELP = ("Environment: one of the paper's six (focused_topdown, focused_mix, focused_divpen, diffuse_topdown, "
-            "diffuse_mix, diffuse_divpen) or a harder variant such as diffuse_mix_bt3_dp5 (`slate-rl envs` lists "
-            "them).")
+ENV_HELP = (
+    "Environment: one of the paper's six (focused_topdown, focused_mix, focused_divpen, diffuse_topdown, "
+    "diffuse_mix, diffuse_divpen) or a harder variant such as diffuse_mix_bt3_dp5 (`slate-rl envs` lists "
+    "them)."
+)
 METHODS_HELP = ", ".join(method_ids(ONLINE_FAMILIES))  # the registered methods train_online runs, in table order
 
 
@@ -35,11 +38,19 @@ def option(name: str, dest: str | None = None, **kwargs: Any) -> Callable:
 
 def common_options(func: Callable) -> Callable:
     """--env, --preset and --experiment-name, shared by the stages."""
-    func = option("experiment_name", default=None,
-                  help="MLflow experiment (the purpose of this batch of runs); default: $MLFLOW_EXPERIMENT_NAME "
-                       "or MLflow's default experiment. Ignored under `mlflow run`, which sets it.")(func)
-    func = option("preset", type=click.Choice(["quick", "paper"]), default="paper", show_default=True,
-                  help="Parameter preset: 'paper' reproduces the paper, 'quick' is a minutes-long smoke run.")(func)
+    func = option(
+        "experiment_name",
+        default=None,
+        help="MLflow experiment (the purpose of this batch of runs); default: $MLFLOW_EXPERIMENT_NAME "
+        "or MLflow's default experiment. Ignored under `mlflow run`, which sets it.",
+    )(func)
+    func = option(
+        "preset",
+        type=click.Choice(["quick", "paper"]),
+        default="paper",
+        show_default=True,
+        help="Parameter preset: 'paper' reproduces the paper, 'quick' is a minutes-long smoke run.",
+    )(func)
     func = option("env", default="focused_topdown", show_default=True, help=ENV_HELP)(func)
     return func
 
@@ -74,8 +85,12 @@ def user_errors(func: Callable) -> Callable:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
 def main(log_level: str) -> None:
     """slate-rl: reinforcement learning for slate recommendation on the GeMS benchmark.
 
@@ -114,19 +129,25 @@ def _shown_default(stage: str, name: str, default: Any) -> str:
 
 def env_param_option(func: Callable) -> Callable:
     """--env-param KEY=VALUE (repeatable; also KEY=VALUE,KEY=VALUE, as `mlflow run -P env_param=...` passes it)."""
-    return option("env_param", multiple=True, metavar="KEY=VALUE",
-                  help="Override a simulator parameter, e.g. --env-param boredom_threshold=3 (repeatable, or "
-                       "several in one: KEY=VALUE,KEY=VALUE; `slate-rl envs` lists the parameters). Part of the "
-                       "run's environment spec.")(func)
+    return option(
+        "env_param",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a simulator parameter, e.g. --env-param boredom_threshold=3 (repeatable, or "
+        "several in one: KEY=VALUE,KEY=VALUE; `slate-rl envs` lists the parameters). Part of the "
+        "run's environment spec.",
+    )(func)
 
 
-ALLOW_MISMATCH_HELP = ("Use a given upstream run (or policy) made on another simulator anyway; the differences are "
-                       "recorded as a tag env_mismatch.<upstream>. Refused otherwise.")
+ALLOW_MISMATCH_HELP = (
+    "Use a given upstream run (or policy) made on another simulator anyway; the differences are "
+    "recorded as a tag env_mismatch.<upstream>. Refused otherwise."
+)
 DATASET_HELP = {
     "dataset": "A generate_dataset run to train on (runs:/<id>/dataset); default: the preset's dataset for --env, "
-               "reused if it exists, else generated first as a child run. Checked to come from the same simulator.",
+    "reused if it exists, else generated first as a child run. Checked to come from the same simulator.",
     "item_embeddings": "Item table of the environment (to find or generate the dataset): a .pt / .npy file, or "
-                       "focused / diffuse; default: the preset's.",
+    "focused / diffuse; default: the preset's.",
     "allow_env_mismatch": ALLOW_MISMATCH_HELP,
 }
 
@@ -134,24 +155,34 @@ DATASET_HELP = {
 @main.command("generate-dataset")
 @common_options
 @pipeline_job
-@config_options(stage_configs.GenerateDatasetConfig, {
-    "n_sessions": "Sessions (users) to log.",
-    "epsilon": "Probability that a slot shows a random item instead of the oracle's.",
-    "seed": "Seed of the logging policy's generator.",
-    "sim_seed": "Seed of the simulator's generator (users, clicks).",
-    "item_embeddings": "A .pt / .npy item table (num_items x 20) to use instead of the preset's generated one, "
-                       "e.g. the paper's item_embeddings_focused.pt.",
-    "chunk_size": "Users simulated at once (memory vs speed).",
-})
+@config_options(
+    stage_configs.GenerateDatasetConfig,
+    {
+        "n_sessions": "Sessions (users) to log.",
+        "epsilon": "Probability that a slot shows a random item instead of the oracle's.",
+        "seed": "Seed of the logging policy's generator.",
+        "sim_seed": "Seed of the simulator's generator (users, clicks).",
+        "item_embeddings": "A .pt / .npy item table (num_items x 20) to use instead of the preset's generated one, "
+        "e.g. the paper's item_embeddings_focused.pt.",
+        "chunk_size": "Users simulated at once (memory vs speed).",
+    },
+)
 @env_param_option
 @user_errors
-def generate_dataset_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None,
-                             env_param: tuple[str, ...], **overrides: Any) -> None:
+def generate_dataset_command(
+    env: str,
+    preset: str,
+    experiment_name: str | None,
+    parent_run: str | None,
+    env_param: tuple[str, ...],
+    **overrides: Any,
+) -> None:
     """Log sessions of the ε-greedy oracle (the data GeMS and MF learn from) as an artifact 'dataset'."""
     from slate_rl.stages import generate_dataset
 
     cfg = stage_configs.GenerateDatasetConfig.resolve(
-        env, preset, env_params=config.parse_env_params(env_param) or None, **overrides)
+        env, preset, env_params=config.parse_env_params(env_param) or None, **overrides
+    )
     run_id = generate_dataset.run(cfg, **placement(experiment_name, parent_run))
     click.echo(f"dataset: runs:/{run_id}/{generate_dataset.ARTIFACT}")
 
@@ -159,56 +190,87 @@ def generate_dataset_command(env: str, preset: str, experiment_name: str | None,
 @main.command("pretrain-gems")
 @common_options
 @pipeline_job
-@config_options(stage_configs.PretrainGemsConfig, {
-    **DATASET_HELP,
-    "seed": "Seed of the weights, the shuffling and the VAE noise (the paper has one GeMS per agent seed).",
-    "latent_dim": "Latent dimension d (the SAC+GeMS action size).",
-    "lambda_kl": "Weight beta of the KL term (reference convention: mean over latent dimensions).",
-    "lambda_click": "Weight lambda of the click reconstruction loss.",
-    "lambda_prior": "Weight of the prior regulariser (no effect with the fixed prior).",
-    "epochs": "Training epochs.",
-    "batch_size": "Slates per batch.",
-    "lr": "Adam learning rate.",
-    "loss_convention": "'reference' (std = exp(logvar), KL averaged over dimensions) or 'standard' VAE.",
-    "shuffle": "Shuffle training slates every epoch (the reference does not).",
-    "bound_sessions": "Logged sessions whose encodings define the action bounds.",
-})
+@config_options(
+    stage_configs.PretrainGemsConfig,
+    {
+        **DATASET_HELP,
+        "seed": "Seed of the weights, the shuffling and the VAE noise (the paper has one GeMS per agent seed).",
+        "latent_dim": "Latent dimension d (the SAC+GeMS action size).",
+        "lambda_kl": "Weight beta of the KL term (reference convention: mean over latent dimensions).",
+        "lambda_click": "Weight lambda of the click reconstruction loss.",
+        "lambda_prior": "Weight of the prior regulariser (no effect with the fixed prior).",
+        "epochs": "Training epochs.",
+        "batch_size": "Slates per batch.",
+        "lr": "Adam learning rate.",
+        "loss_convention": "'reference' (std = exp(logvar), KL averaged over dimensions) or 'standard' VAE.",
+        "shuffle": "Shuffle training slates every epoch (the reference does not).",
+        "bound_sessions": "Logged sessions whose encodings define the action bounds.",
+    },
+)
 @env_param_option
+@option(
+    "resume",
+    default=None,
+    metavar="RUN_ID",
+    help="Continue a killed or failed pretrain_gems run from its last finished epoch, in the same MLflow run "
+    "(its saved configuration applies; the other options are ignored).",
+)
 @user_errors
-def pretrain_gems_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None,
-                          env_param: tuple[str, ...], **overrides: Any) -> None:
+def pretrain_gems_command(
+    env: str,
+    preset: str,
+    experiment_name: str | None,
+    parent_run: str | None,
+    env_param: tuple[str, ...],
+    resume: str | None,
+    **overrides: Any,
+) -> None:
     """Pretrain the GeMS slate VAE; logs the best-validation model with its action bounds (artifact 'gems')."""
     from slate_rl.stages import pretrain_gems
 
-    cfg = stage_configs.PretrainGemsConfig.resolve(env, preset, env_params=config.parse_env_params(env_param) or None,
-                                                   **overrides)
-    run_id = pretrain_gems.run(cfg, **placement(experiment_name, parent_run))
+    if resume:
+        run_id = pretrain_gems.run(pretrain_gems.resumable(resume), resume_run=resume)
+    else:
+        cfg = stage_configs.PretrainGemsConfig.resolve(
+            env, preset, env_params=config.parse_env_params(env_param) or None, **overrides
+        )
+        run_id = pretrain_gems.run(cfg, **placement(experiment_name, parent_run))
     click.echo(f"gems: runs:/{run_id}/{pretrain_gems.ARTIFACT}")
 
 
 @main.command("train-mf")
 @common_options
 @pipeline_job
-@config_options(stage_configs.TrainMFConfig, {
-    **DATASET_HELP,
-    "seed": "Seed of the initialisation, negatives and batch order.",
-    "dim": "Embedding dimension.",
-    "lr": "Adam learning rate.",
-    "batch_size": "Positive pairs per batch.",
-    "eval_every": "Evaluate the held-out loss every this many batches.",
-    "patience": "Stop after this many evaluations without improvement.",
-    "max_steps": "Cap on training steps (0: none).",
-    "max_seconds": "Cap on training time in seconds (0: none).",
-})
+@config_options(
+    stage_configs.TrainMFConfig,
+    {
+        **DATASET_HELP,
+        "seed": "Seed of the initialisation, negatives and batch order.",
+        "dim": "Embedding dimension.",
+        "lr": "Adam learning rate.",
+        "batch_size": "Positive pairs per batch.",
+        "eval_every": "Evaluate the held-out loss every this many batches.",
+        "patience": "Stop after this many evaluations without improvement.",
+        "max_steps": "Cap on training steps (0: none).",
+        "max_seconds": "Cap on training time in seconds (0: none).",
+    },
+)
 @env_param_option
 @user_errors
-def train_mf_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None,
-                     env_param: tuple[str, ...], **overrides: Any) -> None:
+def train_mf_command(
+    env: str,
+    preset: str,
+    experiment_name: str | None,
+    parent_run: str | None,
+    env_param: tuple[str, ...],
+    **overrides: Any,
+) -> None:
     """Train BPR matrix-factorisation item embeddings on logged sessions (artifact 'mf')."""
     from slate_rl.stages import train_mf
 
-    cfg = stage_configs.TrainMFConfig.resolve(env, preset, env_params=config.parse_env_params(env_param) or None,
-                                              **overrides)
+    cfg = stage_configs.TrainMFConfig.resolve(
+        env, preset, env_params=config.parse_env_params(env_param) or None, **overrides
+    )
     run_id = train_mf.run(cfg, **placement(experiment_name, parent_run))
     click.echo(f"mf: runs:/{run_id}/{train_mf.ARTIFACT}")
 
@@ -216,37 +278,57 @@ def train_mf_command(env: str, preset: str, experiment_name: str | None, parent_
 @main.command("train-online")
 @common_options
 @pipeline_job
-@config_options(stage_configs.TrainOnlineConfig, {
-    "method": f"Method: {METHODS_HELP}.",
-    "seed": "Seed of the agent (weights, exploration, warm-up, replay sampling) and of its GeMS.",
-    "episodes": "Training episodes (one per step).",
-    "warmup_episodes": "Episodes of random actions before learning.",
-    "val_every": "Validate every this many episodes.",
-    "val_episodes": "Episodes per validation (played as one batch).",
-    "test_episodes": "Episodes of the final test, after re-seeding the simulator (one batch).",
-    "parallel_episodes": "K: episodes collected together, then K gradient steps.",
-    "overlap_collection": "Collect the next K episodes while the updates run (both cores busy; the policy lags the "
-                          "learner by up to 2K updates). K = 1 without overlap is the reference's ordering.",
-    "save_every": "A checkpoint (episode_NNNNNN, and the resume state) every this many episodes.",
-    "item_embeddings": "A .pt / .npy item table of the environment instead of the preset's generated one.",
-    "allow_env_mismatch": ALLOW_MISMATCH_HELP,
-    "dataset": "generate_dataset run for GeMS / MF (runs:/<id>); default: by lineage.",
-    "gems": "pretrain_gems run to act through (runs:/<id>); default: the GeMS of this seed and setting, by lineage.",
-    "mf": "train_mf run (runs:/<id>); default: by lineage.",
-    "latent_dim": "GeMS latent dimension (SAC+GeMS).",
-    "lambda_kl": "GeMS KL weight beta (SAC+GeMS).",
-    "lambda_click": "GeMS click weight lambda (SAC+GeMS).",
-    "register": "Register the best policy in the environment's registered model.",
-})
-@option("set", dest="assignments", multiple=True, metavar="KEY=VALUE",
-        help="Override a hyper-parameter of the method, e.g. --set gamma=0.9 --set pi_lr=0.001 (repeatable).")
-@option("resume", default=None, metavar="RUN_ID",
-        help="Continue a killed or failed train_online run from its last checkpoint, in the same MLflow run.")
+@config_options(
+    stage_configs.TrainOnlineConfig,
+    {
+        "method": f"Method: {METHODS_HELP}.",
+        "seed": "Seed of the agent (weights, exploration, warm-up, replay sampling) and of its GeMS.",
+        "episodes": "Training episodes (one per step).",
+        "warmup_episodes": "Episodes of random actions before learning.",
+        "val_every": "Validate every this many episodes.",
+        "val_episodes": "Episodes per validation (played as one batch).",
+        "test_episodes": "Episodes of the final test, after re-seeding the simulator (one batch).",
+        "parallel_episodes": "K: episodes collected together, then K gradient steps.",
+        "overlap_collection": "Collect the next K episodes while the updates run (both cores busy; the policy lags the "
+        "learner by up to 2K updates). K = 1 without overlap is the reference's ordering.",
+        "save_every": "A checkpoint (episode_NNNNNN, and the resume state) every this many episodes.",
+        "item_embeddings": "A .pt / .npy item table of the environment instead of the preset's generated one.",
+        "allow_env_mismatch": ALLOW_MISMATCH_HELP,
+        "dataset": "generate_dataset run for GeMS / MF (runs:/<id>); default: by lineage.",
+        "gems": "pretrain_gems run to act through (runs:/<id>); default: the GeMS of this seed and setting, by "
+        "lineage.",
+        "mf": "train_mf run (runs:/<id>); default: by lineage.",
+        "latent_dim": "GeMS latent dimension (SAC+GeMS).",
+        "lambda_kl": "GeMS KL weight beta (SAC+GeMS).",
+        "lambda_click": "GeMS click weight lambda (SAC+GeMS).",
+        "register": "Register the best policy in the environment's registered model.",
+    },
+)
+@option(
+    "set",
+    dest="assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a hyper-parameter of the method, e.g. --set gamma=0.9 --set pi_lr=0.001 (repeatable).",
+)
+@option(
+    "resume",
+    default=None,
+    metavar="RUN_ID",
+    help="Continue a killed or failed train_online run from its last checkpoint, in the same MLflow run.",
+)
 @env_param_option
 @user_errors
-def train_online_command(env: str, preset: str, experiment_name: str | None, parent_run: str | None,
-                         assignments: tuple[str, ...], resume: str | None, env_param: tuple[str, ...],
-                         **overrides: Any) -> None:
+def train_online_command(
+    env: str,
+    preset: str,
+    experiment_name: str | None,
+    parent_run: str | None,
+    assignments: tuple[str, ...],
+    resume: str | None,
+    env_param: tuple[str, ...],
+    **overrides: Any,
+) -> None:
     """Train one of the paper's methods with validation and test; register its best policy."""
     from slate_rl.agents import configure_cpu
     from slate_rl.stages import train_online
@@ -257,8 +339,12 @@ def train_online_command(env: str, preset: str, experiment_name: str | None, par
         run_id = train_online.run(cfg, resume_run=resume)
     else:
         cfg = stage_configs.TrainOnlineConfig.resolve(
-            env, preset, agent=config.parse_assignments(assignments, "--set") or None,
-            env_params=config.parse_env_params(env_param) or None, **overrides)
+            env,
+            preset,
+            agent=config.parse_assignments(assignments, "--set") or None,
+            env_params=config.parse_env_params(env_param) or None,
+            **overrides,
+        )
         run_id = train_online.run(cfg, **placement(experiment_name, parent_run))
     from mlflow.tracking import MlflowClient
 
@@ -266,8 +352,10 @@ def train_online_command(env: str, preset: str, experiment_name: str | None, par
     click.echo(f"policy run: runs:/{run_id}; {train_online.result_line(run.data.metrics, cfg.test_episodes)}")
     version = run.data.tags.get("registered_version")
     if version:
-        click.echo(f"registered as version {version} of slate-rl.{cfg.env} (`slate-rl registry list --env {cfg.env}` "
-                   "lists the versions)")
+        click.echo(
+            f"registered as version {version} of slate-rl.{cfg.env} (`slate-rl registry list --env {cfg.env}` "
+            "lists the versions)"
+        )
 
 
 @main.group("registry")
@@ -289,17 +377,24 @@ def registry_list(env: str | None) -> None:
         if not rows:
             continue
         click.echo(f"slate-rl.{name}")
-        click.echo(f"  {'version':>7}  {'method':18} {'seed':>10} {'episode':>8} {'val':>8} {'test':>8}  "
-                   f"{'aliases':16} run")
+        click.echo(
+            f"  {'version':>7}  {'method':18} {'seed':>10} {'episode':>8} {'val':>8} {'test':>8}  {'aliases':16} run"
+        )
         for r in rows:
-            click.echo(f"  {r.version:>7}  {r.method:18} {r.seed:>10} {r.episode:>8} {r.val_return:>8} "
-                       f"{r.test_return:>8}  {r.aliases:16} {r.run_id}")
+            click.echo(
+                f"  {r.version:>7}  {r.method:18} {r.seed:>10} {r.episode:>8} {r.val_return:>8} "
+                f"{r.test_return:>8}  {r.aliases:16} {r.run_id}"
+            )
 
 
 @registry_group.command("register")
 @option("run", dest="run_ref", required=True, help="A finished train_online run (id or runs:/<id>).")
-@option("checkpoint", default="best", show_default=True,
-        help="'best', or a periodic checkpoint such as episode_050000 (e.g. a medium policy).")
+@option(
+    "checkpoint",
+    default="best",
+    show_default=True,
+    help="'best', or a periodic checkpoint such as episode_050000 (e.g. a medium policy).",
+)
 @user_errors
 def registry_register(run_ref: str, checkpoint: str) -> None:
     """Make a checkpoint of a finished run a new version of its environment's registered model."""
@@ -322,16 +417,23 @@ def registry_register_random(env: str, seed: int) -> None:
 @registry_group.command("promote")
 @click.argument("env")
 @click.argument("version")
-@click.option("--as", "alias", required=True, type=click.Choice(["expert", "medium", "random"]),
-              help="The alias to set (moved if another version held it).")
+@click.option(
+    "--as",
+    "alias",
+    required=True,
+    type=click.Choice(["expert", "medium", "random"]),
+    help="The alias to set (moved if another version held it).",
+)
 @user_errors
 def registry_promote(env: str, version: str, alias: str) -> None:
     """Point alias expert / medium / random of ENV's registered model at VERSION."""
     from slate_rl.tracking import models
 
     target = models.set_alias(config.check_env_name(env), version, alias)
-    click.echo(f"slate-rl.{env}@{alias} -> version {target.version} ({target.tags.get('method', '?')}, "
-               f"seed {target.tags.get('seed', '?')}, episode {target.tags.get('episode', '?')})")
+    click.echo(
+        f"slate-rl.{env}@{alias} -> version {target.version} ({target.tags.get('method', '?')}, "
+        f"seed {target.tags.get('seed', '?')}, episode {target.tags.get('episode', '?')})"
+    )
 
 
 @registry_group.command("demote")
@@ -348,47 +450,52 @@ def registry_demote(env: str, alias: str) -> None:
 
 @main.command("collect")
 @common_options
-@config_options(stage_configs.CollectConfig, {
-    "quality": "Alias of the environment's registered model to play: expert, medium or random (default: expert, "
-               "unless --policy or --mix is given).",
-    "policy": "Or any registered version: models:/slate-rl.<env>@<alias> or models:/slate-rl.<env>/<version>.",
-    "episodes": "Episodes to collect (with --mix: the total).",
-    "epsilon_noise": "Probability that a step's latent action gets Gaussian noise (SAC+GeMS / TopK policies).",
-    "noise_scale": "Std of that noise, as a fraction of the action box's half-range.",
-    "mix": "Or a mix of sources, 'policy:share[:noise],...' with episode counts or fractions, e.g. "
-           "expert:1000,expert:4000:0.3,medium:3000:0.3,random:2000.",
-    "seed": "Seed of the users (simulator stream) and of the noise.",
-    "format": "minari, npz or both.",
-    "oracle": "Also store each step's user state and bored topics (sidecar).",
-    "relevances": "Also store every item's relevance at each step (large: 2 GB per 10,000 episodes).",
-    "batch_size": "Users simulated at once.",
-    "name": "Dataset name (default: the alias, 'policy' or 'mix').",
-    "reference_episodes": "Episodes of the random policy that give the dataset's random reference score.",
-    "item_embeddings": "Item table of the simulator to collect on (a .pt / .npy file, or focused / diffuse); "
-                       "default: the preset's. The policies must have been trained on the same simulator.",
-    "allow_env_mismatch": ALLOW_MISMATCH_HELP,
-})
+@config_options(
+    stage_configs.CollectConfig,
+    {
+        "quality": "Alias of the environment's registered model to play: expert, medium or random (default: expert, "
+        "unless --policy or --mix is given).",
+        "policy": "Or any registered version: models:/slate-rl.<env>@<alias> or models:/slate-rl.<env>/<version>.",
+        "episodes": "Episodes to collect (with --mix: the total).",
+        "epsilon_noise": "Probability that a step's latent action gets Gaussian noise (SAC+GeMS / TopK policies).",
+        "noise_scale": "Std of that noise, as a fraction of the action box's half-range.",
+        "mix": "Or a mix of sources, 'policy:share[:noise],...' with episode counts or fractions, e.g. "
+        "expert:1000,expert:4000:0.3,medium:3000:0.3,random:2000.",
+        "seed": "Seed of the users (simulator stream) and of the noise.",
+        "format": "minari, npz or both.",
+        "oracle": "Also store each step's user state and bored topics (sidecar).",
+        "relevances": "Also store every item's relevance at each step (large: 2 GB per 10,000 episodes).",
+        "batch_size": "Users simulated at once.",
+        "name": "Dataset name (default: the alias, 'policy' or 'mix').",
+        "reference_episodes": "Episodes of the random policy that give the dataset's random reference score.",
+        "item_embeddings": "Item table of the simulator to collect on (a .pt / .npy file, or focused / diffuse); "
+        "default: the preset's. The policies must have been trained on the same simulator.",
+        "allow_env_mismatch": ALLOW_MISMATCH_HELP,
+    },
+)
 @env_param_option
 @user_errors
-def collect_command(env: str, preset: str, experiment_name: str | None, env_param: tuple[str, ...],
-                    **overrides: Any) -> None:
+def collect_command(
+    env: str, preset: str, experiment_name: str | None, env_param: tuple[str, ...], **overrides: Any
+) -> None:
     """Collect an offline dataset from registered policies chosen by alias, with a quality report."""
     from slate_rl.stages import collect
 
-    cfg = stage_configs.CollectConfig.resolve(env, preset, env_params=config.parse_env_params(env_param) or None,
-                                              **overrides)
+    cfg = stage_configs.CollectConfig.resolve(
+        env, preset, env_params=config.parse_env_params(env_param) or None, **overrides
+    )
     run_id = collect.run(cfg, experiment_name=experiment_name)
     click.echo(f"dataset: runs:/{run_id}/{collect.ARTIFACT}  (load with slate_rl.data.load_offline('{run_id}'))")
 
 
 @main.command("compare")
 @option("envs", default="all", show_default=True, help="Comma-separated environments, or 'all'.")
-@option("methods", default="all", show_default=True,
-        help=f"Comma-separated method ids ({METHODS_HELP}), or 'all'.")
+@option("methods", default="all", show_default=True, help=f"Comma-separated method ids ({METHODS_HELP}), or 'all'.")
 @option("preset", default="paper", show_default=True, help="Compare runs of this preset (quick, paper, or any).")
 @option("reference", default="sac_gems", show_default=True, help="Method the Welch t-tests compare against.")
-@option("filter", dest="filter_string", default="",
-        help="Extra MLflow filter on the runs, e.g. \"params.gamma = '0.8'\".")
+@option(
+    "filter", dest="filter_string", default="", help="Extra MLflow filter on the runs, e.g. \"params.gamma = '0.8'\"."
+)
 @option("out", default="reports/latest", show_default=True, help="Folder the report is written to (also logged).")
 @option("allow_mixed_presets", is_flag=True, help="Pool runs of different presets in one cell (refused otherwise).")
 @option("bootstrap", type=int, default=2000, show_default=True, help="Bootstrap resamples of the aggregate scores.")
@@ -407,27 +514,54 @@ def compare_command(envs: str, methods: str, experiment_name: str | None, filter
 @main.command("pipeline")
 @option("envs", default="all", show_default=True, help="Comma-separated environments, or 'all'.")
 @option("methods", default="all", show_default=True, help=f"Comma-separated method ids ({METHODS_HELP}), or 'all'.")
-@option("seeds", default="10", show_default=True,
-        help="A count in [1, 10] (the paper's first N seeds), one seed above 10, or a comma-separated list of seeds "
-             "('7,' is the single seed 7).")
+@option(
+    "seeds",
+    default="10",
+    show_default=True,
+    help="A count in [1, 10] (the paper's first N seeds), one seed above 10, or a comma-separated list of seeds "
+    "('7,' is the single seed 7).",
+)
 @option("preset", default="paper", show_default=True, type=click.Choice(["quick", "paper"]))
 @option("workers", type=int, default=1, show_default=True, help="Jobs run at once (each its own process).")
 @option("devices", default="", help="GPUs to spread jobs over, e.g. 0,1,2,3 (default: CPU).")
-@option("env_param", multiple=True, metavar="KEY=VALUE[,VALUE...]",
-        help="Override a simulator parameter in every job, e.g. --env-param boredom_threshold=3; several values "
-             "sweep it (one variant of the grid per value). Repeatable; one value may hold several, K1=V1,K2=V2.")
+@option(
+    "env_param",
+    multiple=True,
+    metavar="KEY=VALUE[,VALUE...]",
+    help="Override a simulator parameter in every job, e.g. --env-param boredom_threshold=3; several values "
+    "sweep it (one variant of the grid per value). Repeatable; one value may hold several, K1=V1,K2=V2.",
+)
 @option("item_embeddings", default="", help="A .pt / .npy item table for every job instead of the preset's.")
-@option("set", dest="assignments", multiple=True, metavar="KEY=VALUE[,VALUE...]",
-        help="Set a parameter of the training runs: a train-online option (episodes=300, lambda_kl=0.5: GeMS settings "
-             "also reach the GeMS jobs) or a hyper-parameter of the methods that have it (gamma=0.9). Several values "
-             "sweep it: --set gamma=0.8,0.9 runs every job twice. Repeatable; one value may hold several, K1=V1,K2=V2.")
-@option("dry_run", type=click.BOOL, is_flag=False, flag_value=True, default=False,
-        help="Print the plan (every job, finished, to run, to resume or running) and run nothing.")
+@option(
+    "set",
+    dest="assignments",
+    multiple=True,
+    metavar="KEY=VALUE[,VALUE...]",
+    help="Set a parameter of the training runs: a train-online option (episodes=300, lambda_kl=0.5: GeMS settings "
+    "also reach the GeMS jobs) or a hyper-parameter of the methods that have it (gamma=0.9). Several values "
+    "sweep it: --set gamma=0.8,0.9 runs every job twice. Repeatable; one value may hold several, K1=V1,K2=V2.",
+)
+@option(
+    "dry_run",
+    type=click.BOOL,
+    is_flag=False,
+    flag_value=True,
+    default=False,
+    help="Print the plan (every job, finished, to run, to resume or running) and run nothing.",
+)
 @option("out", default="reports/pipeline", show_default=True, help="Folder of the final compare report.")
 @option("experiment_name", default=None, help="MLflow experiment of the parent run and its jobs.")
 @user_errors
-def pipeline_command(envs: str, methods: str, seeds: str, devices: str, dry_run: bool, out: str,
-                     experiment_name: str | None, **values: Any) -> None:
+def pipeline_command(
+    envs: str,
+    methods: str,
+    seeds: str,
+    devices: str,
+    dry_run: bool,
+    out: str,
+    experiment_name: str | None,
+    **values: Any,
+) -> None:
     """Run the whole grid (datasets, MF, GeMS, every training run) as child runs of one run, then compare.
 
     Finished jobs are skipped and killed ones resume from their last checkpoint: interrupt it and run it again to
@@ -452,9 +586,11 @@ def envs_command() -> None:
     paper = config.paper_env_names()
     for name in config.env_names():
         preset = config.env_preset(name)
-        click.echo(f"{name:24s} embeddings={preset['item_embeddings']:8s} click_model={preset['click_model']:7s} "
-                   f"diversity_penalty={preset['diversity_penalty']} boredom_threshold={preset['boredom_threshold']}"
-                   + ("  (paper)" if name in paper else ""))
+        click.echo(
+            f"{name:24s} embeddings={preset['item_embeddings']:8s} click_model={preset['click_model']:7s} "
+            f"diversity_penalty={preset['diversity_penalty']} boredom_threshold={preset['boredom_threshold']}"
+            + ("  (paper)" if name in paper else "")
+        )
     common = {k: v for k, v in config.env_preset(paper[0]).items() if k != "item_embeddings"}
     click.echo("\nSimulator parameters (--env-param KEY=VALUE; values of " + paper[0] + "):")
     click.echo("  " + ", ".join(f"{k}={v}" for k, v in sorted(common.items())))
@@ -475,8 +611,10 @@ def ui_command(port: int, mlflow_args: tuple[str, ...]) -> None:
     page = latest_runs_page(address)
     if page:
         click.echo(f"runs of the experiment written last: {page}")
-    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                               "--port", str(port), *mlflow_args])
+    os.execvp(
+        sys.executable,
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(port), *mlflow_args],
+    )
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
 import sys
-import os
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
@@ -45,12 +45,18 @@ def override_dir() -> Path | None:
     path = Path(folder).expanduser()
     known = sorted(item.name for item in packaged_presets().iterdir() if item.name.endswith(".yaml"))
     if not path.is_dir():
-        raise SlateRLError(f"{OVERRIDE_VARIABLE}={folder!r} is not a folder; point it at a folder holding your own "
-                           f"copies of any of {', '.join(known)}, or unset it to use the packaged presets")
-    unknown = sorted(item.name for item in path.iterdir() if item.suffix in (".yaml", ".yml") and item.name not in known)
+        raise SlateRLError(
+            f"{OVERRIDE_VARIABLE}={folder!r} is not a folder; point it at a folder holding your own "
+            f"copies of any of {', '.join(known)}, or unset it to use the packaged presets"
+        )
+    unknown = sorted(
+        item.name for item in path.iterdir() if item.suffix in (".yaml", ".yml") and item.name not in known
+    )
     if unknown:
-        raise SlateRLError(f"{OVERRIDE_VARIABLE}: {', '.join(unknown)} in {path} would replace no preset file; "
-                           f"name your copies like the packaged ones: {', '.join(known)}")
+        raise SlateRLError(
+            f"{OVERRIDE_VARIABLE}: {', '.join(unknown)} in {path} would replace no preset file; "
+            f"name your copies like the packaged ones: {', '.join(known)}"
+        )
     return path
 
 
@@ -61,8 +67,9 @@ def preset_file(name: str) -> Traversable:
         return folder / name
     packaged = packaged_presets() / name
     if not packaged.is_file():
-        raise SlateRLError(f"the preset file {name} is missing from the installed package ({packaged}); "
-                           "reinstall slate-rl")
+        raise SlateRLError(
+            f"the preset file {name} is missing from the installed package ({packaged}); reinstall slate-rl"
+        )
     return packaged
 
 
@@ -112,7 +119,9 @@ def embedding_seed(kind: str) -> int:
     """Seed of the generated item-embedding table called `kind` ('focused' or 'diffuse')."""
     seeds = _read_yaml("envs.yaml")["embedding_seeds"]
     if kind not in seeds:
-        raise SlateRLError(f"unknown item-embedding table {kind!r}; choose one of {', '.join(seeds)} or give a file path")
+        raise SlateRLError(
+            f"unknown item-embedding table {kind!r}; choose one of {', '.join(seeds)} or give a file path"
+        )
     return int(seeds[kind])
 
 
@@ -157,16 +166,20 @@ class StageConfig:
     preset: str
 
     @classmethod
-    def resolve(cls, env: str, preset: str, **overrides: Any) -> "StageConfig":
+    def resolve(cls, env: str, preset: str, **overrides: Any) -> StageConfig:
         check_env_name(env)
         values = resolve(preset, cls.stage, overrides)
         known = {f.name for f in dataclasses.fields(cls)} - {"env", "preset"}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise SlateRLError(f"{cls.stage}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+            raise SlateRLError(
+                f"{cls.stage}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+            )
         missing = sorted(name for name in known if name not in values and _required(cls, name))
         if missing:
-            raise SlateRLError(f"{cls.stage}: no value for {', '.join(missing)} in preset {preset!r}; pass them explicitly")
+            raise SlateRLError(
+                f"{cls.stage}: no value for {', '.join(missing)} in preset {preset!r}; pass them explicitly"
+            )
         config = cls(env=env, preset=preset, **values)
         config.validate()
         return config

@@ -36,8 +36,10 @@ class Need(enum.Enum):
 
     @property
     def description(self) -> str:
-        return {Need.GEMS: "the trained GeMS decoder (a pretrain_gems run)",
-                Need.MF: "the MF item table (a train_mf run)"}[self]
+        return {
+            Need.GEMS: "the trained GeMS decoder (a pretrain_gems run)",
+            Need.MF: "the MF item table (a train_mf run)",
+        }[self]
 
 
 Reference = str | Callable[..., Any]  # "module:name", imported when first used, or the object itself
@@ -89,22 +91,47 @@ _AGENTS = "slate_rl.agents.methods"
 _CONFIGS = "slate_rl.agents.config"
 
 # In the order of the paper's results table: the methods with privileged information first, the paper's own last.
-_REGISTRY: dict[str, MethodSpec] = {spec.id: spec for spec in (
-    MethodSpec("short_term_oracle", "Short-term oracle", "baseline", f"{_AGENTS}:build_short_term_oracle",
-               privileged=True),
-    MethodSpec("sac_topk_ideal", "SAC+TopK (ideal)", "online", f"{_AGENTS}:build_sac_topk_ideal",
-               f"{_CONFIGS}:SACConfig", privileged=True),
-    MethodSpec("slateq", "SlateQ", "online", f"{_AGENTS}:build_slateq", f"{_CONFIGS}:SlateQConfig", privileged=True),
-    MethodSpec("random", "Random", "baseline", f"{_AGENTS}:build_random"),
-    MethodSpec("reinforce_softmax", "REINFORCE+SoftMax", "online", f"{_AGENTS}:build_reinforce_softmax",
-               f"{_CONFIGS}:ReinforceConfig"),
-    MethodSpec("sac_wknn", "SAC+WkNN", "online", f"{_AGENTS}:build_sac_wknn", f"{_CONFIGS}:WkNNConfig",
-               needs=(Need.MF,)),
-    MethodSpec("sac_topk_mf", "SAC+TopK (MF)", "online", f"{_AGENTS}:build_sac_topk_mf", f"{_CONFIGS}:SACConfig",
-               needs=(Need.MF,)),
-    MethodSpec("sac_gems", "SAC+GeMS", "online", f"{_AGENTS}:build_sac_gems", f"{_CONFIGS}:SACConfig",
-               needs=(Need.GEMS,)),
-)}
+_REGISTRY: dict[str, MethodSpec] = {
+    spec.id: spec
+    for spec in (
+        MethodSpec(
+            "short_term_oracle", "Short-term oracle", "baseline", f"{_AGENTS}:build_short_term_oracle", privileged=True
+        ),
+        MethodSpec(
+            "sac_topk_ideal",
+            "SAC+TopK (ideal)",
+            "online",
+            f"{_AGENTS}:build_sac_topk_ideal",
+            f"{_CONFIGS}:SACConfig",
+            privileged=True,
+        ),
+        MethodSpec(
+            "slateq", "SlateQ", "online", f"{_AGENTS}:build_slateq", f"{_CONFIGS}:SlateQConfig", privileged=True
+        ),
+        MethodSpec("random", "Random", "baseline", f"{_AGENTS}:build_random"),
+        MethodSpec(
+            "reinforce_softmax",
+            "REINFORCE+SoftMax",
+            "online",
+            f"{_AGENTS}:build_reinforce_softmax",
+            f"{_CONFIGS}:ReinforceConfig",
+        ),
+        MethodSpec(
+            "sac_wknn", "SAC+WkNN", "online", f"{_AGENTS}:build_sac_wknn", f"{_CONFIGS}:WkNNConfig", needs=(Need.MF,)
+        ),
+        MethodSpec(
+            "sac_topk_mf",
+            "SAC+TopK (MF)",
+            "online",
+            f"{_AGENTS}:build_sac_topk_mf",
+            f"{_CONFIGS}:SACConfig",
+            needs=(Need.MF,),
+        ),
+        MethodSpec(
+            "sac_gems", "SAC+GeMS", "online", f"{_AGENTS}:build_sac_gems", f"{_CONFIGS}:SACConfig", needs=(Need.GEMS,)
+        ),
+    )
+}
 
 
 def method_ids(family: str | Collection[str] | None = None) -> tuple[str, ...]:
@@ -120,8 +147,10 @@ def get_method(method_id: str, families: Collection[str] | None = None) -> Metho
     if spec is None:
         raise SlateRLError(f"unknown method {method_id!r}; choose one of: {', '.join(_REGISTRY)}")
     if families is not None and spec.family not in families:
-        raise SlateRLError(f"method {method_id!r} is of the {spec.family} family, which does not run here; choose "
-                           f"one of: {', '.join(method_ids(families))}")
+        raise SlateRLError(
+            f"method {method_id!r} is of the {spec.family} family, which does not run here; choose "
+            f"one of: {', '.join(method_ids(families))}"
+        )
     return spec
 
 

@@ -52,8 +52,9 @@ class Progress:
     share done, the rate and the estimated time left, so that logs under nohup show the run is alive.
     """
 
-    def __init__(self, total: int, description: str, unit: str = "it", interval: float = 30.0,
-                 enabled: bool | None = None) -> None:
+    def __init__(
+        self, total: int, description: str, unit: str = "it", interval: float = 30.0, enabled: bool | None = None
+    ) -> None:
         self.total, self.description, self.unit, self.interval = int(total), description, unit, interval
         self.done = 0
         self.fields: dict[str, object] = {}
@@ -63,10 +64,18 @@ class Progress:
     def __enter__(self) -> Progress:
         self._start = self._last = time.monotonic()
         if self._bar:
-            self._rich = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn(self.unit), TimeElapsedColumn(), TextColumn("ETA"),
-                                      TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=_console,
-                                      transient=False)
+            self._rich = RichProgress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn(self.unit),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=_console,
+                transient=False,
+            )
             self._rich.__enter__()
             self._task = self._rich.add_task(self.description, total=self.total, info="")
         return self
@@ -88,16 +97,19 @@ class Progress:
         rate = self.done / elapsed
         share = self.done / self.total if self.total else 1.0
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        text = (f"{self.description}: {share:.0%} ({self.done:,}/{self.total:,} {self.unit}), "
-                f"{rate:,.0f} {self.unit}/s, ETA {_duration(eta)}")
+        text = (
+            f"{self.description}: {share:.0%} ({self.done:,}/{self.total:,} {self.unit}), "
+            f"{rate:,.0f} {self.unit}/s, ETA {_duration(eta)}"
+        )
         extra = self._fields_text()
         return f"{text}, {extra}" if extra else text
 
     def _fields_text(self) -> str:
         return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.fields.items())
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         if self._rich is not None:
             self._rich.__exit__(exc_type, exc, traceback)
         elif exc_type is None:

@@ -11,9 +11,11 @@ from slate_rl.errors import SlateRLError
 
 PAPER_SEEDS = (58407201, 496912423, 2465781, 300029, 215567, 23437561, 309081907, 548260111, 51941177, 212407167)
 MAX_SEED = 2**63 - 1
-FORMS = (f"a count in [1, {len(PAPER_SEEDS)}] (the paper's first N seeds, e.g. 3), one seed above "
-         f"{len(PAPER_SEEDS)} (e.g. 58407201) or a comma-separated list of seeds (e.g. 58407201,496912423; '7,' is the "
-         "single seed 7)")
+FORMS = (
+    f"a count in [1, {len(PAPER_SEEDS)}] (the paper's first N seeds, e.g. 3), one seed above "
+    f"{len(PAPER_SEEDS)} (e.g. 58407201) or a comma-separated list of seeds (e.g. 58407201,496912423; '7,' is the "
+    "single seed 7)"
+)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -34,8 +36,10 @@ def parse_seeds(text: str) -> list[int]:
         if 1 <= values[0] <= len(PAPER_SEEDS):
             return list(PAPER_SEEDS[: values[0]])
         if values[0] <= len(PAPER_SEEDS):
-            raise SlateRLError(f"seeds {text!r} is neither a count in [1, {len(PAPER_SEEDS)}] nor a seed above "
-                               f"{len(PAPER_SEEDS)}; give {FORMS}")
+            raise SlateRLError(
+                f"seeds {text!r} is neither a count in [1, {len(PAPER_SEEDS)}] nor a seed above "
+                f"{len(PAPER_SEEDS)}; give {FORMS}"
+            )
     bad = [v for v in values if not 0 <= v <= MAX_SEED]
     if bad:
         raise SlateRLError(f"seeds {text!r}: {bad[0]} is not a seed (seeds lie in [0, 2**63)); give {FORMS}")

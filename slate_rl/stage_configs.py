@@ -37,7 +37,9 @@ class GenerateDatasetConfig(StageConfig):
         if int(self.n_sessions) <= 0:
             raise SlateRLError(f"n_sessions must be a positive number of sessions (got {self.n_sessions})")
         if not 0.0 <= float(self.epsilon) <= 1.0:
-            raise SlateRLError(f"epsilon is the probability of a random slot and must lie in [0, 1] (got {self.epsilon})")
+            raise SlateRLError(
+                f"epsilon is the probability of a random slot and must lie in [0, 1] (got {self.epsilon})"
+            )
         if int(self.chunk_size) <= 0:
             raise SlateRLError(f"chunk_size must be positive (got {self.chunk_size})")
         check_env_params(self)
@@ -190,8 +192,10 @@ class CollectConfig(StageConfig):
                     raise ValueError
                 entries.append((fields[0], float(fields[1]), float(fields[2]) if len(fields) == 3 else 0.0))
             except ValueError as exc:
-                raise SlateRLError(f"mix part {item.strip()!r} must look like policy:share or policy:share:noise, "
-                                   "e.g. expert:4000:0.3 (a count) or expert:0.4:0.3 (a fraction)") from exc
+                raise SlateRLError(
+                    f"mix part {item.strip()!r} must look like policy:share or policy:share:noise, "
+                    "e.g. expert:4000:0.3 (a count) or expert:0.4:0.3 (a fraction)"
+                ) from exc
         shares = [share for _, share, _ in entries]
         if all(share < 1 for share in shares):  # fractions of `episodes`
             if abs(sum(shares) - 1.0) > 1e-6:
@@ -201,11 +205,13 @@ class CollectConfig(StageConfig):
             counts = list(split_counts(int(self.episodes), {str(i): f for i, f in enumerate(shares)}).values())
         else:
             counts = [int(share) for share in shares]
-            if any(c != s for c, s in zip(counts, shares)) or sum(counts) != int(self.episodes):
-                raise SlateRLError(f"the mix counts {', '.join(f'{s:g}' for s in shares)} add up to {sum(shares):g} "
-                                   f"episodes, not episodes = {self.episodes}; give whole counts that add up, or "
-                                   "fractions")
-        return [CollectPart(name, count, noise) for (name, _, noise), count in zip(entries, counts)]
+            if any(c != s for c, s in zip(counts, shares, strict=True)) or sum(counts) != int(self.episodes):
+                raise SlateRLError(
+                    f"the mix counts {', '.join(f'{s:g}' for s in shares)} add up to {sum(shares):g} "
+                    f"episodes, not episodes = {self.episodes}; give whole counts that add up, or "
+                    "fractions"
+                )
+        return [CollectPart(name, count, noise) for (name, _, noise), count in zip(entries, counts, strict=True)]
 
     def source(self) -> str:
         """What is collected: the alias or URI given, 'mix', or the default, the expert."""
@@ -214,11 +220,14 @@ class CollectConfig(StageConfig):
     def validate(self) -> None:
         chosen = [name for name in ("quality", "policy", "mix") if getattr(self, name)]
         if len(chosen) > 1:
-            raise SlateRLError("choose what to collect with one of quality (an alias), policy (a models:/ URI) or "
-                               f"mix (got {', '.join(chosen)}); with none, the expert is collected")
+            raise SlateRLError(
+                "choose what to collect with one of quality (an alias), policy (a models:/ URI) or "
+                f"mix (got {', '.join(chosen)}); with none, the expert is collected"
+            )
         if self.quality and self.quality not in ("expert", "medium", "random"):
-            raise SlateRLError(f"quality is an alias: expert, medium or random (got {self.quality!r}); use policy= "
-                               "for another version")
+            raise SlateRLError(
+                f"quality is an alias: expert, medium or random (got {self.quality!r}); use policy= for another version"
+            )
         if int(self.episodes) < 1:
             raise SlateRLError(f"episodes must be >= 1 (got {self.episodes})")
         for part in self.parts():
@@ -242,7 +251,8 @@ def check_env_params(cfg: Any) -> None:
     from slate_rl.envs.spec import TABLE_KEY
 
     if TABLE_KEY in cfg.env_params:
-        raise SlateRLError("item_embeddings is not an --env-param: give the table with --item-embeddings (a .pt / "
-                           ".npy file, or focused / diffuse)")
+        raise SlateRLError(
+            "item_embeddings is not an --env-param: give the table with --item-embeddings (a .pt / "
+            ".npy file, or focused / diffuse)"
+        )
     env_params(cfg.env, **cfg.env_params)
-

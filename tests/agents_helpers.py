@@ -12,6 +12,7 @@ from slate_rl import envs
 from slate_rl.protocol import Protocol
 from slate_rl.rankers.base import SlateDecoder
 
+
 @pytest.fixture(autouse=True)
 def single_thread():
     """One intra-op thread while an agents' test runs (tiny kernels; two threads only add contention)."""
@@ -27,8 +28,15 @@ def small_env(name: str = "focused_topdown", **overrides) -> envs.TopicRec:
 
 
 def small_protocol(**overrides) -> Protocol:
-    values = dict(episodes=60, warmup_episodes=20, val_every=20, val_episodes=16, test_episodes=24,
-                  parallel_episodes=5, save_every=20)
+    values = dict(
+        episodes=60,
+        warmup_episodes=20,
+        val_every=20,
+        val_episodes=16,
+        test_episodes=24,
+        parallel_episodes=5,
+        save_every=20,
+    )
     values.update(overrides)
     return Protocol(**values)
 
@@ -65,11 +73,20 @@ def plain_sac_losses(agent, batch, noise: torch.Tensor, stored=None, target_valu
     h_c = enc["critic"](slates, clicks).reshape(num * steps, hidden)
     policy = [p.detach().clone().requires_grad_() for p in agent.policy.parameters()]
     w1, b1, w2, b2 = [p.detach().clone().requires_grad_() for p in agent.q.params()]
-    qs = [(w1[k * cfg.hidden:(k + 1) * cfg.hidden], b1[k * cfg.hidden:(k + 1) * cfg.hidden], w2[k], b2[k])
-          for k in range(2)]
+    qs = [
+        (w1[k * cfg.hidden : (k + 1) * cfg.hidden], b1[k * cfg.hidden : (k + 1) * cfg.hidden], w2[k], b2[k])
+        for k in range(2)
+    ]
     targets = [p.detach() for p in agent.target_params()]
-    tq = [(targets[0][k * cfg.hidden:(k + 1) * cfg.hidden], targets[1][k * cfg.hidden:(k + 1) * cfg.hidden],
-           targets[2][k], targets[3][k]) for k in range(2)]
+    tq = [
+        (
+            targets[0][k * cfg.hidden : (k + 1) * cfg.hidden],
+            targets[1][k * cfg.hidden : (k + 1) * cfg.hidden],
+            targets[2][k],
+            targets[3][k],
+        )
+        for k in range(2)
+    ]
 
     def q_net(params, state, action):
         w, b, v, c = params
@@ -77,10 +94,11 @@ def plain_sac_losses(agent, batch, noise: torch.Tensor, stored=None, target_valu
 
     def pi(state, eps):
         out = F.linear(torch.relu(F.linear(state, policy[0], policy[1])), policy[2], policy[3])
-        mu, log_std = out[:, :agent.action_dim], out[:, agent.action_dim:].clamp(-20, 2)
+        mu, log_std = out[:, : agent.action_dim], out[:, agent.action_dim :].clamp(-20, 2)
         u = mu + log_std.exp() * eps
-        logp = (torch.distributions.Normal(mu, log_std.exp()).log_prob(u)
-                - torch.log(1 - torch.tanh(u) ** 2 + 1e-6)).sum(1)
+        logp = (
+            torch.distributions.Normal(mu, log_std.exp()).log_prob(u) - torch.log(1 - torch.tanh(u) ** 2 + 1e-6)
+        ).sum(1)
         if not cfg.reference_temperature:  # the Jacobian of the action box (Q9)
             logp = logp - agent.action_scale.log().sum()
         return agent.action_center + agent.action_scale * torch.tanh(u), logp
@@ -103,15 +121,21 @@ def plain_sac_losses(agent, batch, noise: torch.Tensor, stored=None, target_valu
     critic_grads = torch.autograd.grad(q_loss, critic_params)
     # the critic step (Adam's first step moves every parameter by -lr * sign(grad), up to eps)
     opt = torch.optim.Adam([w1, b1, w2, b2], lr=cfg.q_lr)
-    for p, g in zip([w1, b1, w2, b2], critic_grads[:4]):
+    for p, g in zip([w1, b1, w2, b2], critic_grads[:4], strict=True):
         p.grad = g
     opt.step()
     a, logp = pi(h_a, noise[0])
     q_new = torch.min(q_net(qs[0], h_c.detach(), a), q_net(qs[1], h_c.detach(), a))
     pi_loss = (alpha * logp - q_new).mean()
     actor_grads = torch.autograd.grad(pi_loss, [*policy, *enc["actor"].parameters()])
-    return {"q_loss": q_loss.detach(), "pi_loss": pi_loss.detach(), "critic_grads": critic_grads,
-            "actor_grads": actor_grads, "log_prob": logp.detach(), "target": y}
+    return {
+        "q_loss": q_loss.detach(),
+        "pi_loss": pi_loss.detach(),
+        "critic_grads": critic_grads,
+        "actor_grads": actor_grads,
+        "log_prob": logp.detach(),
+        "target": y,
+    }
 
 
 def gems_decoder(env, seed: int = 0) -> SlateDecoder:
@@ -132,5 +156,3 @@ def mf_table(env, seed: int = 0) -> torch.Tensor:
 def upstream(env) -> dict:
     """Keyword arguments of build_agent for every method."""
     return {"gems_decoder": gems_decoder(env), "mf_table": mf_table(env)}
-
-

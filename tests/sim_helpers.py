@@ -68,8 +68,7 @@ def forced_uniforms(click_ranks: list[int], size: int = 10) -> torch.Tensor:
     return uniforms
 
 
-def fixed_reset_draws(params: EnvParams, reset_clicks: list[int], fallback_topic: int = 0,
-                      seed: int = 0) -> ResetDraws:
+def fixed_reset_draws(params: EnvParams, reset_clicks: list[int], fallback_topic: int = 0, seed: int = 0) -> ResetDraws:
     """Draws of one user whose initial-slate clicks are exactly `reset_clicks` (ranks)."""
     generator = torch.Generator().manual_seed(seed)
     return ResetDraws(
@@ -82,8 +81,9 @@ def fixed_reset_draws(params: EnvParams, reset_clicks: list[int], fallback_topic
 
 def reference_reset(reference: ReferenceTopicRec, draws: ResetDraws, user: int = 0) -> tuple[dict, dict]:
     """Reset the reference with the draws of batched user `user`."""
-    return reference.reset(draws.normal[user], draws.topic_weights[user], draws.click_uniforms[user],
-                           int(draws.fallback_topic[user]))
+    return reference.reset(
+        draws.normal[user], draws.topic_weights[user], draws.click_uniforms[user], int(draws.fallback_topic[user])
+    )
 
 
 def assert_same_user(env: TopicRec, reference: ReferenceTopicRec, user: int, where: str) -> None:
@@ -99,8 +99,13 @@ NEAR_TIE_SCORE = 1e-6  # float32 rounding of the batched vs per-user scores is ~
 NEAR_THRESHOLD_UNIFORM = 1e-4  # ... and of a_r * gamma_r at most ~1e-5 (sigmoid slope 100)
 
 
-def _reference_step(reference: ReferenceTopicRec, slate: torch.Tensor, uniforms: torch.Tensor,
-                    batched_slate: torch.Tensor, batched_clicks: torch.Tensor) -> tuple[tuple, bool]:
+def _reference_step(
+    reference: ReferenceTopicRec,
+    slate: torch.Tensor,
+    uniforms: torch.Tensor,
+    batched_slate: torch.Tensor,
+    batched_clicks: torch.Tensor,
+) -> tuple[tuple, bool]:
     """Step the reference. If its slate or clicks differ from the batched ones, accept the difference only as a
     float near-tie and replay the step from the saved state along the batched path; returns (outputs, replayed).
 
@@ -157,7 +162,8 @@ def run_lockstep(env: TopicRec, policy, num_users: int) -> dict[str, int]:
         for user, reference in enumerate(references):
             where = f"step {t}, user {user}"
             (ref_obs, ref_reward, ref_done, ref_info), replayed = _reference_step(
-                reference, slates[user], uniforms[user], obs["slate"][user], obs["clicks"][user])
+                reference, slates[user], uniforms[user], obs["slate"][user], obs["clicks"][user]
+            )
             seen["near_ties"] += int(replayed)
             assert torch.equal(ref_obs["slate"], obs["slate"][user]), f"{where}: slates differ"
             assert torch.equal(ref_obs["clicks"], obs["clicks"][user]), f"{where}: clicks differ"

@@ -12,8 +12,15 @@ def test_sac_topk_ideal_learns_and_beats_random():
     untrained = float(evaluate_policy(env, agent, 200).mean())
     random = float(evaluate_policy(env, build_agent("random", env, 0), 200).mean())
     env = small_env(episode_length=20)
-    protocol = Protocol(episodes=400, warmup_episodes=50, val_every=100, val_episodes=50, test_episodes=200,
-                        parallel_episodes=10, save_every=10**9)
+    protocol = Protocol(
+        episodes=400,
+        warmup_episodes=50,
+        val_every=100,
+        val_episodes=50,
+        test_episodes=200,
+        parallel_episodes=10,
+        save_every=10**9,
+    )
     trainer = Trainer(agent, env, protocol)
     trainer.fit()
     test = float(trainer.test().mean())

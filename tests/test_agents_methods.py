@@ -37,7 +37,7 @@ def test_first_click_pairing_b1():
 
 def test_discounted_returns():
     rewards = torch.tensor([[1.0, 0.0, 2.0, 3.0]])
-    expected = [1 + 0.8 ** 2 * 2 + 0.8 ** 3 * 3, 0.8 * 2 + 0.8 ** 2 * 3, 2 + 0.8 * 3, 3.0]
+    expected = [1 + 0.8**2 * 2 + 0.8**3 * 3, 0.8 * 2 + 0.8**2 * 3, 2 + 0.8 * 3, 3.0]
     torch.testing.assert_close(discounted_returns(rewards, 0.8), torch.tensor([expected]))
 
 
@@ -59,8 +59,10 @@ def test_buffer_ring_sampling_and_state():
 # ---------------------------------------------------------------- baselines
 def test_random_and_oracle_reproduce_the_simulators_policies():
     env = small_env()
-    for method, policy in (("random", RandomPolicy(env.num_items, env.slate_size, seed=7)),
-                           ("short_term_oracle", ShortTermOracle(env.slate_size))):
+    for method, policy in (
+        ("random", RandomPolicy(env.num_items, env.slate_size, seed=7)),
+        ("short_term_oracle", ShortTermOracle(env.slate_size)),
+    ):
         agent = build_agent(method, env, 7)
         env.reset_random_state()
         ours = play(env, agent, 30, GREEDY).returns
@@ -94,8 +96,8 @@ def test_reinforce_loss_and_gradients_match_plain_computation():
     agent.optimizer.step = lambda: (captured.update(g=[p.grad.clone() for p in agent.parameters()]), step())
     value = agent.update(batch)["loss"]
     torch.testing.assert_close(value, loss.detach(), rtol=1e-5, atol=1e-5)
-    mine = dict(zip([n for n, _ in agent.named_parameters()], captured["g"]))
-    for name, ref in zip(["policy.weight1", "policy.bias1", "policy.weight2", "policy.bias2"], grads[:4]):
+    mine = dict(zip([n for n, _ in agent.named_parameters()], captured["g"], strict=False))
+    for name, ref in zip(["policy.weight1", "policy.bias1", "policy.weight2", "policy.bias2"], grads[:4], strict=True):
         torch.testing.assert_close(mine[name], ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(mine["beliefs.encoders.actor.items"], grads[4], rtol=1e-4, atol=1e-5)
 
@@ -136,7 +138,7 @@ def test_slateq_targets_match_a_per_row_computation(batch_divpen):
     gen = torch.Generator().manual_seed(0)
     users = torch.rand(6, 20, generator=gen)
     users[:3] = 0.0
-    users[:3, :2] = 0.5 ** 0.5  # users of a single topic: their next slate repeats it (diversity penalty)
+    users[:3, :2] = 0.5**0.5  # users of a single topic: their next slate repeats it (diversity penalty)
     states = torch.randn(6, 20, generator=gen)
     values = agent.next_slate_values(states, users)
     with torch.no_grad():
@@ -178,8 +180,10 @@ def test_slateq_update_regresses_clicked_items_on_targets():
 
 def test_slateq_relevance_options():
     env = small_env()
-    fixed, reference = build_agent("slateq", env, 1), build_agent("slateq", env, 1,
-                                                                    overrides={"reference_relevances": True})
+    fixed, reference = (
+        build_agent("slateq", env, 1),
+        build_agent("slateq", env, 1, overrides={"reference_relevances": True}),
+    )
     env.reset(5)
     env.bored[:, 3] = True
     torch.testing.assert_close(fixed.privileged_record(env), env.effective_user())
@@ -208,7 +212,7 @@ def test_wknn_refinement_equals_brute_force(fill):
             for item in candidates[row, slot].tolist():
                 filled = [table[i] for i in chosen] + [table[item]]
                 rest = range(slot + 1, 10)
-                filled += [table[item] if fill == "candidate" else proto[row, 20 * s:20 * (s + 1)] for s in rest]
+                filled += [table[item] if fill == "candidate" else proto[row, 20 * s : 20 * (s + 1)] for s in rest]
                 value = twin_q(params, 20, states[row : row + 1], torch.cat(filled).unsqueeze(0))[0, 0]  # Q1
                 if value > best_value:
                     best, best_value = item, value
@@ -280,5 +284,6 @@ def test_acting_copy_shares_the_acting_stream_not_the_weights():
 def test_click_model_marginals_used_by_slateq_are_position_based():
     env = small_env(click_model="mixPBM")
     rel = torch.rand(4, 10, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(click_models.marginal_click_probabilities(rel, env.propensities),
-                               rel * env.propensities[:, 10])
+    torch.testing.assert_close(
+        click_models.marginal_click_probabilities(rel, env.propensities), rel * env.propensities[:, 10]
+    )

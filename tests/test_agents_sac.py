@@ -16,8 +16,9 @@ from slate_rl.rankers.decoders import TopKDecoder
 
 
 def make_agent(env, seed: int = 3, **overrides) -> SACAgent:
-    return SACAgent(TopKDecoder(env.item_embeddings), env.num_items, env.slate_size, SACConfig(**overrides), seed,
-                    "sac_topk_ideal")
+    return SACAgent(
+        TopKDecoder(env.item_embeddings), env.num_items, env.slate_size, SACConfig(**overrides), seed, "sac_topk_ideal"
+    )
 
 
 def collected_batch(env, agent, num: int = 6):
@@ -74,6 +75,7 @@ def assert_update_equals_plain(agent, batch, **plain_options) -> None:
         def step(*args, **kwargs):
             captured[key] = [p.grad.clone() for group in optimizer.param_groups for p in group["params"]]
             return original(*args, **kwargs)
+
         optimizer.step = step
 
     capture(agent.q_optimizer, "q")
@@ -82,12 +84,12 @@ def assert_update_equals_plain(agent, batch, **plain_options) -> None:
     torch.testing.assert_close(torch.tensor(metrics["q_loss"]), plain["q_loss"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.tensor(metrics["pi_loss"]), plain["pi_loss"], rtol=1e-5, atol=1e-5)
     critic_q, critic_enc = plain["critic_grads"][:4], plain["critic_grads"][4:]
-    for mine, ref in zip(captured["q"], critic_q):
+    for mine, ref in zip(captured["q"], critic_q, strict=False):
         torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-5)
     n_actor = len(plain["actor_grads"])
-    for mine, ref in zip(captured["rest"][:n_actor], plain["actor_grads"]):
+    for mine, ref in zip(captured["rest"][:n_actor], plain["actor_grads"], strict=False):
         torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-5)
-    for mine, ref in zip(captured["rest"][n_actor:n_actor + 5], critic_enc):
+    for mine, ref in zip(captured["rest"][n_actor : n_actor + 5], critic_enc, strict=False):
         torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(captured["rest"][-1], log_alpha.grad, rtol=1e-4, atol=1e-6)
 
@@ -144,5 +146,5 @@ def test_polyak_moves_targets_by_tau():
     agent = make_agent(env)
     before = [p.clone() for p in agent.target_params()]
     agent.update(collected_batch(env, agent))
-    for old, new, online in zip(before, agent.target_params(), agent.q.params()):
+    for old, new, online in zip(before, agent.target_params(), agent.q.params(), strict=True):
         torch.testing.assert_close(new, old + 0.002 * (online.detach() - old))

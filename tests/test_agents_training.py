@@ -28,6 +28,7 @@ def record_resets(env) -> list[torch.Tensor]:
         obs, info = original(n)
         users.append(info["user_state"].clone())
         return obs, info
+
     env.reset = reset
     return users
 
@@ -44,8 +45,11 @@ def test_block_schedule_and_update_counts():
     protocol = small_protocol(episodes=50, warmup_episodes=22, val_every=25, parallel_episodes=7)
     sizes = []
     metrics = []
-    trainer = run("sac_topk_ideal", protocol, hooks=Hooks(on_progress=lambda e, t: sizes.append(e),
-                                                          on_metrics=lambda e, m: metrics.append((e, m))))
+    trainer = run(
+        "sac_topk_ideal",
+        protocol,
+        hooks=Hooks(on_progress=lambda e, t: sizes.append(e), on_metrics=lambda e, m: metrics.append((e, m))),
+    )
     trainer.fit()
     # blocks stop at the end of the warm-up (22) and at every validation point (25, 50)
     assert sizes == [7, 14, 21, 22, 25, 32, 39, 46, 50]
@@ -54,8 +58,12 @@ def test_block_schedule_and_update_counts():
 
 
 SAC_DIAGNOSTICS = ("q_loss", "pi_loss", "alpha_loss", "alpha", "q_mean", "log_prob")
-DIAGNOSTICS = {"sac_topk_ideal": SAC_DIAGNOSTICS, "sac_wknn": SAC_DIAGNOSTICS, "reinforce_softmax": ("loss", "return",
-               "entropy"), "slateq": ("loss", "epsilon", "q_mean", "clicked_share")}
+DIAGNOSTICS = {
+    "sac_topk_ideal": SAC_DIAGNOSTICS,
+    "sac_wknn": SAC_DIAGNOSTICS,
+    "reinforce_softmax": ("loss", "return", "entropy"),
+    "slateq": ("loss", "epsilon", "q_mean", "clicked_share"),
+}
 
 
 @pytest.mark.parametrize("method", sorted(DIAGNOSTICS))
@@ -68,13 +76,19 @@ def test_updates_report_named_diagnostics_logged_as_their_means(method):
     def recorded_update(batch):
         reported.append(update(batch))
         return reported[-1]
+
     agent.update = recorded_update
     emitted = []
-    trainer = Trainer(agent, env, small_protocol(episodes=30, warmup_episodes=10, val_every=30, parallel_episodes=5),
-                      Hooks(on_metrics=lambda e, m: emitted.append(m)))
+    trainer = Trainer(
+        agent,
+        env,
+        small_protocol(episodes=30, warmup_episodes=10, val_every=30, parallel_episodes=5),
+        Hooks(on_metrics=lambda e, m: emitted.append(m)),
+    )
     trainer.fit()
-    assert all(tuple(values) == DIAGNOSTICS[method] and all(v.dim() == 0 for v in values.values())
-               for values in reported)
+    assert all(
+        tuple(values) == DIAGNOSTICS[method] and all(v.dim() == 0 for v in values.values()) for values in reported
+    )
     (metrics,) = emitted
     assert metrics["time/updates"] == len(reported) > 0
     train = {k: v for k, v in metrics.items() if k.startswith("train/")}
@@ -88,8 +102,7 @@ def test_meter_refuses_diagnostics_that_change_names():
     meter = _Meter()
     meter.add({"loss": torch.tensor(1.0), "q_mean": torch.tensor(2.0)})
     meter.add({"loss": torch.tensor(3.0), "q_mean": torch.tensor(4.0)})
-    assert {k: v for k, v in meter.emit().items() if k.startswith("train/")} == {"train/loss": 2.0,
-                                                                                "train/q_mean": 3.0}
+    assert {k: v for k, v in meter.emit().items() if k.startswith("train/")} == {"train/loss": 2.0, "train/q_mean": 3.0}
     with pytest.raises(SlateRLError, match="same names at every update"):
         meter.add({"q_mean": torch.tensor(1.0), "loss": torch.tensor(1.0)})
 
@@ -97,8 +110,9 @@ def test_meter_refuses_diagnostics_that_change_names():
 def test_checkpoint_hooks_best_on_strict_improvement_and_periodic():
     calls = []
     protocol = small_protocol(episodes=60, val_every=10, save_every=25, parallel_episodes=5)
-    trainer = run("reinforce_softmax", protocol,
-                  hooks=Hooks(on_checkpoint=lambda kind, e, state: calls.append((kind, e))))
+    trainer = run(
+        "reinforce_softmax", protocol, hooks=Hooks(on_checkpoint=lambda kind, e, state: calls.append((kind, e)))
+    )
     trainer.fit()
     periodic = [e for kind, e in calls if kind == "periodic"]
     assert periodic == [25, 50]
@@ -113,24 +127,30 @@ def test_checkpoint_hooks_best_on_strict_improvement_and_periodic():
     assert best == expected and trainer.best_episode == expected[-1] and returns[expected[-1]] == trainer.best_return
 
 
-@pytest.mark.parametrize("method, overlap", [("sac_gems", True), ("sac_topk_ideal", False), ("sac_wknn", True),
-                                             ("slateq", True), ("reinforce_softmax", True)])
+@pytest.mark.parametrize(
+    "method, overlap",
+    [("sac_gems", True), ("sac_topk_ideal", False), ("sac_wknn", True), ("slateq", True), ("reinforce_softmax", True)],
+)
 def test_resume_reproduces_the_uninterrupted_run(method, overlap):
-    protocol = small_protocol(episodes=60, warmup_episodes=20, val_every=20, save_every=30, parallel_episodes=5,
-                              overlap_collection=overlap)
+    protocol = small_protocol(
+        episodes=60, warmup_episodes=20, val_every=20, save_every=30, parallel_episodes=5, overlap_collection=overlap
+    )
 
     def hooks(store):
-        return Hooks(on_metrics=lambda e, m: store["metrics"].append(
-                         (e, {k: v for k, v in m.items() if k.startswith("train/")})),
-                     on_validation=lambda e, r: store["val"].append((e, r.clone())),
-                     on_checkpoint=lambda kind, e, s: store["ckpt"].append((kind, e, round_trip(s))))
+        return Hooks(
+            on_metrics=lambda e, m: store["metrics"].append(
+                (e, {k: v for k, v in m.items() if k.startswith("train/")})
+            ),
+            on_validation=lambda e, r: store["val"].append((e, r.clone())),
+            on_checkpoint=lambda kind, e, s: store["ckpt"].append((kind, e, round_trip(s))),
+        )
 
     full = {"metrics": [], "val": [], "ckpt": []}
     trainer = run(method, protocol, hooks=hooks(full))
     trainer.fit()
     full_test = trainer.test()
 
-    periodic = [state for kind, e, state in full["ckpt"] if kind == "periodic" and e == 30][0]
+    periodic = next(state for kind, e, state in full["ckpt"] if kind == "periodic" and e == 30)
     resumed = {"metrics": [], "val": [], "ckpt": []}
     trainer2 = run(method, protocol, seed=999, hooks=hooks(resumed))  # another seed: all must come from the state
     trainer2.load_state_dict(periodic)
@@ -139,7 +159,7 @@ def test_resume_reproduces_the_uninterrupted_run(method, overlap):
     assert torch.equal(full_test, resumed_test)
     assert trainer2.validations == trainer.validations
     assert [e for e, _ in resumed["val"]] == [40, 60]
-    for (e1, r1), (e2, r2) in zip(full["val"][-2:], resumed["val"]):
+    for (e1, r1), (e2, r2) in zip(full["val"][-2:], resumed["val"], strict=False):
         assert e1 == e2 and torch.equal(r1, r2)
     assert full["metrics"][-2:] == resumed["metrics"]
 
@@ -157,8 +177,12 @@ def test_resume_refuses_another_protocol_or_method():
 def test_common_random_numbers_across_methods():
     protocol = small_protocol(episodes=40, warmup_episodes=10, val_every=20, parallel_episodes=5)
     streams = {}
-    for method, overlap in (("sac_topk_ideal", True), ("sac_gems", False), ("reinforce_softmax", True),
-                            ("slateq", False)):
+    for method, overlap in (
+        ("sac_topk_ideal", True),
+        ("sac_gems", False),
+        ("reinforce_softmax", True),
+        ("slateq", False),
+    ):
         env = small_env()
         users = record_resets(env)
         trainer = run(method, dataclasses.replace(protocol, overlap_collection=overlap), env=env)
@@ -168,7 +192,7 @@ def test_common_random_numbers_across_methods():
     reference = streams["sac_topk_ideal"]
     assert [u.shape[0] for u in reference] == [5] * 4 + [16] + [5] * 4 + [16] + [24]
     for users in streams.values():
-        assert len(users) == len(reference) and all(torch.equal(a, b) for a, b in zip(users, reference))
+        assert len(users) == len(reference) and all(torch.equal(a, b) for a, b in zip(users, reference, strict=True))
     # test-only methods meet the same test users
     for method in ("random", "short_term_oracle"):
         env = small_env()

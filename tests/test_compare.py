@@ -22,12 +22,19 @@ TOPK = [100.0, 104.0, 98.0, 102.0]
 
 
 def _fill_store():
-    for seed, (g, t) in enumerate(zip(GEMS, TOPK)):
-        add_train_online_run("sac_gems", "focused_mix", seed, g, val_curve=[(1000, g - 10), (2000, g)],
-                             params={"latent_dim": 32, "lambda_kl": 1.0, "lambda_click": 0.5})
+    for seed, (g, t) in enumerate(zip(GEMS, TOPK, strict=False)):
+        add_train_online_run(
+            "sac_gems",
+            "focused_mix",
+            seed,
+            g,
+            val_curve=[(1000, g - 10), (2000, g)],
+            params={"latent_dim": 32, "lambda_kl": 1.0, "lambda_click": 0.5},
+        )
         add_train_online_run("sac_topk_ideal", "focused_mix", seed, t, val_curve=[(1000, t - 5), (2000, t)])
-    add_train_online_run("sac_gems", "focused_mix", 0, 50.0, params={"latent_dim": 16, "lambda_kl": 0.5,
-                                                                      "lambda_click": 0.5})  # a sweep run
+    add_train_online_run(
+        "sac_gems", "focused_mix", 0, 50.0, params={"latent_dim": 16, "lambda_kl": 0.5, "lambda_click": 0.5}
+    )  # a sweep run
     add_train_online_run("sac_gems", "focused_mix", 1, 10.0, status="FAILED")  # never reported
     add_train_online_run("random", "focused_mix", 0, 33.0)
 
@@ -90,20 +97,25 @@ def test_variants_of_a_method_are_kept_apart_and_labelled(tracking_store):
         add_train_online_run("sac_topk_ideal", "focused_mix", seed, value - 50, params={"agent.gamma": "0.9"})
     # an explicit default is the preset's configuration: the newest run of that variant and seed replaces the first
     time.sleep(0.01)  # a later start time
-    add_train_online_run("sac_topk_ideal", "focused_mix", 0, 120.0,
-                         params={"agent.gamma": "0.80", "episodes": "100000"})
+    add_train_online_run(
+        "sac_topk_ideal", "focused_mix", 0, 120.0, params={"agent.gamma": "0.80", "episodes": "100000"}
+    )
     add_train_online_run("random", "focused_mix", 0, 30.0)
     out = tracking_store / "report"
-    compare.run(compare.CompareConfig.resolve("focused_mix", "sac_topk_ideal,random", reference="sac_topk_ideal",
-                                              out=str(out)))
+    compare.run(
+        compare.CompareConfig.resolve("focused_mix", "sac_topk_ideal,random", reference="sac_topk_ideal", out=str(out))
+    )
     rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
     by_label = {row["method_name"]: row for row in rows}
     assert set(by_label) == {"SAC+TopK (ideal)", "SAC+TopK (ideal) [gamma=0.9]", "Random"}
     plain, variant = by_label["SAC+TopK (ideal)"], by_label["SAC+TopK (ideal) [gamma=0.9]"]
     assert (plain["n"], float(plain["mean"])) == ("2", 115.0)
     assert (variant["n"], float(variant["mean"])) == ("2", 55.0)
-    assert (variant["method"], variant["variant"], variant["agent.gamma"]) == \
-        ("sac_topk_ideal", "agent.gamma=0.9", "0.9")
+    assert (variant["method"], variant["variant"], variant["agent.gamma"]) == (
+        "sac_topk_ideal",
+        "agent.gamma=0.9",
+        "0.9",
+    )
     assert plain["variant"] == plain["agent.gamma"] == by_label["Random"]["agent.gamma"] == ""
     assert variant["welch_p"] != ""  # tested against the plain row, the reference
     markdown = (out / "results.md").read_text()
@@ -115,16 +127,24 @@ def test_a_filter_selects_one_variant_shown_as_the_plain_row(tracking_store):
         add_train_online_run("sac_topk_ideal", "focused_mix", seed, 100.0 + seed)
         add_train_online_run("sac_topk_ideal", "focused_mix", seed, 50.0 + seed, params={"agent.gamma": "0.9"})
     out = tracking_store / "report"
-    compare.run(compare.CompareConfig.resolve("focused_mix", "sac_topk_ideal", filter="params.`agent.gamma` = '0.9'",
-                                              out=str(out)))
+    compare.run(
+        compare.CompareConfig.resolve(
+            "focused_mix", "sac_topk_ideal", filter="params.`agent.gamma` = '0.9'", out=str(out)
+        )
+    )
     (row,) = csv.DictReader(io.StringIO((out / "results.csv").read_text()))
     assert (row["method_name"], row["n"], float(row["mean"]), row["variant"]) == ("SAC+TopK (ideal)", "2", 50.5, "")
 
 
 def test_defaults_in_any_spelling_are_one_configuration(tracking_store):
     add_train_online_run("sac_topk_ideal", "focused_mix", 0, 100.0, params={"item_embeddings": "''"})  # mlflow run
-    add_train_online_run("sac_topk_ideal", "focused_mix", 1, 110.0, params={"item_embeddings": "", "gamma": "0.9",
-                                                                            "overlap_collection": "True"})
+    add_train_online_run(
+        "sac_topk_ideal",
+        "focused_mix",
+        1,
+        110.0,
+        params={"item_embeddings": "", "gamma": "0.9", "overlap_collection": "True"},
+    )
     runs = compare.select_runs(compare.CompareConfig.resolve("focused_mix", "sac_topk_ideal"))
     identities = {r.data.tags["seed"]: compare.identity(r) for r in runs}
     assert identities == {"0": {}, "1": {"gamma": "0.9"}}  # 'gamma' (not agent.gamma) has no known default

@@ -18,16 +18,31 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_six_paper_environments_with_their_distinguishing_parameters():
-    assert envs.ENV_NAMES == ("focused_topdown", "focused_mix", "focused_divpen", "diffuse_topdown", "diffuse_mix",
-                              "diffuse_divpen")
-    table = {name: (p.item_embeddings, p.click_model, p.diversity_penalty)
-             for name in envs.ENV_NAMES for p in [envs.env_params(name)]}
+    assert envs.ENV_NAMES == (
+        "focused_topdown",
+        "focused_mix",
+        "focused_divpen",
+        "diffuse_topdown",
+        "diffuse_mix",
+        "diffuse_divpen",
+    )
+    table = {
+        name: (p.item_embeddings, p.click_model, p.diversity_penalty)
+        for name in envs.ENV_NAMES
+        for p in [envs.env_params(name)]
+    }
     assert table["focused_topdown"] == ("focused", "tdPBM", 1.0)
     assert table["diffuse_mix"] == ("diffuse", "mixPBM", 1.0)
     assert table["focused_divpen"] == ("focused", "mixPBM", 3.0)  # DivPen uses the mixed click model
     common = envs.env_params("diffuse_divpen")
-    assert (common.env_offset, common.env_slope, common.boredom_threshold, common.diversity_threshold,
-            common.short_term_boost, common.env_omega) == (0.28, 100.0, 5, 4, 1.0, 0.9)
+    assert (
+        common.env_offset,
+        common.env_slope,
+        common.boredom_threshold,
+        common.diversity_threshold,
+        common.short_term_boost,
+        common.env_omega,
+    ) == (0.28, 100.0, 5, 4, 1.0, 0.9)
 
 
 def test_overrides_change_any_parameter_and_unknown_ones_are_named():
@@ -49,17 +64,25 @@ def test_stage_config_takes_preset_values_then_explicit_overrides():
 
 
 def test_assignments_are_typed():
-    assert config.parse_assignments(["a=3", "b=0.5", "c=tdPBM", "d=null"]) == {"a": 3, "b": 0.5, "c": "tdPBM", "d": None}
+    assert config.parse_assignments(["a=3", "b=0.5", "c=tdPBM", "d=null"]) == {
+        "a": 3,
+        "b": 0.5,
+        "c": "tdPBM",
+        "d": None,
+    }
     with pytest.raises(SlateRLError, match="must look like key=value"):
         config.parse_assignments(["oops"])
 
 
-@pytest.mark.parametrize("entry_point, config_class", [
-    ("generate_dataset", stage_configs.GenerateDatasetConfig),
-    ("pretrain_gems", stage_configs.PretrainGemsConfig),
-    ("train_mf", stage_configs.TrainMFConfig),
-    ("train_online", stage_configs.TrainOnlineConfig),
-])
+@pytest.mark.parametrize(
+    "entry_point, config_class",
+    [
+        ("generate_dataset", stage_configs.GenerateDatasetConfig),
+        ("pretrain_gems", stage_configs.PretrainGemsConfig),
+        ("train_mf", stage_configs.TrainMFConfig),
+        ("train_online", stage_configs.TrainOnlineConfig),
+    ],
+)
 def test_mlproject_fixed_defaults_equal_the_stage_defaults(entry_point, config_class):
     """Declared MLproject parameters are logged by `mlflow run`; they must agree with the resolved config, and
     every parameter the command passes must be a declared one."""
@@ -95,7 +118,7 @@ def test_a_file_in_the_override_folder_replaces_the_packaged_file_of_that_name(t
 
 def test_a_bad_override_folder_is_refused_with_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv(config.OVERRIDE_VARIABLE, str(tmp_path / "missing"))
-    with pytest.raises(SlateRLError, match="SLATE_RL_PRESETS=.*is not a folder.*or unset it"):
+    with pytest.raises(SlateRLError, match=r"SLATE_RL_PRESETS=.*is not a folder.*or unset it"):
         config.stage_preset("quick", "generate_dataset")
     (tmp_path / "quick.yml").write_text("generate_dataset: {n_sessions: 5}\n")
     monkeypatch.setenv(config.OVERRIDE_VARIABLE, str(tmp_path))
@@ -121,6 +144,12 @@ def test_help_shows_the_preset_values_read_from_the_files():
 def test_help_follows_an_override_folder(tmp_path):
     (tmp_path / "quick.yaml").write_text("generate_dataset:\n  n_sessions: 321\n")
     env = {**os.environ, config.OVERRIDE_VARIABLE: str(tmp_path), "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "slate_rl.cli", "generate-dataset", "--help"], env=env,
-                            capture_output=True, text=True, check=True, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "slate_rl.cli", "generate-dataset", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
     assert "[quick: 321, paper: 100000]" in " ".join(result.stdout.split())

@@ -66,12 +66,15 @@ def test_generated_logging_policy_matches_epsilon(tracking_store):
     assert (np.diff(sorted_slates, axis=1) > 0).all()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--env", "nowhere"], "unknown environment 'nowhere'; choose one of: focused_topdown"),
-    (["--n-sessions", "0"], "n_sessions must be a positive"),
-    (["--epsilon", "1.5"], "epsilon is the probability of a random slot and must lie in [0, 1]"),
-    (["--env-param", "boredom_treshold=3"], "unknown simulator parameter(s) boredom_treshold"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--env", "nowhere"], "unknown environment 'nowhere'; choose one of: focused_topdown"),
+        (["--n-sessions", "0"], "n_sessions must be a positive"),
+        (["--epsilon", "1.5"], "epsilon is the probability of a random slot and must lie in [0, 1]"),
+        (["--env-param", "boredom_treshold=3"], "unknown simulator parameter(s) boredom_treshold"),
+    ],
+)
 def test_cli_rejects_bad_parameters_before_any_run(tracking_store, args, message):
     result = CliRunner().invoke(main, ["generate-dataset", "--preset", "quick", *args])
     assert result.exit_code == 1
@@ -79,17 +82,21 @@ def test_cli_rejects_bad_parameters_before_any_run(tracking_store, args, message
     assert MlflowClient().search_runs(["0"]) == []
 
 
-@pytest.mark.parametrize("table, message", [
-    (torch.full((1000, 20), float("nan")), "contain NaN"),
-    (-torch.rand(1000, 20), "negative entries"),
-    (torch.rand(999, 20), "expected shape (1000, 20)"),
-    (torch.randint(0, 5, (1000, 20)), "floating-point"),
-])
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        (torch.full((1000, 20), float("nan")), "contain NaN"),
+        (-torch.rand(1000, 20), "negative entries"),
+        (torch.rand(999, 20), "expected shape (1000, 20)"),
+        (torch.randint(0, 5, (1000, 20)), "floating-point"),
+    ],
+)
 def test_malformed_embeddings_fail_the_run_without_a_dataset(tracking_store, table, message):
     path = tracking_store / "bad.pt"
     torch.save(table, path)
-    result = CliRunner().invoke(main, ["generate-dataset", "--preset", "quick", "--n-sessions", "5",
-                                       "--item-embeddings", str(path)])
+    result = CliRunner().invoke(
+        main, ["generate-dataset", "--preset", "quick", "--n-sessions", "5", "--item-embeddings", str(path)]
+    )
     assert result.exit_code == 1 and message in result.output
     (run,) = MlflowClient().search_runs(["0"])
     assert run.info.status == "FAILED"

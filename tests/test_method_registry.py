@@ -16,16 +16,31 @@ from slate_rl.agents.base import Agent, Observation, check_history
 from slate_rl.agents.export import agent_from_payload, policy_payload
 from slate_rl.cli import main
 from slate_rl.errors import SlateRLError
-from slate_rl.methods import (ONLINE_FAMILIES, MethodSpec, Need, get_method, method_ids, register_method,
-                              unregister_method)
+from slate_rl.methods import (
+    ONLINE_FAMILIES,
+    MethodSpec,
+    Need,
+    get_method,
+    method_ids,
+    register_method,
+    unregister_method,
+)
 from slate_rl.reporting import is_privileged, method_name
 from slate_rl.stage_configs import TrainOnlineConfig
 from slate_rl.stages import compare, environment, pipeline, train_online
 from slate_rl.tracking import models
 from synthetic_runs import add_train_online_run
 
-PAPER = ("short_term_oracle", "sac_topk_ideal", "slateq", "random", "reinforce_softmax", "sac_wknn", "sac_topk_mf",
-         "sac_gems")
+PAPER = (
+    "short_term_oracle",
+    "sac_topk_ideal",
+    "slateq",
+    "random",
+    "reinforce_softmax",
+    "sac_wknn",
+    "sac_topk_mf",
+    "sac_gems",
+)
 TINY = dict(episodes=20, warmup_episodes=0, val_every=20, val_episodes=10, test_episodes=50, save_every=20)
 
 
@@ -96,11 +111,13 @@ def test_every_consumer_accepts_a_registered_method(tracking_store, method):
     payload = policy_payload(agent, env, seed=0, mf_table=upstream(env)["mf_table"])
     assert ("gems_decoder" in payload, "mf_table" in payload) == (Need.GEMS in spec.needs, Need.MF in spec.needs)
     assert agent_from_payload(payload, env)[0].method == method
-    datasets, upstream_jobs, training = pipeline.plan(pipeline.PipelineConfig.resolve("focused_mix", method, "1",
-                                                                                      preset="quick"))
+    datasets, upstream_jobs, training = pipeline.plan(
+        pipeline.PipelineConfig.resolve("focused_mix", method, "1", preset="quick")
+    )
     assert len(datasets) == (1 if spec.needs else 0)
-    assert [job.stage for job in upstream_jobs] == [{Need.GEMS: "pretrain_gems", Need.MF: "train_mf"}[need]
-                                                    for need in spec.needs]
+    assert [job.stage for job in upstream_jobs] == [
+        {Need.GEMS: "pretrain_gems", Need.MF: "train_mf"}[need] for need in spec.needs
+    ]
     assert [job.name for job in training] == [f"{method}/focused_mix/seed58407201"]
 
 
@@ -126,8 +143,9 @@ def test_a_registered_method_trains_tests_registers_and_is_compared(tracking_sto
     add_train_online_run("random", "focused_mix", 0, 1.0, preset="quick")
     out = tracking_store / "report"
     compare.run(compare.CompareConfig.resolve("focused_mix", "random,first_items", preset="quick", out=str(out)))
-    rows = [line.split(" | ")[0][2:] for line in (out / "results.md").read_text().splitlines()
-            if line.startswith("| ")][1:]
+    rows = [
+        line.split(" | ")[0][2:] for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")
+    ][1:]
     assert rows == ["Random", "First items"]  # display name from the registry, after the paper's methods
 
 
@@ -138,7 +156,7 @@ def test_registration_refuses_bad_entries(first_items):
         MethodSpec("x", "X", "bandit", builder=build_first_items)
     with pytest.raises(SlateRLError, match="needs must be Need members"):
         MethodSpec("x", "X", "online", builder=build_first_items, needs=("mf",))
-    with pytest.raises(SlateRLError, match="builder must look like 'package.module:name'"):
+    with pytest.raises(SlateRLError, match=r"builder must look like 'package.module:name'"):
         MethodSpec("x", "X", "online", builder="my_module.build")
     with pytest.raises(SlateRLError, match="method id 'Sac-X'"):
         MethodSpec("Sac-X", "X", "online", builder=build_first_items)
@@ -147,11 +165,14 @@ def test_registration_refuses_bad_entries(first_items):
 def test_an_offline_method_is_refused_where_train_online_runs():
     register_method(MethodSpec("offline_bc", "BC", "offline", builder=build_first_items))
     try:
-        message = ("method 'offline_bc' is of the offline family, which does not run here; choose one of: "
-                   + ", ".join(PAPER))
-        for entry in (lambda: TrainOnlineConfig.resolve("focused_mix", "quick", method="offline_bc"),
-                      lambda: compare.CompareConfig.resolve("focused_mix", "offline_bc"),
-                      lambda: pipeline.PipelineConfig.resolve("focused_mix", "offline_bc", "1")):
+        message = "method 'offline_bc' is of the offline family, which does not run here; choose one of: " + ", ".join(
+            PAPER
+        )
+        for entry in (
+            lambda: TrainOnlineConfig.resolve("focused_mix", "quick", method="offline_bc"),
+            lambda: compare.CompareConfig.resolve("focused_mix", "offline_bc"),
+            lambda: pipeline.PipelineConfig.resolve("focused_mix", "offline_bc", "1"),
+        ):
             with pytest.raises(SlateRLError) as caught:
                 entry()
             assert str(caught.value) == message
@@ -176,8 +197,11 @@ def test_an_unknown_method_gets_one_message_everywhere(tracking_store, first_ite
         with pytest.raises(SlateRLError) as caught:
             entry()
         assert str(caught.value) == message, name
-    for args in (["train-online", "--method", "ddpg"], ["compare", "--methods", "ddpg"],
-                 ["pipeline", "--methods", "ddpg"]):
+    for args in (
+        ["train-online", "--method", "ddpg"],
+        ["compare", "--methods", "ddpg"],
+        ["pipeline", "--methods", "ddpg"],
+    ):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 1 and result.output.strip() == f"Error: {message}", args
     assert method_name("ddpg") == "ddpg"  # a run of a method no longer registered keeps its id in tables

@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from slate_rl.cli import main
-
 from slate_rl.stages.generate_dataset import load_from_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,8 +22,19 @@ pytestmark = pytest.mark.slow
 
 def mlflow_run(store: Path, entry_point: str, **params: str) -> subprocess.CompletedProcess:
     """`mlflow run <repo> -e <entry_point> --env-manager local -P k=v ...` with the test's store."""
-    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry_point, "--env-manager", "local",
-               "--storage-dir", str(store / "storage")]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(REPO),
+        "-e",
+        entry_point,
+        "--env-manager",
+        "local",
+        "--storage-dir",
+        str(store / "storage"),
+    ]
     for key, value in params.items():
         command += ["-P", f"{key}={value}"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -39,8 +49,12 @@ def test_generate_dataset_entry_point(tracking_store):
     assert run.data.tags["mlflow.project.entryPoint"] == "generate_dataset"
     assert run.data.tags["stage"] == "generate_dataset"
     params = run.data.params
-    assert (params["env"], params["preset"], params["n_sessions"], params["chunk_size"]) == \
-        ("diffuse_divpen", "quick", "30", "2000")
+    assert (params["env"], params["preset"], params["n_sessions"], params["chunk_size"]) == (
+        "diffuse_divpen",
+        "quick",
+        "30",
+        "2000",
+    )
     assert params["sim.diversity_penalty"] == "3.0" and params["sim.click_model"] == "mixPBM"
     assert {"mean_return", "clicks_per_step", "bored_step_share"} <= set(run.data.metrics)
     data = load_from_run(run.info.run_id)
@@ -67,8 +81,11 @@ def _run_entry_point(workflow: dict, entry_point: str, **params: str) -> str:
     before = {r.info.run_id for r in MlflowClient().search_runs(["0"])}
     result = mlflow_run(workflow["store"], entry_point, **params)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    (run,) = [r for r in MlflowClient().search_runs(["0"], f"tags.`mlflow.project.entryPoint` = '{entry_point}'")
-              if r.info.run_id not in before]
+    (run,) = [
+        r
+        for r in MlflowClient().search_runs(["0"], f"tags.`mlflow.project.entryPoint` = '{entry_point}'")
+        if r.info.run_id not in before
+    ]
     assert run.info.status == "FINISHED"
     workflow[entry_point] = run.info.run_id
     workflow[f"{entry_point}.output"] = result.stdout + result.stderr
@@ -78,24 +95,42 @@ def _run_entry_point(workflow: dict, entry_point: str, **params: str) -> str:
 def test_generate_dataset_with_its_defaults(workflow):
     run_id = _run_entry_point(workflow, "generate_dataset", n_sessions="200")
     params = MlflowClient().get_run(run_id).data.params
-    assert (params["env"], params["preset"], params["epsilon"], params["seed"]) == \
-        ("focused_topdown", "paper", "0.5", "2754851")
+    assert (params["env"], params["preset"], params["epsilon"], params["seed"]) == (
+        "focused_topdown",
+        "paper",
+        "0.5",
+        "2754851",
+    )
 
 
 def test_train_mf_with_its_defaults(workflow):
-    _run_entry_point(workflow, "train_mf", dataset=f"runs:/{workflow['generate_dataset']}/dataset", max_steps="20",
-                     eval_every="10")
+    _run_entry_point(
+        workflow, "train_mf", dataset=f"runs:/{workflow['generate_dataset']}/dataset", max_steps="20", eval_every="10"
+    )
 
 
 def test_pretrain_gems_with_its_defaults(workflow):
-    _run_entry_point(workflow, "pretrain_gems", dataset=f"runs:/{workflow['generate_dataset']}/dataset", epochs="1",
-                     bound_sessions="100")
+    _run_entry_point(
+        workflow,
+        "pretrain_gems",
+        dataset=f"runs:/{workflow['generate_dataset']}/dataset",
+        epochs="1",
+        bound_sessions="100",
+    )
 
 
 def test_train_online_with_its_defaults(workflow):
-    run_id = _run_entry_point(workflow, "train_online", gems=f"runs:/{workflow['pretrain_gems']}", episodes="20",
-                              warmup_episodes="10", val_every="10", val_episodes="10", test_episodes="20",
-                              save_every="20")
+    run_id = _run_entry_point(
+        workflow,
+        "train_online",
+        gems=f"runs:/{workflow['pretrain_gems']}",
+        episodes="20",
+        warmup_episodes="10",
+        val_every="10",
+        val_episodes="10",
+        test_episodes="20",
+        save_every="20",
+    )
     run = MlflowClient().get_run(run_id)
     assert (run.data.tags["method"], run.data.tags["seed"]) == ("sac_gems", "58407201")
     assert "test_return" in run.data.metrics and run.data.tags["registered_version"] == "1"
@@ -118,22 +153,34 @@ def test_compare_with_its_defaults(workflow):
 def test_pipeline_dry_run_with_all_its_defaults_prints_the_plan(workflow):
     _run_entry_point(workflow, "pipeline", dry_run="true")
     output = workflow["pipeline.output"]
-    assert "seeds: 10 -> 58407201,496912423,2465781,300029,215567,23437561,309081907,548260111,51941177,212407167" \
+    assert (
+        "seeds: 10 -> 58407201,496912423,2465781,300029,215567,23437561,309081907,548260111,51941177,212407167"
         in output
+    )
     assert "phase 3/3 (training): 426 jobs, 0 already finished, 426 to run, 0 to resume" in output
     assert not MlflowClient().search_runs(["0"], "tags.stage = 'pipeline'")  # planned, nothing run
 
 
 def test_pipeline_runs_one_seed_with_overrides(workflow):
-    run_id = _run_entry_point(workflow, "pipeline", envs="focused_topdown", methods="random",
-                              seeds="58407201", preset="quick", set="test_episodes=20",
-                              out=str(workflow["store"] / "reports" / "pipeline"))
+    run_id = _run_entry_point(
+        workflow,
+        "pipeline",
+        envs="focused_topdown",
+        methods="random",
+        seeds="58407201",
+        preset="quick",
+        set="test_episodes=20",
+        out=str(workflow["store"] / "reports" / "pipeline"),
+    )
     client = MlflowClient()
     params = client.get_run(run_id).data.params
     assert (params["seeds"], params["seeds_resolved"], params["set"]) == ("58407201", "58407201", "test_episodes=20")
     (job,) = client.search_runs(["0"], f"tags.`mlflow.parentRunId` = '{run_id}'")
-    assert (job.data.params["method"], job.data.params["test_episodes"], job.info.status) == \
-        ("random", "20", "FINISHED")
+    assert (job.data.params["method"], job.data.params["test_episodes"], job.info.status) == (
+        "random",
+        "20",
+        "FINISHED",
+    )
 
 
 def test_every_declared_entry_point_ran(workflow):
@@ -142,12 +189,21 @@ def test_every_declared_entry_point_ran(workflow):
 
 
 def test_env_param_through_mlflow_run(tracking_store):
-    result = mlflow_run(tracking_store, "generate_dataset", env="diffuse_mix", preset="quick", n_sessions="10",
-                        env_param="boredom_threshold=3,diversity_penalty=5.0")
+    result = mlflow_run(
+        tracking_store,
+        "generate_dataset",
+        env="diffuse_mix",
+        preset="quick",
+        n_sessions="10",
+        env_param="boredom_threshold=3,diversity_penalty=5.0",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = MlflowClient().search_runs(["0"])
     params = run.data.params
-    assert (params["env.name"], params["env.boredom_threshold"], params["env.diversity_penalty"]) == \
-        ("diffuse_mix", "3", "5.0")
+    assert (params["env.name"], params["env.boredom_threshold"], params["env.diversity_penalty"]) == (
+        "diffuse_mix",
+        "3",
+        "5.0",
+    )
     assert params["sim.boredom_threshold"] == "3" and params["env_param"] == "boredom_threshold=3,diversity_penalty=5.0"
     assert load_from_run(run.info.run_id).meta["env_params"]["diversity_penalty"] == 5.0

@@ -120,8 +120,9 @@ def test_container_refuses_bad_arrays():
 
 
 def test_metadata_numpy_values_become_plain_json():
-    episodes = tiny_episodes([[[0, 1], [2, 3]]], [[[0, 0], [1, 0]]],
-                             metadata={"seed": np.int64(3), "scores": np.array([1.5, 2.0])})
+    episodes = tiny_episodes(
+        [[[0, 1], [2, 3]]], [[[0, 0], [1, 0]]], metadata={"seed": np.int64(3), "scores": np.array([1.5, 2.0])}
+    )
     assert episodes.metadata == {"seed": 3, "scores": [1.5, 2.0]}
     assert type(episodes.metadata["seed"]) is int
 
@@ -175,11 +176,16 @@ def test_shuffled_or_misaligned_rows_are_not_taken_for_episodes(episodes):
 
 
 def test_return_stats_overall_and_by_source():
-    episodes = tiny_episodes([[[0, 1], [2, 3], [4, 5]]] * 3,
-                             [[[0, 0], [1, 0], [1, 1]], [[0, 0], [0, 0], [0, 0]], [[1, 1], [1, 1], [0, 1]]],
-                             sources=[0, 1, 0], source_names=("a", "b"))
+    episodes = tiny_episodes(
+        [[[0, 1], [2, 3], [4, 5]]] * 3,
+        [[[0, 0], [1, 0], [1, 1]], [[0, 0], [0, 0], [0, 0]], [[1, 1], [1, 1], [0, 1]]],
+        sources=[0, 1, 0],
+        source_names=("a", "b"),
+    )
     np.testing.assert_array_equal(episodes.returns(), [3, 0, 3])
     stats = episodes.return_stats()
     assert stats["all"]["mean"] == 2.0 and stats["all"]["count"] == 3
-    assert stats["by_source"] == {"a": {"count": 2, "mean": 3.0, "std": 0.0, "min": 3.0, "median": 3.0, "max": 3.0},
-                                  "b": {"count": 1, "mean": 0.0, "std": 0.0, "min": 0.0, "median": 0.0, "max": 0.0}}
+    assert stats["by_source"] == {
+        "a": {"count": 2, "mean": 3.0, "std": 0.0, "min": 3.0, "median": 3.0, "max": 3.0},
+        "b": {"count": 1, "mean": 0.0, "std": 0.0, "min": 0.0, "median": 0.0, "max": 0.0},
+    }

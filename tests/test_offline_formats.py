@@ -128,8 +128,21 @@ def test_npz_layout_and_round_trip(tmp_path, mixed):
         assert archive["timeouts"].sum() == 7 and not archive["terminals"].any()
         assert archive["source_names"].tolist() == ["expert", "random"]
         meta = json.loads(str(archive["metadata_json"]))
-    assert keys == {"slates", "clicks", "next_slates", "next_clicks", "rewards", "terminals", "timeouts",
-                    "episode_ids", "timesteps", "sources", "actions", "source_names", "metadata_json"}
+    assert keys == {
+        "slates",
+        "clicks",
+        "next_slates",
+        "next_clicks",
+        "rewards",
+        "terminals",
+        "timeouts",
+        "episode_ids",
+        "timesteps",
+        "sources",
+        "actions",
+        "source_names",
+        "metadata_json",
+    }
     assert meta["format"]["episode_end"] == "truncation" and meta["format"]["horizon"] == HORIZON
     assert meta["return_stats"]["by_source"]["random"]["count"] == 3
     transitions = load_offline(main, kind="transitions", oracle=True)
@@ -169,8 +182,9 @@ def test_load_offline_finds_the_dataset_in_an_artifact_folder(tmp_path, mixed):
     write_minari(mixed, tmp_path / "artifacts" / "minari", "mixed")
     write_npz(mixed, tmp_path / "artifacts" / "d4rl" / "mixed.npz")
     transitions = load_offline(tmp_path / "artifacts" / "minari", kind="transitions")
-    np.testing.assert_array_equal(transitions["next_slates"], load_offline(tmp_path / "artifacts" / "d4rl",
-                                                                           kind="transitions")["next_slates"])
+    np.testing.assert_array_equal(
+        transitions["next_slates"], load_offline(tmp_path / "artifacts" / "d4rl", kind="transitions")["next_slates"]
+    )
     _assert_same(load_offline(tmp_path / "artifacts" / "d4rl", oracle=True), mixed)
     with pytest.raises(SlateRLError, match=r"both a Minari dataset and \.npz files"):
         load_offline(tmp_path / "artifacts")

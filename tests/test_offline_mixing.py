@@ -53,8 +53,13 @@ def test_mix_metadata_keeps_each_source_and_the_environment(parts):
     meta = mixed.metadata
     assert meta["env"] == "focused_topdown" and meta["env_params"] == expert.metadata["env_params"]
     assert meta["reference_scores"] == {"random": 1.0, "expert": 9.0}
-    assert meta["sources"]["expert_noisy"] == {"policy": "epsilon_greedy_0.3", "seed": 2, "sim_seed": 7,
-                                               "episodes": 4, "episodes_available": 8}
+    assert meta["sources"]["expert_noisy"] == {
+        "policy": "epsilon_greedy_0.3",
+        "seed": 2,
+        "sim_seed": 7,
+        "episodes": 4,
+        "episodes_available": 8,
+    }
     assert meta["sources"]["random"]["episodes"] == 5 and meta["sources"]["random"]["policy"] == "random"
     assert meta["mix"] == {"seed": 0, "episodes": {"expert": 2, "expert_noisy": 4, "random": 5}}
     assert "sim_seed" not in meta  # per-collection keys moved into the source entries
@@ -95,8 +100,9 @@ def test_mix_refuses_bad_parts(parts):
         mix([(random, 1), (harder, 1)], seed=0)
     with pytest.raises(SlateRLError, match="only some parts have 'bored'"):
         mix([(random, 1), (dataclasses.replace(noisy, bored=None), 1)], seed=0)
-    rescored = dataclasses.replace(random, metadata={**random.metadata,
-                                                     "reference_scores": {"random": 2.0, "expert": 9.0}})
+    rescored = dataclasses.replace(
+        random, metadata={**random.metadata, "reference_scores": {"random": 2.0, "expert": 9.0}}
+    )
     with pytest.raises(SlateRLError, match="disagree on reference_scores"):
         mix([(expert, 1), (rescored, 1)], seed=0)
     with pytest.raises(SlateRLError, match="at least one"):
@@ -105,7 +111,11 @@ def test_mix_refuses_bad_parts(parts):
 
 def test_split_counts_by_largest_remainder():
     assert split_counts(10_000, {"expert": 0.1, "expert_noisy": 0.4, "medium": 0.3, "random": 0.2}) == {
-        "expert": 1000, "expert_noisy": 4000, "medium": 3000, "random": 2000}
+        "expert": 1000,
+        "expert_noisy": 4000,
+        "medium": 3000,
+        "random": 2000,
+    }
     counts = split_counts(10, {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3})
     assert sum(counts.values()) == 10 and sorted(counts.values()) == [3, 3, 4]
     with pytest.raises(SlateRLError, match="add up to 1"):

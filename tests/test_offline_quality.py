@@ -14,10 +14,11 @@ from slate_rl.errors import SlateRLError
 from test_offline_helpers import collect, small_env, tiny_episodes
 
 # Two episodes of two steps, slates of two items out of a catalogue of 10; row 0 is the (ignored) reset slate.
-SLATES = [[[0, 1], [2, 3], [3, 4]],
-          [[0, 1], [5, 5], [5, 6]]]
-CLICKS = [[[0, 0], [1, 0], [1, 1]],   # rewards 1, 2 -> return 3
-          [[1, 1], [0, 0], [0, 1]]]   # rewards 0, 1 -> return 1
+SLATES = [[[0, 1], [2, 3], [3, 4]], [[0, 1], [5, 5], [5, 6]]]
+CLICKS = [
+    [[0, 0], [1, 0], [1, 1]],  # rewards 1, 2 -> return 3
+    [[1, 1], [0, 0], [0, 1]],
+]  # rewards 0, 1 -> return 1
 META = {"env": "hand_made", "env_params": {"num_items": 10}, "reference_scores": {"random": 1.0, "expert": 3.0}}
 
 
@@ -29,18 +30,34 @@ def tiny():
 def test_metrics_have_the_known_values(tiny):
     m = quality_metrics(tiny, item_topics=np.arange(10) // 2)
     expected = {
-        "num_episodes": 2, "num_transitions": 4,
-        "mean_return": 2.0, "std_return": math.sqrt(2), "min_return": 1.0, "max_return": 3.0,
-        "p05_return": 1.1, "p25_return": 1.5, "median_return": 2.0, "p75_return": 2.5, "p95_return": 2.9,
+        "num_episodes": 2,
+        "num_transitions": 4,
+        "mean_return": 2.0,
+        "std_return": math.sqrt(2),
+        "min_return": 1.0,
+        "max_return": 3.0,
+        "p05_return": 1.1,
+        "p25_return": 1.5,
+        "median_return": 2.0,
+        "p75_return": 2.5,
+        "p95_return": 2.9,
         "normalized_return": 50.0,
-        "mean_step_reward": 1.0, "std_step_reward": math.sqrt(2 / 3), "zero_click_step_share": 0.25,
+        "mean_step_reward": 1.0,
+        "std_step_reward": math.sqrt(2 / 3),
+        "zero_click_step_share": 0.25,
         "distinct_items_per_slate": 1.75,  # 2, 2, 1 ([5, 5]), 2
         "distinct_topics_per_slate": 1.5,  # topics (1, 1), (1, 2), (2, 2), (2, 3)
         "consecutive_overlap": 0.5,  # item 3 of [3, 4] was in [2, 3]; item 5 of [5, 6] was in [5, 5]
-        "unique_items": 5, "catalogue_coverage": 0.5,  # items 2, 3, 4, 5, 6 (the reset slate is left out)
-        "top10pct_item_share": 3 / 8, "top1_item_share": 3 / 8,  # item 5 takes 3 of the 8 slots
-        "source/expert/share": 0.5, "source/expert/mean_return": 3.0, "source/expert/std_return": 0.0,
-        "source/random/share": 0.5, "source/random/mean_return": 1.0, "source/random/std_return": 0.0,
+        "unique_items": 5,
+        "catalogue_coverage": 0.5,  # items 2, 3, 4, 5, 6 (the reset slate is left out)
+        "top10pct_item_share": 3 / 8,
+        "top1_item_share": 3 / 8,  # item 5 takes 3 of the 8 slots
+        "source/expert/share": 0.5,
+        "source/expert/mean_return": 3.0,
+        "source/expert/std_return": 0.0,
+        "source/random/share": 0.5,
+        "source/random/mean_return": 1.0,
+        "source/random/std_return": 0.0,
         "source/medium/share": 0.0,
     }
     assert set(m) == {f"quality/{key}" for key in expected}

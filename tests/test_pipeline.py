@@ -16,16 +16,31 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-
 pytestmark = pytest.mark.slow
-GRID = ["--envs", "focused_mix", "--methods", "random,short_term_oracle", "--seeds", "2", "--preset", "quick",
-        "--workers", "2"]
+GRID = [
+    "--envs",
+    "focused_mix",
+    "--methods",
+    "random,short_term_oracle",
+    "--seeds",
+    "2",
+    "--preset",
+    "quick",
+    "--workers",
+    "2",
+]
 
 
 def _pipeline(store: Path, grid: list[str] = GRID) -> subprocess.Popen:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.Popen([sys.executable, "-m", "slate_rl.cli", "pipeline", *grid], cwd=store, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "slate_rl.cli", "pipeline", *grid],
+        cwd=store,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _children(pid: int) -> list[int]:
@@ -55,8 +70,10 @@ def test_killed_job_is_reported_and_a_rerun_completes_the_table(tracking_store):
     assert process.returncode == 1
     assert "short_term_oracle/focused_mix/seed58407201 FAILED (killed by SIGKILL)" in output
     assert "[2/3]" in output or "[3/3]" in output  # the other jobs went on
-    statuses = {r.data.tags.get("method"): r.info.status
-                for r in MlflowClient().search_runs(["0"], "tags.stage = 'train_online'")}
+    statuses = {
+        r.data.tags.get("method"): r.info.status
+        for r in MlflowClient().search_runs(["0"], "tags.stage = 'train_online'")
+    }
     assert statuses.get("short_term_oracle") in (None, "KILLED")
 
     rerun = _pipeline(tracking_store)
@@ -68,8 +85,18 @@ def test_killed_job_is_reported_and_a_rerun_completes_the_table(tracking_store):
 
 
 SIZES = "episodes=160,warmup_episodes=20,val_every=40,save_every=40,val_episodes=20,test_episodes=50"
-ONE_JOB = ["--envs", "focused_mix", "--methods", "sac_topk_ideal", "--seeds", "58407201", "--preset", "quick",
-           "--set", SIZES]
+ONE_JOB = [
+    "--envs",
+    "focused_mix",
+    "--methods",
+    "sac_topk_ideal",
+    "--seeds",
+    "58407201",
+    "--preset",
+    "quick",
+    "--set",
+    SIZES,
+]
 
 
 def test_a_killed_training_job_resumes_in_its_run_and_ends_like_an_uninterrupted_one(tracking_store):
@@ -80,8 +107,9 @@ def test_a_killed_training_job_resumes_in_its_run_and_ends_like_an_uninterrupted
     while killed is None and time.monotonic() < deadline and process.poll() is None:
         for run in client.search_runs(["0"], "tags.stage = 'train_online' and attributes.status = 'RUNNING'"):
             if [f for f in client.list_artifacts(run.info.run_id, "resume") if f.path == "resume/state.pt"]:
-                (job,) = [p for p in _children(process.pid)
-                          if b"train-online" in Path(f"/proc/{p}/cmdline").read_bytes()]
+                (job,) = [
+                    p for p in _children(process.pid) if b"train-online" in Path(f"/proc/{p}/cmdline").read_bytes()
+                ]
                 os.kill(job, signal.SIGKILL)
                 killed = run.info.run_id
         time.sleep(0.2)
@@ -105,10 +133,32 @@ def test_a_killed_training_job_resumes_in_its_run_and_ends_like_an_uninterrupted
 
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     options = [a for item in SIZES.split(",") for a in (f"--{item.split('=')[0]}", item.split("=")[1])]
-    subprocess.run([sys.executable, "-m", "slate_rl.cli", "train-online", "--env", "focused_mix", "--preset", "quick",
-                    "--method", "sac_topk_ideal", "--seed", "58407201", "--register", "false", *options],
-                   cwd=tracking_store, env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "slate_rl.cli",
+            "train-online",
+            "--env",
+            "focused_mix",
+            "--preset",
+            "quick",
+            "--method",
+            "sac_topk_ideal",
+            "--seed",
+            "58407201",
+            "--register",
+            "false",
+            *options,
+        ],
+        cwd=tracking_store,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     (uninterrupted,) = client.search_runs(["0"], f"tags.stage = 'train_online' and attributes.run_id != '{killed}'")
+
     def curve(run_id: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in client.get_metric_history(run_id, "val_return")]
 

@@ -28,8 +28,10 @@ def test_bad_pipeline_input():
         pipeline.PipelineConfig.resolve("all", "sac_gem", "2")
     with pytest.raises(SlateRLError, match=r"seeds '0' is neither a count in \[1, 10\] nor a seed above 10"):
         pipeline.PipelineConfig.resolve("all", "all", "0")
-    with pytest.raises(SlateRLError, match="--set gama: not a train_online option nor a hyper-parameter of random, "
-                                           "slateq; valid: .*gamma"):
+    with pytest.raises(
+        SlateRLError,
+        match=r"--set gama: not a train_online option nor a hyper-parameter of random, slateq; valid: .*gamma",
+    ):
         pipeline.PipelineConfig.resolve("all", "random,slateq", "2", assignments=("gama=0.9",))
     with pytest.raises(SlateRLError, match="the pipeline sets seed itself"):
         pipeline.PipelineConfig.resolve("all", "all", "2", assignments=("seed=3",))
@@ -37,48 +39,94 @@ def test_bad_pipeline_input():
 
 def test_sweep_values():
     assert pipeline.parse_sweep(["gamma=0.8,0.9", "episodes=60,warmup_episodes=20"], "--set") == {
-        "gamma": [0.8, 0.9], "episodes": [60], "warmup_episodes": [20]}
+        "gamma": [0.8, 0.9],
+        "episodes": [60],
+        "warmup_episodes": [20],
+    }
     assert pipeline.parse_sweep(["belief={item_dim: 32}", "refine_fill=proto", ""], "--set") == {
-        "belief": [{"item_dim": 32}], "refine_fill": ["proto"]}
-    for bad, message in (["gamma"], "must look like KEY=VALUE"), (["gamma=0.8,0.8"], "names a value twice"), \
-            (["gamma=0.8", "gamma=0.9"], "gives gamma twice; give all its values at once"):
+        "belief": [{"item_dim": 32}],
+        "refine_fill": ["proto"],
+    }
+    for bad, message in (
+        (["gamma"], "must look like KEY=VALUE"),
+        (["gamma=0.8,0.8"], "names a value twice"),
+        (["gamma=0.8", "gamma=0.9"], "gives gamma twice; give all its values at once"),
+    ):
         with pytest.raises(SlateRLError, match=message):
             pipeline.parse_sweep(bad, "--set")
 
 
 def test_sweeps_and_overrides_reach_the_jobs_that_take_them(tracking_store):
-    cfg = pipeline.PipelineConfig.resolve("focused_mix", "sac_topk_ideal,random", "58407201", preset="quick",
-                                          assignments=("gamma=0.8,0.9", "episodes=60,warmup_episodes=20"))
+    cfg = pipeline.PipelineConfig.resolve(
+        "focused_mix",
+        "sac_topk_ideal,random",
+        "58407201",
+        preset="quick",
+        assignments=("gamma=0.8,0.9", "episodes=60,warmup_episodes=20"),
+    )
     datasets, upstream, training = pipeline.plan(cfg)
     assert datasets == upstream == []  # neither method acts through GeMS or MF
     jobs = {job.name: job for job in training}
-    assert set(jobs) == {"sac_topk_ideal/focused_mix/seed58407201 [gamma=0.8]",
-                         "sac_topk_ideal/focused_mix/seed58407201 [gamma=0.9]", "random/focused_mix/seed58407201"}
+    assert set(jobs) == {
+        "sac_topk_ideal/focused_mix/seed58407201 [gamma=0.8]",
+        "sac_topk_ideal/focused_mix/seed58407201 [gamma=0.9]",
+        "random/focused_mix/seed58407201",
+    }
     args = jobs["sac_topk_ideal/focused_mix/seed58407201 [gamma=0.9]"].args
-    assert args[:8] == ["train-online", "--env", "focused_mix", "--preset", "quick", "--method", "sac_topk_ideal",
-                        "--seed"]
+    assert args[:8] == [
+        "train-online",
+        "--env",
+        "focused_mix",
+        "--preset",
+        "quick",
+        "--method",
+        "sac_topk_ideal",
+        "--seed",
+    ]
     assert " ".join(args).endswith("--episodes 60 --warmup-episodes 20 --set gamma=0.9")
     assert "--set" not in jobs["random/focused_mix/seed58407201"].args  # random has no hyper-parameters
     assert len({job.key for job in training}) == 3 and all(job.state == "run" for job in training)
 
-    result = CliRunner().invoke(main, ["pipeline", "--envs", "focused_mix", "--methods", "sac_gems", "--seeds", "2",
-                                       "--preset", "quick", "--set", "lambda_kl=0.5,1.0", "--dry-run"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "pipeline",
+            "--envs",
+            "focused_mix",
+            "--methods",
+            "sac_gems",
+            "--seeds",
+            "2",
+            "--preset",
+            "quick",
+            "--set",
+            "lambda_kl=0.5,1.0",
+            "--dry-run",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("seeds: 2 -> 58407201,496912423\nphase 1/3 (datasets): 1 jobs, 0 already "
-                                    "finished, 1 to run, 0 to resume\n  to run     dataset/focused_mix\n")
+    assert result.output.startswith(
+        "seeds: 2 -> 58407201,496912423\nphase 1/3 (datasets): 1 jobs, 0 already "
+        "finished, 1 to run, 0 to resume\n  to run     dataset/focused_mix\n"
+    )
     assert "  to run     gems/focused_mix/seed496912423 [lambda_kl=0.5] (after its dataset)" in result.output
     assert "  to run     sac_gems/focused_mix/seed496912423 [lambda_kl=1.0]" in result.output
     assert not MlflowClient().search_runs(["0"])  # a dry run starts no run
 
 
-@pytest.mark.skipif("env_params" not in {f.name for f in dataclasses.fields(GenerateDatasetConfig)},
-                    reason="needs simulator overrides (env_params) on the stage configs")
+@pytest.mark.skipif(
+    "env_params" not in {f.name for f in dataclasses.fields(GenerateDatasetConfig)},
+    reason="needs simulator overrides (env_params) on the stage configs",
+)
 def test_an_env_param_sweep_gives_each_value_its_dataset_and_jobs(tracking_store):
-    cfg = pipeline.PipelineConfig.resolve("focused_mix", "sac_gems,random", "58407201", preset="quick",
-                                          env_param=("boredom_threshold=3,4",))
+    cfg = pipeline.PipelineConfig.resolve(
+        "focused_mix", "sac_gems,random", "58407201", preset="quick", env_param=("boredom_threshold=3,4",)
+    )
     datasets, upstream, training = pipeline.plan(cfg)
-    assert [job.name for job in datasets] == ["dataset/focused_mix [boredom_threshold=3]",
-                                              "dataset/focused_mix [boredom_threshold=4]"]
+    assert [job.name for job in datasets] == [
+        "dataset/focused_mix [boredom_threshold=3]",
+        "dataset/focused_mix [boredom_threshold=4]",
+    ]
     assert len(upstream) == 2 and len(training) == 4
     for job in datasets + training:
         value = job.name.rsplit("=", 1)[1].rstrip("]")

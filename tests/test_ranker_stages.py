@@ -54,26 +54,35 @@ def test_train_mf_stage_logs_an_item_table_that_tracks_popularity(small_dataset)
     assert train_mf.find_or_train(cfg, small_dataset.split("/")[1], None) == run_id  # found by lineage
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("latent_dim", 0, "latent_dim must be >= 1"),
-    ("lambda_kl", -1.0, "lambda_kl is a loss weight and must be >= 0"),
-    ("loss_convention", "other", "loss_convention must be 'reference' or 'standard'"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("latent_dim", 0, "latent_dim must be >= 1"),
+        ("lambda_kl", -1.0, "lambda_kl is a loss weight and must be >= 0"),
+        ("loss_convention", "other", "loss_convention must be 'reference' or 'standard'"),
+    ],
+)
 def test_bad_gems_parameters(field, value, message):
     with pytest.raises(SlateRLError, match=message):
         PretrainGemsConfig.resolve("focused_mix", "quick", **{field: value})
 
 
 def test_dataset_of_another_environment_or_kind_is_refused(small_dataset):
-    with pytest.raises(SlateRLError, match="made on another simulator: environment = 'focused_mix' there, "
-                                           "'diffuse_mix' here; item table fingerprint = "):
+    with pytest.raises(
+        SlateRLError,
+        match="made on another simulator: environment = 'focused_mix' there, "
+        "'diffuse_mix' here; item table fingerprint = ",
+    ):
         pretrain_gems.run(PretrainGemsConfig.resolve("diffuse_mix", "quick", dataset=small_dataset, epochs=1))
     other = train_mf.run(TrainMFConfig.resolve("focused_mix", "quick", dataset=small_dataset, max_steps=5))
     with pytest.raises(SlateRLError, match="is a 'train_mf' run, not a 'generate_dataset' run"):
         pretrain_gems.run(PretrainGemsConfig.resolve("focused_mix", "quick", dataset=f"runs:/{other}", epochs=1))
     with pytest.raises(SlateRLError, match="no run 0123456789abcdef0123456789abcdef"):
-        pretrain_gems.run(PretrainGemsConfig.resolve("focused_mix", "quick", epochs=1,
-                                                     dataset="runs:/0123456789abcdef0123456789abcdef"))
+        pretrain_gems.run(
+            PretrainGemsConfig.resolve(
+                "focused_mix", "quick", epochs=1, dataset="runs:/0123456789abcdef0123456789abcdef"
+            )
+        )
     failed = MlflowClient().search_runs(["0"], "tags.stage = 'pretrain_gems'")
     assert failed and all(r.info.status == "FAILED" for r in failed)
     assert all(not MlflowClient().list_artifacts(r.info.run_id, "gems") for r in failed)

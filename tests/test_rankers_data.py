@@ -58,8 +58,10 @@ def test_shuffling_covers_every_sample_once_per_epoch_and_changes_order():
 
 def test_shuffling_is_reproducible_with_the_seed():
     slates, clicks = sessions(30)
-    orders = [torch.cat([ids for ids, _ in SlateDataModule(slates, clicks, batch_size=8, seed=5).train_dataloader()])
-              for _ in range(2)]
+    orders = [
+        torch.cat([ids for ids, _ in SlateDataModule(slates, clicks, batch_size=8, seed=5).train_dataloader()])
+        for _ in range(2)
+    ]
     assert torch.equal(orders[0], orders[1])
 
 
@@ -72,13 +74,16 @@ def test_datamodule_validation_is_unshuffled_first_sessions():
     assert torch.equal(unshuffled, slates[3:].reshape(-1, 10).long())
 
 
-@pytest.mark.parametrize("make, word", [
-    (lambda s, c: split_sessions(s.float(), c), "integer item ids"),
-    (lambda s, c: split_sessions(s, c[:, :2]), "shape"),
-    (lambda s, c: split_sessions(s[:5], c[:5]), "cannot be split"),
-    (lambda s, c: split_sessions(s, c, val_fraction=1.0), "val_fraction"),
-    (lambda s, c: SlateDataModule(s, c, batch_size=0), "batch_size"),
-])
+@pytest.mark.parametrize(
+    "make, word",
+    [
+        (lambda s, c: split_sessions(s.float(), c), "integer item ids"),
+        (lambda s, c: split_sessions(s, c[:, :2]), "shape"),
+        (lambda s, c: split_sessions(s[:5], c[:5]), "cannot be split"),
+        (lambda s, c: split_sessions(s, c, val_fraction=1.0), "val_fraction"),
+        (lambda s, c: SlateDataModule(s, c, batch_size=0), "batch_size"),
+    ],
+)
 def test_bad_inputs_are_named(make, word):
     slates, clicks = sessions(20)
     with pytest.raises(SlateRLError, match=word):

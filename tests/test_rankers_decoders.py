@@ -134,7 +134,7 @@ def test_knn_candidates_are_the_nearest_items_per_slot_major_block():
     candidates = decoder.candidates(actions)
     assert candidates.shape == (2100, 3, 5)
     for slot in range(3):
-        query = actions[:, slot * 4:(slot + 1) * 4]  # slot r uses components r*D .. (r+1)*D - 1
+        query = actions[:, slot * 4 : (slot + 1) * 4]  # slot r uses components r*D .. (r+1)*D - 1
         distances = torch.cdist(query, table)
         found = distances.gather(1, candidates[:, slot])
         assert torch.allclose(found, distances.sort(dim=1).values[:, :5], atol=1e-5)  # nearest first
@@ -153,8 +153,8 @@ def test_knn_bounds_are_the_table_box_tiled_per_slot():
     decoder = KNNDecoder(table, slate_size=4, k=2)
     box = table_bounds(table)
     for slot in range(4):
-        assert torch.equal(decoder.action_center[slot * 3:(slot + 1) * 3], box.center)
-        assert torch.equal(decoder.action_scale[slot * 3:(slot + 1) * 3], box.scale)
+        assert torch.equal(decoder.action_center[slot * 3 : (slot + 1) * 3], box.center)
+        assert torch.equal(decoder.action_scale[slot * 3 : (slot + 1) * 3], box.scale)
 
 
 # ---------------------------------------------------------------- payloads
@@ -166,12 +166,19 @@ def plain(value) -> bool:
     return isinstance(value, (torch.Tensor, int, float, bool, str))
 
 
-@pytest.mark.parametrize("build", [
-    lambda: GeMSDecoder.from_vae(GeMS(latent_dim=8, decoder_hidden=(16, 24), seed=13),
-                                 ActionBounds(randn(8, seed=14), randn(8, seed=15).abs()), sample=True, seed=3),
-    lambda: TopKDecoder(randn(1000, 20, seed=16), slate_size=10),
-    lambda: KNNDecoder(randn(1000, 20, seed=17), slate_size=10, k=7),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: GeMSDecoder.from_vae(
+            GeMS(latent_dim=8, decoder_hidden=(16, 24), seed=13),
+            ActionBounds(randn(8, seed=14), randn(8, seed=15).abs()),
+            sample=True,
+            seed=3,
+        ),
+        lambda: TopKDecoder(randn(1000, 20, seed=16), slate_size=10),
+        lambda: KNNDecoder(randn(1000, 20, seed=17), slate_size=10, k=7),
+    ],
+)
 def test_payload_round_trip(build):
     decoder = build()
     payload = decoder.save_payload()
@@ -191,5 +198,6 @@ def test_bad_payload_and_actions_are_named():
     with pytest.raises(SlateRLError, match="actions must have shape"):
         TopKDecoder(randn(30, 5)).decode(torch.zeros(2, 4))
     with pytest.raises(SlateRLError, match="latent dimension"):
-        GeMSDecoder(nn.Sequential(nn.Linear(3, 4), nn.ReLU()), nn.Linear(4, 20), randn(30, 2), torch.zeros(5),
-                    torch.ones(5))
+        GeMSDecoder(
+            nn.Sequential(nn.Linear(3, 4), nn.ReLU()), nn.Linear(4, 20), randn(30, 2), torch.zeros(5), torch.ones(5)
+        )

@@ -95,8 +95,9 @@ def test_module_uses_the_chosen_convention_and_rebuilds_from_its_hyperparameters
     slates = torch.randint(0, 1000, (5, 10), generator=torch.Generator().manual_seed(3))
     clicks = torch.ones(5, 10)
     mu, logvar = model.encode(slates, clicks)
-    assert torch.allclose(model.evaluation_terms(slates, clicks)["kl_loss"],
-                          kl_to_standard_normal(mu, logvar, "standard"))
+    assert torch.allclose(
+        model.evaluation_terms(slates, clicks)["kl_loss"], kl_to_standard_normal(mu, logvar, "standard")
+    )
     rebuilt = GeMS(**dict(model.hparams))
     rebuilt.load_state_dict(model.state_dict())
     assert torch.equal(rebuilt.encode(slates, clicks)[0], mu)
@@ -117,8 +118,13 @@ def test_architecture_matches_the_reference():
     model = GeMS()
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     assert count(model) == 523_570
-    assert (count(model.encoder), count(model.decoder), count(model.slate_head), count(model.click_head),
-            count(model.item_embeddings)) == (255_808, 140_032, 102_600, 5_130, 20_000)
+    assert (
+        count(model.encoder),
+        count(model.decoder),
+        count(model.slate_head),
+        count(model.click_head),
+        count(model.item_embeddings),
+    ) == (255_808, 140_032, 102_600, 5_130, 20_000)
     assert isinstance(model.decoder[-1], torch.nn.ReLU)  # ReLU after the last hidden layer
     assert model.hparams.latent_dim == 32 and model.hparams.lambda_click == 0.5 and model.hparams.lr == 1e-3
 
@@ -128,7 +134,7 @@ def test_initialisation_follows_pytorch_defaults():
     assert abs(float(model.item_embeddings.weight.std()) - 1.0) < 0.02  # N(0, 1) "scratch" table
     for layer in model.modules():
         if isinstance(layer, torch.nn.Linear):
-            bound = layer.in_features ** -0.5
+            bound = layer.in_features**-0.5
             assert float(layer.bias.abs().max()) <= bound
             assert 0.95 * bound < float(layer.weight.abs().max()) <= bound  # uniform over the whole range
 
@@ -141,15 +147,18 @@ def test_seed_fixes_initialisation_without_touching_the_global_rng():
     assert not torch.equal(GeMS(seed=8).encoder[0].weight, first.encoder[0].weight)
 
 
-@pytest.mark.parametrize("kwargs, word", [
-    (dict(latent_dim=0), "latent_dim"),
-    (dict(lambda_kl=-1.0), "lambda_kl"),
-    (dict(lambda_click=float("nan")), "lambda_click"),
-    (dict(lambda_prior=-0.1), "lambda_prior"),
-    (dict(lr=0.0), "lr"),
-    (dict(decoder_hidden=()), "decoder_hidden"),
-    (dict(loss_convention="x"), "loss_convention"),
-])
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        (dict(latent_dim=0), "latent_dim"),
+        (dict(lambda_kl=-1.0), "lambda_kl"),
+        (dict(lambda_click=float("nan")), "lambda_click"),
+        (dict(lambda_prior=-0.1), "lambda_prior"),
+        (dict(lr=0.0), "lr"),
+        (dict(decoder_hidden=()), "decoder_hidden"),
+        (dict(loss_convention="x"), "loss_convention"),
+    ],
+)
 def test_bad_hyperparameters_are_named(kwargs, word):
     with pytest.raises(SlateRLError, match=word):
         GeMS(**kwargs)

@@ -46,8 +46,9 @@ def logged():
 def quiet_trainer(**kwargs) -> pl.Trainer:
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    return pl.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                      enable_model_summary=False, **kwargs)
+    return pl.Trainer(
+        logger=False, enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False, **kwargs
+    )
 
 
 def test_gems_learns_slates_far_above_chance(logged):
@@ -56,8 +57,9 @@ def test_gems_learns_slates_far_above_chance(logged):
     trainer = quiet_trainer(max_epochs=2, num_sanity_val_steps=0)
     trainer.fit(vae, datamodule=SlateDataModule(slates, clicks, seed=0))
     metrics = trainer.callback_metrics
-    expected = {f"{stage}/{name}" for stage in ("train", "val") for name in ("loss", "slate_loss", "click_loss",
-                                                                             "kl_loss")}
+    expected = {
+        f"{stage}/{name}" for stage in ("train", "val") for name in ("loss", "slate_loss", "click_loss", "kl_loss")
+    }
     assert expected | {"val/slot_accuracy", "val/click_accuracy"} <= set(metrics)
     assert float(metrics["val/slot_accuracy"]) > 0.03  # chance: 0.001
     assert float(metrics["val/slate_loss"]) < 6.0  # uniform over 1000 items: 6.91

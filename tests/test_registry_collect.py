@@ -35,8 +35,11 @@ def registered(module_store):
 
 
 def _collect(**values):
-    return collect.run(CollectConfig.resolve(ENV, "quick", **{"episodes": 100, "seed": 1, "batch_size": 50,
-                                                              "reference_episodes": 50, **values}))
+    return collect.run(
+        CollectConfig.resolve(
+            ENV, "quick", **{"episodes": 100, "seed": 1, "batch_size": 50, "reference_episodes": 50, **values}
+        )
+    )
 
 
 def test_collect_by_alias_gives_consistent_datasets_in_both_formats(registered):
@@ -47,8 +50,9 @@ def test_collect_by_alias_gives_consistent_datasets_in_both_formats(registered):
     transitions = load_offline(f"runs:/{run_id}", kind="transitions")
     assert len(transitions) == 100 * 100
     same_episode = transitions["episode_ids"][1:] == transitions["episode_ids"][:-1]
-    np.testing.assert_array_equal(transitions["next_slates"][:-1][same_episode],
-                                  transitions["slates"][1:][same_episode])
+    np.testing.assert_array_equal(
+        transitions["next_slates"][:-1][same_episode], transitions["slates"][1:][same_episode]
+    )
     assert (transitions["timeouts"] == (transitions["timesteps"] == 99)).all() and not transitions["terminals"].any()
     # Minari: the canonical format, loadable with Minari itself
     folder = artifact_dir(MlflowClient().get_run(run_id), "dataset/minari")
@@ -89,15 +93,18 @@ def test_registered_policy_serves_through_pyfunc(registered):
     assert slates.shape == (3, 10) and (np.sort(slates, axis=1)[:, 1:] != np.sort(slates, axis=1)[:, :-1]).all()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--quality", "medium"], "has no alias 'medium' (aliases set: expert -> v1, random -> v2"),
-    (["--policy", "models:/slate-rl.focused_mix/9"], "has no version 9"),
-    (["--policy", "models:/slate-rl.diffuse_mix@expert"], "is a policy of 'diffuse_mix', but env = 'focused_mix'"),
-    (["--quality", "expert", "--episodes", "0"], "episodes must be >= 1"),
-    (["--quality", "expert", "--epsilon-noise", "1.5"], "must lie in [0, 1]"),
-    (["--mix", "expert:100,random:50"], "add up to 150 episodes, not episodes = 100"),
-    (["--quality", "random", "--epsilon-noise", "0.2"], "needs a policy acting in a latent space"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--quality", "medium"], "has no alias 'medium' (aliases set: expert -> v1, random -> v2"),
+        (["--policy", "models:/slate-rl.focused_mix/9"], "has no version 9"),
+        (["--policy", "models:/slate-rl.diffuse_mix@expert"], "is a policy of 'diffuse_mix', but env = 'focused_mix'"),
+        (["--quality", "expert", "--episodes", "0"], "episodes must be >= 1"),
+        (["--quality", "expert", "--epsilon-noise", "1.5"], "must lie in [0, 1]"),
+        (["--mix", "expert:100,random:50"], "add up to 150 episodes, not episodes = 100"),
+        (["--quality", "random", "--epsilon-noise", "0.2"], "needs a policy acting in a latent space"),
+    ],
+)
 def test_bad_collect_input(registered, args, message):
     CliRunner().invoke(main, ["registry", "demote", ENV, "--alias", "medium"])
     try:

@@ -137,8 +137,10 @@ def test_latex_escapes_unknown_ids():
 
 
 def test_mixed_presets_are_refused_unless_allowed():
-    results = [*runs("sac_gems", "focused_mix", [1.0, 2.0], preset="quick"),
-               RunResult("sac_gems", "focused_mix", 5, 3.0, "paper")]
+    results = [
+        *runs("sac_gems", "focused_mix", [1.0, 2.0], preset="quick"),
+        RunResult("sac_gems", "focused_mix", 5, 3.0, "paper"),
+    ]
     with pytest.raises(SlateRLError, match="cell sac_gems/focused_mix mixes presets 'paper', 'quick'"):
         build_table(results)
     table = build_table(results, allow_mixed_presets=True)

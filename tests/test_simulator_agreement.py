@@ -24,8 +24,11 @@ pytestmark = pytest.mark.usefixtures(single_torch_thread.__name__)  # tiny tenso
 
 def _custom_propensities() -> list[float]:
     """Examination decays with rank and with the distance to the last click (none yet = column 10)."""
-    return [0.95 * 0.9**r if j == 10 else 0.95 * 0.9**r * (0.5 + 0.5 * 0.8 ** abs(r - j))
-            for r in range(10) for j in range(11)]
+    return [
+        0.95 * 0.9**r if j == 10 else 0.95 * 0.9**r * (0.5 + 0.5 * 0.8 ** abs(r - j))
+        for r in range(10)
+        for j in range(11)
+    ]
 
 
 PARAMETER_SETS = {
@@ -34,8 +37,16 @@ PARAMETER_SETS = {
     "click_only_once": dict(click_only_once=True),
     "rel_threshold": dict(rel_threshold=0.3),
     "no_quirks_boost_2": dict(reference_quirks=False, short_term_boost=2.0),
-    "busy_boredom": dict(diversity_penalty=2.0, diversity_threshold=3, boredom_threshold=3, boredom_moving_window=3,
-                         recent_items_maxlen=4, bored_timeout=3, prop_threshold=0.5, short_term_boost=1.5),
+    "busy_boredom": dict(
+        diversity_penalty=2.0,
+        diversity_threshold=3,
+        boredom_threshold=3,
+        boredom_moving_window=3,
+        recent_items_maxlen=4,
+        bored_timeout=3,
+        prop_threshold=0.5,
+        short_term_boost=1.5,
+    ),
     "four_topics_slate_8": dict(num_items=200, num_topics=4, topic_size=3, slate_size=8, diversity_penalty=2.0),
 }
 
@@ -96,6 +107,10 @@ def test_statistical_agreement_of_returns(epsilon: float) -> None:
         obs, reward, _, info = env.step(policy.act(obs, info))
         batched += reward
     reference = _reference_returns(params, env.item_embeddings, epsilon, episodes=40, seed=33)
-    z = welch_z(float(batched.mean()), float(batched.std()) / 500**0.5,
-                float(reference.mean()), float(reference.std()) / 40**0.5)
+    z = welch_z(
+        float(batched.mean()),
+        float(batched.std()) / 500**0.5,
+        float(reference.mean()),
+        float(reference.std()) / 40**0.5,
+    )
     assert z < 4.0, (float(batched.mean()), float(reference.mean()), z)

@@ -59,8 +59,12 @@ def test_cascade_uses_the_rank_of_the_last_click() -> None:
     for r in range(1, 10):
         gamma[r, r - 1] = 0.3
     attraction = torch.ones(2, 10)
-    uniforms = torch.tensor([[0.5, 0.2, 0.2, 0.1, 0.04, 0.5, 0.5, 0.04, 0.5, 0.5],   # chain of 5, then 0.04 < 0.05
-                             [0.5, 0.4, 0.2, 0.1, 0.04, 0.5, 0.5, 0.5, 0.5, 0.5]])  # chain broken at rank 1
+    uniforms = torch.tensor(
+        [
+            [0.5, 0.2, 0.2, 0.1, 0.04, 0.5, 0.5, 0.04, 0.5, 0.5],  # chain of 5, then 0.04 < 0.05
+            [0.5, 0.4, 0.2, 0.1, 0.04, 0.5, 0.5, 0.5, 0.5, 0.5],
+        ]
+    )  # chain broken at rank 1
     clicks = sample_clicks(attraction, gamma, uniforms)
     assert clicks.tolist() == [[1, 1, 1, 1, 1, 0, 0, 1, 0, 0], [1, 0, 0, 0, 1, 0, 0, 0, 0, 0]]
     assert clicks.dtype == torch.int64
@@ -99,18 +103,23 @@ def test_marginals_of_a_general_model_match_monte_carlo() -> None:
 
 
 # ---------------------------------------------------------------- diversity penalty (whole slate, Q8)
-@pytest.mark.parametrize("threshold, shared, duplicate, penalised", [
-    (4, 4, False, True),    # four distinct items of one topic
-    (4, 3, False, False),   # three: below the threshold
-    (4, 4, True, True),     # one item four times: duplicates count
-    (5, 4, False, False),   # threshold 5 is not reached by four
-])
-def test_diversity_penalty_divides_every_attraction(threshold: int, shared: int, duplicate: bool,
-                                                    penalised: bool) -> None:
+@pytest.mark.parametrize(
+    "threshold, shared, duplicate, penalised",
+    [
+        (4, 4, False, True),  # four distinct items of one topic
+        (4, 3, False, False),  # three: below the threshold
+        (4, 4, True, True),  # one item four times: duplicates count
+        (5, 4, False, False),  # threshold 5 is not reached by four
+    ],
+)
+def test_diversity_penalty_divides_every_attraction(
+    threshold: int, shared: int, duplicate: bool, penalised: bool
+) -> None:
     """rel_threshold = -1 makes every relevance 1, so a_r * gamma_r = gamma_r / P. With U_r = gamma_r / 2 and
     P = 3 every rank clicks without the penalty and none does with it."""
-    env = small_env(env_params("focused_divpen", click_model="tdPBM", rel_threshold=-1.0,
-                               diversity_threshold=threshold))
+    env = small_env(
+        env_params("focused_divpen", click_model="tdPBM", rel_threshold=-1.0, diversity_threshold=threshold)
+    )
     user = ScriptedUser(env, reset_clicks=[])
     topic0 = user.topic_items[0]
     repeated = [topic0[0]] * shared if duplicate else topic0[:shared]

@@ -257,15 +257,18 @@ def test_done_at_the_last_step_and_error_after() -> None:
     assert env.t == 1
 
 
-@pytest.mark.parametrize("slates, message", [
-    (torch.zeros(2, 10, dtype=torch.long), r"shape \(num_users, slate_size\) = \(3, 10\)"),
-    (torch.zeros(3, 9, dtype=torch.long), r"shape"),
-    (torch.zeros(3, 10), "integer item ids"),
-    (torch.zeros(3, 10, dtype=torch.bool), "integer item ids"),
-    (torch.full((3, 10), 1000), r"\[0, 999\] or -1"),
-    (torch.full((3, 10), -2), r"\[0, 999\] or -1"),
-    ([[0] * 10] * 3, "tensor or array"),
-])
+@pytest.mark.parametrize(
+    "slates, message",
+    [
+        (torch.zeros(2, 10, dtype=torch.long), r"shape \(num_users, slate_size\) = \(3, 10\)"),
+        (torch.zeros(3, 9, dtype=torch.long), r"shape"),
+        (torch.zeros(3, 10), "integer item ids"),
+        (torch.zeros(3, 10, dtype=torch.bool), "integer item ids"),
+        (torch.full((3, 10), 1000), r"\[0, 999\] or -1"),
+        (torch.full((3, 10), -2), r"\[0, 999\] or -1"),
+        ([[0] * 10] * 3, "tensor or array"),
+    ],
+)
 def test_bad_slates(slates, message: str) -> None:
     env = small_env(env_params("focused_topdown"))
     env.reset(3)

@@ -66,9 +66,13 @@ def test_paper_table_topics_and_initial_slate(kind: str) -> None:
 
 # ---------------------------------------------------------------- derived quantities on generated tables
 def test_item_topics_is_block_of_largest_norm_first_on_ties() -> None:
-    table = torch.tensor([[0.6, 0.0, 0.0, 0.8, 0.0, 0.0],   # blocks of norm 0.6, 0.8, 0 -> topic 1
-                          [0.0, 0.0, 0.0, 0.0, 0.3, 0.4],   # topic 2
-                          [0.3, 0.4, 0.4, 0.3, 0.0, 0.0]])  # tie between topics 0 and 1 -> 0
+    table = torch.tensor(
+        [
+            [0.6, 0.0, 0.0, 0.8, 0.0, 0.0],  # blocks of norm 0.6, 0.8, 0 -> topic 1
+            [0.0, 0.0, 0.0, 0.0, 0.3, 0.4],  # topic 2
+            [0.3, 0.4, 0.4, 0.3, 0.0, 0.0],
+        ]
+    )  # tie between topics 0 and 1 -> 0
     assert item_topics(table, num_topics=3, topic_size=2).tolist() == [1, 2, 0]
 
 
@@ -112,7 +116,7 @@ def test_generated_tables_follow_the_stored_files_law() -> None:
     table = generate_item_embeddings(seed=2)
     # 20,000 entries, correlated within rows: allow 5 standard errors computed per row (1000 independent rows)
     row_means = table.double().mean(dim=1)
-    tolerance = 5 * float(row_means.std()) / 1000 ** 0.5
+    tolerance = 5 * float(row_means.std()) / 1000**0.5
     assert float(table.double().mean()) == pytest.approx(0.160, abs=tolerance)
     assert float(table.double().std()) == pytest.approx(0.156, abs=0.01)
     counts = torch.bincount(item_topics(table, 10, 2), minlength=10).double()
@@ -169,14 +173,17 @@ def test_load_errors(tmp_path) -> None:
         load_item_embeddings(tmp_path / "corrupt.npy")
 
 
-@pytest.mark.parametrize("bad, message", [
-    (lambda t: t[:999], r"expected shape \(1000, 20\)"),
-    (lambda t: t[:, :19], r"expected shape \(1000, 20\)"),
-    (lambda t: (t * 100).long(), "floating-point"),
-    (lambda t: t.index_fill(0, torch.tensor([3]), float("nan")), "NaN"),
-    (lambda t: t.index_fill(0, torch.tensor([8]), -0.1), "negative entries \\(first: item 8\\)"),
-    (lambda t: t.index_fill(0, torch.tensor([2]), 0.0), "all zero"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (lambda t: t[:999], r"expected shape \(1000, 20\)"),
+        (lambda t: t[:, :19], r"expected shape \(1000, 20\)"),
+        (lambda t: (t * 100).long(), "floating-point"),
+        (lambda t: t.index_fill(0, torch.tensor([3]), float("nan")), "NaN"),
+        (lambda t: t.index_fill(0, torch.tensor([8]), -0.1), "negative entries \\(first: item 8\\)"),
+        (lambda t: t.index_fill(0, torch.tensor([2]), 0.0), "all zero"),
+    ],
+)
 def test_validation_errors(bad, message: str, tmp_path) -> None:
     table = bad(generate_item_embeddings(seed=8))
     with pytest.raises(SlateRLError, match=message):

@@ -33,8 +33,14 @@ REFERENCE_RETURNS = {
     "focused_divpen": {0.0: (75.7, 1.6), 0.5: (75.7, 1.5), 1.0: (31.9, 0.4)},
     "diffuse_divpen": {0.0: (76.5, 1.3), 0.5: (76.5, 1.5), 1.0: (31.2, 0.5)},
 }
-ORACLE_SD = {"focused_topdown": 43.3, "diffuse_topdown": 33.7, "focused_mix": 43.5, "diffuse_mix": 34.2,
-             "focused_divpen": 22.4, "diffuse_divpen": 18.8}
+ORACLE_SD = {
+    "focused_topdown": 43.3,
+    "diffuse_topdown": 33.7,
+    "focused_mix": 43.5,
+    "diffuse_mix": 34.2,
+    "focused_divpen": 22.4,
+    "diffuse_divpen": 18.8,
+}
 
 pytestmark = pytest.mark.usefixtures(single_torch_thread.__name__)  # tiny tensors: threads only add overhead
 
@@ -44,8 +50,12 @@ def test_returns_match_the_reference_implementation(name: str) -> None:
     env = make(name, item_embeddings=paper_table_path(name.split("_")[0]))
     report = []
     for epsilon, (reference_mean, reference_se) in REFERENCE_RETURNS[name].items():
-        result = evaluate(env, EpsilonGreedyOracle(env.num_items, env.slate_size, epsilon, seed=2754851),
-                          EPISODES[epsilon], reseed=True)
+        result = evaluate(
+            env,
+            EpsilonGreedyOracle(env.num_items, env.slate_size, epsilon, seed=2754851),
+            EPISODES[epsilon],
+            reseed=True,
+        )
         z = (result.mean - reference_mean) / math.sqrt(result.stderr**2 + reference_se**2)
         report.append((epsilon, round(result.mean, 1), reference_mean, round(z, 2)))
     assert all(abs(z) <= 3.0 for *_, z in report), report
@@ -75,8 +85,9 @@ def _reference_stream(env: TopicRec, episodes: int) -> tuple[ResetDraws, torch.T
 def _bernoulli_is_one_uniform() -> bool:
     generator, twin = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     probabilities = torch.linspace(0.0, 1.0, 200)
-    return all(bool(torch.bernoulli(p, generator=generator)) == bool(torch.rand((), generator=twin) < p)
-               for p in probabilities)
+    return all(
+        bool(torch.bernoulli(p, generator=generator)) == bool(torch.rand((), generator=twin) < p) for p in probabilities
+    )
 
 
 @pytest.mark.parametrize("name", ENV_NAMES)

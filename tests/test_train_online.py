@@ -14,8 +14,15 @@ from slate_rl.stage_configs import TrainOnlineConfig
 from slate_rl.stages import train_online
 from slate_rl.tracking import models
 
-TINY = dict(episodes=60, warmup_episodes=20, val_every=20, val_episodes=20, test_episodes=100, save_every=20,
-            parallel_episodes=10)
+TINY = dict(
+    episodes=60,
+    warmup_episodes=20,
+    val_every=20,
+    val_episodes=20,
+    test_episodes=100,
+    save_every=20,
+    parallel_episodes=10,
+)
 
 
 def _config(method="sac_topk_ideal", **values):
@@ -35,8 +42,12 @@ def test_run_logs_curves_checkpoints_test_and_registers(tracking_store):
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED"
     assert {k: run.data.tags[k] for k in ("stage", "env", "method", "seed", "preset")} == {
-        "stage": "train_online", "env": "focused_mix", "method": "sac_topk_ideal", "seed": "58407201",
-        "preset": "quick"}
+        "stage": "train_online",
+        "env": "focused_mix",
+        "method": "sac_topk_ideal",
+        "seed": "58407201",
+        "preset": "quick",
+    }
     assert run.data.tags["git_commit"]
     history = MlflowClient().get_metric_history(run_id, "val_return")
     assert [m.step for m in history] == [20, 40, 60]
@@ -48,9 +59,17 @@ def test_run_logs_curves_checkpoints_test_and_registers(tracking_store):
         assert run.data.metrics[metric] == baseline.data.metrics["test_return"]
         assert "test_return_random" not in baseline.data.metrics
     files = _paths(run_id)
-    assert {"config.json", "console.log", "learning_curve.png", "test/test_returns.csv",
-            "checkpoints/best/policy.pt", "checkpoints/episode_000020/policy.pt",
-            "checkpoints/episode_000060/policy.pt", "resume/state.pt", "policies/best/MLmodel"} <= files
+    assert {
+        "config.json",
+        "console.log",
+        "learning_curve.png",
+        "test/test_returns.csv",
+        "checkpoints/best/policy.pt",
+        "checkpoints/episode_000020/policy.pt",
+        "checkpoints/episode_000060/policy.pt",
+        "resume/state.pt",
+        "policies/best/MLmodel",
+    } <= files
     (version,) = models.versions("focused_mix")
     assert version.run_id == run_id and version.tags["method"] == "sac_topk_ideal"
     assert float(version.tags["test_return"]) == pytest.approx(run.data.metrics["test_return"])
@@ -76,14 +95,25 @@ def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one(tracking_stor
     resumed = MlflowClient().get_run(killed.info.run_id)
     assert resumed.info.status == "FINISHED"
     assert resumed.data.metrics["test_return"] == uninterrupted.data.metrics["test_return"]
-    curve = lambda run_id: [(m.step, m.value) for m in MlflowClient().get_metric_history(run_id, "val_return")]
+
+    def curve(run_id: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in MlflowClient().get_metric_history(run_id, "val_return")]
+
     assert curve(resumed.info.run_id) == curve(uninterrupted.info.run_id)
     assert "console-1.log" in _paths(resumed.info.run_id)
 
 
 def test_cli_end_of_run_lines(tracking_store):
-    args = ["train-online", "--env", "focused_mix", "--preset", "quick", "--method", "reinforce_softmax",
-            *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]]
+    args = [
+        "train-online",
+        "--env",
+        "focused_mix",
+        "--preset",
+        "quick",
+        "--method",
+        "reinforce_softmax",
+        *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()],
+    ]
     unregistered = CliRunner().invoke(main, [*args, "--register", "false"])
     assert unregistered.exit_code == 0, unregistered.output
     assert "test return " in unregistered.output and "over 100 test users (Random " in unregistered.output
@@ -110,20 +140,24 @@ def test_resume_refuses_finished_runs_and_runs_without_checkpoint(tracking_store
     client = MlflowClient()
     bare = client.create_run("0", tags={"stage": "train_online"}).info.run_id
     client.set_terminated(bare, "FAILED")
-    with pytest.raises(SlateRLError, match="has no config.json"):
+    with pytest.raises(SlateRLError, match=r"has no config.json"):
         train_online.resumable(bare)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--method", "sac_gem"], "unknown method 'sac_gem'; choose one of: short_term_oracle, sac_topk_ideal"),
-    (["--episodes", "0"], "episodes must be >= 1"),
-    (["--seed", "-3"], "seed must lie in [0, 2**63)"),
-    (["--set", "gama=0.9"], "unknown SACConfig field(s) gama"),
-    (["--resume", "0123456789abcdef0123456789abcdef"], "no run 0123456789abcdef0123456789abcdef to resume"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "sac_gem"], "unknown method 'sac_gem'; choose one of: short_term_oracle, sac_topk_ideal"),
+        (["--episodes", "0"], "episodes must be >= 1"),
+        (["--seed", "-3"], "seed must lie in [0, 2**63)"),
+        (["--set", "gama=0.9"], "unknown SACConfig field(s) gama"),
+        (["--resume", "0123456789abcdef0123456789abcdef"], "no run 0123456789abcdef0123456789abcdef to resume"),
+    ],
+)
 def test_cli_bad_input(tracking_store, args, message):
-    result = CliRunner().invoke(main, ["train-online", "--env", "focused_mix", "--preset", "quick",
-                                       "--method", "sac_topk_ideal", *args])
+    result = CliRunner().invoke(
+        main, ["train-online", "--env", "focused_mix", "--preset", "quick", "--method", "sac_topk_ideal", *args]
+    )
     assert result.exit_code == 1, result.output
     assert message in result.output
     assert models.versions("focused_mix") == []
@@ -136,8 +170,12 @@ def test_gems_run_of_another_setting_is_refused(tracking_store):
 
 # 200-episode returns (mean, standard error) of the reference implementation's short-term oracle (ε = 0) and
 # random slates.
-REFERENCE_RETURNS = {("focused_topdown", "short_term_oracle"): (103.9, 3.1), ("focused_topdown", "random"): (33.4, 0.5),
-                     ("diffuse_divpen", "short_term_oracle"): (76.5, 1.3), ("diffuse_divpen", "random"): (31.2, 0.5)}
+REFERENCE_RETURNS = {
+    ("focused_topdown", "short_term_oracle"): (103.9, 3.1),
+    ("focused_topdown", "random"): (33.4, 0.5),
+    ("diffuse_divpen", "short_term_oracle"): (76.5, 1.3),
+    ("diffuse_divpen", "random"): (31.2, 0.5),
+}
 
 
 @pytest.mark.parametrize("env, method", sorted(REFERENCE_RETURNS))

@@ -99,8 +99,11 @@ class Agent(nn.Module):
 
     def training_state_dict(self) -> dict[str, Any]:
         """Weights plus everything needed to continue training exactly (optimisers, generators, counters)."""
-        return {"weights": self.state_dict(), "generator": self.generator.get_state(),
-                "act_generator": self.act_generator.get_state()}
+        return {
+            "weights": self.state_dict(),
+            "generator": self.generator.get_state(),
+            "act_generator": self.act_generator.get_state(),
+        }
 
     def load_training_state_dict(self, state: dict[str, Any]) -> None:
         self.load_state_dict(state["weights"])
@@ -125,8 +128,10 @@ class Agent(nn.Module):
 def check_history(slates: torch.Tensor, clicks: torch.Tensor) -> None:
     """Raise unless slates and clicks are both (B, T >= 1, R)."""
     if slates.dim() != 3 or slates.shape != clicks.shape or slates.shape[1] < 1:
-        raise SlateRLError(f"slates and clicks must both have shape (B, T >= 1, R), got {tuple(slates.shape)} and "
-                           f"{tuple(clicks.shape)}")
+        raise SlateRLError(
+            f"slates and clicks must both have shape (B, T >= 1, R), got {tuple(slates.shape)} and "
+            f"{tuple(clicks.shape)}"
+        )
 
 
 class BeliefAgent(Agent):
@@ -157,7 +162,8 @@ class BeliefAgent(Agent):
         slates = torch.randint(self.num_items, (num_users, self.slate_size), generator=self.act_generator)
         return slates, None
 
-    def choose(self, states: torch.Tensor, mode: str, episode: int,
-               **privileged: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def choose(
+        self, states: torch.Tensor, mode: str, episode: int, **privileged: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Slates (and stored actions) from belief states (G, n, H) of `acting_encoders`."""
         raise NotImplementedError

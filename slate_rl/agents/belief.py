@@ -49,14 +49,22 @@ class BeliefEncoders(nn.Module):
         item_dim, hidden_dim: 20 and 20 in the paper.
     """
 
-    def __init__(self, names: Sequence[str], num_items: int, slate_size: int, generator: torch.Generator,
-                 item_dim: int = 20, hidden_dim: int = 20) -> None:
+    def __init__(
+        self,
+        names: Sequence[str],
+        num_items: int,
+        slate_size: int,
+        generator: torch.Generator,
+        item_dim: int = 20,
+        hidden_dim: int = 20,
+    ) -> None:
         super().__init__()
         self.names = tuple(names)
         self.hidden_dim = hidden_dim
         items = torch.randn(num_items, item_dim, generator=generator)
-        self.encoders = nn.ModuleDict({name: GRUBelief(items, slate_size, hidden_dim, generator)
-                                       for name in self.names})
+        self.encoders = nn.ModuleDict(
+            {name: GRUBelief(items, slate_size, hidden_dim, generator) for name in self.names}
+        )
         self._hidden: torch.Tensor | None = None  # (G, n, H) online state while acting
         self._workspaces: dict[tuple[int, ...], GRUWorkspace] = {}  # GRU buffers reused by training encodes
 
@@ -66,11 +74,14 @@ class BeliefEncoders(nn.Module):
 
     def _stacked(self, names: Sequence[str]) -> tuple[torch.Tensor, ...]:
         encs = [self.encoders[name] for name in names]
-        return tuple(torch.stack([getattr(e, key) for e in encs])
-                     for key in ("weight_ih_l0", "bias_ih_l0", "weight_hh_l0", "bias_hh_l0"))
+        return tuple(
+            torch.stack([getattr(e, key) for e in encs])
+            for key in ("weight_ih_l0", "bias_ih_l0", "weight_hh_l0", "bias_hh_l0")
+        )
 
-    def _input_gates(self, names: Sequence[str], slates: torch.Tensor, clicks: torch.Tensor,
-                     w_ih: torch.Tensor, b_ih: torch.Tensor) -> torch.Tensor:
+    def _input_gates(
+        self, names: Sequence[str], slates: torch.Tensor, clicks: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor
+    ) -> torch.Tensor:
         """W_ih [E(s_r), c_r]_r + b_ih for each encoder, directly: (G, M, 3H) for M observations (slates (M, R)).
         Used while acting (a few users per step); whole trajectories go through `slot_input_gates`."""
         clicks = clicks.to(w_ih.dtype).unsqueeze(-1)

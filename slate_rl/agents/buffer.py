@@ -36,9 +36,12 @@ class Trajectories:
         return self.rewards.sum(1)
 
     def select(self, index: torch.Tensor) -> Trajectories:
-        return Trajectories(self.slates[index].long(), self.clicks[index].float(),
-                            None if self.actions is None else self.actions[index],
-                            None if self.privileged is None else self.privileged[index])
+        return Trajectories(
+            self.slates[index].long(),
+            self.clicks[index].float(),
+            None if self.actions is None else self.actions[index],
+            None if self.privileged is None else self.privileged[index],
+        )
 
 
 class TrajectoryBuffer:
@@ -51,8 +54,16 @@ class TrajectoryBuffer:
         privileged_dim: size of the stored privileged per-step vector (0: none).
     """
 
-    def __init__(self, capacity: int, horizon: int, slate_size: int, num_items: int, action_dim: int = 0,
-                 privileged_dim: int = 0, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        capacity: int,
+        horizon: int,
+        slate_size: int,
+        num_items: int,
+        action_dim: int = 0,
+        privileged_dim: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
         if capacity < 1:
             raise SlateRLError(f"buffer capacity must be >= 1 (got {capacity})")
         id_type = torch.int16 if num_items <= torch.iinfo(torch.int16).max else torch.int64

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from slate_rl.errors import SlateRLError
 
@@ -14,15 +14,16 @@ if TYPE_CHECKING:
 T = TypeVar("T", bound="DataclassInstance")
 
 
-def with_overrides(config: T, overrides: Optional[dict[str, Any]]) -> T:
+def with_overrides(config: T, overrides: dict[str, Any] | None) -> T:
     """A copy of a config dataclass with `overrides` applied; unknown keys are named in the error."""
     if not overrides:
         return config
     known = {f.name for f in dataclasses.fields(config)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise SlateRLError(f"unknown {type(config).__name__} field(s) {', '.join(unknown)}; "
-                           f"valid ones: {', '.join(sorted(known))}")
+        raise SlateRLError(
+            f"unknown {type(config).__name__} field(s) {', '.join(unknown)}; valid ones: {', '.join(sorted(known))}"
+        )
     return dataclasses.replace(config, **overrides)
 
 

@@ -7,7 +7,7 @@ TopK (ideal) act through them), and where it came from. Stages write it to files
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -23,15 +23,29 @@ POLICY_FORMAT = "slate-rl/policy"
 POLICY_VERSION = 1
 
 
-def policy_payload(agent: Agent, env: TopicRec, *, seed: int, overrides: Optional[dict[str, Any]] = None,
-                   episode: int = 0, mf_table: Optional[torch.Tensor] = None,
-                   info: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def policy_payload(
+    agent: Agent,
+    env: TopicRec,
+    *,
+    seed: int,
+    overrides: dict[str, Any] | None = None,
+    episode: int = 0,
+    mf_table: torch.Tensor | None = None,
+    info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Everything needed to rebuild `agent` (of a registered method, `slate_rl.methods`) for `env`."""
     payload: dict[str, Any] = {
-        "format": POLICY_FORMAT, "version": POLICY_VERSION, "method": agent.method, "seed": int(seed),
-        "overrides": dict(overrides or {}), "episode": int(episode), "env": env.name,
-        "env_params": env.params.as_dict(), "item_embeddings": env.item_embeddings.detach().cpu().clone(),
-        "weights": {k: v.detach().cpu().clone() for k, v in agent.state_dict().items()}, "info": dict(info or {}),
+        "format": POLICY_FORMAT,
+        "version": POLICY_VERSION,
+        "method": agent.method,
+        "seed": int(seed),
+        "overrides": dict(overrides or {}),
+        "episode": int(episode),
+        "env": env.name,
+        "env_params": env.params.as_dict(),
+        "item_embeddings": env.item_embeddings.detach().cpu().clone(),
+        "weights": {k: v.detach().cpu().clone() for k, v in agent.state_dict().items()},
+        "info": dict(info or {}),
     }
     needs = get_method(agent.method).needs
     if Need.GEMS in needs:
@@ -51,22 +65,31 @@ def check_payload(payload: Any) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != POLICY_FORMAT:
         raise SlateRLError("not a slate-rl policy (expected a payload with format 'slate-rl/policy')")
     if int(payload.get("version", 0)) > POLICY_VERSION:
-        raise SlateRLError(f"policy format version {payload['version']} is newer than this slate-rl reads "
-                           f"({POLICY_VERSION}); upgrade slate-rl")
+        raise SlateRLError(
+            f"policy format version {payload['version']} is newer than this slate-rl reads "
+            f"({POLICY_VERSION}); upgrade slate-rl"
+        )
     return payload
 
 
-def agent_from_payload(payload: dict[str, Any], env: Optional[TopicRec] = None) -> tuple[Agent, TopicRec]:
+def agent_from_payload(payload: dict[str, Any], env: TopicRec | None = None) -> tuple[Agent, TopicRec]:
     """Rebuild the agent (in eval mode) and the environment it was trained on (or act in the given `env`)."""
     check_payload(payload)
     if env is None:
         env = TopicRec(EnvParams.from_dict(payload["env_params"]), payload["item_embeddings"], name=payload["env"])
     decoder = GeMSDecoder.from_payload(payload["gems_decoder"]) if "gems_decoder" in payload else None
-    agent = build_agent(payload["method"], env, payload["seed"], gems_decoder=decoder,
-                        mf_table=payload.get("mf_table"), overrides=payload["overrides"] or None)
+    agent = build_agent(
+        payload["method"],
+        env,
+        payload["seed"],
+        gems_decoder=decoder,
+        mf_table=payload.get("mf_table"),
+        overrides=payload["overrides"] or None,
+    )
     try:
         agent.load_state_dict(payload["weights"])
     except RuntimeError as exc:
-        raise SlateRLError(f"the stored weights do not fit a {payload['method']} agent with this configuration: "
-                           f"{exc}") from exc
+        raise SlateRLError(
+            f"the stored weights do not fit a {payload['method']} agent with this configuration: {exc}"
+        ) from exc
     return agent.eval(), env

@@ -38,8 +38,15 @@ class GRUWorkspace:
     version counters raise an error otherwise); `busy` makes a second concurrent forward allocate its own buffers.
     """
 
-    def __init__(self, steps: int, groups: int, batch: int, hidden: int, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        steps: int,
+        groups: int,
+        batch: int,
+        hidden: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
         def new(*shape: int) -> torch.Tensor:
             return torch.empty(*shape, dtype=dtype, device=device)
 
@@ -54,8 +61,9 @@ class GRUWorkspace:
         self.factors, self.d_aug = new(steps, groups, 4 * h, batch), new(steps, groups, 4 * h, batch)
         self.d_h = new(steps, groups, h, batch)  # prefilled with the output gradients, completed in place
         self.d_gi = new(steps, batch, groups, 3 * h)  # row-major per observation, as `SlotInputGates` reads it
-        self.gates_t, self.gi_n_t, self.n_t, self.states_t = (x.unbind(0) for x in (
-            self.gates, self.gi_n, self.n, self.states))
+        self.gates_t, self.gi_n_t, self.n_t, self.states_t = (
+            x.unbind(0) for x in (self.gates, self.gi_n, self.n, self.states)
+        )
         self.rz_t, self.r_t = self.gates[:, :, : 2 * h].unbind(0), self.gates[:, :, :h].unbind(0)
         self.z_t, self.ghn_t = self.gates[:, :, h : 2 * h].unbind(0), self.gates[:, :, 2 * h :].unbind(0)
         self.factors_t = self.factors.view(steps, groups, 4, h, batch).unbind(0)
@@ -72,8 +80,9 @@ class StackedGRUSequence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, gi: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
-                workspace: GRUWorkspace | None) -> torch.Tensor:
+    def forward(
+        ctx: Any, gi: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, workspace: GRUWorkspace | None
+    ) -> torch.Tensor:
         steps, groups, batch, width = gi.shape
         hidden = width // 3
         if workspace is None or workspace.busy or workspace.shape != (steps, groups, batch, hidden):
@@ -116,8 +125,9 @@ class StackedGRUSequence(torch.autograd.Function):
         torch.mul(d_an, r, out=f[:, :, 2])
         f[:, :, 3] = z
         # dh_{t-1} = go_{t-1} + [W_hh^T | I] [d_gh_t; z_t dh_t]: one matmul per step
-        w_aug_t = torch.cat([w_hh, torch.eye(hidden, dtype=w_hh.dtype, device=w_hh.device).expand(groups, -1, -1)],
-                            1).transpose(1, 2)
+        w_aug_t = torch.cat(
+            [w_hh, torch.eye(hidden, dtype=w_hh.dtype, device=w_hh.device).expand(groups, -1, -1)], 1
+        ).transpose(1, 2)
         ws.d_h.copy_(grad_out.transpose(2, 3))
         for t in range(steps - 1, -1, -1):
             torch.mul(ws.factors_t[t], ws.d_h_t[t].unsqueeze(1), out=ws.d_aug_t[t])
@@ -136,8 +146,9 @@ class StackedGRUSequence(torch.autograd.Function):
         return ws.d_gi.transpose(1, 2), d_wb[..., :hidden], d_wb[..., hidden], None
 
 
-def stacked_gru(gi: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
-                workspace: GRUWorkspace | None = None) -> torch.Tensor:
+def stacked_gru(
+    gi: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, workspace: GRUWorkspace | None = None
+) -> torch.Tensor:
     """Differentiable `StackedGRUSequence`: gi (T, G, B, 3H), w_hh (G, 3H, H), b_hh (G, 3H) -> (T, G, B, H).
 
     With a `workspace` of the matching shape, its buffers are reused (the output is one of them: consume it, e.g.

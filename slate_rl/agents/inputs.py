@@ -22,8 +22,14 @@ class SlotInputGates(torch.autograd.Function):
     float) -> input gates (T, G, B, 3H), time-major as `StackedGRUSequence` takes them (any strides)."""
 
     @staticmethod
-    def forward(ctx: Any, items: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor, slates: torch.Tensor,
-                clicks: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        items: torch.Tensor,
+        w_ih: torch.Tensor,
+        b_ih: torch.Tensor,
+        slates: torch.Tensor,
+        clicks: torch.Tensor,
+    ) -> torch.Tensor:
         groups, _, dim = items.shape
         batch, steps, size = slates.shape
         gates = w_ih.shape[1]
@@ -68,7 +74,8 @@ class SlotInputGates(torch.autograd.Function):
         return d_items_t.transpose(1, 2), d_w.view(groups, gates, -1), d_bias, None, None
 
 
-def slot_input_gates(items: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor, slates: torch.Tensor,
-                     clicks: torch.Tensor) -> torch.Tensor:
+def slot_input_gates(
+    items: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor, slates: torch.Tensor, clicks: torch.Tensor
+) -> torch.Tensor:
     """Differentiable `SlotInputGates`: (T, G, B, 3H) input gates of trajectories slates, clicks (B, T, R)."""
     return SlotInputGates.apply(items, w_ih, b_ih, slates.long(), clicks.to(items.dtype))

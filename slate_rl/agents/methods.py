@@ -28,8 +28,15 @@ from slate_rl.rankers.decoders import TopKDecoder
 Inputs = Mapping[Need, Any]
 
 
-def build_agent(method: str, env: TopicRec, seed: int, *, gems_decoder: SlateDecoder | None = None,
-                mf_table: torch.Tensor | None = None, overrides: dict[str, Any] | None = None) -> Agent:
+def build_agent(
+    method: str,
+    env: TopicRec,
+    seed: int,
+    *,
+    gems_decoder: SlateDecoder | None = None,
+    mf_table: torch.Tensor | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Agent:
     """A fresh agent of the registered `method` for `env`, initialised from `seed` (the agent's own generator).
 
     Args:

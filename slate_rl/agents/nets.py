@@ -59,9 +59,15 @@ class TwinQ(nn.Module):
         super().__init__()
         in_dim = state_dim + action_dim
         self.state_dim, self.hidden = state_dim, hidden
-        nets = [[default_init((hidden, in_dim), in_dim, generator), default_init((hidden,), in_dim, generator),
-                 default_init((hidden,), hidden, generator), default_init((1,), hidden, generator)]
-                for _ in range(2)]
+        nets = [
+            [
+                default_init((hidden, in_dim), in_dim, generator),
+                default_init((hidden,), in_dim, generator),
+                default_init((hidden,), hidden, generator),
+                default_init((1,), hidden, generator),
+            ]
+            for _ in range(2)
+        ]
         self.weight1 = nn.Parameter(torch.cat([nets[0][0], nets[1][0]]))
         self.bias1 = nn.Parameter(torch.cat([nets[0][1], nets[1][1]]))
         self.weight2 = nn.Parameter(torch.stack([nets[0][2], nets[1][2]]))
@@ -107,8 +113,7 @@ def twin_q_values(params: Sequence[torch.Tensor], hidden: torch.Tensor) -> torch
     once, unlike a broadcast product and a sum)."""
     weight2, bias2 = params[2], params[3]
     width = weight2.shape[1]
-    return torch.stack([torch.addmv(bias2[k], hidden[:, k * width : (k + 1) * width], weight2[k]) for k in range(2)],
-                       1)
+    return torch.stack([torch.addmv(bias2[k], hidden[:, k * width : (k + 1) * width], weight2[k]) for k in range(2)], 1)
 
 
 def twin_q_min(params: Sequence[torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
@@ -122,8 +127,10 @@ def twin_q_min(params: Sequence[torch.Tensor], inputs: torch.Tensor) -> torch.Te
 # unit factor to the (small) result. The (N, 2 x 256) gradient is never formed: the mask overwrites the hidden layer
 # in place (hidden >= 0, so sign(hidden) is the mask), which saves three passes over it per backward.
 
-def twin_q_regression(params: Sequence[torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor,
-                      state_dim: int) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+
+def twin_q_regression(
+    params: Sequence[torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor, state_dim: int
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
     """The critics' loss 0.5 * sum_k mean_n (Q_k(inputs_n) - y_n)^2 on `with_ones(state, action)` inputs,
     differentiated by hand.
 
@@ -146,8 +153,9 @@ def twin_q_regression(params: Sequence[torch.Tensor], inputs: torch.Tensor, targ
     return values, [d_layer1[:-1].t().contiguous(), d_layer1[-1].contiguous(), d_weight2, d_q.sum(0)], d_states
 
 
-def twin_q_min_action_grad(params: Sequence[torch.Tensor], inputs: torch.Tensor,
-                           state_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+def twin_q_min_action_grad(
+    params: Sequence[torch.Tensor], inputs: torch.Tensor, state_dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """min(Q1, Q2) per row of `with_ones(state, action)` inputs (N,) and the gradient of its sum at the actions
     (N, A): it flows through the smaller critic of each row (the index `min` returns, as autograd does)."""
     width = params[2].shape[1]
@@ -155,14 +163,17 @@ def twin_q_min_action_grad(params: Sequence[torch.Tensor], inputs: torch.Tensor,
     q_min, which = twin_q_values(params, hidden).min(1)
     mask = hidden.sign_()
     actions = slice(state_dim, inputs.shape[1] - 1)
-    per_critic = [input_grad(mask[:, k * width : (k + 1) * width],
-                             params[0][k * width : (k + 1) * width, actions] * params[2][k].unsqueeze(1))
-                  for k in range(2)]
+    per_critic = [
+        input_grad(
+            mask[:, k * width : (k + 1) * width],
+            params[0][k * width : (k + 1) * width, actions] * params[2][k].unsqueeze(1),
+        )
+        for k in range(2)
+    ]
     return q_min, torch.where(which.unsqueeze(1) == 0, per_critic[0], per_critic[1])
 
 
-def mlp_forward(params: Sequence[torch.Tensor],
-                x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mlp_forward(params: Sequence[torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(inputs, hidden, out) of `MLP` with explicit parameters [weight1, bias1, weight2, bias2]; inputs = [x, 1]
     and hidden are kept for `mlp_backward`."""
     weight1, bias1, weight2, bias2 = params
@@ -171,8 +182,9 @@ def mlp_forward(params: Sequence[torch.Tensor],
     return inputs, hidden, torch.addmm(bias2, hidden, weight2.t())
 
 
-def mlp_backward(params: Sequence[torch.Tensor], inputs: torch.Tensor, hidden: torch.Tensor,
-                 d_out: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+def mlp_backward(
+    params: Sequence[torch.Tensor], inputs: torch.Tensor, hidden: torch.Tensor, d_out: torch.Tensor
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Gradients of sum(d_out * MLP(x)) from `mlp_forward`'s tensors: the parameters' (contiguous) and x's."""
     weight1, weight2 = params[0], params[2]
     d_pre = relu_backward(input_grad(d_out, weight2), hidden)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 
 
-def first_clicks(slates: torch.Tensor, clicks: torch.Tensor,
-                 reference_pairing: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def first_clicks(
+    slates: torch.Tensor, clicks: torch.Tensor, reference_pairing: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For trajectories slates, clicks (B, H + 1, R): (item, has_click), both (B, H), of each transition t.
 
     item is the first clicked item of obs_{t+1} (obs_t with `reference_pairing`), 0 where there is no click.

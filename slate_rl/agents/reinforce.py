@@ -41,13 +41,15 @@ class ReinforceAgent(BeliefAgent):
         super().__init__(num_items, slate_size, seed)
         self.config = config
         belief = config.belief
-        self.beliefs = BeliefEncoders(("actor",), num_items, slate_size, self.generator, belief.item_dim,
-                                      belief.hidden_dim)
+        self.beliefs = BeliefEncoders(
+            ("actor",), num_items, slate_size, self.generator, belief.item_dim, belief.hidden_dim
+        )
         self.policy = MLP(belief.hidden_dim, config.hidden, num_items, self.generator)
         self.optimizer = adam(self.parameters(), config.lr)
 
-    def choose(self, states: torch.Tensor, mode: str, episode: int,
-               **privileged: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def choose(
+        self, states: torch.Tensor, mode: str, episode: int, **privileged: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         logits = self.policy(states[0])
         if mode == EXPLORE:
             probs = torch.softmax(logits, dim=-1)

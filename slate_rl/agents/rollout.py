@@ -14,8 +14,9 @@ from slate_rl.errors import SlateRLError
 StepHook = Callable[[int, dict, dict, torch.Tensor | None], None]
 
 
-def play(env: TopicRec, agent: Agent, num_users: int, mode: str, episode: int = 0,
-         on_step: StepHook | None = None) -> Trajectories:
+def play(
+    env: TopicRec, agent: Agent, num_users: int, mode: str, episode: int = 0, on_step: StepHook | None = None
+) -> Trajectories:
     """`num_users` full episodes at once (one reset, H steps), recorded as trajectories.
 
     mode: 'random', 'explore' or 'greedy' (see `Agent.act`); episode: index of the first of these episodes in
@@ -39,22 +40,27 @@ def play(env: TopicRec, agent: Agent, num_users: int, mode: str, episode: int = 
         slates[:, t + 1], clicks[:, t + 1] = obs["slate"], obs["clicks"]
         if actions is not None:
             if action is None:
-                raise SlateRLError(f"{type(agent).__name__} stores {agent.stored_action_dim}-d actions, "
-                                   f"but acting in mode {mode!r} returned none")
+                raise SlateRLError(
+                    f"{type(agent).__name__} stores {agent.stored_action_dim}-d actions, "
+                    f"but acting in mode {mode!r} returned none"
+                )
             actions[:, t] = action
         if privileged is not None:
             record = agent.privileged_record(env)
             if record is None:
-                raise SlateRLError(f"{type(agent).__name__} stores {agent.privileged_dim}-d privileged data, "
-                                   "but privileged_record returned none")
+                raise SlateRLError(
+                    f"{type(agent).__name__} stores {agent.privileged_dim}-d privileged data, "
+                    "but privileged_record returned none"
+                )
             privileged[:, t] = record
         if on_step is not None:
             on_step(t + 1, obs, info, action)
     return Trajectories(slates, clicks, actions, privileged)
 
 
-def evaluate_policy(env: TopicRec, agent: Agent, num_episodes: int, reseed: bool = True,
-                    on_step: StepHook | None = None) -> torch.Tensor:
+def evaluate_policy(
+    env: TopicRec, agent: Agent, num_episodes: int, reseed: bool = True, on_step: StepHook | None = None
+) -> torch.Tensor:
     """Returns (total clicks) of `num_episodes` deterministic episodes played as one batch.
 
     reseed=True restarts the simulator's user stream first (the paper's test: every policy meets the same users).

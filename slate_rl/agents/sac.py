@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,10 +32,19 @@ from slate_rl.agents.base import EXPLORE, BeliefAgent, Diagnostics
 from slate_rl.agents.belief import BeliefEncoders
 from slate_rl.agents.buffer import Trajectories
 from slate_rl.agents.config import SACConfig
-from slate_rl.agents.nets import (MLP, TwinQ, adam, mlp_backward, mlp_forward, twin_q_min, twin_q_min_action_grad,
-                                  twin_q_regression, with_ones)
-from slate_rl.rankers.base import SlateDecoder
+from slate_rl.agents.nets import (
+    MLP,
+    TwinQ,
+    adam,
+    mlp_backward,
+    mlp_forward,
+    twin_q_min,
+    twin_q_min_action_grad,
+    twin_q_regression,
+    with_ones,
+)
 from slate_rl.errors import SlateRLError
+from slate_rl.rankers.base import SlateDecoder
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -83,25 +92,36 @@ class SACBase(BeliefAgent):
     q_target_weight2: torch.Tensor
     q_target_bias2: torch.Tensor
 
-    def __init__(self, num_items: int, slate_size: int, action_dim: int, critic_action_dim: int,
-                 action_center: torch.Tensor, action_scale: torch.Tensor, config: SACConfig, seed: int) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        slate_size: int,
+        action_dim: int,
+        critic_action_dim: int,
+        action_center: torch.Tensor,
+        action_scale: torch.Tensor,
+        config: SACConfig,
+        seed: int,
+    ) -> None:
         super().__init__(num_items, slate_size, seed)
         self.config = config
         gen, belief = self.generator, config.belief
         self.action_dim = int(action_dim)
         self.register_buffer("action_center", action_center.detach().float().clone())
         self.register_buffer("action_scale", action_scale.detach().float().clone())
-        self.beliefs = BeliefEncoders(("actor", "critic"), num_items, slate_size, gen, belief.item_dim,
-                                      belief.hidden_dim)
+        self.beliefs = BeliefEncoders(
+            ("actor", "critic"), num_items, slate_size, gen, belief.item_dim, belief.hidden_dim
+        )
         self.policy = MLP(belief.hidden_dim, config.hidden, 2 * self.action_dim, gen)
         self.q = TwinQ(belief.hidden_dim, critic_action_dim, config.hidden, gen)
-        for name, value in zip(("weight1", "bias1", "weight2", "bias2"), self.q.params()):
+        for name, value in zip(("weight1", "bias1", "weight2", "bias2"), self.q.params(), strict=True):
             self.register_buffer(f"q_target_{name}", value.detach().clone())
         self.temperature = Temperature(config.alpha, -self.action_dim, config.reference_temperature)
         self.q_optimizer = adam(self.q.parameters(), config.q_lr)
-        groups = [{"params": [*self.policy.parameters(), *self.beliefs.encoders["actor"].parameters()],
-                   "lr": config.pi_lr},
-                  {"params": list(self.beliefs.encoders["critic"].parameters()), "lr": config.q_lr}]
+        groups = [
+            {"params": [*self.policy.parameters(), *self.beliefs.encoders["actor"].parameters()], "lr": config.pi_lr},
+            {"params": list(self.beliefs.encoders["critic"].parameters()), "lr": config.q_lr},
+        ]
         if config.auto_entropy:
             groups.append({"params": [self.temperature.log_alpha], "lr": config.alpha_lr})
         self.optimizer = adam(groups, config.pi_lr)
@@ -135,8 +155,9 @@ class SACBase(BeliefAgent):
         log_prob = -per_draw.addcmul_(noise, noise, value=0.5).sum(-1) - (log_std.sum(-1) + mu.shape[-1] * LOG_SQRT_2PI)
         if not self.config.reference_temperature:
             log_prob = log_prob - self.action_scale.log().sum()
-        return SquashedSample(torch.addcmul(self.action_center, self.action_scale, squashed), log_prob, squashed, std,
-                              noise)
+        return SquashedSample(
+            torch.addcmul(self.action_center, self.action_scale, squashed), log_prob, squashed, std, noise
+        )
 
     def policy_action(self, states: torch.Tensor, mode: str) -> torch.Tensor:
         """Sampled (explore) or deterministic c + s tanh(mu) action for actor states (n, H)."""
@@ -177,7 +198,9 @@ class SACBase(BeliefAgent):
         target = batch.rewards.view(rows) + cfg.gamma * not_done.view(rows) * soft_value
 
         q_params = [p.detach() for p in self.q.params()]
-        q, q_grads, d_critic = twin_q_regression(q_params, with_ones(critic, self.critic_actions(batch)), target, hidden)
+        q, q_grads, d_critic = twin_q_regression(
+            q_params, with_ones(critic, self.critic_actions(batch)), target, hidden
+        )
         q_loss = 0.5 * (q - target.unsqueeze(1)).pow(2).mean(0).sum()
         _step(self.q_optimizer, self.q.params(), q_grads)
 
@@ -198,11 +221,18 @@ class SACBase(BeliefAgent):
             self.temperature.refresh()
         with torch.no_grad():
             torch._foreach_lerp_(self.target_params(), q_params, cfg.tau)
-            return {"q_loss": q_loss, "pi_loss": pi_loss, "alpha_loss": alpha_loss, "alpha": alpha,
-                    "q_mean": q[:, 0].mean(), "log_prob": log_prob.mean()}
+            return {
+                "q_loss": q_loss,
+                "pi_loss": pi_loss,
+                "alpha_loss": alpha_loss,
+                "alpha": alpha,
+                "q_mean": q[:, 0].mean(),
+                "log_prob": log_prob.mean(),
+            }
 
-    def squashed_sample_backward(self, sample: SquashedSample, d_actions: torch.Tensor,
-                                 d_log_prob: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def squashed_sample_backward(
+        self, sample: SquashedSample, d_actions: torch.Tensor, d_log_prob: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients at (mu, log sigma) of sum(d_actions * a) + d_log_prob * sum(log pi(a)) for the first draw of
         `sample` (the actor's)."""
         squashed, std, noise = sample.squashed[0], sample.std, sample.noise[0]
@@ -213,8 +243,11 @@ class SACBase(BeliefAgent):
         return d_raw, d_raw * noise * std - d_log_prob  # raw = mu + sigma noise; log pi has -log sigma
 
     def training_state_dict(self) -> dict[str, Any]:
-        return {**super().training_state_dict(), "q_optimizer": self.q_optimizer.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
+        return {
+            **super().training_state_dict(),
+            "q_optimizer": self.q_optimizer.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
 
     def load_training_state_dict(self, state: dict[str, Any]) -> None:
         super().load_training_state_dict(state)
@@ -240,7 +273,7 @@ def _next_rows(x: torch.Tensor) -> torch.Tensor:
 
 def _step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
     """Set hand-computed gradients (contiguous: fused Adam reads them as flat memory) and step."""
-    for param, grad in zip(params, grads):
+    for param, grad in zip(params, grads, strict=True):
         param.grad = grad
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -256,10 +289,19 @@ class SACAgent(SACBase):
         num_items: catalogue size N.
     """
 
-    def __init__(self, decoder: SlateDecoder, num_items: int, slate_size: int, config: SACConfig, seed: int,
-                 method: str) -> None:
-        super().__init__(num_items, slate_size, decoder.action_dim, decoder.action_dim, decoder.action_center,
-                         decoder.action_scale, config, seed)
+    def __init__(
+        self, decoder: SlateDecoder, num_items: int, slate_size: int, config: SACConfig, seed: int, method: str
+    ) -> None:
+        super().__init__(
+            num_items,
+            slate_size,
+            decoder.action_dim,
+            decoder.action_dim,
+            decoder.action_center,
+            decoder.action_scale,
+            config,
+            seed,
+        )
         self.method = method
         for parameter in decoder.parameters():
             parameter.requires_grad_(False)
@@ -269,13 +311,14 @@ class SACAgent(SACBase):
     def stored_action_dim(self) -> int:
         return self.action_dim
 
-    def random_action(self, num_users: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def random_action(self, num_users: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Warm-up action (Q10): uniform over the central half of the box."""
         actions = self.decoder.random_actions(num_users, self.act_generator)
         return self.decoder.decode(actions), actions
 
-    def choose(self, states: torch.Tensor, mode: str, episode: int,
-               **privileged: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def choose(
+        self, states: torch.Tensor, mode: str, episode: int, **privileged: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         actions = self.policy_action(states[0], mode)
         return self.decoder.decode(actions), actions
 

@@ -41,8 +41,9 @@ class SlateQAgent(BeliefAgent):
         super().__init__(env.num_items, env.slate_size, seed)
         self.env, self.config = env, config
         belief = config.belief
-        self.beliefs = BeliefEncoders(("critic",), env.num_items, env.slate_size, self.generator, belief.item_dim,
-                                      belief.hidden_dim)
+        self.beliefs = BeliefEncoders(
+            ("critic",), env.num_items, env.slate_size, self.generator, belief.item_dim, belief.hidden_dim
+        )
         self.q = MLP(belief.hidden_dim, config.hidden, env.num_items, self.generator)
         for name, value in self.q.named_parameters():
             self.register_buffer(f"q_target_{name}", value.detach().clone())
@@ -74,8 +75,9 @@ class SlateQAgent(BeliefAgent):
         hidden = torch.relu(torch.addmm(self.q_target_bias1, states, self.q_target_weight1.t()))
         return torch.addmm(self.q_target_bias2, hidden, self.q_target_weight2.t())
 
-    def choose(self, states: torch.Tensor, mode: str, episode: int,
-               **privileged: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def choose(
+        self, states: torch.Tensor, mode: str, episode: int, **privileged: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         relevances = privileged.get("relevances")
         if relevances is None:
             relevances = self.env.item_relevances(reference_slicing=self.config.reference_relevances)
@@ -91,8 +93,10 @@ class SlateQAgent(BeliefAgent):
     def recommend(self, slates: torch.Tensor, clicks: torch.Tensor, **privileged: torch.Tensor) -> torch.Tensor:
         """Needs `relevances=` (B, N), the simulator's current item relevances of each user (privileged)."""
         if "relevances" not in privileged:
-            raise SlateRLError("SlateQ needs the simulator's item relevances to recommend: "
-                               "recommend(slates, clicks, relevances=env.item_relevances())")
+            raise SlateRLError(
+                "SlateQ needs the simulator's item relevances to recommend: "
+                "recommend(slates, clicks, relevances=env.item_relevances())"
+            )
         return super().recommend(slates, clicks, **privileged)
 
     def next_slate_values(self, next_states: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
@@ -131,12 +135,19 @@ class SlateQAgent(BeliefAgent):
         loss = (q_taken - target).pow(2).mean() if bool(mask.any()) else q_taken.sum()
         loss.backward()
         with torch.no_grad():
-            torch._foreach_lerp_([self.q_target_weight1, self.q_target_bias1, self.q_target_weight2,
-                                  self.q_target_bias2], [p.detach() for p in self.q.parameters()], cfg.tau)
+            torch._foreach_lerp_(
+                [self.q_target_weight1, self.q_target_bias1, self.q_target_weight2, self.q_target_bias2],
+                [p.detach() for p in self.q.parameters()],
+                cfg.tau,
+            )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss.detach(), "epsilon": torch.tensor(self._epsilon),
-                "q_mean": q_taken.detach().mean().nan_to_num(0.0), "clicked_share": mask.float().mean()}
+        return {
+            "loss": loss.detach(),
+            "epsilon": torch.tensor(self._epsilon),
+            "q_mean": q_taken.detach().mean().nan_to_num(0.0),
+            "clicked_share": mask.float().mean(),
+        }
 
     def training_state_dict(self) -> dict[str, Any]:
         return {**super().training_state_dict(), "optimizer": self.optimizer.state_dict(), "epsilon": self._epsilon}
@@ -145,4 +156,3 @@ class SlateQAgent(BeliefAgent):
         super().load_training_state_dict(state)
         self.optimizer.load_state_dict(state["optimizer"])
         self._epsilon = state["epsilon"]
-

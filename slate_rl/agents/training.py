@@ -22,8 +22,9 @@ import dataclasses
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 
@@ -47,10 +48,10 @@ class Hooks:
     on_progress(episode, total): after every block of collected episodes.
     """
 
-    on_metrics: Optional[Callable[[int, dict[str, float]], None]] = None
-    on_validation: Optional[Callable[[int, torch.Tensor], None]] = None
-    on_checkpoint: Optional[Callable[[str, int, dict[str, Any]], None]] = None
-    on_progress: Optional[Callable[[int, int], None]] = None
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None
+    on_validation: Callable[[int, torch.Tensor], None] | None = None
+    on_checkpoint: Callable[[str, int, dict[str, Any]], None] | None = None
+    on_progress: Callable[[int, int], None] | None = None
 
 
 @dataclass
@@ -62,7 +63,7 @@ class _Meter:
     """
 
     names: tuple[str, ...] = ()
-    sums: Optional[torch.Tensor] = None
+    sums: torch.Tensor | None = None
     updates: int = 0
     episodes: int = 0
     since: float = field(default_factory=time.perf_counter)
@@ -73,8 +74,10 @@ class _Meter:
         if self.sums is None:
             self.names, self.sums = tuple(values), stacked
         elif tuple(values) != self.names:
-            raise SlateRLError(f"an update reported the diagnostics {tuple(values)}, earlier ones {self.names}; "
-                               "an agent must report the same names at every update")
+            raise SlateRLError(
+                f"an update reported the diagnostics {tuple(values)}, earlier ones {self.names}; "
+                "an agent must report the same names at every update"
+            )
         else:
             self.sums += stacked
         self.updates += 1
@@ -83,16 +86,21 @@ class _Meter:
         out: dict[str, float] = {}
         if self.sums is not None:
             means = (self.sums / self.updates).tolist()
-            out.update({f"train/{name}": value for name, value in zip(self.names, means)})
+            out.update({f"train/{name}": value for name, value in zip(self.names, means, strict=True)})
         elapsed = time.perf_counter() - self.since
-        out.update({"time/updates": float(self.updates), "time/episodes": float(self.episodes),
-                    "time/episodes_per_s": self.episodes / elapsed if elapsed > 0 else 0.0,
-                    "time/elapsed_s": elapsed})
+        out.update(
+            {
+                "time/updates": float(self.updates),
+                "time/episodes": float(self.episodes),
+                "time/episodes_per_s": self.episodes / elapsed if elapsed > 0 else 0.0,
+                "time/elapsed_s": elapsed,
+            }
+        )
         out.update({f"time/{phase}_s": value for phase, value in self.seconds.items()})
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        sums = {} if self.sums is None else dict(zip(self.names, self.sums.clone().unbind()))
+        sums = {} if self.sums is None else dict(zip(self.names, self.sums.clone().unbind(), strict=True))
         return {"sums": sums, "updates": self.updates, "episodes": self.episodes}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -108,8 +116,8 @@ class _Collector(threading.Thread):
     def __init__(self, collect: Callable[[int, Agent], Trajectories], start: int, actor: Agent) -> None:
         super().__init__(daemon=True)
         self.collect, self.first, self.actor = collect, start, actor
-        self.result: Optional[Trajectories] = None
-        self.error: Optional[BaseException] = None
+        self.result: Trajectories | None = None
+        self.error: BaseException | None = None
         self.seconds = 0.0
 
     def run(self) -> None:
@@ -139,21 +147,32 @@ class Trainer:
         hooks: callbacks for the stage (metrics, validation, checkpoints, progress).
     """
 
-    def __init__(self, agent: Agent, env: TopicRec, protocol: Optional[Protocol] = None,
-                 hooks: Optional[Hooks] = None) -> None:
+    def __init__(
+        self, agent: Agent, env: TopicRec, protocol: Protocol | None = None, hooks: Hooks | None = None
+    ) -> None:
         protocol = protocol or Protocol()
         protocol.validate()
         self.agent, self.env, self.protocol = agent, env, protocol
         self.hooks = hooks or Hooks()
         capacity = protocol.parallel_episodes if agent.on_policy else agent.buffer_capacity
-        self.buffer = TrajectoryBuffer(capacity, env.episode_length, env.slate_size, env.num_items,
-                                       agent.stored_action_dim, agent.privileged_dim) if agent.learns else None
+        self.buffer = (
+            TrajectoryBuffer(
+                capacity,
+                env.episode_length,
+                env.slate_size,
+                env.num_items,
+                agent.stored_action_dim,
+                agent.privileged_dim,
+            )
+            if agent.learns
+            else None
+        )
         self.episode = 0
         self.best_return = -math.inf
-        self.best_episode: Optional[int] = None
-        self.best_weights: Optional[dict[str, Any]] = None
+        self.best_episode: int | None = None
+        self.best_weights: dict[str, Any] | None = None
         self.validations: list[tuple[int, float]] = []
-        self._pending: Optional[Trajectories] = None  # the next block, collected ahead (overlap_collection)
+        self._pending: Trajectories | None = None  # the next block, collected ahead (overlap_collection)
         self._meter = _Meter()
 
     # ---------------------------------------------------------------- training
@@ -161,10 +180,13 @@ class Trainer:
     def done(self) -> bool:
         return not self.agent.learns or self.episode >= self.protocol.episodes
 
-    def fit(self, max_episodes: Optional[int] = None) -> None:
+    def fit(self, max_episodes: int | None = None) -> None:
         """Train until the protocol's last episode (or until `max_episodes` more have been trained on)."""
-        stop = self.protocol.episodes if max_episodes is None else min(self.protocol.episodes,
-                                                                       self.episode + int(max_episodes))
+        stop = (
+            self.protocol.episodes
+            if max_episodes is None
+            else min(self.protocol.episodes, self.episode + int(max_episodes))
+        )
         while not self.done and self.episode < stop:
             self._block()
 
@@ -199,8 +221,9 @@ class Trainer:
         for i in range(size):
             if start + i < p.warmup_episodes and not agent.updates_in_warmup:
                 continue
-            batch = (buffer.get(slots[i : i + 1]) if agent.on_policy
-                     else buffer.sample(agent.batch_size, agent.generator))
+            batch = (
+                buffer.get(slots[i : i + 1]) if agent.on_policy else buffer.sample(agent.batch_size, agent.generator)
+            )
             if batch is not None:
                 self._meter.add(agent.update(batch))
         self._meter.seconds["update"] += time.perf_counter() - tic
@@ -234,7 +257,7 @@ class Trainer:
                 self.hooks.on_checkpoint("best", self.episode, self.best_weights)
 
     # ---------------------------------------------------------------- test
-    def test(self, use_best: bool = True, on_step: Optional[StepHook] = None) -> torch.Tensor:
+    def test(self, use_best: bool = True, on_step: StepHook | None = None) -> torch.Tensor:
         """Load the best-validation weights (if any and `use_best`), re-seed the simulator's stream and return the
         returns of `test_episodes` deterministic episodes played as one batch. The agent keeps the best weights."""
         if use_best and self.best_weights is not None:
@@ -266,8 +289,10 @@ class Trainer:
         if state["method"] != self.agent.method:
             raise SlateRLError(f"checkpoint is of method {state['method']!r}, this trainer runs {self.agent.method!r}")
         if state["protocol"] != dataclasses.asdict(self.protocol):
-            raise SlateRLError(f"checkpoint protocol {state['protocol']} differs from this trainer's "
-                               f"{dataclasses.asdict(self.protocol)}; resume with the same protocol")
+            raise SlateRLError(
+                f"checkpoint protocol {state['protocol']} differs from this trainer's "
+                f"{dataclasses.asdict(self.protocol)}; resume with the same protocol"
+            )
         state = copy.deepcopy(state)
         self.agent.load_training_state_dict(state["agent"])
         if self.buffer is not None:

@@ -38,18 +38,28 @@ class WkNNAgent(SACBase):
     config: WkNNConfig
     decoder: KNNDecoder
 
-    def __init__(self, item_table: torch.Tensor, num_items: int, slate_size: int, config: WkNNConfig,
-                 seed: int) -> None:
+    def __init__(
+        self, item_table: torch.Tensor, num_items: int, slate_size: int, config: WkNNConfig, seed: int
+    ) -> None:
         if config.refine_fill not in ("candidate", "proto"):
             raise SlateRLError(f"refine_fill must be 'candidate' or 'proto' (got {config.refine_fill!r})")
         decoder = KNNDecoder(item_table, slate_size, config.k)
-        super().__init__(num_items, slate_size, decoder.action_dim, decoder.action_dim, decoder.action_center,
-                         decoder.action_scale, config, seed)
+        super().__init__(
+            num_items,
+            slate_size,
+            decoder.action_dim,
+            decoder.action_dim,
+            decoder.action_center,
+            decoder.action_scale,
+            config,
+            seed,
+        )
         self.decoder = decoder.requires_grad_(False)
         self.item_dim = int(item_table.shape[1])
 
-    def choose(self, states: torch.Tensor, mode: str, episode: int,
-               **privileged: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def choose(
+        self, states: torch.Tensor, mode: str, episode: int, **privileged: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         proto = self.policy_action(states[0], mode)
         return self.refine(states[1], proto, self.q.params()), None
 

@@ -31,11 +31,23 @@ if TYPE_CHECKING:  # the same names (explicit re-exports), for type checkers and
     )
 
 _EXPORTS = {
-    "EpisodeRecorder": "recorder", "OfflineEpisodes": "offline", "OfflineTransitions": "transitions",
-    "to_episodes": "transitions", "to_transitions": "transitions", "mix": "mixing", "split_counts": "mixing",
-    "write_minari": "minari_io", "read_minari": "minari_io", "find_minari": "minari_io", "minari_root": "minari_io",
-    "dataset_id": "minari_io", "write_npz": "d4rl_npz", "read_npz": "d4rl_npz", "load_offline": "loading",
-    "quality_metrics": "quality", "write_quality_report": "quality_report",
+    "EpisodeRecorder": "recorder",
+    "OfflineEpisodes": "offline",
+    "OfflineTransitions": "transitions",
+    "to_episodes": "transitions",
+    "to_transitions": "transitions",
+    "mix": "mixing",
+    "split_counts": "mixing",
+    "write_minari": "minari_io",
+    "read_minari": "minari_io",
+    "find_minari": "minari_io",
+    "minari_root": "minari_io",
+    "dataset_id": "minari_io",
+    "write_npz": "d4rl_npz",
+    "read_npz": "d4rl_npz",
+    "load_offline": "loading",
+    "quality_metrics": "quality",
+    "write_quality_report": "quality_report",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -58,8 +58,9 @@ def content_hash(episodes: OfflineEpisodes) -> str:
     return digest.hexdigest()
 
 
-def write_npz(episodes: OfflineEpisodes, path: PathLike, *, oracle: bool = True,
-              compress: bool = COMPRESS_DEFAULT) -> list[Path]:
+def write_npz(
+    episodes: OfflineEpisodes, path: PathLike, *, oracle: bool = True, compress: bool = COMPRESS_DEFAULT
+) -> list[Path]:
     """Write the main `.npz` (and, if `oracle` and the episodes carry oracle arrays, the sidecar); returns the paths."""
     path = Path(path)
     if path.suffix != ".npz":
@@ -72,9 +73,14 @@ def write_npz(episodes: OfflineEpisodes, path: PathLike, *, oracle: bool = True,
     path.parent.mkdir(parents=True, exist_ok=True)
     transitions = to_transitions(episodes)
     fingerprint = content_hash(episodes)
-    fmt = {"name": FORMAT_NAME, "version": FORMAT_VERSION, "horizon": episodes.horizon,
-           "episode_end": "truncation", "content_hash": fingerprint,
-           "oracle_file": sidecar.name if with_oracle else None}
+    fmt = {
+        "name": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "horizon": episodes.horizon,
+        "episode_end": "truncation",
+        "content_hash": fingerprint,
+        "oracle_file": sidecar.name if with_oracle else None,
+    }
     meta = {**episodes.metadata, "format": fmt, "return_stats": episodes.return_stats()}
     written: list[Path] = []
     try:
@@ -115,19 +121,24 @@ def read_npz(path: PathLike, oracle: bool = False) -> OfflineTransitions:
     if fmt.get("name") != FORMAT_NAME:
         raise SlateRLError(f"{str(path)!r} is not a {FORMAT_NAME!r} file (format {fmt.get('name')!r})")
     if int(fmt.get("version", 0)) > FORMAT_VERSION:
-        raise SlateRLError(f"{str(path)!r} uses format version {fmt['version']}; this slate-rl reads up to "
-                           f"{FORMAT_VERSION}: upgrade slate-rl")
+        raise SlateRLError(
+            f"{str(path)!r} uses format version {fmt['version']}; this slate-rl reads up to "
+            f"{FORMAT_VERSION}: upgrade slate-rl"
+        )
     source_names = tuple(str(name) for name in arrays.pop("source_names"))
     oracle_arrays = None
     if oracle and fmt.get("oracle_file"):
         sidecar = path.with_name(fmt["oracle_file"])
         if not sidecar.is_file():
-            raise SlateRLError(f"the oracle sidecar {str(sidecar)!r} of {str(path)!r} is missing; copy it beside "
-                               "the main file, or load with oracle=False")
+            raise SlateRLError(
+                f"the oracle sidecar {str(sidecar)!r} of {str(path)!r} is missing; copy it beside "
+                "the main file, or load with oracle=False"
+            )
         oracle_arrays, oracle_meta = _load(sidecar)
         if oracle_meta.get("format", {}).get("content_hash") != fmt.get("content_hash"):
-            raise SlateRLError(f"{str(sidecar)!r} belongs to another dataset than {str(path)!r} (content hashes "
-                               "differ)")
+            raise SlateRLError(
+                f"{str(sidecar)!r} belongs to another dataset than {str(path)!r} (content hashes differ)"
+            )
     return OfflineTransitions(arrays, source_names, meta, oracle_arrays)
 
 

@@ -15,8 +15,9 @@ from slate_rl.errors import SlateRLError
 Kind = Literal["episodes", "transitions"]
 
 
-def load_offline(path: str | os.PathLike, kind: Kind = "episodes",
-                 oracle: bool = False) -> OfflineEpisodes | OfflineTransitions:
+def load_offline(
+    path: str | os.PathLike, kind: Kind = "episodes", oracle: bool = False
+) -> OfflineEpisodes | OfflineTransitions:
     """Load an offline dataset as episodes or as D4RL-style transitions.
 
     `path` is a `.npz` main file, a Minari root / dataset / data folder, a folder holding exactly one of them
@@ -36,8 +37,9 @@ def load_offline(path: str | os.PathLike, kind: Kind = "episodes",
 
 
 def _is_run_reference(text: str) -> bool:
-    return text.startswith("runs:/") or (len(text) == 32 and all(c in "0123456789abcdef" for c in text)
-                                         and not Path(text).exists())
+    return text.startswith("runs:/") or (
+        len(text) == 32 and all(c in "0123456789abcdef" for c in text) and not Path(text).exists()
+    )
 
 
 def _run_dataset_dir(reference: str) -> Path:
@@ -65,6 +67,8 @@ def _resolve(path: Path) -> Path:
     if len(npz_files) == 1:
         return npz_files[0]
     if npz_files:
-        raise SlateRLError(f"{str(path)!r} holds several .npz datasets ({', '.join(sorted(p.name for p in npz_files))})"
-                           "; pass one of them")
+        raise SlateRLError(
+            f"{str(path)!r} holds several .npz datasets ({', '.join(sorted(p.name for p in npz_files))})"
+            "; pass one of them"
+        )
     raise SlateRLError(f"no offline dataset (Minari folder or .npz file) under {str(path)!r}")

@@ -69,8 +69,15 @@ class LoggedSessionsWriter:
     write never leaves a folder that looks complete.
     """
 
-    def __init__(self, path: str | Path, n_sessions: int, episode_length: int, slate_size: int,
-                 initial_slate: np.ndarray, meta: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        n_sessions: int,
+        episode_length: int,
+        slate_size: int,
+        initial_slate: np.ndarray,
+        meta: dict[str, Any],
+    ) -> None:
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".partial")
         if self.path.exists():
@@ -78,12 +85,15 @@ class LoggedSessionsWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         packed = (slate_size + 7) // 8
-        self.slates = np.lib.format.open_memmap(self.tmp / "slates.npy", "w+", np.int16,
-                                                (n_sessions, episode_length, slate_size))
-        self.clicks = np.lib.format.open_memmap(self.tmp / "clicks.npy", "w+", np.uint8,
-                                                (n_sessions, episode_length, packed))
-        self.reset_clicks = np.lib.format.open_memmap(self.tmp / "reset_clicks.npy", "w+", np.uint8,
-                                                      (n_sessions, slate_size))
+        self.slates = np.lib.format.open_memmap(
+            self.tmp / "slates.npy", "w+", np.int16, (n_sessions, episode_length, slate_size)
+        )
+        self.clicks = np.lib.format.open_memmap(
+            self.tmp / "clicks.npy", "w+", np.uint8, (n_sessions, episode_length, packed)
+        )
+        self.reset_clicks = np.lib.format.open_memmap(
+            self.tmp / "reset_clicks.npy", "w+", np.uint8, (n_sessions, slate_size)
+        )
         np.save(self.tmp / "initial_slate.npy", np.asarray(initial_slate, dtype=np.int16))
         self.meta = dict(meta)
 
@@ -123,8 +133,10 @@ def load_logged_sessions(path: str | Path, mmap: bool = True) -> LoggedSessions:
     if meta.get("format") != FORMAT_NAME:
         raise SlateRLError(f"{str(path)!r} holds a {meta.get('format')!r} dataset, not {FORMAT_NAME!r}")
     if int(meta.get("version", 0)) > FORMAT_VERSION:
-        raise SlateRLError(f"{str(path)!r} uses format version {meta['version']}; this slate-rl reads up to "
-                           f"{FORMAT_VERSION}: upgrade slate-rl")
+        raise SlateRLError(
+            f"{str(path)!r} uses format version {meta['version']}; this slate-rl reads up to "
+            f"{FORMAT_VERSION}: upgrade slate-rl"
+        )
     missing = [name for name in _ARRAYS if not (path / name).is_file()]
     if missing:
         raise SlateRLError(f"{str(path)!r} is incomplete: missing {', '.join(missing)}")
@@ -140,7 +152,7 @@ def load_logged_sessions(path: str | Path, mmap: bool = True) -> LoggedSessions:
     expected = {"packed_clicks": (n, horizon, (size + 7) // 8), "reset_clicks": (n, size), "initial_slate": (size,)}
     for name, shape in expected.items():
         if tuple(getattr(data, name).shape) != shape:
-            raise SlateRLError(f"{str(path)!r} is corrupt: {name} has shape {getattr(data, name).shape}, "
-                               f"expected {shape}")
+            raise SlateRLError(
+                f"{str(path)!r} is corrupt: {name} has shape {getattr(data, name).shape}, expected {shape}"
+            )
     return data
-

@@ -84,19 +84,30 @@ def minari_root(root: PathLike) -> Iterator[Path]:
 def env_spec(metadata: dict[str, Any]) -> EnvSpec:
     """The gymnasium spec that rebuilds the dataset's environment (name, simulator parameters, sim seed)."""
     if "env" not in metadata:
-        raise SlateRLError("metadata['env'] (the environment preset name) is needed to write a Minari dataset; "
-                           "build the episodes with EpisodeRecorder.for_env(env, ...)")
+        raise SlateRLError(
+            "metadata['env'] (the environment preset name) is needed to write a Minari dataset; "
+            "build the episodes with EpisodeRecorder.for_env(env, ...)"
+        )
     env = str(metadata["env"])
     kwargs: dict[str, Any] = {"name": env, **metadata.get("env_params", {})}
     if "sim_seed" in metadata:
         kwargs["sim_seed"] = int(metadata["sim_seed"])
-    return EnvSpec(id=ENV_ID.format(env=env), entry_point=ENTRY_POINT, vector_entry_point=VECTOR_ENTRY_POINT,
-                   kwargs=kwargs)
+    return EnvSpec(
+        id=ENV_ID.format(env=env), entry_point=ENTRY_POINT, vector_entry_point=VECTOR_ENTRY_POINT, kwargs=kwargs
+    )
 
 
-def write_minari(episodes: OfflineEpisodes, root: PathLike, name: str, *, version: int = 0,
-                 author: str = "slate-rl", author_email: str | None = None, code_permalink: str | None = None,
-                 description: str | None = None) -> Path:
+def write_minari(
+    episodes: OfflineEpisodes,
+    root: PathLike,
+    name: str,
+    *,
+    version: int = 0,
+    author: str = "slate-rl",
+    author_email: str | None = None,
+    code_permalink: str | None = None,
+    description: str | None = None,
+) -> Path:
     """Write `episodes` as Minari dataset `slate-rl/<env>/<name>-v<version>` under `root`; returns its folder."""
     import minari
 
@@ -105,24 +116,43 @@ def write_minari(episodes: OfflineEpisodes, root: PathLike, name: str, *, versio
     ds_id = dataset_id(str(episodes.metadata["env"]), name, version)
     final = root / ds_id
     if final.exists():
-        raise SlateRLError(f"Minari dataset {ds_id!r} already exists under {str(root)!r}; choose another name or "
-                           "version")
-    stored = {**episodes.metadata, "return_stats": episodes.return_stats(),
-              "format": {"name": FORMAT_NAME, "version": FORMAT_VERSION, "horizon": episodes.horizon,
-                         "episode_end": "truncation", "source_names": list(episodes.source_names),
-                         "infos": sorted(_info_keys(episodes))}}
+        raise SlateRLError(
+            f"Minari dataset {ds_id!r} already exists under {str(root)!r}; choose another name or version"
+        )
+    stored = {
+        **episodes.metadata,
+        "return_stats": episodes.return_stats(),
+        "format": {
+            "name": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "horizon": episodes.horizon,
+            "episode_end": "truncation",
+            "source_names": list(episodes.source_names),
+            "infos": sorted(_info_keys(episodes)),
+        },
+    }
     references = episodes.metadata.get("reference_scores", {})
-    scores = ({"ref_min_score": float(references["random"]), "ref_max_score": float(references["expert"])}
-              if "random" in references and "expert" in references else {})
+    scores = (
+        {"ref_min_score": float(references["random"]), "ref_max_score": float(references["expert"])}
+        if "random" in references and "expert" in references
+        else {}
+    )
     tmp_root = root / f".{NAMESPACE}-{episodes.metadata['env']}-{name}-v{int(version)}.{os.getpid()}.partial"
     shutil.rmtree(tmp_root, ignore_errors=True)
     try:
         with minari_root(tmp_root), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*is set to None", category=UserWarning)
             dataset = minari.create_dataset_from_buffers(
-                ds_id, _buffers(episodes), env=spec, algorithm_name=f"{NAMESPACE} collect",
-                author=author, author_email=author_email, code_permalink=code_permalink,
-                description=_description(episodes, description), **scores)
+                ds_id,
+                _buffers(episodes),
+                env=spec,
+                algorithm_name=f"{NAMESPACE} collect",
+                author=author,
+                author_email=author_email,
+                code_permalink=code_permalink,
+                description=_description(episodes, description),
+                **scores,
+            )
             dataset.storage.update_metadata({METADATA_KEY: stored})
         _move_into_place(tmp_root, root, ds_id)
     finally:
@@ -147,23 +177,32 @@ def _buffers(episodes: OfflineEpisodes) -> Iterator[Any]:
         infos: dict[str, np.ndarray] = {"source": np.full(horizon + 1, episodes.sources[i], dtype=np.int16)}
         if episodes.actions is not None:
             infos["policy_action"] = np.concatenate(
-                [np.full((1, episodes.actions.shape[2]), np.nan, dtype=np.float32), episodes.actions[i]])
+                [np.full((1, episodes.actions.shape[2]), np.nan, dtype=np.float32), episodes.actions[i]]
+            )
         for field in ORACLE_FIELDS:
             value = getattr(episodes, field)
             if value is not None:
                 infos[_INFO_NAMES[field]] = value[i]
-        yield EpisodeBuffer(id=i, observations={"slate": episodes.slates[i], "clicks": clicks[i]},
-                            actions=episodes.slates[i, 1:], rewards=episodes.rewards[i], terminations=terminations,
-                            truncations=truncations, infos=infos)
+        yield EpisodeBuffer(
+            id=i,
+            observations={"slate": episodes.slates[i], "clicks": clicks[i]},
+            actions=episodes.slates[i, 1:],
+            rewards=episodes.rewards[i],
+            terminations=terminations,
+            truncations=truncations,
+            infos=infos,
+        )
 
 
 def _description(episodes: OfflineEpisodes, extra: str | None) -> str:
     counts = ", ".join(f"{name} {count:,}" for name, count in episodes.source_counts().items())
-    text = (f"slate-rl offline dataset on {episodes.metadata['env']}: {episodes.num_episodes:,} episodes of "
-            f"{episodes.horizon} steps (sources: {counts}). Observations are the shown slate and its clicks, from the "
-            "reset observation on; the action is the next slate; the reward is its clicks. Episodes end by "
-            "truncation at the fixed horizon (terminations are all False). infos['source'] holds each episode's "
-            "source code; the names and the full metadata are in metadata['slate_rl'].")
+    text = (
+        f"slate-rl offline dataset on {episodes.metadata['env']}: {episodes.num_episodes:,} episodes of "
+        f"{episodes.horizon} steps (sources: {counts}). Observations are the shown slate and its clicks, from the "
+        "reset observation on; the action is the next slate; the reward is its clicks. Episodes end by "
+        "truncation at the fixed horizon (terminations are all False). infos['source'] holds each episode's "
+        "source code; the names and the full metadata are in metadata['slate_rl']."
+    )
     return f"{text} {extra}" if extra else text
 
 
@@ -205,17 +244,25 @@ def read_minari(path: PathLike, oracle: bool = True) -> OfflineEpisodes:
     fmt = stored.pop("format", {})
     stored.pop("return_stats", None)
     if fmt.get("name") != FORMAT_NAME:
-        raise SlateRLError(f"the Minari dataset {dataset.id!r} was not written by slate-rl (no "
-                           f"metadata[{METADATA_KEY!r}] of format {FORMAT_NAME!r})")
+        raise SlateRLError(
+            f"the Minari dataset {dataset.id!r} was not written by slate-rl (no "
+            f"metadata[{METADATA_KEY!r}] of format {FORMAT_NAME!r})"
+        )
     if int(fmt.get("version", 0)) > FORMAT_VERSION:
-        raise SlateRLError(f"{dataset.id!r} uses format version {fmt['version']}; this slate-rl reads up to "
-                           f"{FORMAT_VERSION}: upgrade slate-rl")
+        raise SlateRLError(
+            f"{dataset.id!r} uses format version {fmt['version']}; this slate-rl reads up to "
+            f"{FORMAT_VERSION}: upgrade slate-rl"
+        )
     columns: dict[str, list[np.ndarray]] = {}
     for episode in dataset.iterate_episodes():
         _check_episode(dataset.id, episode, int(fmt["horizon"]))
         infos = episode.infos
-        row = {"slates": episode.observations["slate"], "clicks": episode.observations["clicks"].view(np.uint8),
-               "rewards": episode.rewards, "sources": infos["source"][:1]}
+        row = {
+            "slates": episode.observations["slate"],
+            "clicks": episode.observations["clicks"].view(np.uint8),
+            "rewards": episode.rewards,
+            "sources": infos["source"][:1],
+        }
         if "policy_action" in infos:
             row["actions"] = infos["policy_action"][1:]
         if oracle:
@@ -229,7 +276,8 @@ def read_minari(path: PathLike, oracle: bool = True) -> OfflineEpisodes:
 
 def _check_episode(ds_id: str, episode: Any, horizon: int) -> None:
     if len(episode) != horizon or episode.terminations.any() or not episode.truncations[-1]:
-        raise SlateRLError(f"episode {episode.id} of {ds_id!r} is not a complete {horizon}-step episode ending by "
-                           "truncation")
+        raise SlateRLError(
+            f"episode {episode.id} of {ds_id!r} is not a complete {horizon}-step episode ending by truncation"
+        )
     if not np.array_equal(episode.actions, episode.observations["slate"][1:]):
         raise SlateRLError(f"episode {episode.id} of {ds_id!r}: actions differ from the next observations' slates")

@@ -30,8 +30,9 @@ def split_counts(total: int, proportions: Mapping[str, float]) -> dict[str, int]
     if not proportions or any(float(p) < 0 for p in proportions.values()):
         raise SlateRLError(f"proportions must be non-negative and not empty (got {dict(proportions)})")
     if not math.isclose(sum(proportions.values()), 1.0, abs_tol=1e-6):
-        raise SlateRLError(f"proportions must add up to 1, they add up to {sum(proportions.values()):.6g}: "
-                           f"{dict(proportions)}")
+        raise SlateRLError(
+            f"proportions must add up to 1, they add up to {sum(proportions.values()):.6g}: {dict(proportions)}"
+        )
     exact = {name: float(p) * int(total) for name, p in proportions.items()}
     counts = {name: math.floor(value) for name, value in exact.items()}
     by_remainder = sorted(exact, key=lambda name: exact[name] - counts[name], reverse=True)
@@ -55,12 +56,16 @@ def mix(parts: Sequence[tuple[OfflineEpisodes, int]], seed: int, total: int | No
     for index, (part, n) in enumerate(zip(episodes, counts, strict=True)):
         label = f"part {index} ({', '.join(part.source_names)})"
         if not 1 <= n <= part.num_episodes:
-            raise SlateRLError(f"{label} has {part.num_episodes} episodes; {n} requested. Ask for 1 to "
-                               f"{part.num_episodes}, or collect more episodes for this source")
+            raise SlateRLError(
+                f"{label} has {part.num_episodes} episodes; {n} requested. Ask for 1 to "
+                f"{part.num_episodes}, or collect more episodes for this source"
+            )
         clash = set(names) & set(part.source_names)
         if clash:
-            raise SlateRLError(f"source name(s) {sorted(clash)} of {label} already come from an earlier part; "
-                               "give each source its own name when collecting")
+            raise SlateRLError(
+                f"source name(s) {sorted(clash)} of {label} already come from an earlier part; "
+                "give each source its own name when collecting"
+            )
         taken.append(np.sort(rng.choice(part.num_episodes, size=n, replace=False)))
         offsets.append(len(names))
         names.extend(part.source_names)
@@ -86,17 +91,23 @@ def _check_compatible(parts: Sequence[OfflineEpisodes]) -> None:
         label = f"part {index} ({', '.join(part.source_names)})"
         for key in ENV_KEYS:
             if part.metadata.get(key) != first.metadata.get(key):
-                raise SlateRLError(f"{label} differs from part 0 in metadata[{key!r}]: {part.metadata.get(key)!r} vs "
-                                   f"{first.metadata.get(key)!r}; only episodes of the same environment can be mixed")
+                raise SlateRLError(
+                    f"{label} differs from part 0 in metadata[{key!r}]: {part.metadata.get(key)!r} vs "
+                    f"{first.metadata.get(key)!r}; only episodes of the same environment can be mixed"
+                )
         if (part.horizon, part.slate_size) != (first.horizon, first.slate_size):
-            raise SlateRLError(f"{label} has horizon {part.horizon} and slate size {part.slate_size}, part 0 has "
-                               f"{first.horizon} and {first.slate_size}")
+            raise SlateRLError(
+                f"{label} has horizon {part.horizon} and slate size {part.slate_size}, part 0 has "
+                f"{first.horizon} and {first.slate_size}"
+            )
         for name in OPTIONAL_FIELDS:
             mine, theirs = getattr(part, name), getattr(first, name)
             if (mine is None) != (theirs is None):
                 have = "part 0" if mine is None else label
-                raise SlateRLError(f"only some parts have {name!r} (e.g. {have}); record it for every source, or "
-                                   f"drop it with dataclasses.replace(episodes, {name}=None)")
+                raise SlateRLError(
+                    f"only some parts have {name!r} (e.g. {have}); record it for every source, or "
+                    f"drop it with dataclasses.replace(episodes, {name}=None)"
+                )
             if mine is not None and mine.shape[-1] != theirs.shape[-1]:
                 raise SlateRLError(f"{label} has {name} of size {mine.shape[-1]}, part 0 of size {theirs.shape[-1]}")
 
@@ -105,14 +116,17 @@ def _merged_metadata(parts: Sequence[OfflineEpisodes], taken: Sequence[np.ndarra
     merged: dict[str, Any] = {key: parts[0].metadata[key] for key in ENV_KEYS if key in parts[0].metadata}
     references = [p.metadata["reference_scores"] for p in parts if "reference_scores" in p.metadata]
     if any(ref != references[0] for ref in references):
-        raise SlateRLError(f"the parts disagree on reference_scores ({references}); they must come from the same "
-                           "evaluation of the random and expert policies")
+        raise SlateRLError(
+            f"the parts disagree on reference_scores ({references}); they must come from the same "
+            "evaluation of the random and expert policies"
+        )
     if references:
         merged["reference_scores"] = references[0]
     sources: dict[str, Any] = {}
     for part, rows in zip(parts, taken, strict=True):
-        extra = {key: value for key, value in part.metadata.items()
-                 if key not in (*ENV_KEYS, "reference_scores", "sources")}
+        extra = {
+            key: value for key, value in part.metadata.items() if key not in (*ENV_KEYS, "reference_scores", "sources")
+        }
         available = part.source_counts()
         chosen = np.bincount(part.sources[rows], minlength=len(part.source_names))
         for code, name in enumerate(part.source_names):

@@ -49,12 +49,21 @@ ENV_KEYS = ("env", "env_params", "embeddings")
 RESERVED_KEYS = ("format", "return_stats")
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-_DTYPES = {"slates": np.int16, "clicks": np.uint8, "rewards": np.float32, "sources": np.int16,
-           "actions": np.float32, "user_states": np.float32, "bored": np.bool_, "item_relevances": np.float16}
+_DTYPES = {
+    "slates": np.int16,
+    "clicks": np.uint8,
+    "rewards": np.float32,
+    "sources": np.int16,
+    "actions": np.float32,
+    "user_states": np.float32,
+    "bored": np.bool_,
+    "item_relevances": np.float16,
+}
 
 
 def json_safe(value: Any, where: str = "metadata") -> Any:
     """`value` as plain JSON types (numpy scalars and arrays converted); SlateRLError naming what cannot be stored."""
+
     def default(obj: Any) -> Any:
         if isinstance(obj, np.generic):
             return obj.item()
@@ -65,8 +74,10 @@ def json_safe(value: Any, where: str = "metadata") -> Any:
     try:
         return json.loads(json.dumps(value, default=default, allow_nan=True))
     except (TypeError, ValueError) as exc:
-        raise SlateRLError(f"{where} must be JSON-serialisable (plain numbers, strings, lists, dicts); "
-                           f"it holds a {exc}: convert it before building the dataset") from exc
+        raise SlateRLError(
+            f"{where} must be JSON-serialisable (plain numbers, strings, lists, dicts); "
+            f"it holds a {exc}: convert it before building the dataset"
+        ) from exc
 
 
 @dataclass(eq=False)
@@ -148,8 +159,10 @@ class OfflineEpisodes:
         for name, dtype in _DTYPES.items():
             value = getattr(self, name)
             if value is not None and value.dtype != dtype:
-                raise SlateRLError(f"OfflineEpisodes.{name} must have dtype {np.dtype(dtype).name}, got "
-                                   f"{value.dtype}: cast it with .astype(np.{np.dtype(dtype).name})")
+                raise SlateRLError(
+                    f"OfflineEpisodes.{name} must have dtype {np.dtype(dtype).name}, got "
+                    f"{value.dtype}: cast it with .astype(np.{np.dtype(dtype).name})"
+                )
         if self.slates.ndim != 3:
             raise SlateRLError(f"slates must have shape (episodes, horizon + 1, slate_size), got {self.slates.shape}")
         n, steps, size = self.slates.shape
@@ -165,8 +178,10 @@ class OfflineEpisodes:
                 expected[name] = (n, steps, value.shape[-1] if value.ndim == 3 else -1)
         for name, shape in expected.items():
             if tuple(getattr(self, name).shape) != shape:
-                raise SlateRLError(f"OfflineEpisodes.{name} has shape {getattr(self, name).shape}, expected {shape} "
-                                   f"(from slates {self.slates.shape}: episodes, horizon + 1 observations, slate size)")
+                raise SlateRLError(
+                    f"OfflineEpisodes.{name} has shape {getattr(self, name).shape}, expected {shape} "
+                    f"(from slates {self.slates.shape}: episodes, horizon + 1 observations, slate size)"
+                )
         reserved = sorted(set(RESERVED_KEYS) & set(self.metadata))
         if reserved:
             raise SlateRLError(f"metadata keys {reserved} are reserved for the writers; rename them")
@@ -175,8 +190,10 @@ class OfflineEpisodes:
 
     def _validate_values(self) -> None:
         if int(self.slates.min()) < 0:
-            raise SlateRLError("slates hold negative item ids: record the slate the simulator returns in obs['slate'] "
-                               "(oracle placeholders -1 already filled), not the policy's request")
+            raise SlateRLError(
+                "slates hold negative item ids: record the slate the simulator returns in obs['slate'] "
+                "(oracle placeholders -1 already filled), not the policy's request"
+            )
         num_items = self.num_items
         if num_items is not None and int(self.slates.max()) >= num_items:
             raise SlateRLError(f"slates hold item id {int(self.slates.max())} but the catalogue has {num_items} items")
@@ -184,8 +201,10 @@ class OfflineEpisodes:
             raise SlateRLError("clicks must be 0/1")
         expected = self.clicks[:, 1:].sum(axis=2, dtype=np.float32)
         if not np.array_equal(self.rewards, expected):
-            raise SlateRLError("rewards[:, t] must equal clicks[:, t + 1].sum() (the clicks on the slate chosen after "
-                               "observation t); the arrays are misaligned by a step or come from different episodes")
+            raise SlateRLError(
+                "rewards[:, t] must equal clicks[:, t + 1].sum() (the clicks on the slate chosen after "
+                "observation t); the arrays are misaligned by a step or come from different episodes"
+            )
 
     def _validate_sources(self) -> None:
         names = self.source_names
@@ -193,13 +212,21 @@ class OfflineEpisodes:
             raise SlateRLError(f"source_names must be non-empty and distinct, got {list(names)}")
         bad = [name for name in names if not SOURCE_NAME.match(name)]
         if bad:
-            raise SlateRLError(f"source names {bad} must start with a letter or digit and use only letters, digits, "
-                               "'_', '.' and '-' (they become metric names)")
+            raise SlateRLError(
+                f"source names {bad} must start with a letter or digit and use only letters, digits, "
+                "'_', '.' and '-' (they become metric names)"
+            )
         if int(self.sources.min()) < 0 or int(self.sources.max()) >= len(names):
             raise SlateRLError(f"sources must be codes in [0, {len(names) - 1}] into source_names {list(names)}")
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
     std = float(values.std(ddof=1)) if values.size > 1 else 0.0
-    return {"count": int(values.size), "mean": float(values.mean()), "std": std,
-            "min": float(values.min()), "median": float(np.median(values)), "max": float(values.max())}
+    return {
+        "count": int(values.size),
+        "mean": float(values.mean()),
+        "std": std,
+        "min": float(values.min()),
+        "median": float(np.median(values)),
+        "max": float(values.max()),
+    }

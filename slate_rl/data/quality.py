@@ -50,8 +50,9 @@ def consecutive_overlap(slates: np.ndarray) -> float:
     return total / count
 
 
-def quality_metrics(episodes: OfflineEpisodes, *, num_items: int | None = None,
-                    item_topics: np.ndarray | None = None) -> dict[str, float]:
+def quality_metrics(
+    episodes: OfflineEpisodes, *, num_items: int | None = None, item_topics: np.ndarray | None = None
+) -> dict[str, float]:
     """All metrics of the module docs; `num_items` defaults to metadata['env_params']['num_items']."""
     num_items = num_items or episodes.num_items
     if not num_items:
@@ -69,8 +70,10 @@ def quality_metrics(episodes: OfflineEpisodes, *, num_items: int | None = None,
         "std_return": float(returns.std(ddof=1)) if returns.size > 1 else 0.0,
         "min_return": float(returns.min()),
         "max_return": float(returns.max()),
-        **{f"{name}_return": float(q)
-           for name, q in zip(("p05", "p25", "median", "p75", "p95"), quantiles, strict=True)},
+        **{
+            f"{name}_return": float(q)
+            for name, q in zip(("p05", "p25", "median", "p75", "p95"), quantiles, strict=True)
+        },
         "mean_step_reward": float(rewards.mean()),
         "std_step_reward": float(rewards.std(ddof=1)) if rewards.size > 1 else 0.0,
         "zero_click_step_share": float((rewards == 0).mean()),

@@ -44,17 +44,29 @@ class EpisodeRecorder:
         metadata: the dataset's metadata (see `slate_rl.data.offline`).
     """
 
-    def __init__(self, num_episodes: int, episode_length: int, slate_size: int, source: str, *,
-                 action_dim: int | None = None, oracle: bool = False, relevances: bool = False,
-                 metadata: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        num_episodes: int,
+        episode_length: int,
+        slate_size: int,
+        source: str,
+        *,
+        action_dim: int | None = None,
+        oracle: bool = False,
+        relevances: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         if int(num_episodes) < 1 or int(episode_length) < 1:
             raise SlateRLError(f"need num_episodes >= 1 and episode_length >= 1 (got {num_episodes}, {episode_length})")
         self.num_episodes, self.horizon, self.source = int(num_episodes), int(episode_length), str(source)
         shape = (self.num_episodes, self.horizon + 1, int(slate_size))
         self.slates = np.zeros(shape, dtype=np.int16)
         self.clicks = np.zeros(shape, dtype=np.uint8)
-        self.actions = (None if action_dim is None else
-                        np.zeros((self.num_episodes, self.horizon, int(action_dim)), dtype=np.float32))
+        self.actions = (
+            None
+            if action_dim is None
+            else np.zeros((self.num_episodes, self.horizon, int(action_dim)), dtype=np.float32)
+        )
         self.oracle, self.relevances = bool(oracle), bool(relevances)
         self.oracle_arrays: dict[str, np.ndarray] = {}
         self.metadata = dict(metadata or {})
@@ -65,8 +77,12 @@ class EpisodeRecorder:
     @classmethod
     def for_env(cls, env: TopicRec, num_episodes: int, source: str, **kwargs: Any) -> EpisodeRecorder:
         """A recorder sized for `env`, its metadata holding the environment's name, parameters and sim seed."""
-        metadata = {"env": env.name, "env_params": env.params.as_dict(), "sim_seed": int(env.stream.seed),
-                    **kwargs.pop("metadata", {})}
+        metadata = {
+            "env": env.name,
+            "env_params": env.params.as_dict(),
+            "sim_seed": int(env.stream.seed),
+            **kwargs.pop("metadata", {}),
+        }
         return cls(num_episodes, env.episode_length, env.slate_size, source, metadata=metadata, **kwargs)
 
     # ------------------------------------------------------------------ recording
@@ -76,18 +92,22 @@ class EpisodeRecorder:
             raise SlateRLError(f"the current block has {self.t} of {self.horizon} steps; finish it before a reset")
         n = _numpy(obs["slate"]).shape[0]
         if self.filled + n > self.num_episodes:
-            raise SlateRLError(f"a block of {n} users would exceed the {self.num_episodes} episodes this recorder "
-                               f"holds ({self.filled} recorded)")
+            raise SlateRLError(
+                f"a block of {n} users would exceed the {self.num_episodes} episodes this recorder "
+                f"holds ({self.filled} recorded)"
+            )
         self.rows, self.t = slice(self.filled, self.filled + n), 0
         self._observe(0, obs, info, relevances)
         return self.rows
 
-    def step(self, obs: dict[str, Any], info: dict[str, Any] | None = None, actions: Any = None,
-             relevances: Any = None) -> None:
+    def step(
+        self, obs: dict[str, Any], info: dict[str, Any] | None = None, actions: Any = None, relevances: Any = None
+    ) -> None:
         """Record observation o_{t+1} of the block and, when recording actions, a_t (which produced its slate)."""
         if self.rows.stop == self.rows.start or self.t >= self.horizon:
-            raise SlateRLError("step() needs a block started with reset() that has fewer than "
-                               f"{self.horizon} recorded steps")
+            raise SlateRLError(
+                f"step() needs a block started with reset() that has fewer than {self.horizon} recorded steps"
+            )
         if (actions is None) != (self.actions is None):
             raise SlateRLError("pass actions= at every step if and only if the recorder was built with action_dim")
         if self.actions is not None:
@@ -109,13 +129,16 @@ class EpisodeRecorder:
         self.clicks[self.rows, t] = _numpy(obs["clicks"])
         if self.oracle:
             if info is None or "user_state" not in info or "bored" not in info:
-                raise SlateRLError("oracle=True needs the simulator's info (with 'user_state' and 'bored') "
-                                   "at reset() and every step()")
+                raise SlateRLError(
+                    "oracle=True needs the simulator's info (with 'user_state' and 'bored') at reset() and every step()"
+                )
             self._store("user_states", t, info["user_state"], np.float32)
             self._store("bored", t, info["bored"], np.bool_)
         if (relevances is None) == self.relevances:
-            raise SlateRLError("pass relevances= (e.g. env.item_relevances()) at reset() and every step() if and only "
-                               "if the recorder was built with relevances=True")
+            raise SlateRLError(
+                "pass relevances= (e.g. env.item_relevances()) at reset() and every step() if and only "
+                "if the recorder was built with relevances=True"
+            )
         if self.relevances:
             self._store("item_relevances", t, relevances, np.float16)
 
@@ -126,14 +149,24 @@ class EpisodeRecorder:
         self.oracle_arrays[name][self.rows, t] = value
 
     # ------------------------------------------------------------------ result
-    def finish(self, source_info: dict[str, Any] | None = None,
-               metadata: dict[str, Any] | None = None) -> OfflineEpisodes:
+    def finish(
+        self, source_info: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None
+    ) -> OfflineEpisodes:
         """The recorded episodes; `source_info` describes the source (model version, alias, run, epsilon, seed...)."""
         if self.filled != self.num_episodes or self.t != self.horizon:
-            raise SlateRLError(f"only {self.filled} of {self.num_episodes} episodes are complete; record them all "
-                               "before finish()")
+            raise SlateRLError(
+                f"only {self.filled} of {self.num_episodes} episodes are complete; record them all before finish()"
+            )
         meta = {**self.metadata, **(metadata or {})}
         meta["sources"] = {self.source: dict(source_info or {})}
         rewards = self.clicks[:, 1:].sum(axis=2, dtype=np.float32)
-        return OfflineEpisodes(self.slates, self.clicks, rewards, np.zeros(self.num_episodes, dtype=np.int16),
-                               (self.source,), meta, actions=self.actions, **self.oracle_arrays)
+        return OfflineEpisodes(
+            self.slates,
+            self.clicks,
+            rewards,
+            np.zeros(self.num_episodes, dtype=np.int16),
+            (self.source,),
+            meta,
+            actions=self.actions,
+            **self.oracle_arrays,
+        )

@@ -28,8 +28,18 @@ import numpy as np
 from slate_rl.data.offline import ORACLE_FIELDS, OfflineEpisodes
 from slate_rl.errors import SlateRLError
 
-TRANSITION_KEYS = ("slates", "clicks", "next_slates", "next_clicks", "rewards", "terminals", "timeouts",
-                   "episode_ids", "timesteps", "sources")
+TRANSITION_KEYS = (
+    "slates",
+    "clicks",
+    "next_slates",
+    "next_clicks",
+    "rewards",
+    "terminals",
+    "timeouts",
+    "episode_ids",
+    "timesteps",
+    "sources",
+)
 
 
 @dataclass(eq=False)
@@ -83,10 +93,14 @@ def to_episodes(transitions: OfflineTransitions) -> OfflineEpisodes:
     if n == 0 or n % horizon:
         raise SlateRLError(f"{n} transition rows cannot be complete episodes of {horizon} steps")
     e = n // horizon
-    if not (np.array_equal(timesteps, np.tile(np.arange(horizon), e))
-            and np.array_equal(data["episode_ids"], np.repeat(np.arange(e), horizon))):
-        raise SlateRLError("transition rows must be whole episodes in order (episode_ids 0, 0, ..., timesteps "
-                           "0..T-1 within each); these are shuffled, filtered or truncated")
+    if not (
+        np.array_equal(timesteps, np.tile(np.arange(horizon), e))
+        and np.array_equal(data["episode_ids"], np.repeat(np.arange(e), horizon))
+    ):
+        raise SlateRLError(
+            "transition rows must be whole episodes in order (episode_ids 0, 0, ..., timesteps "
+            "0..T-1 within each); these are shuffled, filtered or truncated"
+        )
     if data["terminals"].any() or not np.array_equal(data["timeouts"], timesteps == horizon - 1):
         raise SlateRLError("terminals must be all False and timeouts True exactly at the last step of each episode")
     size = data["slates"].shape[1]
@@ -95,8 +109,10 @@ def to_episodes(transitions: OfflineTransitions) -> OfflineEpisodes:
     next_slates = data["next_slates"].reshape(e, horizon, size)
     next_clicks = data["next_clicks"].reshape(e, horizon, size)
     if not (np.array_equal(next_slates[:, :-1], slates[:, 1:]) and np.array_equal(next_clicks[:, :-1], clicks[:, 1:])):
-        raise SlateRLError("next_slates / next_clicks of step t must equal slates / clicks of step t + 1 of the same "
-                           "episode; these arrays are misaligned")
+        raise SlateRLError(
+            "next_slates / next_clicks of step t must equal slates / clicks of step t + 1 of the same "
+            "episode; these arrays are misaligned"
+        )
     sources = data["sources"].reshape(e, horizon)
     if not (sources == sources[:, :1]).all():
         raise SlateRLError("the source code changes within an episode")

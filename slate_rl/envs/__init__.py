@@ -51,8 +51,13 @@ def resolve_item_embeddings(params: EnvParams, item_embeddings: EmbeddingSource 
     if isinstance(source, (str, Path)):
         text = str(source)
         if text in ("focused", "diffuse"):
-            return generate_item_embeddings(config.embedding_seed(text), params.num_items, params.num_topics,
-                                            params.topic_size, params.embedding_exponent)
+            return generate_item_embeddings(
+                config.embedding_seed(text),
+                params.num_items,
+                params.num_topics,
+                params.topic_size,
+                params.embedding_exponent,
+            )
         origin = f"item embeddings {text!r}"
         source = load_item_embeddings(text)
     return validate_item_embeddings(source, params.num_items, params.embedding_dim, origin)

@@ -13,9 +13,9 @@ def propensity_matrix(params: EnvParams) -> torch.Tensor:
     size = params.slate_size
     ranks = torch.arange(size, dtype=torch.float64)
     if params.click_model == "tdPBM":
-        row = 0.85 ** ranks
+        row = 0.85**ranks
     elif params.click_model == "mixPBM":
-        row = 0.5 * 0.85 ** ranks + 0.5 * 0.85 ** (size - 1 - ranks)
+        row = 0.5 * 0.85**ranks + 0.5 * 0.85 ** (size - 1 - ranks)
     else:
         assert params.env_propensities is not None  # EnvParams requires them for the 'custom' model
         gamma = torch.tensor(list(params.env_propensities), dtype=torch.float64).reshape(size, size + 1)

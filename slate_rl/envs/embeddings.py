@@ -53,8 +53,9 @@ def load_item_embeddings(path: str | Path) -> torch.Tensor:
     return table
 
 
-def validate_item_embeddings(table: torch.Tensor, num_items: int, dim: int,
-                             origin: str = "item embeddings") -> torch.Tensor:
+def validate_item_embeddings(
+    table: torch.Tensor, num_items: int, dim: int, origin: str = "item embeddings"
+) -> torch.Tensor:
     """Check shape, dtype and values of a simulator item table; return it as contiguous float32."""
     if table.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise SlateRLError(f"{origin}: expected a floating-point table, got dtype {table.dtype}")
@@ -76,8 +77,9 @@ def validate_item_embeddings(table: torch.Tensor, num_items: int, dim: int,
         )
     zero_rows = table.norm(dim=1) == 0
     if zero_rows.any():
-        raise SlateRLError(f"{origin}: {int(zero_rows.sum())} row(s) are all zero "
-                           f"(first: item {int(zero_rows.nonzero()[0])})")
+        raise SlateRLError(
+            f"{origin}: {int(zero_rows.sum())} row(s) are all zero (first: item {int(zero_rows.nonzero()[0])})"
+        )
     return table
 
 

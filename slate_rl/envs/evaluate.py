@@ -47,8 +47,12 @@ class EvaluationResult:
         }
 
 
-def play(env: TopicRec, policy: Policy, num_users: int,
-         on_step: Callable[[int, dict, torch.Tensor | None, dict], None] | None = None) -> torch.Tensor:
+def play(
+    env: TopicRec,
+    policy: Policy,
+    num_users: int,
+    on_step: Callable[[int, dict, torch.Tensor | None, dict], None] | None = None,
+) -> torch.Tensor:
     """Play one batch of `num_users` full episodes; returns their returns. `on_step(t, obs, reward, info)` sees
     every step (t = 1..H) and, with t = 0, the reset observation (reward None)."""
     obs, info = env.reset(num_users)
@@ -64,8 +68,9 @@ def play(env: TopicRec, policy: Policy, num_users: int,
     return returns
 
 
-def evaluate(env: TopicRec, policy: Policy, num_episodes: int, batch_size: int | None = None,
-             reseed: bool = False) -> EvaluationResult:
+def evaluate(
+    env: TopicRec, policy: Policy, num_episodes: int, batch_size: int | None = None, reseed: bool = False
+) -> EvaluationResult:
     """Play `num_episodes` episodes (all at once, or in blocks of `batch_size` users).
 
     reseed=True restarts the simulator's user stream first, as the paper does before its test, so that every

@@ -22,8 +22,9 @@ ID_PREFIX = "SlateRL"
 
 
 def _spaces(num_items: int, slate_size: int) -> tuple[spaces.Dict, spaces.MultiDiscrete]:
-    observation = spaces.Dict({"slate": spaces.MultiDiscrete([num_items] * slate_size),
-                               "clicks": spaces.MultiBinary(slate_size)})
+    observation = spaces.Dict(
+        {"slate": spaces.MultiDiscrete([num_items] * slate_size), "clicks": spaces.MultiBinary(slate_size)}
+    )
     return observation, spaces.MultiDiscrete([num_items] * slate_size)
 
 
@@ -101,8 +102,13 @@ class SlateRLVectorEnv(VectorEnv):
         obs, reward, done, info = self.sim.step(slates)
         truncated = done.cpu().numpy()
         self._needs_reset = bool(truncated.all())
-        return (_numpy_obs(obs), reward.cpu().numpy().astype(np.float64), np.zeros(self.num_envs, dtype=bool),
-                truncated, _numpy_info(info))
+        return (
+            _numpy_obs(obs),
+            reward.cpu().numpy().astype(np.float64),
+            np.zeros(self.num_envs, dtype=bool),
+            truncated,
+            _numpy_info(info),
+        )
 
 
 def register_envs() -> None:
@@ -110,5 +116,9 @@ def register_envs() -> None:
     for name in config.env_names():
         env_id = f"{ID_PREFIX}/{name}-v0"
         if env_id not in gymnasium.registry:
-            gymnasium.register(env_id, entry_point="slate_rl.envs.gym:SlateRLEnv",
-                               vector_entry_point="slate_rl.envs.gym:SlateRLVectorEnv", kwargs={"name": name})
+            gymnasium.register(
+                env_id,
+                entry_point="slate_rl.envs.gym:SlateRLEnv",
+                vector_entry_point="slate_rl.envs.gym:SlateRLVectorEnv",
+                kwargs={"name": name},
+            )

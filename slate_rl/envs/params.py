@@ -67,16 +67,27 @@ class EnvParams:
 
     def validate(self) -> None:
         """Raise SlateRLError naming the first parameter that is out of range."""
-        positive_ints = ("num_items", "slate_size", "num_topics", "topic_size", "episode_length",
-                         "recent_items_maxlen", "boredom_threshold", "boredom_moving_window", "bored_timeout")
+        positive_ints = (
+            "num_items",
+            "slate_size",
+            "num_topics",
+            "topic_size",
+            "episode_length",
+            "recent_items_maxlen",
+            "boredom_threshold",
+            "boredom_moving_window",
+            "bored_timeout",
+        )
         for name in positive_ints:
             if int(getattr(self, name)) < 1:
                 raise SlateRLError(f"simulator parameter {name} must be >= 1 (got {getattr(self, name)})")
         if self.slate_size > self.num_items:
             raise SlateRLError(f"slate_size ({self.slate_size}) cannot exceed num_items ({self.num_items})")
         if self.num_topics < self.slate_size and self.slate_size % self.num_topics:
-            raise SlateRLError(f"with fewer topics than slots, slate_size ({self.slate_size}) must be a multiple of "
-                               f"num_topics ({self.num_topics}) to build the initial slate")
+            raise SlateRLError(
+                f"with fewer topics than slots, slate_size ({self.slate_size}) must be a multiple of "
+                f"num_topics ({self.num_topics}) to build the initial slate"
+            )
         if self.click_model not in CLICK_MODELS:
             raise SlateRLError(f"unknown click_model {self.click_model!r}; choose one of: {', '.join(CLICK_MODELS)}")
         if self.click_model == "custom":
@@ -107,13 +118,13 @@ def _typed(name: str, value: Any) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typing.get_origin(kind) is not None:  # Sequence[float]: a list of numbers
-        if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                    for v in value):
+        if isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
             return [float(v) for v in value]
         expected = "a list of numbers"
     elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
     else:
         expected = _TYPE_NAMES[kind]
-    raise SlateRLError(f"simulator parameter {name} must be {expected}{' or null' if optional else ''} "
-                       f"(got {value!r})")
+    raise SlateRLError(f"simulator parameter {name} must be {expected}{' or null' if optional else ''} (got {value!r})")

@@ -22,8 +22,9 @@ class Policy(Protocol):
         """Slates (N x R) for the latest observation."""
 
 
-def distinct_random_items(num_users: int, num_items: int, slate_size: int, generator: torch.Generator,
-                          device: torch.device | str = "cpu") -> torch.Tensor:
+def distinct_random_items(
+    num_users: int, num_items: int, slate_size: int, generator: torch.Generator, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """For each user, `slate_size` distinct items drawn uniformly, in uniformly random order (N x R).
 
     Floyd's algorithm vectorised over users (R draws instead of a permutation of the catalogue), then a shuffle.
@@ -50,16 +51,18 @@ class RandomPolicy(_SeededPolicy):
     """Ten distinct items uniformly at random for each user and step (the paper's Random baseline)."""
 
     def act(self, obs: dict[str, torch.Tensor], info: dict[str, torch.Tensor]) -> torch.Tensor:
-        return distinct_random_items(obs["slate"].shape[0], self.num_items, self.slate_size, self.generator,
-                                     self.device)
+        return distinct_random_items(
+            obs["slate"].shape[0], self.num_items, self.slate_size, self.generator, self.device
+        )
 
 
 class EpsilonGreedyOracle(_SeededPolicy):
     """Each slot independently: a random item with probability epsilon (the R random items of a step are
     distinct), else -1 so that the simulator puts its r-th best item there. epsilon = 0.5 is the logging policy."""
 
-    def __init__(self, num_items: int, slate_size: int, epsilon: float, seed: int,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, num_items: int, slate_size: int, epsilon: float, seed: int, device: torch.device | str = "cpu"
+    ) -> None:
         if not 0.0 <= float(epsilon) <= 1.0:
             raise SlateRLError(f"epsilon must lie in [0, 1] (got {epsilon})")
         super().__init__(num_items, slate_size, seed, device)
@@ -85,8 +88,14 @@ class ShortTermOracle:
         return torch.full((obs["slate"].shape[0], self.slate_size), -1, dtype=torch.long, device=self.device)
 
 
-def baseline_policy(kind: str, num_items: int, slate_size: int, seed: int, epsilon: float | None = None,
-                    device: torch.device | str = "cpu") -> Policy:
+def baseline_policy(
+    kind: str,
+    num_items: int,
+    slate_size: int,
+    seed: int,
+    epsilon: float | None = None,
+    device: torch.device | str = "cpu",
+) -> Policy:
     """'random', 'short_term_oracle' or 'epsilon_greedy' (with `epsilon`)."""
     if kind == "random":
         return RandomPolicy(num_items, slate_size, seed, device)

@@ -25,8 +25,9 @@ class ResetDraws:
 
     def select(self, index: torch.Tensor | slice) -> ResetDraws:
         """The draws of a subset of users."""
-        return ResetDraws(self.normal[index], self.topic_weights[index], self.click_uniforms[index],
-                          self.fallback_topic[index])
+        return ResetDraws(
+            self.normal[index], self.topic_weights[index], self.click_uniforms[index], self.fallback_topic[index]
+        )
 
 
 class UserStream:

@@ -26,8 +26,16 @@ from slate_rl.envs.params import EnvParams
 from slate_rl.errors import SlateRLError
 
 ArrayLike = torch.Tensor | np.ndarray | list
-DYNAMIC_STATE = ("t", "u", "clicked_items", "clicked_step", "all_clicked_items", "bored", "bored_timeout",
-                 "short_term_topic")
+DYNAMIC_STATE = (
+    "t",
+    "u",
+    "clicked_items",
+    "clicked_step",
+    "all_clicked_items",
+    "bored",
+    "bored_timeout",
+    "short_term_topic",
+)
 
 
 def _as_numpy(values: ArrayLike, dtype: Any) -> np.ndarray:
@@ -133,8 +141,9 @@ class ReferenceTopicRec:
             setattr(self, name, copy.copy(value))
 
     # ------------------------------------------------------------------ episode
-    def reset(self, normal: ArrayLike, topic_weights: ArrayLike, click_uniforms: ArrayLike,
-              fallback_topic: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def reset(
+        self, normal: ArrayLike, topic_weights: ArrayLike, click_uniforms: ArrayLike, fallback_topic: int
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Start an episode from explicit draws: normal (K, S), topic_weights (K,), click_uniforms (R,), a topic."""
         p = self.params
         blocks = np.abs(np.clip(np.float32(0.4) * _as_numpy(normal, np.float32), -1.0, 1.0))  # (K, S)
@@ -164,8 +173,9 @@ class ReferenceTopicRec:
         obs = {"slate": torch.from_numpy(slate), "clicks": torch.from_numpy(clicks)}
         return obs, {"user_state": torch.from_numpy(self.u.copy()), "done": False}
 
-    def step(self, slate: ArrayLike, click_uniforms: ArrayLike) -> tuple[dict[str, torch.Tensor], torch.Tensor, bool,
-                                                                          dict[str, Any]]:
+    def step(
+        self, slate: ArrayLike, click_uniforms: ArrayLike
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, bool, dict[str, Any]]:
         """Show one slate (R item ids, -1 = oracle slot) with the R click uniforms of this step.
 
         Returns (obs, reward, done, info) as `TopicRec.step` does: obs = {'slate' (filled), 'clicks'}, reward = number

@@ -9,7 +9,8 @@ place (finished runs would then claim the new values): add a new named environme
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import yaml
 
@@ -34,12 +35,12 @@ class EnvSpec:
     item_table: str
 
     @classmethod
-    def of(cls, env: TopicRec) -> "EnvSpec":
+    def of(cls, env: TopicRec) -> EnvSpec:
         """The spec of a built simulator (its name must be a preset environment)."""
         return cls.from_params_of(env.name, env.params.as_dict(), fingerprint(env.item_embeddings))
 
     @classmethod
-    def from_params_of(cls, name: str, params: Mapping[str, Any], item_table: str) -> "EnvSpec":
+    def from_params_of(cls, name: str, params: Mapping[str, Any], item_table: str) -> EnvSpec:
         """The spec of environment `name` run with the full simulator parameters `params`."""
         preset = _preset(name)
         actual = EnvParams.from_dict({**preset, **{k: v for k, v in params.items() if k != TABLE_KEY}}).as_dict()
@@ -47,8 +48,9 @@ class EnvSpec:
         return cls(name, overrides, item_table)
 
     @classmethod
-    def build(cls, name: str, env_params: Optional[Mapping[str, Any]] = None,
-              item_embeddings: Optional[EmbeddingSource] = None) -> "EnvSpec":
+    def build(
+        cls, name: str, env_params: Mapping[str, Any] | None = None, item_embeddings: EmbeddingSource | None = None
+    ) -> EnvSpec:
         """The spec of preset `name` with `env_params` overrides and an item table (default: the preset's)."""
         from slate_rl.envs import env_params as preset_params, resolve_item_embeddings
 
@@ -64,16 +66,22 @@ class EnvSpec:
 
     def as_params(self) -> dict[str, Any]:
         """MLflow params (and lineage identity entries): env.name, env.<overridden parameter>, env.item_table."""
-        return {NAME_PARAM: self.name, **{PARAM_PREFIX + k: v for k, v in self.overrides.items()},
-                TABLE_PARAM: self.item_table}
+        return {
+            NAME_PARAM: self.name,
+            **{PARAM_PREFIX + k: v for k, v in self.overrides.items()},
+            TABLE_PARAM: self.item_table,
+        }
 
     @classmethod
-    def from_params(cls, logged: Mapping[str, str]) -> Optional["EnvSpec"]:
+    def from_params(cls, logged: Mapping[str, str]) -> EnvSpec | None:
         """The spec a run logged with `as_params` (None when it logged none)."""
         if NAME_PARAM not in logged or TABLE_PARAM not in logged:
             return None
-        overrides = {k[len(PARAM_PREFIX):]: yaml.safe_load(v) if v != "" else None for k, v in logged.items()
-                     if k.startswith(PARAM_PREFIX) and k not in (NAME_PARAM, TABLE_PARAM)}
+        overrides = {
+            k[len(PARAM_PREFIX) :]: yaml.safe_load(v) if v != "" else None
+            for k, v in logged.items()
+            if k.startswith(PARAM_PREFIX) and k not in (NAME_PARAM, TABLE_PARAM)
+        }
         return cls.from_params_of(logged[NAME_PARAM], overrides, logged[TABLE_PARAM])
 
     def as_dict(self) -> dict[str, Any]:
@@ -81,10 +89,10 @@ class EnvSpec:
         return {"name": self.name, "overrides": dict(self.overrides), "item_table": self.item_table}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "EnvSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> EnvSpec:
         return cls.from_params_of(str(data["name"]), dict(data["overrides"]), str(data["item_table"]))
 
-    def differences(self, other: "EnvSpec") -> list[tuple[str, Any, Any]]:
+    def differences(self, other: EnvSpec) -> list[tuple[str, Any, Any]]:
         """(what, value here, value in `other`) for the environment name, each simulator parameter and the item
         table where the two specs differ; empty when they describe the same simulator."""
         found: list[tuple[str, Any, Any]] = []

@@ -191,7 +191,8 @@ class TopicRec:
             boost.scatter_(1, self.short_term_topic.unsqueeze(1), p.short_term_boost)
             keep = keep * boost
         return (self.user.reshape(self.num_users, p.num_topics, p.topic_size) * keep.unsqueeze(-1)).reshape(
-            self.num_users, -1)
+            self.num_users, -1
+        )
 
     def oracle_slates(self) -> torch.Tensor:
         """The short-term oracle: for each user the R items of highest current score, best first."""
@@ -254,16 +255,18 @@ class TopicRec:
         if self.num_users == 0:
             raise SlateRLError("call reset(num_users) before step()")
         if self.t >= self.episode_length:
-            raise SlateRLError(f"the episode is over after {self.episode_length} steps; "
-                               "call reset() to start a new one")
+            raise SlateRLError(
+                f"the episode is over after {self.episode_length} steps; call reset() to start a new one"
+            )
         if isinstance(slates, np.ndarray):
             slates = torch.from_numpy(slates)
         if not isinstance(slates, torch.Tensor):
             raise SlateRLError(f"slates must be a tensor or array of item ids, got {type(slates).__name__}")
         expected = (self.num_users, self.slate_size)
         if tuple(slates.shape) != expected:
-            raise SlateRLError(f"slates must have shape (num_users, slate_size) = {expected}, "
-                               f"got {tuple(slates.shape)}")
+            raise SlateRLError(
+                f"slates must have shape (num_users, slate_size) = {expected}, got {tuple(slates.shape)}"
+            )
         if slates.dtype.is_floating_point or slates.dtype == torch.bool or slates.dtype.is_complex:
             raise SlateRLError(f"slates must hold integer item ids, got dtype {slates.dtype}")
         slates = slates.to(self.device, torch.long)
@@ -271,7 +274,8 @@ class TopicRec:
         if low < -1 or high >= self.num_items:
             raise SlateRLError(
                 f"slate entries must be item ids in [0, {self.num_items - 1}] or -1 (oracle fill); "
-                f"got values in [{low}, {high}]")
+                f"got values in [{low}, {high}]"
+            )
         return slates
 
     def _slate_scores(self, users: torch.Tensor, slates: torch.Tensor) -> torch.Tensor:
@@ -388,8 +392,19 @@ class TopicRec:
         """Everything needed to continue the current batch of episodes and the user stream exactly."""
         state = {"t": self.t, "num_users": self.num_users, "stream": self.stream.get_state()}
         if self.num_users:
-            for key in ("user", "bored", "bored_timeout", "short_term_topic", "_log_topics", "_log_steps",
-                        "_log_len_items", "_log_len_steps", "_clicked_before", "_oracle_cache", "_oracle_valid"):
+            for key in (
+                "user",
+                "bored",
+                "bored_timeout",
+                "short_term_topic",
+                "_log_topics",
+                "_log_steps",
+                "_log_len_items",
+                "_log_len_steps",
+                "_clicked_before",
+                "_oracle_cache",
+                "_oracle_valid",
+            ):
                 value = getattr(self, key)
                 state[key] = None if value is None else value.clone()
         return state

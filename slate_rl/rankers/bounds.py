@@ -51,8 +51,9 @@ def table_bounds(item_table: torch.Tensor) -> ActionBounds:
 
 
 @torch.no_grad()
-def gems_action_bounds(vae: GeMS, slates: torch.Tensor, clicks: torch.Tensor, num_sessions: int = 1000,
-                       chunk_size: int = 16384) -> ActionBounds:
+def gems_action_bounds(
+    vae: GeMS, slates: torch.Tensor, clicks: torch.Tensor, num_sessions: int = 1000, chunk_size: int = 16384
+) -> ActionBounds:
     """GeMS latent box from the encoder over the first `num_sessions` logged sessions (all of them if fewer).
 
     For every slate: sigma = exp(logvar / 2) (the proper standard deviation, whatever the training convention);
@@ -63,8 +64,8 @@ def gems_action_bounds(vae: GeMS, slates: torch.Tensor, clicks: torch.Tensor, nu
     if int(num_sessions) < 1 or int(chunk_size) < 1:
         raise SlateRLError(f"num_sessions and chunk_size must be >= 1 (got {num_sessions}, {chunk_size})")
     width = slates.shape[-1]
-    flat_slates = slates[:int(num_sessions)].reshape(-1, width)
-    flat_clicks = clicks[:int(num_sessions)].reshape(-1, width)
+    flat_slates = slates[: int(num_sessions)].reshape(-1, width)
+    flat_clicks = clicks[: int(num_sessions)].reshape(-1, width)
     device = vae.item_embeddings.weight.device
     lows, highs = [], []
     for start in range(0, flat_slates.shape[0], int(chunk_size)):

@@ -15,8 +15,10 @@ def check_logged(slates: torch.Tensor, clicks: torch.Tensor) -> None:
     if not isinstance(slates, torch.Tensor) or not isinstance(clicks, torch.Tensor):
         raise SlateRLError("slates and clicks must be torch tensors")
     if slates.dim() != 3 or slates.shape != clicks.shape:
-        raise SlateRLError(f"slates and clicks must both have shape (n_sessions, T, R); got {tuple(slates.shape)} "
-                           f"and {tuple(clicks.shape)}")
+        raise SlateRLError(
+            f"slates and clicks must both have shape (n_sessions, T, R); got {tuple(slates.shape)} "
+            f"and {tuple(clicks.shape)}"
+        )
     if slates.dtype not in ID_DTYPES:
         raise SlateRLError(f"slates must hold integer item ids (int16/int32/int64), got {slates.dtype}")
     if clicks.dtype not in CLICK_DTYPES:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -39,8 +40,9 @@ class SlateSamples:
         return self.slates[index].long(), self.clicks[index].float()
 
 
-def split_sessions(slates: torch.Tensor, clicks: torch.Tensor,
-                   val_fraction: float = 0.1) -> tuple[SlateSamples, SlateSamples]:
+def split_sessions(
+    slates: torch.Tensor, clicks: torch.Tensor, val_fraction: float = 0.1
+) -> tuple[SlateSamples, SlateSamples]:
     """(train, validation) samples; validation = the first floor(n_sessions * val_fraction) sessions, as the
     reference does, training = the rest. Both parts must be non-empty."""
     check_logged(slates, clicks)
@@ -49,10 +51,14 @@ def split_sessions(slates: torch.Tensor, clicks: torch.Tensor,
     n_sessions = slates.shape[0]
     n_val = int(n_sessions * float(val_fraction))
     if n_val < 1 or n_val >= n_sessions:
-        raise SlateRLError(f"{n_sessions} sessions cannot be split with val_fraction={val_fraction}: "
-                           f"both the validation and the training part need at least one session")
-    return (SlateSamples.from_sessions(slates[n_val:], clicks[n_val:]),
-            SlateSamples.from_sessions(slates[:n_val], clicks[:n_val]))
+        raise SlateRLError(
+            f"{n_sessions} sessions cannot be split with val_fraction={val_fraction}: "
+            f"both the validation and the training part need at least one session"
+        )
+    return (
+        SlateSamples.from_sessions(slates[n_val:], clicks[n_val:]),
+        SlateSamples.from_sessions(slates[:n_val], clicks[:n_val]),
+    )
 
 
 class SliceBatches:
@@ -63,8 +69,9 @@ class SliceBatches:
     batch is kept, as in the reference.
     """
 
-    def __init__(self, samples: SlateSamples, batch_size: int, shuffle: bool = True,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, samples: SlateSamples, batch_size: int, shuffle: bool = True, generator: torch.Generator | None = None
+    ) -> None:
         if int(batch_size) < 1:
             raise SlateRLError(f"batch_size must be >= 1 (got {batch_size})")
         if shuffle and generator is None:
@@ -84,7 +91,7 @@ class SliceBatches:
         order = torch.randperm(n, generator=self.generator, device=self.generator.device)
         order = order.to(self.samples.slates.device)
         for start in range(0, n, size):
-            yield self.samples.batch(order[start:start + size])
+            yield self.samples.batch(order[start : start + size])
 
 
 class SlateDataModule(pl.LightningDataModule):
@@ -97,8 +104,15 @@ class SlateDataModule(pl.LightningDataModule):
         seed: seed of the shuffling generator (validation is never shuffled).
     """
 
-    def __init__(self, slates: torch.Tensor, clicks: torch.Tensor, batch_size: int = 256,
-                 val_fraction: float = 0.1, shuffle: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self,
+        slates: torch.Tensor,
+        clicks: torch.Tensor,
+        batch_size: int = 256,
+        val_fraction: float = 0.1,
+        shuffle: bool = True,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if int(batch_size) < 1:
             raise SlateRLError(f"batch_size must be >= 1 (got {batch_size})")
@@ -111,3 +125,11 @@ class SlateDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> SliceBatches:
         return SliceBatches(self.val_samples, self.batch_size, shuffle=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The shuffling generator's state (Lightning keeps it in its checkpoints: a resumed run draws the batches
+        an uninterrupted one would)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.generator.set_state(state_dict["generator"])

@@ -45,7 +45,7 @@ def _check_actions(actions: torch.Tensor, action_dim: int) -> None:
 def _by_chunks(rows: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """fn applied to consecutive blocks of SCORE_ROWS rows, results concatenated along dim 0."""
     starts = range(0, max(rows.shape[0], 1), SCORE_ROWS)
-    return torch.cat([fn(rows[start:start + SCORE_ROWS]) for start in starts])
+    return torch.cat([fn(rows[start : start + SCORE_ROWS]) for start in starts])
 
 
 def _sample_rows(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -81,9 +81,16 @@ class GeMSDecoder(SlateDecoder):
     kind = "gems"
     item_table: torch.Tensor  # a buffer
 
-    def __init__(self, decoder: nn.Sequential, slate_head: nn.Linear, item_table: torch.Tensor,
-                 action_center: torch.Tensor, action_scale: torch.Tensor, sample: bool = False,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        decoder: nn.Sequential,
+        slate_head: nn.Linear,
+        item_table: torch.Tensor,
+        action_center: torch.Tensor,
+        action_scale: torch.Tensor,
+        sample: bool = False,
+        seed: int = 0,
+    ) -> None:
         super().__init__(action_center, action_scale)
         _check_table(item_table)
         linears = [m for m in decoder if isinstance(m, nn.Linear)]
@@ -137,9 +144,15 @@ class GeMSDecoder(SlateDecoder):
     def save_payload(self) -> Payload:
         """Weights, item table, bounds and configuration as a plain dict (see `decoder_from_payload`)."""
         hidden = [m.out_features for m in self.decoder if isinstance(m, nn.Linear)]
-        config = dict(latent_dim=self.action_dim, decoder_hidden=hidden, slate_size=self.slate_size,
-                      num_items=int(self.item_table.shape[0]), item_dim=int(self.item_table.shape[1]),
-                      sample=self.sample, seed=self.seed)
+        config = dict(
+            latent_dim=self.action_dim,
+            decoder_hidden=hidden,
+            slate_size=self.slate_size,
+            num_items=int(self.item_table.shape[0]),
+            item_dim=int(self.item_table.shape[1]),
+            sample=self.sample,
+            seed=self.seed,
+        )
         return _payload(self.kind, config, self)
 
     @classmethod
@@ -176,8 +189,15 @@ class TopKDecoder(SlateDecoder):
         return _by_chunks(actions, lambda rows: (rows @ table_t).topk(self.slate_size, dim=1).indices)
 
     def save_payload(self) -> Payload:
-        return _payload(self.kind, dict(slate_size=self.slate_size, num_items=int(self.item_table.shape[0]),
-                                        item_dim=int(self.item_table.shape[1])), self)
+        return _payload(
+            self.kind,
+            dict(
+                slate_size=self.slate_size,
+                num_items=int(self.item_table.shape[0]),
+                item_dim=int(self.item_table.shape[1]),
+            ),
+            self,
+        )
 
     @classmethod
     def from_payload(cls, payload: Payload) -> TopKDecoder:
@@ -198,8 +218,7 @@ class KNNDecoder(SlateDecoder):
     def __init__(self, item_table: torch.Tensor, slate_size: int = 10, k: int = 10) -> None:
         _check_table(item_table)
         if int(slate_size) < 1 or not 1 <= int(k) <= item_table.shape[0]:
-            raise SlateRLError(f"need slate_size >= 1 and 1 <= k <= {item_table.shape[0]} "
-                               f"(got {slate_size}, {k})")
+            raise SlateRLError(f"need slate_size >= 1 and 1 <= k <= {item_table.shape[0]} (got {slate_size}, {k})")
         bounds = table_bounds(item_table).tile(int(slate_size))
         super().__init__(bounds.center, bounds.scale)
         self.register_buffer("item_table", item_table.detach().clone().float())
@@ -216,8 +235,9 @@ class KNNDecoder(SlateDecoder):
     @torch.no_grad()
     def candidates(self, actions: torch.Tensor) -> torch.Tensor:
         """(B, R, k) item ids: the k nearest items to each slot's query, nearest first."""
-        nearest = _by_chunks(self._queries(actions),
-                             lambda rows: self._distance_ranks(rows).topk(self.k, dim=1, largest=False).indices)
+        nearest = _by_chunks(
+            self._queries(actions), lambda rows: self._distance_ranks(rows).topk(self.k, dim=1, largest=False).indices
+        )
         return nearest.view(actions.shape[0], self.slate_size, self.k)
 
     @torch.no_grad()
@@ -227,8 +247,16 @@ class KNNDecoder(SlateDecoder):
         return nearest.view(actions.shape[0], self.slate_size)
 
     def save_payload(self) -> Payload:
-        return _payload(self.kind, dict(slate_size=self.slate_size, k=self.k, num_items=int(self.item_table.shape[0]),
-                                        item_dim=int(self.item_table.shape[1])), self)
+        return _payload(
+            self.kind,
+            dict(
+                slate_size=self.slate_size,
+                k=self.k,
+                num_items=int(self.item_table.shape[0]),
+                item_dim=int(self.item_table.shape[1]),
+            ),
+            self,
+        )
 
     @classmethod
     def from_payload(cls, payload: Payload) -> KNNDecoder:

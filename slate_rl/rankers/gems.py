@@ -10,9 +10,10 @@ Train with `pl.Trainer(...).fit(model, datamodule=SlateDataModule(slates, clicks
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -25,13 +26,27 @@ from slate_rl.rankers.layers import mlp
 from slate_rl.rankers.losses import check_convention, item_cross_entropy, kl_to_standard_normal, reparameterise
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+log = logging.getLogger("slate_rl")
 
 
-def _check_hyperparameters(num_items: int, slate_size: int, item_dim: int, latent_dim: int,
-                           encoder_hidden: Sequence[int], decoder_hidden: Sequence[int], lambda_kl: float,
-                           lambda_click: float, lambda_prior: float, lr: float) -> None:
-    for name, value in (("num_items", num_items), ("slate_size", slate_size), ("item_dim", item_dim),
-                        ("latent_dim", latent_dim)):
+def _check_hyperparameters(
+    num_items: int,
+    slate_size: int,
+    item_dim: int,
+    latent_dim: int,
+    encoder_hidden: Sequence[int],
+    decoder_hidden: Sequence[int],
+    lambda_kl: float,
+    lambda_click: float,
+    lambda_prior: float,
+    lr: float,
+) -> None:
+    for name, value in (
+        ("num_items", num_items),
+        ("slate_size", slate_size),
+        ("item_dim", item_dim),
+        ("latent_dim", latent_dim),
+    ):
         if int(value) < 1:
             raise SlateRLError(f"{name} must be >= 1 (got {value})")
     for name, widths in (("encoder_hidden", encoder_hidden), ("decoder_hidden", decoder_hidden)):
@@ -65,20 +80,52 @@ class GeMS(pl.LightningModule):
     epoch (ModelCheckpoint / EarlyStopping can monitor "val/loss"). The optimiser is Adam (fused kernel on CPU/CUDA).
     """
 
-    def __init__(self, num_items: int = 1000, slate_size: int = 10, item_dim: int = 20, latent_dim: int = 32,
-                 encoder_hidden: Sequence[int] = (512, 256), decoder_hidden: Sequence[int] = (256, 512),
-                 lambda_kl: float = 1.0, lambda_click: float = 0.5, lambda_prior: float = 0.0, lr: float = 1e-3,
-                 loss_convention: str = "reference", seed: int = 0) -> None:
+    def __init__(
+        self,
+        num_items: int = 1000,
+        slate_size: int = 10,
+        item_dim: int = 20,
+        latent_dim: int = 32,
+        encoder_hidden: Sequence[int] = (512, 256),
+        decoder_hidden: Sequence[int] = (256, 512),
+        lambda_kl: float = 1.0,
+        lambda_click: float = 0.5,
+        lambda_prior: float = 0.0,
+        lr: float = 1e-3,
+        loss_convention: str = "reference",
+        seed: int = 0,
+    ) -> None:
         super().__init__()
-        _check_hyperparameters(num_items, slate_size, item_dim, latent_dim, encoder_hidden, decoder_hidden,
-                               lambda_kl, lambda_click, lambda_prior, lr)
+        _check_hyperparameters(
+            num_items,
+            slate_size,
+            item_dim,
+            latent_dim,
+            encoder_hidden,
+            decoder_hidden,
+            lambda_kl,
+            lambda_click,
+            lambda_prior,
+            lr,
+        )
         check_convention(loss_convention)
         encoder_hidden, decoder_hidden = [int(w) for w in encoder_hidden], [int(w) for w in decoder_hidden]
-        self.save_hyperparameters(dict(num_items=int(num_items), slate_size=int(slate_size), item_dim=int(item_dim),
-                                       latent_dim=int(latent_dim), encoder_hidden=encoder_hidden,
-                                       decoder_hidden=decoder_hidden, lambda_kl=float(lambda_kl),
-                                       lambda_click=float(lambda_click), lambda_prior=float(lambda_prior),
-                                       lr=float(lr), loss_convention=loss_convention, seed=int(seed)))
+        self.save_hyperparameters(
+            dict(
+                num_items=int(num_items),
+                slate_size=int(slate_size),
+                item_dim=int(item_dim),
+                latent_dim=int(latent_dim),
+                encoder_hidden=encoder_hidden,
+                decoder_hidden=decoder_hidden,
+                lambda_kl=float(lambda_kl),
+                lambda_click=float(lambda_click),
+                lambda_prior=float(lambda_prior),
+                lr=float(lr),
+                loss_convention=loss_convention,
+                seed=int(seed),
+            )
+        )
         with torch.device("meta"):  # allocated and initialised below, from a generator
             self.item_embeddings = nn.Embedding(num_items, item_dim)
             self.encoder = mlp(slate_size * (item_dim + 1), encoder_hidden, 2 * latent_dim)
@@ -88,6 +135,7 @@ class GeMS(pl.LightningModule):
         self.to_empty(device="cpu")
         self._initialise(torch.Generator().manual_seed(int(seed)))
         self._noise: torch.Generator | None = None
+        self._saved_noise: dict[str, Any] | None = None  # from a checkpoint, applied when the generator is made
         self._sums: dict[str, tuple[list[str], torch.Tensor, int]] = {}
 
     def _initialise(self, generator: torch.Generator) -> None:
@@ -127,6 +175,16 @@ class GeMS(pl.LightningModule):
         """Standard normal noise shaped like `like`, from the module's own generator (seeded by `seed`)."""
         if self._noise is None or self._noise.device != like.device:
             self._noise = torch.Generator(device=like.device).manual_seed(self.hp.seed)
+            saved, self._saved_noise = self._saved_noise, None
+            if saved is not None and saved["device"] == like.device.type:
+                self._noise.set_state(saved["state"])
+            elif saved is not None:
+                log.warning(
+                    "GeMS resumed on %s after training on %s: the noise generator restarts from its seed, "
+                    "so the run will differ from an uninterrupted one",
+                    like.device.type,
+                    saved["device"],
+                )
         return torch.randn(like.shape, generator=self._noise, device=like.device, dtype=like.dtype)
 
     # ------------------------------------------------------------------ objective
@@ -136,8 +194,9 @@ class GeMS(pl.LightningModule):
         mu, logvar = self.encode(slates, clicks)
         z = reparameterise(mu, logvar, self.sample_noise(mu), hp.loss_convention)
         slot_vectors, click_logits = self.decode(z)
-        slate_loss = item_cross_entropy(slot_vectors.view(-1, hp.item_dim), self.item_embeddings.weight,
-                                        slates.view(-1))
+        slate_loss = item_cross_entropy(
+            slot_vectors.view(-1, hp.item_dim), self.item_embeddings.weight, slates.view(-1)
+        )
         click_loss = F.binary_cross_entropy_with_logits(click_logits, clicks)
         kl_loss = kl_to_standard_normal(mu, logvar, hp.loss_convention)
         loss = slate_loss + hp.lambda_click * click_loss + hp.lambda_kl * kl_loss
@@ -152,10 +211,14 @@ class GeMS(pl.LightningModule):
         slate_loss = F.cross_entropy(logits, slates.view(-1))
         click_loss = F.binary_cross_entropy_with_logits(click_logits, clicks)
         kl_loss = kl_to_standard_normal(mu, logvar, hp.loss_convention)
-        return dict(loss=slate_loss + hp.lambda_click * click_loss + hp.lambda_kl * kl_loss,
-                    slate_loss=slate_loss, click_loss=click_loss, kl_loss=kl_loss,
-                    slot_accuracy=(logits.argmax(dim=1) == slates.view(-1)).float().mean(),
-                    click_accuracy=((click_logits > 0) == (clicks > 0.5)).float().mean())
+        return dict(
+            loss=slate_loss + hp.lambda_click * click_loss + hp.lambda_kl * kl_loss,
+            slate_loss=slate_loss,
+            click_loss=click_loss,
+            kl_loss=kl_loss,
+            slot_accuracy=(logits.argmax(dim=1) == slates.view(-1)).float().mean(),
+            click_accuracy=((click_logits > 0) == (clicks > 0.5)).float().mean(),
+        )
 
     # ------------------------------------------------------------------ Lightning hooks
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -171,6 +234,14 @@ class GeMS(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_means("val")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the noise generator's state in Lightning checkpoints (a resumed run draws the same noise)."""
+        if self._noise is not None:
+            checkpoint["gems_noise"] = {"device": self._noise.device.type, "state": self._noise.get_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._noise, self._saved_noise = None, checkpoint.get("gems_noise")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         fused = self.device.type in ("cpu", "cuda")

@@ -24,8 +24,9 @@ def check_convention(convention: str) -> str:
     return convention
 
 
-def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor,
-                   convention: str = "reference") -> torch.Tensor:
+def reparameterise(
+    mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor, convention: str = "reference"
+) -> torch.Tensor:
     """z = mu + noise * std with std = exp(logvar) ("reference", G1) or exp(logvar / 2) ("standard")."""
     std = logvar.exp() if check_convention(convention) == "reference" else (0.5 * logvar).exp()
     return mu + noise * std

@@ -65,8 +65,13 @@ class MFResult:
 Pairs = tuple[torch.Tensor, torch.Tensor]
 
 
-def split_click_pairs(sessions: torch.Tensor, items: torch.Tensor, n_val_sessions: int, holdout_fraction: float,
-                      generator: torch.Generator) -> tuple[Pairs, Pairs]:
+def split_click_pairs(
+    sessions: torch.Tensor,
+    items: torch.Tensor,
+    n_val_sessions: int,
+    holdout_fraction: float,
+    generator: torch.Generator,
+) -> tuple[Pairs, Pairs]:
     """(train pairs, held-out pairs): the held-out pairs are a random `holdout_fraction` of the clicks of the
     validation sessions (ids < n_val_sessions); everything else is training data."""
     draw = torch.rand(sessions.shape[0], generator=generator, device=generator.device).to(sessions.device)
@@ -75,8 +80,9 @@ def split_click_pairs(sessions: torch.Tensor, items: torch.Tensor, n_val_session
 
 
 @torch.no_grad()
-def _held_out_loss(model: BPRMatrixFactorization, users: torch.Tensor, positives: torch.Tensor,
-                   negatives: torch.Tensor) -> float:
+def _held_out_loss(
+    model: BPRMatrixFactorization, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
+) -> float:
     total = 0.0
     for start in range(0, users.shape[0], EVAL_ROWS):
         rows = slice(start, start + EVAL_ROWS)
@@ -84,10 +90,23 @@ def _held_out_loss(model: BPRMatrixFactorization, users: torch.Tensor, positives
     return total / users.shape[0]
 
 
-def train_mf(slates: torch.Tensor, clicks: torch.Tensor, *, num_items: int = 1000, dim: int = 20, lr: float = 1e-4,
-             batch_size: int = 256, eval_every: int = 1000, patience: int = 3, val_fraction: float = 0.1,
-             holdout_fraction: float = 0.5, max_steps: int | None = None, max_seconds: float | None = None,
-             seed: int = 0, device: str | torch.device = "cpu") -> MFResult:
+def train_mf(
+    slates: torch.Tensor,
+    clicks: torch.Tensor,
+    *,
+    num_items: int = 1000,
+    dim: int = 20,
+    lr: float = 1e-4,
+    batch_size: int = 256,
+    eval_every: int = 1000,
+    patience: int = 3,
+    val_fraction: float = 0.1,
+    holdout_fraction: float = 0.5,
+    max_steps: int | None = None,
+    max_seconds: float | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> MFResult:
     """Train BPR MF on logged sessions (n_sessions, T, R) and return the item table with the best held-out loss.
 
     Evaluates after training batch b of every epoch with b % eval_every == 0 (as the reference: batch 0 of each
@@ -98,8 +117,10 @@ def train_mf(slates: torch.Tensor, clicks: torch.Tensor, *, num_items: int = 100
     n_sessions = slates.shape[0]
     n_val = int(n_sessions * float(val_fraction))
     if not 0 < n_val < n_sessions or not 0.0 < float(holdout_fraction) < 1.0:
-        raise SlateRLError(f"val_fraction={val_fraction} and holdout_fraction={holdout_fraction} must leave "
-                           f"validation and training sessions among the {n_sessions} sessions")
+        raise SlateRLError(
+            f"val_fraction={val_fraction} and holdout_fraction={holdout_fraction} must leave "
+            f"validation and training sessions among the {n_sessions} sessions"
+        )
     for name, value in (("batch_size", batch_size), ("eval_every", eval_every), ("patience", patience)):
         if int(value) < 1:
             raise SlateRLError(f"{name} must be >= 1 (got {value})")
@@ -110,8 +131,9 @@ def train_mf(slates: torch.Tensor, clicks: torch.Tensor, *, num_items: int = 100
     sessions, items = click_pairs(slates.to(device), clicks.to(device))
     if int(items.max()) >= num_items:
         raise SlateRLError(f"item id {int(items.max())} is out of range for num_items={num_items}")
-    (train_users, train_items), (val_users, val_items) = split_click_pairs(sessions, items, n_val, holdout_fraction,
-                                                                           generator)
+    (train_users, train_items), (val_users, val_items) = split_click_pairs(
+        sessions, items, n_val, holdout_fraction, generator
+    )
     if val_users.numel() == 0 or train_users.numel() == 0:
         raise SlateRLError("not enough clicks for a training and a held-out part")
     val_negatives = torch.randint(num_items, val_items.shape, generator=generator, device=device)
@@ -135,7 +157,7 @@ def train_mf(slates: torch.Tensor, clicks: torch.Tensor, *, num_items: int = 100
     while not result.stop_reason:
         order = torch.randperm(train_users.shape[0], generator=generator, device=device)
         for batch_index, start in enumerate(range(0, order.shape[0], int(batch_size))):
-            rows = order[start:start + int(batch_size)]
+            rows = order[start : start + int(batch_size)]
             negatives = torch.randint(num_items, rows.shape, generator=generator, device=device)
             loss = model.bpr_loss(train_users[rows], train_items[rows], negatives)
             optimizer.zero_grad()

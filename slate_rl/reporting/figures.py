@@ -114,7 +114,10 @@ def plot_learning_curves(
             band = curve_band([run.val_curve for run in runs if run.val_curve], confidence)
             (handles[method],) = ax.plot(band.episodes, band.mean, color=colours[method])
             ax.fill_between(
-                band.episodes, band.mean - band.half_width, band.mean + band.half_width, color=colours[method],
+                band.episodes,
+                band.mean - band.half_width,
+                band.mean + band.half_width,
+                color=colours[method],
                 alpha=0.2,
             )
         counts = "–".join(str(n) for n in sorted({min(seeds), max(seeds)})) if seeds else "no"
@@ -256,11 +259,22 @@ def write_figures(
     Trade-off figures use the paper's value of the parameter held fixed; returns the paths written.
     """
     out_dir = Path(out_dir)
-    written = [plot_learning_curves(results, out_dir / "learning_curves.png", confidence=confidence,
-                                    allow_mixed_presets=allow_mixed_presets)]
+    written = [
+        plot_learning_curves(
+            results, out_dir / "learning_curves.png", confidence=confidence, allow_mixed_presets=allow_mixed_presets
+        )
+    ]
     envs = paper_order((r.env for r in results if r.method == GEMS), tuple(ENV_NAMES))
     for env in envs:
         for vary in ("beta", "lambda_click"):
-            written.append(plot_tradeoff(results, out_dir / f"tradeoff_{vary}_{env}.png", env=env, vary=vary,
-                                         confidence=confidence, allow_mixed_presets=allow_mixed_presets))
+            written.append(
+                plot_tradeoff(
+                    results,
+                    out_dir / f"tradeoff_{vary}_{env}.png",
+                    env=env,
+                    vary=vary,
+                    confidence=confidence,
+                    allow_mixed_presets=allow_mixed_presets,
+                )
+            )
     return [path for path in written if path is not None]

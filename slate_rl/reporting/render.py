@@ -34,7 +34,11 @@ class _Style:
 
 _MARKDOWN = _Style(lambda s: s.replace("|", "\\|"), lambda s: f"**{s}**", " ± ", "†", "—", lambda s: f" ({s})")
 _LATEX = _Style(
-    _latex_escape, lambda s: f"\\textbf{{{s}}}", " $\\pm$ ", "$^{\\dagger}$", "---",
+    _latex_escape,
+    lambda s: f"\\textbf{{{s}}}",
+    " $\\pm$ ",
+    "$^{\\dagger}$",
+    "---",
     lambda s: f" {{\\scriptsize ({s})}}",
 )
 

@@ -8,7 +8,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -48,11 +48,15 @@ class Source:
     version: Any
 
 
-def run(cfg: CollectConfig, experiment_name: Optional[str] = None) -> str:
+def run(cfg: CollectConfig, experiment_name: str | None = None) -> str:
     """Collect the dataset inside an MLflow run; returns the run id."""
     label = cfg.name or ("policy" if cfg.policy else cfg.source())
-    with stage_run(STAGE, run_name=f"{STAGE}/{cfg.env}/{label}", experiment_name=experiment_name,
-                   tags={"env": cfg.env, "preset": cfg.preset, "seed": cfg.seed, "quality": label}) as mlrun:
+    with stage_run(
+        STAGE,
+        run_name=f"{STAGE}/{cfg.env}/{label}",
+        experiment_name=experiment_name,
+        tags={"env": cfg.env, "preset": cfg.preset, "seed": cfg.seed, "quality": label},
+    ) as mlrun:
         mlrun.log_params(cfg.as_params())
         environment.log_spec(mlrun, environment.spec_of(cfg))
         sources = resolve_sources(cfg, mlrun)
@@ -70,8 +74,14 @@ def run(cfg: CollectConfig, experiment_name: Optional[str] = None) -> str:
         episodes.metadata["collection"] = {"seed": cfg.seed, "noise_scale": cfg.noise_scale, "name": label}
         mlrun.log_metrics({"collect_seconds": seconds, "episodes_per_second": episodes.num_episodes / seconds})
         write_outputs(episodes, cfg, label, mlrun, sources[0].env)
-        log.info("%s: %d episodes in %.1f s (%.0f episodes/s), mean return %.2f", STAGE, episodes.num_episodes,
-                 seconds, episodes.num_episodes / seconds, float(episodes.rewards.sum(axis=1).mean()))
+        log.info(
+            "%s: %d episodes in %.1f s (%.0f episodes/s), mean return %.2f",
+            STAGE,
+            episodes.num_episodes,
+            seconds,
+            episodes.num_episodes / seconds,
+            float(episodes.rewards.sum(axis=1).mean()),
+        )
         return mlrun.run_id
 
 
@@ -88,16 +98,24 @@ def resolve_sources(cfg: CollectConfig, mlrun: StageRun) -> list[Source]:
                 raise SlateRLError(f"{part.policy} is a policy of {env!r}, but env = {cfg.env!r}")
         agent, simulator, version = load_policy(env, reference)
         if part.epsilon_noise > 0 and not hasattr(agent, "decoder"):
-            raise SlateRLError(f"epsilon_noise needs a policy acting in a latent space (SAC+GeMS / SAC+TopK); "
-                               f"version {version.version} is {agent.method}")
+            raise SlateRLError(
+                f"epsilon_noise needs a policy acting in a latent space (SAC+GeMS / SAC+TopK); "
+                f"version {version.version} is {agent.method}"
+            )
         base = reference if not reference.isdigit() else f"v{reference}"
         name = base + ("_noisy" if part.epsilon_noise > 0 else "")
         name = next(f"{name}_{i}" for i in range(2, 100) if f"{name}_{i}" not in names) if name in names else name
         names.add(name)
         own = EnvSpec.of(simulator)
         if requested.differences(own):
-            environment.check_same(requested, own, f"policy version {version.version} of {version.name}",
-                                   f"source.{name}", cfg.allow_env_mismatch, mlrun)
+            environment.check_same(
+                requested,
+                own,
+                f"policy version {version.version} of {version.name}",
+                f"source.{name}",
+                cfg.allow_env_mismatch,
+                mlrun,
+            )
             agent, simulator, _ = load_policy(env, str(version.version), environment.make_env(cfg))
         sources.append(Source(part, name, agent, simulator, version))
     return sources
@@ -109,10 +127,13 @@ def collect_source(source: Source, cfg: CollectConfig, index: int) -> OfflineEpi
     env.stream = UserStream(int(cfg.seed) + 7919 * index, env.device)  # fresh users, distinct per part
     noise = torch.Generator().manual_seed(int(cfg.seed) + 104729 * index)
     action_dim = agent.stored_action_dim or None
-    recorder = EpisodeRecorder.for_env(env, part.episodes, source.name, action_dim=action_dim, oracle=cfg.oracle,
-                                       relevances=cfg.relevances)
-    with Progress(part.episodes * env.episode_length, f"{STAGE} {source.name}", unit="user-steps") as progress, \
-            torch.no_grad():
+    recorder = EpisodeRecorder.for_env(
+        env, part.episodes, source.name, action_dim=action_dim, oracle=cfg.oracle, relevances=cfg.relevances
+    )
+    with (
+        Progress(part.episodes * env.episode_length, f"{STAGE} {source.name}", unit="user-steps") as progress,
+        torch.no_grad(),
+    ):
         for start in range(0, part.episodes, int(cfg.batch_size)):
             users = min(int(cfg.batch_size), part.episodes - start)
             obs, info = env.reset(users)
@@ -126,18 +147,32 @@ def collect_source(source: Source, cfg: CollectConfig, index: int) -> OfflineEpi
                 recorder.step(obs, info, actions=action if action_dim else None, relevances=_relevances(env, cfg))
                 progress.advance(users)
     version = source.version
-    return recorder.finish(source_info={
-        "model": version.name, "model_version": str(version.version), "alias": part.policy,
-        "run_id": version.run_id, "method": version.tags.get("method", ""), "epsilon_noise": part.epsilon_noise,
-        "noise_scale": cfg.noise_scale if part.epsilon_noise > 0 else 0.0, "seed": int(cfg.seed) + 7919 * index})
+    return recorder.finish(
+        source_info={
+            "model": version.name,
+            "model_version": str(version.version),
+            "alias": part.policy,
+            "run_id": version.run_id,
+            "method": version.tags.get("method", ""),
+            "epsilon_noise": part.epsilon_noise,
+            "noise_scale": cfg.noise_scale if part.epsilon_noise > 0 else 0.0,
+            "seed": int(cfg.seed) + 7919 * index,
+        }
+    )
 
 
-def _relevances(env: TopicRec, cfg: CollectConfig) -> Optional[torch.Tensor]:
+def _relevances(env: TopicRec, cfg: CollectConfig) -> torch.Tensor | None:
     return env.item_relevances().half() if cfg.relevances else None
 
 
-def _add_noise(agent: Agent, slates: torch.Tensor, action: torch.Tensor, probability: float, scale: float,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _add_noise(
+    agent: Agent,
+    slates: torch.Tensor,
+    action: torch.Tensor,
+    probability: float,
+    scale: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """With `probability` per user and step, Gaussian noise (std = scale x half-range) on the latent action,
     clamped to the action box, and the slate decoded again."""
     decoder = agent.decoder
@@ -145,10 +180,12 @@ def _add_noise(agent: Agent, slates: torch.Tensor, action: torch.Tensor, probabi
     if noisy.numel() == 0:
         return slates, action
     action, slates = action.clone(), slates.clone()
-    moved = action[noisy] + scale * decoder.action_scale * torch.randn(noisy.numel(), action.shape[1],
-                                                                        generator=generator)
-    action[noisy] = torch.maximum(torch.minimum(moved, decoder.action_center + decoder.action_scale),
-                                  decoder.action_center - decoder.action_scale)
+    moved = action[noisy] + scale * decoder.action_scale * torch.randn(
+        noisy.numel(), action.shape[1], generator=generator
+    )
+    action[noisy] = torch.maximum(
+        torch.minimum(moved, decoder.action_center + decoder.action_scale), decoder.action_center - decoder.action_scale
+    )
     slates[noisy] = decoder.decode(action[noisy])
     return slates, action
 
@@ -157,8 +194,9 @@ def reference_scores(cfg: CollectConfig, env: TopicRec) -> dict[str, float]:
     """Mean returns for score normalisation on this environment: the random policy (played here, on the test
     users), and the registered expert's test return when an expert alias is set."""
     simulator = TopicRec(env.params, env.item_embeddings, name=env.name)
-    random = evaluate(simulator, RandomPolicy(env.num_items, env.slate_size, seed=cfg.seed), cfg.reference_episodes,
-                      reseed=True)
+    random = evaluate(
+        simulator, RandomPolicy(env.num_items, env.slate_size, seed=cfg.seed), cfg.reference_episodes, reseed=True
+    )
     scores = {"random": random.mean}
     if "expert" in models.aliases(cfg.env):
         expert = models.get_version(cfg.env, "expert").tags.get("test_return")
@@ -175,12 +213,15 @@ def write_outputs(episodes: OfflineEpisodes, cfg: CollectConfig, label: str, mlr
             write_npz(episodes, root / "npz" / f"{label}.npz")
             mlrun.log_artifacts(root / "npz", f"{ARTIFACT}/npz")
         if cfg.format in ("minari", "both"):
-            write_minari(episodes, root / "minari", label,
-                         description=f"slate-rl {STAGE} of {cfg.env} ({label}); sources: "
-                                     + ", ".join(episodes.source_names))
+            write_minari(
+                episodes,
+                root / "minari",
+                label,
+                description=f"slate-rl {STAGE} of {cfg.env} ({label}); sources: " + ", ".join(episodes.source_names),
+            )
             mlrun.log_artifacts(root / "minari", f"{ARTIFACT}/minari")
-        metrics = write_quality_report(episodes, root / "quality", item_topics=env.item_topics.cpu().numpy(),
-                                       title=f"{cfg.env} / {label}")
+        metrics = write_quality_report(
+            episodes, root / "quality", item_topics=env.item_topics.cpu().numpy(), title=f"{cfg.env} / {label}"
+        )
         mlrun.log_artifacts(root / "quality", "quality")
     mlrun.log_metrics(metrics)
-

@@ -7,16 +7,26 @@ import functools
 import logging
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from mlflow.entities import Run
 
 from slate_rl import atomic, config
 from slate_rl.errors import SlateRLError
 from slate_rl.methods import ONLINE_FAMILIES, get_method, method_ids
-from slate_rl.reporting import (RunResult, aggregate_scores, aggregates_to_markdown, build_table,
-                                plot_learning_curves, plot_tradeoff, to_csv, to_latex, to_markdown)
+from slate_rl.reporting import (
+    RunResult,
+    aggregate_scores,
+    aggregates_to_markdown,
+    build_table,
+    plot_learning_curves,
+    plot_tradeoff,
+    to_csv,
+    to_latex,
+    to_markdown,
+)
 from slate_rl.reporting.names import row_order
 from slate_rl.stage_configs import TrainOnlineConfig, agent_defaults
 from slate_rl.stages import environment
@@ -47,7 +57,7 @@ class CompareConfig:
     bootstrap: int = 2000
 
     @classmethod
-    def resolve(cls, envs: str, methods: str, **values: Any) -> "CompareConfig":
+    def resolve(cls, envs: str, methods: str, **values: Any) -> CompareConfig:
         env_list = config.resolve_env_list(envs)
         method_list = list(method_ids(ONLINE_FAMILIES)) if methods.strip() in ("", "all") else _split(methods)
         cfg = cls(envs=env_list, methods=method_list, **{k: v for k, v in values.items() if v is not None})
@@ -69,14 +79,23 @@ def _split(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def run(cfg: CompareConfig, experiment_name: Optional[str] = None) -> str:
+def run(cfg: CompareConfig, experiment_name: str | None = None) -> str:
     """Build the report inside a `compare` run; returns the run id. The report is also written to `cfg.out`."""
-    with stage_run(STAGE, run_name=f"{STAGE}/{cfg.preset}", experiment_name=experiment_name,
-                   tags={"preset": cfg.preset}) as mlrun:
-        mlrun.log_params({"envs": _listing(cfg.envs, config.paper_env_names()),
-                          "methods": _listing(cfg.methods, method_ids(ONLINE_FAMILIES)), "preset": cfg.preset,
-                          "reference": cfg.reference, "filter": cfg.filter, "out": cfg.out,
-                          "allow_mixed_presets": cfg.allow_mixed_presets, "bootstrap": cfg.bootstrap})
+    with stage_run(
+        STAGE, run_name=f"{STAGE}/{cfg.preset}", experiment_name=experiment_name, tags={"preset": cfg.preset}
+    ) as mlrun:
+        mlrun.log_params(
+            {
+                "envs": _listing(cfg.envs, config.paper_env_names()),
+                "methods": _listing(cfg.methods, method_ids(ONLINE_FAMILIES)),
+                "preset": cfg.preset,
+                "reference": cfg.reference,
+                "filter": cfg.filter,
+                "out": cfg.out,
+                "allow_mixed_presets": cfg.allow_mixed_presets,
+                "bootstrap": cfg.bootstrap,
+            }
+        )
         runs = select_runs(cfg)
         results = to_results(runs, with_curve=True)
         with tempfile.TemporaryDirectory(prefix="slate-rl-report-") as tmp:
@@ -87,8 +106,9 @@ def run(cfg: CompareConfig, experiment_name: Optional[str] = None) -> str:
             for name in files:
                 atomic.write_bytes(out / name, (Path(tmp) / name).read_bytes())
         mlrun.log_metrics({"runs": len(results), "cells": len({(r.method, r.env) for r in results})})
-        log.info("%s: %d runs; report in %s (and artifact 'report' of run %s)", STAGE, len(results), cfg.out,
-                 mlrun.run_id)
+        log.info(
+            "%s: %d runs; report in %s (and artifact 'report' of run %s)", STAGE, len(results), cfg.out, mlrun.run_id
+        )
         return mlrun.run_id
 
 
@@ -96,14 +116,22 @@ def select_runs(cfg: CompareConfig) -> list[Run]:
     """Finished train_online runs of the requested cells; the latest run per (method, env, seed, preset,
     configuration identity): runs of one seed that differ in any other param are variants, all kept."""
     found = search_finished_runs(SOURCE_STAGE, cfg.filter)
-    wanted = [r for r in found if r.data.tags.get("env") in cfg.envs and r.data.tags.get("method") in cfg.methods
-              and (cfg.preset == "any" or r.data.tags.get("preset") == cfg.preset)
-              and "test_return" in r.data.metrics]
+    wanted = [
+        r
+        for r in found
+        if r.data.tags.get("env") in cfg.envs
+        and r.data.tags.get("method") in cfg.methods
+        and (cfg.preset == "any" or r.data.tags.get("preset") == cfg.preset)
+        and "test_return" in r.data.metrics
+    ]
     if not wanted:
-        raise SlateRLError(f"no finished {SOURCE_STAGE} run matches envs={','.join(cfg.envs)} "
-                           f"methods={','.join(cfg.methods)} preset={cfg.preset}"
-                           + (f" filter={cfg.filter!r}" if cfg.filter else "") + "; "
-                           + describe_store(search_finished_runs(SOURCE_STAGE) if cfg.filter else found))
+        raise SlateRLError(
+            f"no finished {SOURCE_STAGE} run matches envs={','.join(cfg.envs)} "
+            f"methods={','.join(cfg.methods)} preset={cfg.preset}"
+            + (f" filter={cfg.filter!r}" if cfg.filter else "")
+            + "; "
+            + describe_store(search_finished_runs(SOURCE_STAGE) if cfg.filter else found)
+        )
     latest: dict[tuple, Run] = {}
     for r in wanted:  # newest first: keep the first of each key
         tags = r.data.tags
@@ -116,12 +144,15 @@ def identity(r: Run) -> dict[str, str]:
     """The run's configuration apart from its seed: its params that differ from the defaults of its method,
     environment and preset (a param a run did not log counts as that default), values normalised."""
     tags = r.data.tags
-    return {name: _normal(value) for name, value in r.data.params.items()
-            if name not in NOT_IDENTITY and _normal(value) != _default(tags["method"], tags["env"],
-                                                                       tags.get("preset", ""), name)}
+    return {
+        name: _normal(value)
+        for name, value in r.data.params.items()
+        if name not in NOT_IDENTITY
+        and _normal(value) != _default(tags["method"], tags["env"], tags.get("preset", ""), name)
+    }
 
 
-def _normal(text: Optional[str]) -> Optional[str]:
+def _normal(text: str | None) -> str | None:
     """One spelling per value: '0.90' and '0.9' are the same number, 'True' and 'true' the same flag, and `mlflow
     run`'s quoted empty value '' is empty."""
     if text is None:
@@ -132,7 +163,7 @@ def _normal(text: Optional[str]) -> Optional[str]:
     return repr(number) if number is not None else text.strip().lower()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _defaults(method: str, env: str, preset: str) -> dict[str, str]:
     """The params a train_online run of (method, env, preset) logs when nothing else is asked ({} if unknown)."""
     try:
@@ -143,11 +174,11 @@ def _defaults(method: str, env: str, preset: str) -> dict[str, str]:
     return {name: format_param(value) for name, value in logged.items()}
 
 
-@functools.lru_cache(maxsize=None)
-def _default(method: str, env: str, preset: str, name: str) -> Optional[str]:
+@functools.cache
+def _default(method: str, env: str, preset: str, name: str) -> str | None:
     """The normalised default of param `name` (agent hyper-parameters: the method's own); None when unknown."""
     if name.startswith("agent."):
-        value = agent_defaults(method).get(name[len("agent."):])
+        value = agent_defaults(method).get(name[len("agent.") :])
         return None if value is None else _normal(format_param(value))
     return _normal(_defaults(method, env, preset).get(name))
 
@@ -162,9 +193,18 @@ def to_results(runs: Sequence[Run], with_curve: bool) -> list[RunResult]:
         mine = [(r, identities[r.info.run_id]) for r in runs if r.data.tags["method"] == method]
         names = sorted({name for _, ident in mine for name in ident})
         fields[method] = [name for name in names if len({_shown(r, ident, name) for r, ident in mine}) > 1]
-    return [to_result(r, with_curve, tuple((name, _shown(r, identities[r.info.run_id], name))
-                                           for name in fields[r.data.tags["method"]] if identities[r.info.run_id]))
-            for r in runs]
+    return [
+        to_result(
+            r,
+            with_curve,
+            tuple(
+                (name, _shown(r, identities[r.info.run_id], name))
+                for name in fields[r.data.tags["method"]]
+                if identities[r.info.run_id]
+            ),
+        )
+        for r in runs
+    ]
 
 
 def _shown(r: Run, ident: dict[str, str], name: str) -> str:
@@ -172,8 +212,11 @@ def _shown(r: Run, ident: dict[str, str], name: str) -> str:
     if name in ident:
         return r.data.params[name]
     tags = r.data.tags
-    default = (agent_defaults(tags["method"]).get(name[len("agent."):]) if name.startswith("agent.")
-               else _defaults(tags["method"], tags["env"], tags.get("preset", "")).get(name))
+    default = (
+        agent_defaults(tags["method"]).get(name[len("agent.") :])
+        if name.startswith("agent.")
+        else _defaults(tags["method"], tags["env"], tags.get("preset", "")).get(name)
+    )
     return "default" if default is None else format_param(default)
 
 
@@ -186,7 +229,7 @@ def describe_store(runs: Sequence[Run]) -> str:
     return "the store has: " + ", ".join(items[:30]) + (" ..." if len(items) > 30 else "")
 
 
-def _number(text: Optional[str]) -> Optional[float]:
+def _number(text: str | None) -> float | None:
     try:
         return float(text) if text not in (None, "") else None
     except ValueError:
@@ -195,20 +238,32 @@ def _number(text: Optional[str]) -> Optional[float]:
 
 def to_result(r: Run, with_curve: bool, variant: tuple[tuple[str, str], ...] = ()) -> RunResult:
     tags, params = r.data.tags, r.data.params
-    gems = {"latent_dim": params.get("latent_dim"), "beta": params.get("lambda_kl"),
-            "lambda_click": params.get("lambda_click")}
-    return RunResult(method=tags["method"], env=tags["env"], seed=int(tags["seed"]),
-                     test_return=r.data.metrics["test_return"], preset=tags.get("preset", "unknown"),
-                     val_curve=(metric_curve(r.info.run_id, "val_return") or None) if with_curve else None,
-                     params={k: v for k, v in gems.items() if v is not None}, variant=variant)
+    gems = {
+        "latent_dim": params.get("latent_dim"),
+        "beta": params.get("lambda_kl"),
+        "lambda_click": params.get("lambda_click"),
+    }
+    return RunResult(
+        method=tags["method"],
+        env=tags["env"],
+        seed=int(tags["seed"]),
+        test_return=r.data.metrics["test_return"],
+        preset=tags.get("preset", "unknown"),
+        val_curve=(metric_curve(r.info.run_id, "val_return") or None) if with_curve else None,
+        params={k: v for k, v in gems.items() if v is not None},
+        variant=variant,
+    )
 
 
 def is_paper_setting(result: RunResult) -> bool:
     """False only for SAC+GeMS runs of a non-paper (d, beta, lambda) setting."""
     if result.method != "sac_gems" or not result.params:
         return True
-    values = {"latent_dim": result.params.get("latent_dim"), "lambda_kl": result.params.get("beta"),
-              "lambda_click": result.params.get("lambda_click")}
+    values = {
+        "latent_dim": result.params.get("latent_dim"),
+        "lambda_kl": result.params.get("beta"),
+        "lambda_click": result.params.get("lambda_click"),
+    }
     return all(_number(values[k]) in (None, v) for k, v in PAPER_GEMS.items())
 
 
@@ -216,8 +271,9 @@ def write_report(results: list[RunResult], cfg: CompareConfig, folder: Path) -> 
     """Table (md, csv, tex), aggregate scores, figures and a combined report.md; returns the file names."""
     mixed = {"allow_mixed_presets": cfg.allow_mixed_presets}
     table_runs = [r for r in results if is_paper_setting(r)]
-    rows = [row for method in cfg.methods
-            for row in row_order(r.row for r in table_runs if r.method == method) or (method,)]
+    rows = [
+        row for method in cfg.methods for row in row_order(r.row for r in table_runs if r.method == method) or (method,)
+    ]
     table = build_table(table_runs, methods=rows, envs=cfg.envs, reference=cfg.reference, **mixed)
     markdown = to_markdown(table)
     atomic.write_text(folder / "results.md", markdown)

@@ -45,14 +45,17 @@ def recorded_spec(run: Run) -> EnvSpec:
         return spec
     params, tags = run.data.params, run.data.tags
     if tags.get("stage") == "generate_dataset" and "env" in params and "embeddings" in tags:
-        simulator = {k[len("sim."):]: yaml.safe_load(v) if v != "" else None for k, v in params.items()
-                     if k.startswith("sim.")}
+        simulator = {
+            k[len("sim.") :]: yaml.safe_load(v) if v != "" else None for k, v in params.items() if k.startswith("sim.")
+        }
         return EnvSpec.from_params_of(params["env"], simulator, tags["embeddings"])
     if tags.get("upstream.dataset"):
         return recorded_spec(get_finished_run(parse_run_uri(tags["upstream.dataset"])[0]))
-    raise SlateRLError(f"run {run.info.run_id} records no environment spec (it predates them and names no "
-                       "dataset), so it cannot be checked against this simulator; pass --allow-env-mismatch true "
-                       "to use it anyway")
+    raise SlateRLError(
+        f"run {run.info.run_id} records no environment spec (it predates them and names no "
+        "dataset), so it cannot be checked against this simulator; pass --allow-env-mismatch true "
+        "to use it anyway"
+    )
 
 
 def check_upstream(spec: EnvSpec, run_ref: str, what: str, allow: bool, mlrun: StageRun) -> None:
@@ -77,8 +80,10 @@ def check_same(spec: EnvSpec, theirs: EnvSpec, source: str, what: str, allow: bo
         return
     listing = "; ".join(f"{name} = {there!r} there, {here!r} here" for name, here, there in differences)
     if not allow:
-        raise SlateRLError(f"{source} was made on another simulator: {listing}. Pass the same --env / --env-param / "
-                           "--item-embeddings as it used, give another one, or pass --allow-env-mismatch true to use "
-                           "it anyway")
+        raise SlateRLError(
+            f"{source} was made on another simulator: {listing}. Pass the same --env / --env-param / "
+            "--item-embeddings as it used, give another one, or pass --allow-env-mismatch true to use "
+            "it anyway"
+        )
     log.warning("%s was made on another simulator (%s); used anyway (--allow-env-mismatch)", source, listing)
     mlrun.set_tags({f"{MISMATCH_TAG}.{what}": f"{source}: {listing}"})

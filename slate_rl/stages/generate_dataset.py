@@ -6,7 +6,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,15 +18,31 @@ from slate_rl.envs.spec import EnvSpec
 from slate_rl.progress import Progress
 from slate_rl.stage_configs import GenerateDatasetConfig
 from slate_rl.stages import environment
-from slate_rl.tracking.lineage import (LINEAGE_TAG, artifact_dir, find_or_run, get_finished_run, legacy_applies,
-                                       lineage_key, parse_run_uri)
+from slate_rl.tracking.lineage import (
+    LINEAGE_TAG,
+    artifact_dir,
+    find_or_run,
+    get_finished_run,
+    legacy_applies,
+    lineage_key,
+    parse_run_uri,
+)
 from slate_rl.tracking.runs import StageRun, stage_run
 
 STAGE = "generate_dataset"
 ARTIFACT = "dataset"
 # The fields of slate-rl 0.1.0's GenerateDatasetConfig (env_params was called env_overrides).
-LEGACY_FIELDS = ("env", "preset", "n_sessions", "epsilon", "seed", "sim_seed", "item_embeddings", "chunk_size",
-                 "env_params")
+LEGACY_FIELDS = (
+    "env",
+    "preset",
+    "n_sessions",
+    "epsilon",
+    "seed",
+    "sim_seed",
+    "item_embeddings",
+    "chunk_size",
+    "env_params",
+)
 log = logging.getLogger("slate_rl")
 
 
@@ -43,10 +59,16 @@ def identity(config: GenerateDatasetConfig, spec: EnvSpec) -> dict[str, Any]:
 
 def legacy_identity(config: GenerateDatasetConfig, env: envs.TopicRec) -> dict[str, Any]:
     """The identity slate-rl 0.1.0 hashed (every simulator parameter and field), to find the datasets it wrote."""
-    return {"env": config.env, **{f"sim.{k}": v for k, v in env.params.as_dict().items()},
-            "embeddings": envs.fingerprint(env.item_embeddings), "n_sessions": config.n_sessions,
-            "epsilon": float(config.epsilon), "seed": config.seed, "sim_seed": config.sim_seed,
-            "chunk_size": config.chunk_size}
+    return {
+        "env": config.env,
+        **{f"sim.{k}": v for k, v in env.params.as_dict().items()},
+        "embeddings": envs.fingerprint(env.item_embeddings),
+        "n_sessions": config.n_sessions,
+        "epsilon": float(config.epsilon),
+        "seed": config.seed,
+        "sim_seed": config.sim_seed,
+        "chunk_size": config.chunk_size,
+    }
 
 
 def lookup_keys(config: GenerateDatasetConfig) -> tuple[str, ...]:
@@ -58,11 +80,15 @@ def lookup_keys(config: GenerateDatasetConfig) -> tuple[str, ...]:
     return current, lineage_key(STAGE, legacy_identity(config, env))
 
 
-def run(config: GenerateDatasetConfig, parent: Optional[StageRun] = None,
-        experiment_name: Optional[str] = None) -> str:
+def run(config: GenerateDatasetConfig, parent: StageRun | None = None, experiment_name: str | None = None) -> str:
     """Generate the dataset inside an MLflow run; returns the run id."""
-    with stage_run(STAGE, run_name=f"{STAGE}/{config.env}/seed{config.seed}", parent=parent,
-                   experiment_name=experiment_name, tags={"env": config.env, "preset": config.preset}) as mlrun:
+    with stage_run(
+        STAGE,
+        run_name=f"{STAGE}/{config.env}/seed{config.seed}",
+        parent=parent,
+        experiment_name=experiment_name,
+        tags={"env": config.env, "preset": config.preset},
+    ) as mlrun:
         env = make_env(config)
         spec = EnvSpec.of(env)
         key = lineage_key(STAGE, identity(config, spec))
@@ -81,11 +107,21 @@ def write_dataset(env: envs.TopicRec, config: GenerateDatasetConfig, folder: Pat
     """Play the ε-greedy oracle for `n_sessions` sessions in chunks of users and write them to `folder`."""
     n, horizon, size = int(config.n_sessions), env.episode_length, env.slate_size
     policy = EpsilonGreedyOracle(env.num_items, size, float(config.epsilon), int(config.seed))
-    meta = {"env": config.env, "env_params": env.params.as_dict(), "embeddings": envs.fingerprint(env.item_embeddings),
-            "env_spec": EnvSpec.of(env).as_dict(),
-            "n_sessions": n, "episode_length": horizon, "slate_size": size, "num_items": env.num_items,
-            "policy": "epsilon_greedy_oracle", "epsilon": float(config.epsilon), "seed": int(config.seed),
-            "sim_seed": int(config.sim_seed), "chunk_size": int(config.chunk_size)}
+    meta = {
+        "env": config.env,
+        "env_params": env.params.as_dict(),
+        "embeddings": envs.fingerprint(env.item_embeddings),
+        "env_spec": EnvSpec.of(env).as_dict(),
+        "n_sessions": n,
+        "episode_length": horizon,
+        "slate_size": size,
+        "num_items": env.num_items,
+        "policy": "epsilon_greedy_oracle",
+        "epsilon": float(config.epsilon),
+        "seed": int(config.seed),
+        "sim_seed": int(config.sim_seed),
+        "chunk_size": int(config.chunk_size),
+    }
     writer = LoggedSessionsWriter(folder, n, horizon, size, env.initial_slate.cpu().numpy(), meta)
     returns = torch.zeros(n)
     click_histogram = torch.zeros(size + 1, dtype=torch.long)
@@ -111,17 +147,28 @@ def write_dataset(env: envs.TopicRec, config: GenerateDatasetConfig, folder: Pat
                 writer.write_chunk(start, slates, clicks, reset_clicks)
         seconds = time.perf_counter() - started
         steps = n * horizon
-        stats = {"mean_return": float(returns.mean()), "std_return": float(returns.std()) if n > 1 else 0.0,
-                 "clicks_per_step": float(returns.sum()) / steps, "bored_step_share": bored_steps / steps,
-                 "zero_click_step_share": float(click_histogram[0]) / steps,
-                 "generation_seconds": seconds, "user_steps_per_second": steps / seconds}
+        stats = {
+            "mean_return": float(returns.mean()),
+            "std_return": float(returns.std()) if n > 1 else 0.0,
+            "clicks_per_step": float(returns.sum()) / steps,
+            "bored_step_share": bored_steps / steps,
+            "zero_click_step_share": float(click_histogram[0]) / steps,
+            "generation_seconds": seconds,
+            "user_steps_per_second": steps / seconds,
+        }
         writer.finish(stats)
     except BaseException:
         writer.abort()
         raise
     stats["dataset_megabytes"] = sum(f.stat().st_size for f in folder.iterdir()) / 1e6
-    log.info("%s: %d sessions, mean return %.2f, %.1f%% steps with a bored topic, %.0f user-steps/s",
-             STAGE, n, stats["mean_return"], 100 * stats["bored_step_share"], stats["user_steps_per_second"])
+    log.info(
+        "%s: %d sessions, mean return %.2f, %.1f%% steps with a bored topic, %.0f user-steps/s",
+        STAGE,
+        n,
+        stats["mean_return"],
+        100 * stats["bored_step_share"],
+        stats["user_steps_per_second"],
+    )
     return stats
 
 
@@ -132,7 +179,7 @@ def load_from_run(run_ref: str) -> LoggedSessions:
     return load_logged_sessions(artifact_dir(run, ARTIFACT))
 
 
-def find_or_generate(config: GenerateDatasetConfig, parent: Optional[StageRun]) -> str:
+def find_or_generate(config: GenerateDatasetConfig, parent: StageRun | None) -> str:
     """Run id of a FINISHED dataset run with this configuration; generates one as a child run if there is none."""
     return find_or_run(STAGE, lookup_keys(config), lambda: run(config, parent=parent))
 
@@ -146,7 +193,8 @@ def resolve_dataset(cfg: Any, parent: StageRun) -> tuple[str, LoggedSessions]:
         data = load_from_run(run_id)
         environment.check_upstream(environment.spec_of(cfg), run_id, "dataset", cfg.allow_env_mismatch, parent)
         return run_id, data
-    config = GenerateDatasetConfig.resolve(cfg.env, cfg.preset, item_embeddings=cfg.item_embeddings or None,
-                                           env_params=cfg.env_params or None)
+    config = GenerateDatasetConfig.resolve(
+        cfg.env, cfg.preset, item_embeddings=cfg.item_embeddings or None, env_params=cfg.env_params or None
+    )
     run_id = find_or_generate(config, parent)
     return run_id, load_from_run(run_id)

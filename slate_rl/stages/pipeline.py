@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import yaml
 from mlflow.entities import Run, ViewType
@@ -37,11 +37,16 @@ from slate_rl import config
 from slate_rl.errors import SlateRLError
 from slate_rl.methods import ONLINE_FAMILIES, Need, get_method, method_ids
 from slate_rl.seeds import PAPER_SEEDS, describe, parse_seeds
-from slate_rl.stage_configs import (GenerateDatasetConfig, PretrainGemsConfig, TrainMFConfig, TrainOnlineConfig,
-                                    agent_defaults)
+from slate_rl.stage_configs import (
+    GenerateDatasetConfig,
+    PretrainGemsConfig,
+    TrainMFConfig,
+    TrainOnlineConfig,
+    agent_defaults,
+)
 from slate_rl.stages import compare, generate_dataset, on_dataset, pretrain_gems, train_mf, train_online
 from slate_rl.tracking.lineage import LINEAGE_TAG
-from slate_rl.tracking.runs import HOST_TAG, PID_TAG, StageRun, format_param, stage_run
+from slate_rl.tracking.runs import HOST_TAG, PID_TAG, StageRun, format_param, has_resume_state, stage_run
 
 STAGE = "pipeline"
 ORACLE_SEED = PAPER_SEEDS[0]  # the short-term oracle is deterministic given the user stream: one seed
@@ -51,7 +56,7 @@ GEMS_SETTINGS = ("latent_dim", "lambda_kl", "lambda_click")  # train_online opti
 SET_BY_PIPELINE = ("env", "preset", "method", "seed", "agent", "item_embeddings", "env_params", "dataset", "gems", "mf")
 PHASES = ("datasets", "MF and GeMS", "training")
 # Stages whose unfinished runs continue with `--resume <run id>`, and how to tell that a run saved a state to do so.
-RESUMABLE: dict[str, Callable[[str], bool]] = {train_online.STAGE: train_online.has_resume_state}
+RESUMABLE = (train_online.STAGE, pretrain_gems.STAGE)  # stages whose killed runs `--resume` continues
 log = logging.getLogger("slate_rl")
 
 
@@ -69,16 +74,35 @@ class PipelineConfig:
     given: dict[str, str] = dataclasses.field(default_factory=dict)  # the options as given (logged as params)
 
     @classmethod
-    def resolve(cls, envs: str, methods: str, seeds: str, env_param: tuple[str, ...] = (),
-                assignments: tuple[str, ...] = (), **values: Any) -> "PipelineConfig":
+    def resolve(
+        cls,
+        envs: str,
+        methods: str,
+        seeds: str,
+        env_param: tuple[str, ...] = (),
+        assignments: tuple[str, ...] = (),
+        **values: Any,
+    ) -> PipelineConfig:
         env_list = config.resolve_env_list(envs)
         method_list = list(method_ids(ONLINE_FAMILIES)) if methods.strip() in ("", "all") else compare._split(methods)
         for method in method_list:
             get_method(method, ONLINE_FAMILIES)
-        given = {"envs": envs, "methods": methods, "seeds": seeds, "env_param": ",".join(env_param),
-                 "set": ",".join(assignments)}
-        cfg = cls(env_list, method_list, parse_seeds(seeds), env_params=parse_sweep(env_param, "--env-param"),
-                  overrides=parse_sweep(assignments, "--set"), given=given, **values)
+        given = {
+            "envs": envs,
+            "methods": methods,
+            "seeds": seeds,
+            "env_param": ",".join(env_param),
+            "set": ",".join(assignments),
+        }
+        cfg = cls(
+            env_list,
+            method_list,
+            parse_seeds(seeds),
+            env_params=parse_sweep(env_param, "--env-param"),
+            overrides=parse_sweep(assignments, "--set"),
+            given=given,
+            **values,
+        )
         if cfg.preset not in config.PRESETS:
             raise SlateRLError(f"unknown preset {cfg.preset!r}; choose one of: {', '.join(config.PRESETS)}")
         if int(cfg.workers) < 1:
@@ -88,8 +112,14 @@ class PipelineConfig:
 
     def params(self) -> dict[str, Any]:
         """The run's params: the options as given (as `mlflow run` logs them) and the seeds they resolve to."""
-        return {**self.given, "seeds_resolved": describe(self.seeds), "preset": self.preset, "workers": self.workers,
-                "devices": ",".join(self.devices), "item_embeddings": self.item_embeddings}
+        return {
+            **self.given,
+            "seeds_resolved": describe(self.seeds),
+            "preset": self.preset,
+            "workers": self.workers,
+            "devices": ",".join(self.devices),
+            "item_embeddings": self.item_embeddings,
+        }
 
 
 def parse_sweep(items: tuple[str, ...] | list[str], what: str) -> dict[str, list[Any]]:
@@ -122,26 +152,30 @@ def _check_overrides(overrides: dict[str, list[Any]], methods: list[str]) -> Non
     hyper = {name for method in methods for name in agent_defaults(method)}
     for name in overrides:
         if name in SET_BY_PIPELINE:
-            raise SlateRLError(f"--set {name}=... is not allowed: the pipeline sets {name} itself"
-                               + {"item_embeddings": "; use --item-embeddings",
-                                  "env_params": "; use --env-param"}.get(name, ""))
+            raise SlateRLError(
+                f"--set {name}=... is not allowed: the pipeline sets {name} itself"
+                + {"item_embeddings": "; use --item-embeddings", "env_params": "; use --env-param"}.get(name, "")
+            )
         if name not in _stage_fields() | hyper:
-            raise SlateRLError(f"--set {name}: not a train_online option nor a hyper-parameter of "
-                               f"{', '.join(methods)}; valid: {', '.join(sorted(_stage_fields() | hyper))}")
+            raise SlateRLError(
+                f"--set {name}: not a train_online option nor a hyper-parameter of "
+                f"{', '.join(methods)}; valid: {', '.join(sorted(_stage_fields() | hyper))}"
+            )
 
 
 def _combinations(values: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """Every combination of one value per name ([{}] when there is no name)."""
     names = list(values)
-    return [dict(zip(names, chosen)) for chosen in itertools.product(*(values[n] for n in names))]
+    return [dict(zip(names, chosen, strict=True)) for chosen in itertools.product(*(values[n] for n in names))]
 
 
 def _method_overrides(cfg: PipelineConfig, method: str) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
     """The --set values that apply to `method`: (train_online options, agent hyper-parameters)."""
     needs_gems = Need.GEMS in get_method(method).needs
     hyper = agent_defaults(method)
-    options = {k: v for k, v in cfg.overrides.items()
-               if k in _stage_fields() and (needs_gems or k not in GEMS_SETTINGS)}
+    options = {
+        k: v for k, v in cfg.overrides.items() if k in _stage_fields() and (needs_gems or k not in GEMS_SETTINGS)
+    }
     agent = {k: v for k, v in cfg.overrides.items() if k in hyper and k not in options}
     return options, agent
 
@@ -176,8 +210,13 @@ class _Store:
         for stage in stages if experiments else ():
             token = None
             while True:
-                page = client.search_runs(experiments, f"tags.stage = '{stage}'", max_results=1000,
-                                          order_by=["attributes.start_time DESC"], page_token=token)
+                page = client.search_runs(
+                    experiments,
+                    f"tags.stage = '{stage}'",
+                    max_results=1000,
+                    order_by=["attributes.start_time DESC"],
+                    page_token=token,
+                )
                 for run in page:
                     if LINEAGE_TAG in run.data.tags:
                         self.by_key.setdefault(f"{stage}:{run.data.tags[LINEAGE_TAG]}", []).append(run)
@@ -189,7 +228,7 @@ class _Store:
         """The runs of any of `keys`, the current key's first, each key's newest first."""
         return [run for key in keys for run in self.by_key.get(f"{stage}:{key}", [])]
 
-    def finished(self, stage: str, keys: tuple[str, ...]) -> Optional[Run]:
+    def finished(self, stage: str, keys: tuple[str, ...]) -> Run | None:
         return next((r for r in self.runs(stage, keys) if r.info.status == "FINISHED"), None)
 
     def locate(self, job: Job) -> Job:
@@ -204,19 +243,23 @@ class _Store:
         status, tags, run_id = latest.info.status, latest.data.tags, latest.info.run_id
         alive = _alive(latest)
         if status == "RUNNING" and alive is not False:
-            where = (f"pid {tags[PID_TAG]}" if alive else f"on host {tags.get(HOST_TAG, 'unknown')}, pid "
-                     f"{tags.get(PID_TAG, 'unknown')}; mark it KILLED if that process is gone")
+            where = (
+                f"pid {tags[PID_TAG]}"
+                if alive
+                else f"on host {tags.get(HOST_TAG, 'unknown')}, pid "
+                f"{tags.get(PID_TAG, 'unknown')}; mark it KILLED if that process is gone"
+            )
             return dataclasses.replace(job, state="running", run_id=run_id, note=f"RUNNING ({where})")
-        died = (status in ("RUNNING", "KILLED") or (status == "FAILED" and SIGNAL_TAG in tags))
+        died = status in ("RUNNING", "KILLED") or (status == "FAILED" and SIGNAL_TAG in tags)
         why = f"{status}" + (f" by {tags[SIGNAL_TAG]}" if SIGNAL_TAG in tags else "")
         if died and job.stage in RESUMABLE:
-            if RESUMABLE[job.stage](run_id):
+            if has_resume_state(run_id):
                 return dataclasses.replace(job, state="resume", run_id=run_id, note=why)
             return dataclasses.replace(job, note=f"run {run_id} {why} before its first checkpoint")
         return dataclasses.replace(job, note=f"run {run_id} {why}")
 
 
-def _alive(run: Run) -> Optional[bool]:
+def _alive(run: Run) -> bool | None:
     """Whether the process that runs `run` lives: None when it ran on another machine (or did not say where)."""
     tags = run.data.tags
     if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
@@ -250,14 +293,34 @@ def plan(cfg: PipelineConfig) -> list[list[Job]]:
         data_keys = generate_dataset.lookup_keys(data_cfg)
         data_run = store.finished(generate_dataset.STAGE, data_keys)
         if needs:  # GeMS and MF learn from the logged dataset
-            add(0, Job(generate_dataset.STAGE, f"dataset/{env}{variant}",
-                       ["generate-dataset", "--env", env, "--preset", cfg.preset,
-                        *_env_args(cfg, GenerateDatasetConfig, env_params)], data_keys))
+            add(
+                0,
+                Job(
+                    generate_dataset.STAGE,
+                    f"dataset/{env}{variant}",
+                    [
+                        "generate-dataset",
+                        "--env",
+                        env,
+                        "--preset",
+                        cfg.preset,
+                        *_env_args(cfg, GenerateDatasetConfig, env_params),
+                    ],
+                    data_keys,
+                ),
+            )
         if Need.MF in needs:
             mf_cfg = TrainMFConfig.resolve(env, cfg.preset, **_env_values(cfg, TrainMFConfig, env_params))
-            add(1, _upstream_job(train_mf.STAGE, mf_cfg, data_run, f"mf/{env}{variant}",
-                                 ["train-mf", "--env", env, "--preset", cfg.preset,
-                                  *_env_args(cfg, TrainMFConfig, env_params)]))
+            add(
+                1,
+                _upstream_job(
+                    train_mf.STAGE,
+                    mf_cfg,
+                    data_run,
+                    f"mf/{env}{variant}",
+                    ["train-mf", "--env", env, "--preset", cfg.preset, *_env_args(cfg, TrainMFConfig, env_params)],
+                ),
+            )
         for method in cfg.methods:
             options, agent = _method_overrides(cfg, method)
             for seed in [ORACLE_SEED] if method == "short_term_oracle" else cfg.seeds:
@@ -265,22 +328,60 @@ def plan(cfg: PipelineConfig) -> list[list[Job]]:
                     name = f"{method}/{env}/seed{seed}{label({**env_params, **chosen, **hyper})}"
                     if Need.GEMS in get_method(method).needs:
                         gems = {k: v for k, v in chosen.items() if k in GEMS_SETTINGS}
-                        gems_cfg = PretrainGemsConfig.resolve(env, cfg.preset, seed=seed, **gems,
-                                                              **_env_values(cfg, PretrainGemsConfig, env_params))
-                        add(1, _upstream_job(pretrain_gems.STAGE, gems_cfg, data_run,
-                                             f"gems/{env}/seed{seed}{label({**env_params, **gems})}",
-                                             ["pretrain-gems", "--env", env, "--preset", cfg.preset, "--seed",
-                                              str(seed), *_option_args(gems),
-                                              *_env_args(cfg, PretrainGemsConfig, env_params)]))
-                    run_cfg = TrainOnlineConfig.resolve(env, cfg.preset, method=method, seed=seed,
-                                                        agent=hyper or None, **chosen,
-                                                        **_env_values(cfg, TrainOnlineConfig, env_params))
-                    add(2, Job(train_online.STAGE, name,
-                               ["train-online", "--env", env, "--preset", cfg.preset, "--method", method, "--seed",
-                                str(seed), *_option_args(chosen),
+                        gems_cfg = PretrainGemsConfig.resolve(
+                            env, cfg.preset, seed=seed, **gems, **_env_values(cfg, PretrainGemsConfig, env_params)
+                        )
+                        add(
+                            1,
+                            _upstream_job(
+                                pretrain_gems.STAGE,
+                                gems_cfg,
+                                data_run,
+                                f"gems/{env}/seed{seed}{label({**env_params, **gems})}",
+                                [
+                                    "pretrain-gems",
+                                    "--env",
+                                    env,
+                                    "--preset",
+                                    cfg.preset,
+                                    "--seed",
+                                    str(seed),
+                                    *_option_args(gems),
+                                    *_env_args(cfg, PretrainGemsConfig, env_params),
+                                ],
+                            ),
+                        )
+                    run_cfg = TrainOnlineConfig.resolve(
+                        env,
+                        cfg.preset,
+                        method=method,
+                        seed=seed,
+                        agent=hyper or None,
+                        **chosen,
+                        **_env_values(cfg, TrainOnlineConfig, env_params),
+                    )
+                    add(
+                        2,
+                        Job(
+                            train_online.STAGE,
+                            name,
+                            [
+                                "train-online",
+                                "--env",
+                                env,
+                                "--preset",
+                                cfg.preset,
+                                "--method",
+                                method,
+                                "--seed",
+                                str(seed),
+                                *_option_args(chosen),
                                 *[a for k, v in hyper.items() for a in ("--set", f"{k}={json.dumps(v)}")],
-                                *_env_args(cfg, TrainOnlineConfig, env_params)],
-                               train_online.lookup_keys(run_cfg)))
+                                *_env_args(cfg, TrainOnlineConfig, env_params),
+                            ],
+                            train_online.lookup_keys(run_cfg),
+                        ),
+                    )
     return [list(jobs.values()) for jobs in phases]
 
 
@@ -304,7 +405,7 @@ def _env_args(cfg: PipelineConfig, config_class: type, env_params: dict[str, Any
     return args + [a for k, v in values.get("env_params", {}).items() for a in ("--env-param", f"{k}={json.dumps(v)}")]
 
 
-def _upstream_job(stage: str, stage_cfg: Any, data_run: Optional[Run], name: str, args: list[str]) -> Job:
+def _upstream_job(stage: str, stage_cfg: Any, data_run: Run | None, name: str, args: list[str]) -> Job:
     """An MF or GeMS job; its keys are known only once its dataset exists (until then it is to run)."""
     keys = on_dataset.lookup_keys(stage, stage_cfg, data_run.info.run_id) if data_run else ()
     return Job(stage, name, args, keys)
@@ -314,7 +415,7 @@ def describe_plan(cfg: PipelineConfig) -> str:
     """The plan as text: the seeds, then every job of every phase with its state (what `--dry-run` prints)."""
     lines = [f"seeds: {cfg.given.get('seeds', describe(cfg.seeds))} -> {describe(cfg.seeds)}"]
     words = {"finished": "finished", "run": "to run", "resume": "to resume", "running": "running"}
-    for number, (title, jobs) in enumerate(zip(PHASES, plan(cfg)), start=1):
+    for number, (title, jobs) in enumerate(zip(PHASES, plan(cfg), strict=True), start=1):
         lines.append(f"phase {number}/{len(PHASES)} ({title}): {_counts(jobs)}")
         for job in jobs:
             detail = job.run_id if job.state in ("finished", "resume", "running") else ""
@@ -327,14 +428,17 @@ def describe_plan(cfg: PipelineConfig) -> str:
 
 def _counts(jobs: list[Job]) -> str:
     count = lambda state: sum(job.state == state for job in jobs)  # noqa: E731
-    return (f"{len(jobs)} jobs, {count('finished')} already finished, {count('run')} to run, {count('resume')} to "
-            f"resume" + (f", {count('running')} running elsewhere" if count("running") else ""))
+    return (
+        f"{len(jobs)} jobs, {count('finished')} already finished, {count('run')} to run, {count('resume')} to "
+        f"resume" + (f", {count('running')} running elsewhere" if count("running") else "")
+    )
 
 
-def run(cfg: PipelineConfig, experiment_name: Optional[str] = None, out: str = "reports/pipeline") -> str:
+def run(cfg: PipelineConfig, experiment_name: str | None = None, out: str = "reports/pipeline") -> str:
     """Run the missing jobs of the grid (resuming those that died), then `compare`; returns the parent run id."""
-    with stage_run(STAGE, run_name=f"{STAGE}/{cfg.preset}", experiment_name=experiment_name,
-                   tags={"preset": cfg.preset}) as mlrun:
+    with stage_run(
+        STAGE, run_name=f"{STAGE}/{cfg.preset}", experiment_name=experiment_name, tags={"preset": cfg.preset}
+    ) as mlrun:
         mlrun.log_params(cfg.params())
         log.info("%s: seeds %s -> %s", STAGE, cfg.given.get("seeds", ""), describe(cfg.seeds))
         failures: list[str] = []
@@ -344,31 +448,40 @@ def run(cfg: PipelineConfig, experiment_name: Optional[str] = None, out: str = "
             log.info("%s: phase %d/%d: %s", STAGE, phase + 1, len(PHASES), _counts(jobs))
             for job in jobs:
                 if job.state == "running":
-                    log.warning("%s: %s is running in another process (run %s, %s); not started again", STAGE,
-                                job.name, job.run_id, job.note)
+                    log.warning(
+                        "%s: %s is running in another process (run %s, %s); not started again",
+                        STAGE,
+                        job.name,
+                        job.run_id,
+                        job.note,
+                    )
                     elsewhere.append(job.name)
                 elif job.state == "resume":
-                    log.info("%s: %s: resuming run %s (%s) from its last checkpoint", STAGE, job.name, job.run_id,
-                             job.note)
+                    log.info(
+                        "%s: %s: resuming run %s (%s) from its last checkpoint", STAGE, job.name, job.run_id, job.note
+                    )
             failures += _run_jobs([job for job in jobs if job.state in ("run", "resume")], cfg, mlrun)
             if phase < len(PHASES) - 1 and (failures or elsewhere):
-                raise SlateRLError(f"{len(failures) + len(elsewhere)} upstream job(s) failed or still running: "
-                                   f"{', '.join(failures + elsewhere)}; run the pipeline again once they are fixed "
-                                   "or done (finished jobs are skipped)")
+                raise SlateRLError(
+                    f"{len(failures) + len(elsewhere)} upstream job(s) failed or still running: "
+                    f"{', '.join(failures + elsewhere)}; run the pipeline again once they are fixed "
+                    "or done (finished jobs are skipped)"
+                )
         mlrun.log_metrics({"failed_jobs": len(failures)})
         report = compare.CompareConfig.resolve(",".join(cfg.envs), ",".join(cfg.methods), preset=cfg.preset, out=out)
         try:
-            compare.write_report(compare.to_results(compare.select_runs(report), with_curve=True),
-                                 report, _folder(out))
+            compare.write_report(compare.to_results(compare.select_runs(report), with_curve=True), report, _folder(out))
             mlrun.log_artifacts(out, "report")
         except SlateRLError as exc:
             log.error("%s: no report: %s", STAGE, exc)
         if failures or elsewhere:
-            raise SlateRLError(f"{len(failures)} job(s) failed" + (f": {', '.join(failures)}" if failures else "")
-                               + (f"; {len(elsewhere)} still running elsewhere: {', '.join(elsewhere)}"
-                                  if elsewhere else "")
-                               + "; run the pipeline again to finish them (finished jobs are skipped, killed ones "
-                                 "resume)")
+            raise SlateRLError(
+                f"{len(failures)} job(s) failed"
+                + (f": {', '.join(failures)}" if failures else "")
+                + (f"; {len(elsewhere)} still running elsewhere: {', '.join(elsewhere)}" if elsewhere else "")
+                + "; run the pipeline again to finish them (finished jobs are skipped, killed ones "
+                "resume)"
+            )
         log.info("%s: all jobs finished; report in %s", STAGE, out)
         return mlrun.run_id
 
@@ -402,15 +515,36 @@ def _run_jobs(jobs: list[Job], cfg: PipelineConfig, parent: StageRun) -> list[st
                 left = len(pending) + len(running)
                 eta = _eta(pending, running, durations, cfg.workers)
                 if process.returncode == 0:
-                    log.info("%s: [%d/%d] %s finished in %.0f s; %d left, ETA %s", STAGE, finished, total, job.name,
-                             seconds, left, eta)
+                    log.info(
+                        "%s: [%d/%d] %s finished in %.0f s; %d left, ETA %s",
+                        STAGE,
+                        finished,
+                        total,
+                        job.name,
+                        seconds,
+                        left,
+                        eta,
+                    )
                     continue
                 failures.append(job.name)
                 tail = Path(log_file).read_text(errors="replace").strip().splitlines()[-15:]
-                why = (f"killed by {signal.Signals(-process.returncode).name}" if process.returncode < 0
-                       else f"exit {process.returncode}")
-                log.error("%s: [%d/%d] %s FAILED (%s) after %.0f s; %d left, ETA %s; end of its log:\n  %s",
-                          STAGE, finished, total, job.name, why, seconds, left, eta, "\n  ".join(tail))
+                why = (
+                    f"killed by {signal.Signals(-process.returncode).name}"
+                    if process.returncode < 0
+                    else f"exit {process.returncode}"
+                )
+                log.error(
+                    "%s: [%d/%d] %s FAILED (%s) after %.0f s; %d left, ETA %s; end of its log:\n  %s",
+                    STAGE,
+                    finished,
+                    total,
+                    job.name,
+                    why,
+                    seconds,
+                    left,
+                    eta,
+                    "\n  ".join(tail),
+                )
                 _record_death(job, process)
     return failures
 
@@ -425,7 +559,9 @@ def _start(job: Job, slot: int, cfg: PipelineConfig, parent: StageRun, logs: Pat
     if job.state != "resume":
         command += ["--parent-run", parent.run_id]
     with open(log_file, "w") as handle:
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env={**env, "SLATE_RL_JOB": job.name})
+        process = subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, env={**env, "SLATE_RL_JOB": job.name}
+        )
     log.info("%s: started %s%s", STAGE, job.name, f" (resuming run {job.run_id})" if job.state == "resume" else "")
     return job, process, log_file, time.monotonic()
 
@@ -433,8 +569,11 @@ def _start(job: Job, slot: int, cfg: PipelineConfig, parent: StageRun, logs: Pat
 def _eta(pending: list[Job], running: dict, durations: dict[str, list[float]], workers: int) -> str:
     """Remaining work / workers, from the mean duration of finished jobs of each stage."""
     known = [d for values in durations.values() for d in values]
-    mean = lambda stage: (sum(durations[stage]) / len(durations[stage]) if stage in durations  # noqa: E731
-                          else sum(known) / len(known))
+
+    def mean(stage: str) -> float:
+        values = durations.get(stage, known)
+        return sum(values) / len(values)
+
     seconds = sum(mean(job.stage) for job in pending) + sum(mean(job.stage) / 2 for job, *_ in running.values())
     minutes = seconds / max(workers, 1) / 60
     return f"{minutes:.0f} min" if minutes >= 1 else "< 1 min"
@@ -445,8 +584,11 @@ def _record_death(job: Job, process: subprocess.Popen) -> None:
     it, say so on its runs (tag `exit_signal`), so that the next pipeline resumes them."""
     client = MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-    runs = client.search_runs(experiments, f"tags.{JOB_TAG} = '{job.name}' and tags.{PID_TAG} = '{process.pid}' "
-                                           f"and tags.{HOST_TAG} = '{socket.gethostname()}'")
+    runs = client.search_runs(
+        experiments,
+        f"tags.{JOB_TAG} = '{job.name}' and tags.{PID_TAG} = '{process.pid}' "
+        f"and tags.{HOST_TAG} = '{socket.gethostname()}'",
+    )
     for r in runs:
         if process.returncode < 0:
             client.set_tag(r.info.run_id, SIGNAL_TAG, signal.Signals(-process.returncode).name)

@@ -1,11 +1,13 @@
-"""Stage `pretrain_gems`: the GeMS slate VAE on logged sessions, with its action bounds, as one artifact."""
+"""Stage `pretrain_gems`: the GeMS slate VAE on logged sessions, with its action bounds, as one artifact; resumable
+into the same run after a kill, from its last finished epoch."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,12 +16,14 @@ from slate_rl.errors import SlateRLError
 from slate_rl.rankers.bounds import gems_action_bounds
 from slate_rl.rankers.decoders import GeMSDecoder
 from slate_rl.stage_configs import PretrainGemsConfig
-from slate_rl.stages import environment, on_dataset
+from slate_rl.stages import environment, generate_dataset, on_dataset
 from slate_rl.stages.on_dataset import dataset_stage_run
-from slate_rl.tracking.lineage import artifact_dir, get_finished_run, parse_run_uri
-from slate_rl.tracking.runs import StageRun
+from slate_rl.tracking.lineage import artifact_dir, get_finished_run, get_unfinished_run, parse_run_uri
+from slate_rl.tracking.runs import RESUME_FILE, RESUME_PATH, StageRun
 
 if TYPE_CHECKING:
+    from mlflow.entities import Run
+
     from slate_rl.rankers.data import SlateDataModule
     from slate_rl.rankers.gems import GeMS
 
@@ -27,59 +31,146 @@ STAGE = "pretrain_gems"
 ARTIFACT = "gems"
 MODEL_FILE = "gems.pt"
 FORMAT = "slate-rl/gems"
+RESUME_FORMAT = "slate-rl/gems-resume"
 log = logging.getLogger("slate_rl")
 
 
-def run(cfg: PretrainGemsConfig, parent: Optional[StageRun] = None, experiment_name: Optional[str] = None) -> str:
+def run(
+    cfg: PretrainGemsConfig,
+    parent: StageRun | None = None,
+    experiment_name: str | None = None,
+    resume_run: str | None = None,
+) -> str:
     """Pretrain GeMS inside an MLflow run; returns the run id. Its artifact `gems/gems.pt` holds the VAE, the
-    decoder and the action bounds (`load_decoder`)."""
+    decoder and the action bounds (`load_decoder`).
+
+    resume_run: continue that (killed or failed) run from its last finished epoch instead of starting anew; `cfg`
+    must be its configuration, `resumable(resume_run)`.
+    """
     from slate_rl.rankers.data import SlateDataModule  # Lightning loads only to train (seconds of start-up)
     from slate_rl.rankers.gems import GeMS
 
-    with dataset_stage_run(STAGE, cfg, parent, experiment_name) as (mlrun, dataset_run, data):
+    state = None
+    if resume_run is not None:  # checked before the run is touched
+        state = load_resume_state(get_unfinished_run(resume_run, STAGE))
+        if state["config"] != dataclasses.asdict(cfg):
+            raise SlateRLError(
+                f"run {resume_run} was started with another configuration; resume it with "
+                f"pretrain_gems.resumable({resume_run!r})"
+            )
+    with dataset_stage_run(STAGE, cfg, parent, experiment_name, resume_run) as (mlrun, dataset_run, data):
+        config = saved_config(cfg, dataset_run)
         slates, clicks = data.tensors()
-        vae = GeMS(num_items=int(data.meta["num_items"]), slate_size=int(data.meta["slate_size"]),
-                   latent_dim=cfg.latent_dim, lambda_kl=cfg.lambda_kl, lambda_click=cfg.lambda_click,
-                   lambda_prior=cfg.lambda_prior, lr=cfg.lr, loss_convention=cfg.loss_convention, seed=cfg.seed)
+        vae = GeMS(
+            num_items=int(data.meta["num_items"]),
+            slate_size=int(data.meta["slate_size"]),
+            latent_dim=cfg.latent_dim,
+            lambda_kl=cfg.lambda_kl,
+            lambda_click=cfg.lambda_click,
+            lambda_prior=cfg.lambda_prior,
+            lr=cfg.lr,
+            loss_convention=cfg.loss_convention,
+            seed=cfg.seed,
+        )
         datamodule = SlateDataModule(slates, clicks, batch_size=cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed)
         with tempfile.TemporaryDirectory(prefix="slate-rl-gems-") as tmp:
-            best = fit(vae, datamodule, cfg.epochs, mlrun, Path(tmp) / "checkpoints")
+            best = fit(vae, datamodule, cfg.epochs, mlrun, Path(tmp), config, state)
             bounds = gems_action_bounds(best, slates, clicks, num_sessions=cfg.bound_sessions)
             decoder = GeMSDecoder.from_vae(best, bounds)
-            payload = {"format": FORMAT, "env": cfg.env, "env_spec": environment.spec_of(cfg).as_dict(),
-                       "dataset_run": dataset_run,
-                       "hparams": dict(best.hparams), "vae": best.state_dict(), "decoder": decoder.save_payload()}
+            payload = {
+                "format": FORMAT,
+                "env": cfg.env,
+                "env_spec": environment.spec_of(cfg).as_dict(),
+                "dataset_run": dataset_run,
+                "hparams": dict(best.hparams),
+                "vae": best.state_dict(),
+                "decoder": decoder.save_payload(),
+            }
             folder = Path(tmp) / ARTIFACT
             folder.mkdir()
             atomic.torch_save(payload, folder / MODEL_FILE)
             mlrun.log_artifacts(folder, ARTIFACT)
-        mlrun.log_metrics({"bounds/mean_half_range": float(bounds.scale.mean()),
-                           "bounds/mean_center_abs": float(bounds.center.abs().mean())})
+        mlrun.log_metrics(
+            {
+                "bounds/mean_half_range": float(bounds.scale.mean()),
+                "bounds/mean_center_abs": float(bounds.center.abs().mean()),
+            }
+        )
         log.info("%s: done; decoder with bounds in runs:/%s/%s/%s", STAGE, mlrun.run_id, ARTIFACT, MODEL_FILE)
         return mlrun.run_id
 
 
-def fit(vae: GeMS, datamodule: SlateDataModule, epochs: int, mlrun: StageRun, checkpoints: Path) -> GeMS:
-    """Train with Lightning (metrics per epoch into the run) and return the best-validation model."""
+def fit(
+    vae: GeMS,
+    datamodule: SlateDataModule,
+    epochs: int,
+    mlrun: StageRun,
+    folder: Path,
+    config: dict[str, Any],
+    state: dict[str, Any] | None = None,
+) -> GeMS:
+    """Train with Lightning (metrics per epoch into the run, the resume state after every epoch) and return the
+    best-validation model; with `state` (a resume state), continue from where it was taken."""
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
 
     from slate_rl.rankers.gems import GeMS
-    from slate_rl.tracking.lightning import run_logger, trainer_options
+    from slate_rl.tracking.lightning import BestCheckpoint, EpochState, run_logger, trainer_options
 
-    best = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/loss", mode="min", save_top_k=1)
+    def publish(epoch_state: dict[str, Any]) -> None:
+        resume = {"format": RESUME_FORMAT, "config": config, **epoch_state}
+        with tempfile.TemporaryDirectory() as tmp:
+            mlrun.replace_artifact(atomic.torch_save(resume, Path(tmp) / RESUME_FILE), RESUME_PATH)
+        log.info("%s: resume state saved after epoch %d", STAGE, epoch_state["epoch"])
+
+    best = BestCheckpoint(dirpath=folder / "checkpoints", filename="best", monitor="val/loss", mode="min", save_top_k=1)
+    saver = EpochState(folder, best, publish)
     options = trainer_options(STAGE)
-    trainer = pl.Trainer(max_epochs=int(epochs), logger=run_logger(mlrun), accelerator="auto", devices=1,
-                         num_sanity_val_steps=0, log_every_n_steps=50, callbacks=[best, *options.pop("callbacks")],
-                         **options)
-    trainer.fit(vae, datamodule=datamodule)
+    trainer = pl.Trainer(
+        max_epochs=int(epochs),
+        logger=run_logger(mlrun, resumed=state is not None),
+        accelerator="auto",
+        devices=1,
+        num_sanity_val_steps=0,
+        log_every_n_steps=50,
+        callbacks=[best, saver, *options.pop("callbacks")],
+        **options,
+    )
+    if state is not None:
+        log.info("%s: resuming run %s after epoch %d", STAGE, mlrun.run_id, state["epoch"])
+    trainer.fit(vae, datamodule=datamodule, ckpt_path=saver.unpack(state) if state is not None else None)
     if not best.best_model_path:
         raise SlateRLError("GeMS training produced no checkpoint (no validation epoch ran)")
     mlrun.log_artifact(best.best_model_path, "checkpoint")
-    state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
-    model = GeMS(**state["hyper_parameters"])
-    model.load_state_dict(state["state_dict"])
+    checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+    model = GeMS(**checkpoint["hyper_parameters"])
+    model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
+
+
+def saved_config(cfg: PretrainGemsConfig, dataset_run: str) -> dict[str, Any]:
+    """The configuration kept in the resume state, with the dataset the run trains on made explicit."""
+    return dataclasses.asdict(dataclasses.replace(cfg, dataset=f"runs:/{dataset_run}/{generate_dataset.ARTIFACT}"))
+
+
+def load_resume_state(run: Run) -> dict[str, Any]:
+    """The resume state of a pretrain_gems run (saved after each of its epochs)."""
+    try:
+        path = artifact_dir(run, f"{RESUME_PATH}/{RESUME_FILE}")
+    except SlateRLError as exc:
+        raise SlateRLError(
+            f"run {run.info.run_id} has no resume state (it stopped before its first epoch ended); start a new run"
+        ) from exc
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("format") != RESUME_FORMAT:
+        raise SlateRLError(f"{path} is not a slate-rl GeMS resume state")
+    return state
+
+
+def resumable(run_id: str) -> PretrainGemsConfig:
+    """The configuration of a pretrain_gems run that can be resumed (it exists, did not finish, and saved a resume
+    state after at least one epoch)."""
+    config = dict(load_resume_state(get_unfinished_run(run_id, STAGE))["config"])
+    return PretrainGemsConfig.resolve(config.pop("env"), config.pop("preset"), **config)
 
 
 def load_payload(run_ref: str) -> dict[str, Any]:
@@ -92,16 +183,17 @@ def load_payload(run_ref: str) -> dict[str, Any]:
     return payload
 
 
-def load_decoder(run_ref: str, expected_latent_dim: Optional[int] = None) -> GeMSDecoder:
+def load_decoder(run_ref: str, expected_latent_dim: int | None = None) -> GeMSDecoder:
     """The frozen GeMS decoder of a run with its stored action bounds, in one call."""
     payload = load_payload(run_ref)
     latent = int(payload["hparams"]["latent_dim"])
     if expected_latent_dim is not None and latent != int(expected_latent_dim):
-        raise SlateRLError(f"GeMS run {run_ref} has latent_dim {latent}, but latent_dim {expected_latent_dim} "
-                           "was requested")
+        raise SlateRLError(
+            f"GeMS run {run_ref} has latent_dim {latent}, but latent_dim {expected_latent_dim} was requested"
+        )
     return GeMSDecoder.from_payload(payload["decoder"])
 
 
-def find_or_pretrain(cfg: PretrainGemsConfig, dataset_run: str, parent: Optional[StageRun]) -> str:
+def find_or_pretrain(cfg: PretrainGemsConfig, dataset_run: str, parent: StageRun | None) -> str:
     """Run id of a FINISHED GeMS run for this dataset and configuration; pretrains one as a child run if none."""
     return on_dataset.find_or_train(STAGE, cfg, dataset_run, parent, run)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -25,40 +24,58 @@ SPEC_FILE = "env_spec.json"  # the environment spec of the dataset's simulator (
 log = logging.getLogger("slate_rl")
 
 
-def run(cfg: TrainMFConfig, parent: Optional[StageRun] = None, experiment_name: Optional[str] = None) -> str:
+def run(cfg: TrainMFConfig, parent: StageRun | None = None, experiment_name: str | None = None) -> str:
     """Train MF inside an MLflow run; returns the run id. Artifacts: `mf/item_embeddings.pt` (num_items x dim) and
     `mf/env_spec.json` (the simulator it learned from)."""
-    with dataset_stage_run(STAGE, cfg, parent, experiment_name) as (mlrun, dataset_run, data):
+    with dataset_stage_run(STAGE, cfg, parent, experiment_name) as (mlrun, _dataset_run, data):
         slates, clicks = data.tensors()
         log.info("%s: BPR on %d sessions (early stopping, patience %d)", STAGE, data.n_sessions, cfg.patience)
-        result = train_mf(slates, clicks, num_items=int(data.meta["num_items"]), dim=cfg.dim, lr=cfg.lr,
-                          batch_size=cfg.batch_size, eval_every=cfg.eval_every, patience=cfg.patience,
-                          max_steps=cfg.max_steps or None, max_seconds=cfg.max_seconds or None, seed=cfg.seed)
+        result = train_mf(
+            slates,
+            clicks,
+            num_items=int(data.meta["num_items"]),
+            dim=cfg.dim,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            eval_every=cfg.eval_every,
+            patience=cfg.patience,
+            max_steps=cfg.max_steps or None,
+            max_seconds=cfg.max_seconds or None,
+            seed=cfg.seed,
+        )
         for steps, loss in result.evaluations:
             mlrun.log_metrics({"val/bpr_loss": loss}, step=steps)
         correlation = popularity_correlation(result.item_table, slates, clicks)
-        mlrun.log_metrics({"best_val_bpr_loss": result.best_val_loss, "steps": result.steps,
-                           "popularity_correlation": correlation})
+        mlrun.log_metrics(
+            {"best_val_bpr_loss": result.best_val_loss, "steps": result.steps, "popularity_correlation": correlation}
+        )
         mlrun.set_tags({"stop_reason": result.stop_reason})
         with tempfile.TemporaryDirectory(prefix="slate-rl-mf-") as tmp:
             atomic.torch_save(result.item_table.contiguous(), Path(tmp) / TABLE_FILE)
             atomic.write_json(Path(tmp) / SPEC_FILE, environment.spec_of(cfg).as_dict())
             mlrun.log_artifacts(tmp, ARTIFACT)
-        log.info("%s: %d steps (%s), best held-out BPR loss %.4f, popularity correlation %.2f", STAGE,
-                 result.steps, result.stop_reason, result.best_val_loss, correlation)
+        log.info(
+            "%s: %d steps (%s), best held-out BPR loss %.4f, popularity correlation %.2f",
+            STAGE,
+            result.steps,
+            result.stop_reason,
+            result.best_val_loss,
+            correlation,
+        )
         return mlrun.run_id
 
 
 def load_item_table(run_ref: str) -> torch.Tensor:
     """The MF item table of a FINISHED train_mf run."""
     run_id, _ = parse_run_uri(run_ref)
-    table = torch.load(artifact_dir(get_finished_run(run_id, STAGE), ARTIFACT) / TABLE_FILE, map_location="cpu",
-                       weights_only=True)
+    table = torch.load(
+        artifact_dir(get_finished_run(run_id, STAGE), ARTIFACT) / TABLE_FILE, map_location="cpu", weights_only=True
+    )
     if not isinstance(table, torch.Tensor) or table.dim() != 2:
         raise SlateRLError(f"run {run_id} holds no MF item table")
     return table
 
 
-def find_or_train(cfg: TrainMFConfig, dataset_run: str, parent: Optional[StageRun]) -> str:
+def find_or_train(cfg: TrainMFConfig, dataset_run: str, parent: StageRun | None) -> str:
     """Run id of a FINISHED MF run for this dataset and configuration; trains one as a child run if none."""
     return on_dataset.find_or_train(STAGE, cfg, dataset_run, parent, run)

@@ -8,7 +8,7 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -26,14 +26,19 @@ from slate_rl.reporting.figures import plot_run_curve
 from slate_rl.stage_configs import PretrainGemsConfig, TrainMFConfig, TrainOnlineConfig
 from slate_rl.stages import environment, generate_dataset, pretrain_gems, train_mf
 from slate_rl.tracking import models
-from slate_rl.tracking.lineage import LINEAGE_TAG, artifact_dir, legacy_applies, lineage_key, parse_run_uri
-from slate_rl.tracking.runs import StageRun, stage_run
+from slate_rl.tracking.lineage import (
+    LINEAGE_TAG,
+    artifact_dir,
+    get_unfinished_run,
+    legacy_applies,
+    lineage_key,
+    parse_run_uri,
+)
+from slate_rl.tracking.runs import RESUME_FILE, RESUME_PATH, StageRun, stage_run
 
 STAGE = "train_online"
 CONTEXT_METRICS = {"random": "test_return_random", "short_term_oracle": "test_return_oracle"}
 CONFIG_FILE = "config.json"
-RESUME_PATH = "resume"
-RESUME_FILE = "state.pt"
 log = logging.getLogger("slate_rl")
 
 
@@ -47,15 +52,25 @@ class Upstream:
     mf: str = ""
 
 
-def run(cfg: TrainOnlineConfig, parent: Optional[StageRun] = None, experiment_name: Optional[str] = None,
-        resume_run: Optional[str] = None) -> str:
+def run(
+    cfg: TrainOnlineConfig,
+    parent: StageRun | None = None,
+    experiment_name: str | None = None,
+    resume_run: str | None = None,
+) -> str:
     """Train, validate, test and register inside an MLflow run; returns the run id.
 
     resume_run: continue that (killed or failed) run from its last periodic checkpoint instead of starting anew.
     """
     name = f"{cfg.method}/{cfg.env}/seed{cfg.seed}"
-    with stage_run(STAGE, run_name=name, parent=parent, experiment_name=experiment_name, run_id=resume_run,
-                   tags={"env": cfg.env, "method": cfg.method, "seed": cfg.seed, "preset": cfg.preset}) as mlrun:
+    with stage_run(
+        STAGE,
+        run_name=name,
+        parent=parent,
+        experiment_name=experiment_name,
+        run_id=resume_run,
+        tags={"env": cfg.env, "method": cfg.method, "seed": cfg.seed, "preset": cfg.preset},
+    ) as mlrun:
         if resume_run is None:
             mlrun.log_params(cfg.as_params())
             environment.log_spec(mlrun, environment.spec_of(cfg))
@@ -65,15 +80,15 @@ def run(cfg: TrainOnlineConfig, parent: Optional[StageRun] = None, experiment_na
         mlrun.set_tags({f"upstream.{k}": f"runs:/{v}" for k, v in dataclasses.asdict(upstream).items() if v})
         mf_table = train_mf.load_item_table(upstream.mf) if upstream.mf else None
         gems_decoder = load_gems(cfg, upstream.gems) if upstream.gems else None
-        agent = build_agent(cfg.method, env, cfg.seed, gems_decoder=gems_decoder, mf_table=mf_table,
-                            overrides=cfg.agent or None)
+        agent = build_agent(
+            cfg.method, env, cfg.seed, gems_decoder=gems_decoder, mf_table=mf_table, overrides=cfg.agent or None
+        )
         session = _Session(cfg, mlrun, env, agent, mf_table)
         trainer = Trainer(agent, env, cfg.protocol(), session.hooks())
         if resume_run is not None:
             session.resume(trainer)
         else:
-            _log_json(mlrun, {"config": dataclasses.asdict(cfg), "upstream": dataclasses.asdict(upstream)},
-                      CONFIG_FILE)
+            _log_json(mlrun, {"config": dataclasses.asdict(cfg), "upstream": dataclasses.asdict(upstream)}, CONFIG_FILE)
         if agent.learns:
             with session.progress(trainer):
                 trainer.fit()
@@ -85,9 +100,28 @@ def run(cfg: TrainOnlineConfig, parent: Optional[StageRun] = None, experiment_na
 # Fields that do not change a run's outcome (the table's path neither: the spec holds its fingerprint).
 NOT_IDENTITY_FIELDS = ("register", "allow_env_mismatch", "item_embeddings", "env_params")
 # The fields of slate-rl 0.1.0's TrainOnlineConfig, whose values (every one, default or not) made its lineage keys.
-LEGACY_FIELDS = ("env", "preset", "method", "seed", "episodes", "warmup_episodes", "val_every", "val_episodes",
-                 "test_episodes", "parallel_episodes", "overlap_collection", "save_every", "item_embeddings", "dataset",
-                 "gems", "mf", "latent_dim", "lambda_kl", "lambda_click", "agent")
+LEGACY_FIELDS = (
+    "env",
+    "preset",
+    "method",
+    "seed",
+    "episodes",
+    "warmup_episodes",
+    "val_every",
+    "val_episodes",
+    "test_episodes",
+    "parallel_episodes",
+    "overlap_collection",
+    "save_every",
+    "item_embeddings",
+    "dataset",
+    "gems",
+    "mf",
+    "latent_dim",
+    "lambda_kl",
+    "lambda_click",
+    "agent",
+)
 
 
 def identity(cfg: TrainOnlineConfig) -> dict[str, Any]:
@@ -113,57 +147,55 @@ def lookup_keys(cfg: TrainOnlineConfig) -> tuple[str, ...]:
 def result_line(metrics: dict[str, float], test_episodes: int) -> str:
     """The end-of-run summary: the test return with its standard error, next to the returns of Random and the
     short-term oracle on the same environment and test users (when the run measured them)."""
-    line = (f"test return {metrics['test_return']:.2f} ± {metrics['test_return_stderr']:.2f} over {test_episodes} "
-            "test users")
+    line = (
+        f"test return {metrics['test_return']:.2f} ± {metrics['test_return_stderr']:.2f} over {test_episodes} "
+        "test users"
+    )
     if set(CONTEXT_METRICS.values()) <= set(metrics):
-        line += (f" (Random {metrics['test_return_random']:.2f}, short-term oracle {metrics['test_return_oracle']:.2f} "
-                 "on the same environment and test users)")
+        line += (
+            f" (Random {metrics['test_return_random']:.2f}, short-term oracle {metrics['test_return_oracle']:.2f} "
+            "on the same environment and test users)"
+        )
     return line
 
 
 def resumable(run_id: str) -> TrainOnlineConfig:
     """The configuration of a train_online run that can be resumed (it exists and did not finish)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    try:
-        run = MlflowClient().get_run(run_id)
-    except MlflowException as exc:
-        raise SlateRLError(f"no run {run_id} to resume in the tracking store") from exc
-    if run.data.tags.get("stage") != STAGE:
-        raise SlateRLError(f"run {run_id} is not a {STAGE} run")
-    if run.info.status == "FINISHED":
-        raise SlateRLError(f"run {run_id} already finished; nothing to resume")
+    run = get_unfinished_run(run_id, STAGE)
     try:
         saved = json.loads((artifact_dir(run, CONFIG_FILE)).read_text())
     except SlateRLError as exc:
-        raise SlateRLError(f"run {run_id} has no {CONFIG_FILE}: it stopped before its configuration was saved; "
-                           "start a new run") from exc
+        raise SlateRLError(
+            f"run {run_id} has no {CONFIG_FILE}: it stopped before its configuration was saved; start a new run"
+        ) from exc
     config = saved["config"]
     return TrainOnlineConfig.resolve(config.pop("env"), config.pop("preset"), **config)
-
-
-def has_resume_state(run_id: str) -> bool:
-    """Whether a run saved the state `--resume` continues from (its first periodic checkpoint came)."""
-    from mlflow.tracking import MlflowClient
-
-    return any(f.path == f"{RESUME_PATH}/{RESUME_FILE}" for f in MlflowClient().list_artifacts(run_id, RESUME_PATH))
 
 
 def resolve_upstream(cfg: TrainOnlineConfig, mlrun: StageRun) -> Upstream:
     """The dataset, GeMS and MF runs the method needs: given explicitly, else found (or produced) by lineage;
     each checked to come from this run's simulator (unless `allow_env_mismatch`, which tags the run)."""
     needs = get_method(cfg.method).needs
-    upstream = Upstream(**{need.value: parse_run_uri(getattr(cfg, need.value))[0] for need in needs
-                           if getattr(cfg, need.value)})
+    upstream = Upstream(
+        **{need.value: parse_run_uri(getattr(cfg, need.value))[0] for need in needs if getattr(cfg, need.value)}
+    )
     if not all(getattr(upstream, need.value) for need in needs):
         upstream.dataset, _ = generate_dataset.resolve_dataset(cfg, mlrun)  # GeMS and MF learn from logged data
-        environment_fields = {"env_params": cfg.env_params or None, "item_embeddings": cfg.item_embeddings or None,
-                              "allow_env_mismatch": cfg.allow_env_mismatch or None}
+        environment_fields = {
+            "env_params": cfg.env_params or None,
+            "item_embeddings": cfg.item_embeddings or None,
+            "allow_env_mismatch": cfg.allow_env_mismatch or None,
+        }
         if Need.GEMS in needs and not upstream.gems:
-            gems_cfg = PretrainGemsConfig.resolve(cfg.env, cfg.preset, seed=cfg.seed, latent_dim=cfg.latent_dim,
-                                                  lambda_kl=cfg.lambda_kl, lambda_click=cfg.lambda_click,
-                                                  **environment_fields)
+            gems_cfg = PretrainGemsConfig.resolve(
+                cfg.env,
+                cfg.preset,
+                seed=cfg.seed,
+                latent_dim=cfg.latent_dim,
+                lambda_kl=cfg.lambda_kl,
+                lambda_click=cfg.lambda_click,
+                **environment_fields,
+            )
             upstream.gems = pretrain_gems.find_or_pretrain(gems_cfg, upstream.dataset, mlrun)
         if Need.MF in needs and not upstream.mf:
             mf_cfg = TrainMFConfig.resolve(cfg.env, cfg.preset, **environment_fields)
@@ -180,9 +212,11 @@ def load_gems(cfg: TrainOnlineConfig, gems_run: str):
     payload = pretrain_gems.load_payload(gems_run)
     for name in ("latent_dim", "lambda_kl", "lambda_click"):
         if float(payload["hparams"][name]) != float(getattr(cfg, name)):
-            raise SlateRLError(f"GeMS run {gems_run} was trained with {name} = {payload['hparams'][name]}, but "
-                               f"{name} = {getattr(cfg, name)} was requested; pass {name}={payload['hparams'][name]} "
-                               "or another GeMS run")
+            raise SlateRLError(
+                f"GeMS run {gems_run} was trained with {name} = {payload['hparams'][name]}, but "
+                f"{name} = {getattr(cfg, name)} was requested; pass {name}={payload['hparams'][name]} "
+                "or another GeMS run"
+            )
     return GeMSDecoder.from_payload(payload["decoder"])
 
 
@@ -194,14 +228,19 @@ def _log_json(mlrun: StageRun, payload: dict[str, Any], name: str) -> None:
 class _Session:
     """The run's side of the loop: metrics, checkpoints, the resume state, and the end of the run."""
 
-    def __init__(self, cfg: TrainOnlineConfig, mlrun: StageRun, env: envs.TopicRec, agent: Any,
-                 mf_table: Optional[torch.Tensor]) -> None:
+    def __init__(
+        self, cfg: TrainOnlineConfig, mlrun: StageRun, env: envs.TopicRec, agent: Any, mf_table: torch.Tensor | None
+    ) -> None:
         self.cfg, self.mlrun, self.env, self.agent, self.mf_table = cfg, mlrun, env, agent, mf_table
-        self._progress: Optional[Progress] = None
+        self._progress: Progress | None = None
 
     def hooks(self) -> Hooks:
-        return Hooks(on_metrics=self.on_metrics, on_validation=self.on_validation,
-                     on_checkpoint=self.on_checkpoint, on_progress=self.on_progress)
+        return Hooks(
+            on_metrics=self.on_metrics,
+            on_validation=self.on_validation,
+            on_checkpoint=self.on_checkpoint,
+            on_progress=self.on_progress,
+        )
 
     def on_metrics(self, episode: int, values: dict[str, float]) -> None:
         self.mlrun.log_metrics(values, step=episode)  # a resumed run skips the points it already holds
@@ -215,8 +254,17 @@ class _Session:
     def on_checkpoint(self, kind: str, episode: int, state: dict[str, Any]) -> None:
         if kind != "periodic":
             return  # the best weights stay in the trainer (and its resume state); logged at the end
-        self.log_policy_file(policy_payload(self.agent, self.env, seed=self.cfg.seed, overrides=self.cfg.agent,
-                                            episode=episode, mf_table=self.mf_table), f"episode_{episode:06d}")
+        self.log_policy_file(
+            policy_payload(
+                self.agent,
+                self.env,
+                seed=self.cfg.seed,
+                overrides=self.cfg.agent,
+                episode=episode,
+                mf_table=self.mf_table,
+            ),
+            f"episode_{episode:06d}",
+        )
         with tempfile.TemporaryDirectory() as tmp:
             self.mlrun.replace_artifact(atomic.torch_save(state, Path(tmp) / RESUME_FILE), RESUME_PATH)
         log.info("%s: checkpoint after %d episodes (resumable)", STAGE, episode)
@@ -239,8 +287,10 @@ class _Session:
         try:
             path = artifact_dir(run, f"{RESUME_PATH}/{RESUME_FILE}")
         except SlateRLError as exc:
-            raise SlateRLError(f"run {self.mlrun.run_id} has no checkpoint to resume from (none was saved before "
-                               f"it stopped; checkpoints come every save_every={self.cfg.save_every} episodes)") from exc
+            raise SlateRLError(
+                f"run {self.mlrun.run_id} has no checkpoint to resume from (none was saved before "
+                f"it stopped; checkpoints come every save_every={self.cfg.save_every} episodes)"
+            ) from exc
         trainer.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
         log.info("%s: resumed run %s at episode %d", STAGE, self.mlrun.run_id, trainer.episode)
 
@@ -248,31 +298,56 @@ class _Session:
         cfg, mlrun = self.cfg, self.mlrun
         mean, std = float(test_returns.mean()), float(test_returns.std())
         stderr = std / len(test_returns) ** 0.5
-        results = {"test_return": mean, "test_return_std": std, "test_return_stderr": stderr,
-                   **self.context_returns()}
+        results = {"test_return": mean, "test_return_std": std, "test_return_stderr": stderr, **self.context_returns()}
         mlrun.log_metrics(results)
         if trainer.best_episode is not None:
             mlrun.log_metrics({"best_val_return": trainer.best_return, "best_episode": trainer.best_episode})
         with tempfile.TemporaryDirectory() as tmp:
             returns_file = Path(tmp) / "test_returns.csv"
-            atomic.write_text(returns_file, "episode,return\n" + "".join(
-                f"{i},{value:g}\n" for i, value in enumerate(test_returns.tolist())))
+            atomic.write_text(
+                returns_file,
+                "episode,return\n" + "".join(f"{i},{value:g}\n" for i, value in enumerate(test_returns.tolist())),
+            )
             mlrun.log_artifact(returns_file, "test")
             if trainer.validations:
-                mlrun.log_artifact(plot_run_curve(trainer.validations, Path(tmp) / "learning_curve.png",
-                                                  f"{cfg.method} on {cfg.env}, seed {cfg.seed}"))
+                mlrun.log_artifact(
+                    plot_run_curve(
+                        trainer.validations,
+                        Path(tmp) / "learning_curve.png",
+                        f"{cfg.method} on {cfg.env}, seed {cfg.seed}",
+                    )
+                )
         episode = trainer.best_episode or trainer.episode
-        payload = policy_payload(self.agent, self.env, seed=cfg.seed, overrides=cfg.agent, episode=episode,
-                                 mf_table=self.mf_table, info={"run_id": mlrun.run_id, "test_return": mean})
+        payload = policy_payload(
+            self.agent,
+            self.env,
+            seed=cfg.seed,
+            overrides=cfg.agent,
+            episode=episode,
+            mf_table=self.mf_table,
+            info={"run_id": mlrun.run_id, "test_return": mean},
+        )
         self.log_policy_file(payload, "best")
         log.info("%s: %s", STAGE, result_line(results, cfg.test_episodes))
         if cfg.register:
             path = models.log_policy(mlrun, payload, "best")
-            version = models.register(cfg.env, mlrun.run_id, path, {
-                "method": cfg.method, "seed": cfg.seed, "episode": episode, "checkpoint": "best",
-                "val_return": trainer.best_return if trainer.best_episode is not None else "",
-                "test_return": mean, "run_id": mlrun.run_id, "preset": cfg.preset, "env": cfg.env,
-                **EnvSpec.of(self.env).as_params()})
+            version = models.register(
+                cfg.env,
+                mlrun.run_id,
+                path,
+                {
+                    "method": cfg.method,
+                    "seed": cfg.seed,
+                    "episode": episode,
+                    "checkpoint": "best",
+                    "val_return": trainer.best_return if trainer.best_episode is not None else "",
+                    "test_return": mean,
+                    "run_id": mlrun.run_id,
+                    "preset": cfg.preset,
+                    "env": cfg.env,
+                    **EnvSpec.of(self.env).as_params(),
+                },
+            )
             mlrun.set_tags({"registered_version": version.version})
 
     def context_returns(self) -> dict[str, float]:
@@ -280,6 +355,9 @@ class _Session:
         users, by metric name; none when the method is one of them."""
         if self.cfg.method in CONTEXT_METRICS:
             return {}
-        return {metric: float(evaluate_policy(self.env, build_agent(method, self.env, self.cfg.seed),
-                                              self.cfg.test_episodes).mean())
-                for method, metric in CONTEXT_METRICS.items()}
+        return {
+            metric: float(
+                evaluate_policy(self.env, build_agent(method, self.env, self.cfg.seed), self.cfg.test_episodes).mean()
+            )
+            for method, metric in CONTEXT_METRICS.items()
+        }

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from pathlib import Path
 import logging
-from typing import Any, Callable, Optional, Sequence, Union
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import mlflow
@@ -43,7 +44,7 @@ def legacy_applies(changed: dict[str, Any], legacy_fields: Sequence[str]) -> boo
     return all(name.split(".")[0] in legacy_fields for name in changed)
 
 
-def find_finished_run(stage: str, keys: Union[str, Sequence[str]]) -> Optional[Run]:
+def find_finished_run(stage: str, keys: str | Sequence[str]) -> Run | None:
     """The newest FINISHED run of `stage` with a lineage key of `keys` (tried in order: the current key, then a
     legacy one), in any experiment."""
     client = MlflowClient()
@@ -62,7 +63,7 @@ def find_finished_run(stage: str, keys: Union[str, Sequence[str]]) -> Optional[R
     return None
 
 
-def find_or_run(stage: str, keys: Union[str, Sequence[str]], run_child: Callable[[], str]) -> str:
+def find_or_run(stage: str, keys: str | Sequence[str], run_child: Callable[[], str]) -> str:
     """Run id of the newest FINISHED `stage` run with one of these lineage keys; `run_child()` produces one if there
     is none."""
     existing = find_finished_run(stage, keys)
@@ -84,17 +85,29 @@ def parse_run_uri(uri: str) -> tuple[str, str]:
     return match["run"], (match["path"] or "").strip("/")
 
 
-def get_finished_run(run_id: str, stage: Optional[str] = None) -> Run:
+def get_finished_run(run_id: str, stage: str | None = None) -> Run:
     """The run, checked to exist, to be FINISHED and (optionally) to come from `stage`."""
     try:
         run = MlflowClient().get_run(run_id)
     except MlflowException as exc:
         raise SlateRLError(f"no run {run_id} in the tracking store {mlflow.get_tracking_uri()}") from exc
     if stage is not None and run.data.tags.get("stage") != stage:
-        raise SlateRLError(f"run {run_id} is a {run.data.tags.get('stage', 'non-slate-rl')!r} run, not a "
-                           f"{stage!r} run")
+        raise SlateRLError(f"run {run_id} is a {run.data.tags.get('stage', 'non-slate-rl')!r} run, not a {stage!r} run")
     if run.info.status != RunStatus.to_string(RunStatus.FINISHED):
         raise SlateRLError(f"run {run_id} is {run.info.status}: only FINISHED runs have valid outputs")
+    return run
+
+
+def get_unfinished_run(run_id: str, stage: str) -> Run:
+    """A run to resume: checked to exist, to come from `stage` and not to have finished."""
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException as exc:
+        raise SlateRLError(f"no run {run_id} to resume in the tracking store") from exc
+    if run.data.tags.get("stage") != stage:
+        raise SlateRLError(f"run {run_id} is not a {stage} run")
+    if run.info.status == RunStatus.to_string(RunStatus.FINISHED):
+        raise SlateRLError(f"run {run_id} already finished; nothing to resume")
     return run
 
 

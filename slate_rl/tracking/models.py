@@ -70,8 +70,9 @@ def _histories(model_input: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 _SIGNATURE = ModelSignature(
-    inputs=Schema([TensorSpec(np.dtype(np.int64), (-1, -1, -1), "slates"),
-                   TensorSpec(np.dtype(np.int64), (-1, -1, -1), "clicks")]),
+    inputs=Schema(
+        [TensorSpec(np.dtype(np.int64), (-1, -1, -1), "slates"), TensorSpec(np.dtype(np.int64), (-1, -1, -1), "clicks")]
+    ),
     outputs=Schema([TensorSpec(np.dtype(np.int64), (-1, -1))]),
 )
 
@@ -85,10 +86,22 @@ def log_policy(run: StageRun, payload: dict[str, Any], name: str) -> str:
             warnings.simplefilter("ignore")
             logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
             mlflow.pyfunc.save_model(
-                path=str(folder), python_model=SlatePolicyModel(), artifacts={"policy": str(policy_file)},
-                code_paths=[str(Path(slate_rl.__file__).parent)], signature=_SIGNATURE,  # presets included
-                pip_requirements=["torch", "numpy", "pyyaml", "click", "rich", "gymnasium", "pytorch-lightning",
-                                  "mlflow"])
+                path=str(folder),
+                python_model=SlatePolicyModel(),
+                artifacts={"policy": str(policy_file)},
+                code_paths=[str(Path(slate_rl.__file__).parent)],
+                signature=_SIGNATURE,  # presets included
+                pip_requirements=[
+                    "torch",
+                    "numpy",
+                    "pyyaml",
+                    "click",
+                    "rich",
+                    "gymnasium",
+                    "pytorch-lightning",
+                    "mlflow",
+                ],
+            )
         path = f"{POLICIES_DIR}/{name}"
         run.log_artifacts(folder, path)
     return path
@@ -102,8 +115,9 @@ def register(env: str, run_id: str, artifact_path: str, tags: dict[str, Any]) ->
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, tags={"env": env}, description=f"slate-rl policies for {env}")
-    version = client.create_model_version(name, f"runs:/{run_id}/{artifact_path}", run_id=run_id,
-                                          tags={k: format_param(v) for k, v in tags.items()})
+    version = client.create_model_version(
+        name, f"runs:/{run_id}/{artifact_path}", run_id=run_id, tags={k: format_param(v) for k, v in tags.items()}
+    )
     log.info("registered %s version %s (%s)", name, version.version, artifact_path)
     return version
 
@@ -138,8 +152,9 @@ def get_version(env: str, version: str) -> ModelVersion:
         existing = aliases(env)
         what = f"alias {version!r}" if not str(version).isdigit() else f"version {version}"
         listed = ", ".join(f"{a} -> v{v}" for a, v in sorted(existing.items())) or "none"
-        raise SlateRLError(f"{name} has no {what} (aliases set: {listed}; see `slate-rl registry list --env {env}`)"
-                           ) from exc
+        raise SlateRLError(
+            f"{name} has no {what} (aliases set: {listed}; see `slate-rl registry list --env {env}`)"
+        ) from exc
 
 
 def set_alias(env: str, version: str, alias: str) -> ModelVersion:
@@ -151,8 +166,9 @@ def set_alias(env: str, version: str, alias: str) -> ModelVersion:
 
 def remove_alias(env: str, alias: str) -> None:
     if alias not in aliases(env):
-        raise SlateRLError(f"{registered_model_name(env)} has no alias {alias!r} "
-                           f"(set: {', '.join(aliases(env)) or 'none'})")
+        raise SlateRLError(
+            f"{registered_model_name(env)} has no alias {alias!r} (set: {', '.join(aliases(env)) or 'none'})"
+        )
     MlflowClient().delete_registered_model_alias(registered_model_name(env), alias)
 
 
@@ -160,9 +176,11 @@ def parse_model_uri(uri: str) -> tuple[str, str]:
     """('<env>', '<version or alias>') from 'models:/slate-rl.<env>@alias' or 'models:/slate-rl.<env>/<version>'."""
     text = uri.strip()
     if not text.startswith("models:/" + MODEL_PREFIX):
-        raise SlateRLError(f"{uri!r} is not a slate-rl policy URI; give models:/{MODEL_PREFIX}<env>@<alias> or "
-                           f"models:/{MODEL_PREFIX}<env>/<version>")
-    rest = text[len("models:/" + MODEL_PREFIX):]
+        raise SlateRLError(
+            f"{uri!r} is not a slate-rl policy URI; give models:/{MODEL_PREFIX}<env>@<alias> or "
+            f"models:/{MODEL_PREFIX}<env>/<version>"
+        )
+    rest = text[len("models:/" + MODEL_PREFIX) :]
     env, sep, ref = rest.partition("@") if "@" in rest else rest.partition("/")
     if not sep or not env or not ref:
         raise SlateRLError(f"{uri!r} names no version or alias")
@@ -174,6 +192,6 @@ def load_version_payload(version: ModelVersion) -> dict[str, Any]:
     source = version.source
     if not source.startswith("runs:/"):
         raise SlateRLError(f"version {version.version} of {version.name} has an unexpected source {source!r}")
-    run_id, _, path = source[len("runs:/"):].partition("/")
+    run_id, _, path = source[len("runs:/") :].partition("/")
     folder = artifact_dir(get_finished_run(run_id), path)
     return torch.load(folder / "artifacts" / POLICY_FILE, map_location="cpu", weights_only=False)

@@ -30,8 +30,9 @@ def search_finished_runs(stage: str, filter_string: str = "", experiment_names: 
     token = None
     while True:
         try:
-            page = client.search_runs(experiments, query, order_by=["attributes.start_time DESC"],
-                                      max_results=1000, page_token=token)
+            page = client.search_runs(
+                experiments, query, order_by=["attributes.start_time DESC"], max_results=1000, page_token=token
+            )
         except Exception as exc:  # MLflow raises on a malformed filter
             raise SlateRLError(f"the MLflow filter {filter_string!r} is not valid: {exc}") from exc
         runs.extend(page)

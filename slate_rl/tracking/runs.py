@@ -11,8 +11,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import mlflow
@@ -29,6 +30,7 @@ log = logging.getLogger(LOGGER_NAME)
 _MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 _PROJECT_DIR = Path(__file__).resolve().parents[2]
 HOST_TAG, PID_TAG = "host", "pid"  # who runs it: tells a live RUNNING run from one whose process died
+RESUME_PATH, RESUME_FILE = "resume", "state.pt"  # where a resumable stage keeps the state `--resume` continues from
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by the MLflow UI to choose an experiment's default views
 MODEL_TRAINING_KIND = "custom_model_development"
 
@@ -53,10 +55,16 @@ def format_param(value: Any) -> str:
 def git_commit() -> str:
     """The project's current commit (with '-dirty' when the tree has changes), or 'unknown'."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_PROJECT_DIR, capture_output=True, text=True,
-                                timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=_PROJECT_DIR,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=_PROJECT_DIR, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=_PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -68,8 +76,9 @@ class StageRun:
     `already_logged`: (metric, step) points the run holds from before (a resumed run); they are never logged again.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str,
-                 already_logged: frozenset[tuple[str, int]] = frozenset()) -> None:
+    def __init__(
+        self, client: MlflowClient, run_id: str, already_logged: frozenset[tuple[str, int]] = frozenset()
+    ) -> None:
         self.client = client
         self.run_id = run_id
         self.already_logged = already_logged
@@ -100,8 +109,11 @@ class StageRun:
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         """Buffer metrics; they are written in batches (a single SQLite write costs ~4 ms)."""
         timestamp = int(time.time() * 1000)
-        self._metrics.extend(Metric(k, float(v), timestamp, int(step)) for k, v in metrics.items()
-                             if (k, int(step)) not in self.already_logged)
+        self._metrics.extend(
+            Metric(k, float(v), timestamp, int(step))
+            for k, v in metrics.items()
+            if (k, int(step)) not in self.already_logged
+        )
         if len(self._metrics) >= _MAX_BATCH or time.monotonic() - self._last_flush > 30:
             self.flush()
 
@@ -111,10 +123,10 @@ class StageRun:
             self.client.log_batch(self.run_id, metrics=batch)
         self._last_flush = time.monotonic()
 
-    def log_artifacts(self, local_dir: str | Path, artifact_path: Optional[str] = None) -> None:
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
-    def log_artifact(self, local_file: str | Path, artifact_path: Optional[str] = None) -> None:
+    def log_artifact(self, local_file: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(local_file), artifact_path)
 
     def replace_artifact(self, local_file: str | Path, artifact_path: str) -> None:
@@ -148,7 +160,7 @@ def _same_value(logged: str, resolved: str) -> bool:
         return "".join(logged.split()).lower() == "".join(resolved.split()).lower()
 
 
-def _experiment_id(client: MlflowClient, experiment_name: Optional[str]) -> str:
+def _experiment_id(client: MlflowClient, experiment_name: str | None) -> str:
     name = experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
     if not name:
         return os.environ.get("MLFLOW_EXPERIMENT_ID", "0")
@@ -165,7 +177,7 @@ def _mark_model_training(client: MlflowClient, run_id: str) -> None:
             client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
 
 
-def latest_runs_page(ui_address: str) -> Optional[str]:
+def latest_runs_page(ui_address: str) -> str | None:
     """The MLflow UI's runs page of the experiment whose run started last in the tracking store (the UI at
     `ui_address` would otherwise open on its overview), or None when the store holds no run."""
     client = MlflowClient()
@@ -180,9 +192,14 @@ def latest_runs_page(ui_address: str) -> Optional[str]:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, run_name: str, tags: Optional[dict[str, Any]] = None,
-              parent: Optional[StageRun] = None, experiment_name: Optional[str] = None,
-              run_id: Optional[str] = None) -> Iterator[StageRun]:
+def stage_run(
+    stage: str,
+    run_name: str,
+    tags: dict[str, Any] | None = None,
+    parent: StageRun | None = None,
+    experiment_name: str | None = None,
+    run_id: str | None = None,
+) -> Iterator[StageRun]:
     """Run one stage inside an MLflow run and end it with the right status.
 
     With `run_id` (a resumed run) or under `mlflow run` (MLFLOW_RUN_ID) the run already exists and is continued
@@ -195,8 +212,14 @@ def stage_run(stage: str, run_name: str, tags: Optional[dict[str, Any]] = None,
     configure_mlflow()
     client = MlflowClient()
     env_run = os.environ.pop("MLFLOW_RUN_ID", None) if parent is None else None
-    base_tags = {"stage": stage, "git_commit": git_commit(), "slate_rl_version": __version__,
-                 HOST_TAG: socket.gethostname(), PID_TAG: os.getpid(), **(tags or {})}
+    base_tags = {
+        "stage": stage,
+        "git_commit": git_commit(),
+        "slate_rl_version": __version__,
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: os.getpid(),
+        **(tags or {}),
+    }
     if os.environ.get("SLATE_RL_JOB"):  # a job of `slate-rl pipeline`
         base_tags["pipeline_job"] = os.environ["SLATE_RL_JOB"]
     console_name = "console.log"
@@ -210,8 +233,9 @@ def stage_run(stage: str, run_name: str, tags: Optional[dict[str, Any]] = None,
         run_id = env_run
         client.update_run(run_id, status="RUNNING", name=run_name)
     else:
-        experiment = (client.get_run(parent.run_id).info.experiment_id if parent
-                      else _experiment_id(client, experiment_name))
+        experiment = (
+            client.get_run(parent.run_id).info.experiment_id if parent else _experiment_id(client, experiment_name)
+        )
         start_tags = {MLFLOW_RUN_NAME: run_name}
         if parent is not None:
             start_tags[MLFLOW_PARENT_RUN_ID] = parent.run_id
@@ -259,3 +283,9 @@ def _close_console_log(handler: logging.FileHandler) -> None:
 def active_mlflow_uri() -> str:
     """The tracking URI in use (MLFLOW_TRACKING_URI, or MLflow's default sqlite:///mlflow.db in the current folder)."""
     return mlflow.get_tracking_uri()
+
+
+def has_resume_state(run_id: str) -> bool:
+    """Whether a run of a resumable stage saved the state `--resume` continues from (its first checkpoint came)."""
+    client = MlflowClient()
+    return any(f.path == f"{RESUME_PATH}/{RESUME_FILE}" for f in client.list_artifacts(run_id, RESUME_PATH))
