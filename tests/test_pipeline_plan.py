@@ -85,7 +85,7 @@ def test_sweeps_and_overrides_reach_the_jobs_that_take_them(tracking_store):
     ]
     assert " ".join(args).endswith("--episodes 60 --warmup-episodes 20 --set gamma=0.9")
     assert "--set" not in jobs["random/focused_mix/seed58407201"].args  # random has no hyper-parameters
-    assert len({job.key for job in training}) == 3 and all(job.state == "run" for job in training)
+    assert len({job.keys for job in training}) == 3 and all(job.state == "run" for job in training)
 
     result = CliRunner().invoke(
         main,
@@ -131,7 +131,7 @@ def test_an_env_param_sweep_gives_each_value_its_dataset_and_jobs(tracking_store
     for job in datasets + training:
         value = job.name.rsplit("=", 1)[1].rstrip("]")
         assert job.args[-2:] == ["--env-param", f"boredom_threshold={value}"], job.args
-    assert len({job.key for job in datasets + training}) == 6
+    assert len({job.keys for job in datasets + training}) == 6
 
 
 def _dead_pid() -> int:
@@ -149,7 +149,7 @@ def test_job_state_follows_the_runs_of_its_key(tracking_store):
     def newest_run(status, checkpointed=False, **tags):
         time.sleep(0.01)  # a later start time than the run before
         (job,) = pipeline.plan(cfg)[2]
-        run_id = client.create_run("0", tags={"stage": "train_online", LINEAGE_TAG: job.key, **tags}).info.run_id
+        run_id = client.create_run("0", tags={"stage": "train_online", LINEAGE_TAG: job.keys[0], **tags}).info.run_id
         if checkpointed:
             client.log_artifact(run_id, str(checkpoint), "resume")
         if status != "RUNNING":
