@@ -31,12 +31,16 @@ class ResetDraws:
 
 
 class UserStream:
-    """A seeded generator on the simulator's device; `reseed()` restarts the same user sequence."""
+    """A seeded generator whose draws land on the simulator's device; `reseed()` restarts the same user sequence.
+
+    The numbers are always drawn on the CPU and then moved, so a simulator meets the same users and clicks on every
+    device (a CUDA generator would give other numbers for the same seed).
+    """
 
     def __init__(self, seed: int, device: torch.device | str = "cpu") -> None:
         self.seed = int(seed)
         self.device = torch.device(device)
-        self.generator = torch.Generator(device=self.device)
+        self.generator = torch.Generator(device="cpu")
         self.reseed()
 
     def reseed(self) -> None:
@@ -45,15 +49,15 @@ class UserStream:
     def reset_draws(self, num_users: int, num_topics: int, topic_size: int, slate_size: int) -> ResetDraws:
         gen, dev = self.generator, self.device
         return ResetDraws(
-            normal=torch.randn(num_users, num_topics, topic_size, generator=gen, device=dev),
-            topic_weights=torch.rand(num_users, num_topics, generator=gen, device=dev),
-            click_uniforms=torch.rand(num_users, slate_size, generator=gen, device=dev),
-            fallback_topic=torch.randint(num_topics, (num_users,), generator=gen, device=dev),
+            normal=torch.randn(num_users, num_topics, topic_size, generator=gen, device="cpu").to(dev),
+            topic_weights=torch.rand(num_users, num_topics, generator=gen, device="cpu").to(dev),
+            click_uniforms=torch.rand(num_users, slate_size, generator=gen, device="cpu").to(dev),
+            fallback_topic=torch.randint(num_topics, (num_users,), generator=gen, device="cpu").to(dev),
         )
 
     def step_draws(self, num_users: int, slate_size: int) -> torch.Tensor:
         """Uniforms (N, R) deciding the clicks of one step."""
-        return torch.rand(num_users, slate_size, generator=self.generator, device=self.device)
+        return torch.rand(num_users, slate_size, generator=self.generator, device="cpu").to(self.device)
 
     def get_state(self) -> torch.Tensor:
         return self.generator.get_state()
