@@ -12,6 +12,7 @@ from agents_helpers import single_thread, small_env, small_protocol, upstream  #
 from slate_rl.agents import Hooks, Trainer, build_agent
 from slate_rl.agents.training import _Meter
 from slate_rl.errors import SlateRLError
+from slate_rl.safe_load import torch_load
 
 
 def run(method: str, protocol, seed: int = 5, hooks: Hooks | None = None, env=None):
@@ -34,11 +35,10 @@ def record_resets(env) -> list[torch.Tensor]:
 
 
 def round_trip(state):
-    """What the stage does: torch.save, then torch.load with weights_only=True."""
+    """What the stage does: torch.save, then the project's loader (tensors and plain values only)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
+    return torch_load(buffer.getvalue(), "resume state")
 
 
 def test_block_schedule_and_update_counts():

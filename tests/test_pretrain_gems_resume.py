@@ -3,7 +3,6 @@ no metric step logged twice, and refusals of runs that cannot be resumed."""
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 
 import pytest
@@ -13,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from slate_rl.cli import main
 from slate_rl.errors import SlateRLError
+from slate_rl.safe_load import torch_load
 from slate_rl.stage_configs import GenerateDatasetConfig, PretrainGemsConfig
 from slate_rl.stages import generate_dataset, pretrain_gems
 from slate_rl.tracking.lightning import EpochState
@@ -40,7 +40,7 @@ def _points(run_id: str) -> list[tuple[str, int, float]]:
 def _weights(run_id: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(best-validation VAE in the 'gems' artifact, VAE after the last epoch in the resume state)."""
     state = pretrain_gems.load_resume_state(MlflowClient().get_run(run_id))
-    last = torch.load(io.BytesIO(state["checkpoint"]), map_location="cpu", weights_only=False)["state_dict"]
+    last = torch_load(state["checkpoint"], "Lightning checkpoint")["state_dict"]
     return pretrain_gems.load_payload(run_id)["vae"], last
 
 

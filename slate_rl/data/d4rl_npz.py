@@ -102,7 +102,7 @@ def _save(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any], compr
     save = np.savez_compressed if compress else np.savez
     try:
         with open(tmp, "wb") as handle:
-            save(handle, allow_pickle=True, **arrays, metadata_json=np.array(json.dumps(meta, sort_keys=True)))
+            save(handle, allow_pickle=False, **arrays, metadata_json=np.array(json.dumps(meta, sort_keys=True)))
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -142,10 +142,10 @@ def load_logged_sessions(path: str | Path, mmap: bool = True) -> LoggedSessions:
         raise SlateRLError(f"{str(path)!r} is incomplete: missing {', '.join(missing)}")
     mode: Literal["r"] | None = "r" if mmap else None
     data = LoggedSessions(
-        slates=np.load(path / "slates.npy", mmap_mode=mode),
-        packed_clicks=np.load(path / "clicks.npy", mmap_mode=mode),
-        reset_clicks=np.load(path / "reset_clicks.npy", mmap_mode=mode),
-        initial_slate=np.load(path / "initial_slate.npy"),
+        slates=np.load(path / "slates.npy", mmap_mode=mode, allow_pickle=False),
+        packed_clicks=np.load(path / "clicks.npy", mmap_mode=mode, allow_pickle=False),
+        reset_clicks=np.load(path / "reset_clicks.npy", mmap_mode=mode, allow_pickle=False),
+        initial_slate=np.load(path / "initial_slate.npy", allow_pickle=False),
         meta=meta,
     )
     n, horizon, size = data.slates.shape

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from slate_rl.errors import SlateRLError
+from slate_rl.safe_load import torch_load
 
 EmbeddingSource = str | Path | torch.Tensor | np.ndarray
 
@@ -39,7 +40,7 @@ def load_item_embeddings(path: str | Path) -> torch.Tensor:
         if path.suffix == ".npy":
             table = torch.from_numpy(np.load(path, allow_pickle=False))
         elif path.suffix == ".pt":
-            table = torch.load(path, map_location="cpu", weights_only=True)
+            table = torch_load(path, "item-embedding file")
         else:
             raise SlateRLError(f"item-embedding file {str(path)!r} must end in .pt or .npy")
     except SlateRLError:

@@ -9,12 +9,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from slate_rl import atomic
 from slate_rl.errors import SlateRLError
 from slate_rl.rankers.bounds import gems_action_bounds
 from slate_rl.rankers.decoders import GeMSDecoder
+from slate_rl.safe_load import torch_load
 from slate_rl.stage_configs import PretrainGemsConfig
 from slate_rl.stages import environment, generate_dataset, on_dataset
 from slate_rl.stages.on_dataset import dataset_stage_run
@@ -137,11 +136,13 @@ def fit(
     )
     if state is not None:
         log.info("%s: resuming run %s after epoch %d", STAGE, mlrun.run_id, state["epoch"])
-    trainer.fit(vae, datamodule=datamodule, ckpt_path=saver.unpack(state) if state is not None else None)
+    trainer.fit(
+        vae, datamodule=datamodule, ckpt_path=saver.unpack(state) if state is not None else None, weights_only=True
+    )
     if not best.best_model_path:
         raise SlateRLError("GeMS training produced no checkpoint (no validation epoch ran)")
     mlrun.log_artifact(best.best_model_path, "checkpoint")
-    checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+    checkpoint = torch_load(best.best_model_path, "GeMS checkpoint")
     model = GeMS(**checkpoint["hyper_parameters"])
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
@@ -160,9 +161,12 @@ def load_resume_state(run: Run) -> dict[str, Any]:
         raise SlateRLError(
             f"run {run.info.run_id} has no resume state (it stopped before its first epoch ended); start a new run"
         ) from exc
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("format") != RESUME_FORMAT:
+    state = torch_load(path, "resume state")
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
         raise SlateRLError(f"{path} is not a slate-rl GeMS resume state")
+    for key in ("checkpoint", "best"):  # Lightning's files, kept as bytes: refused here, before the run is touched
+        if state[key]:
+            torch_load(state[key], f"Lightning checkpoint {key!r} inside the resume state {path}")
     return state
 
 
@@ -177,8 +181,8 @@ def load_payload(run_ref: str) -> dict[str, Any]:
     """The `gems.pt` payload of a FINISHED pretrain_gems run ('runs:/<id>[/gems]' or a run id)."""
     run_id, _ = parse_run_uri(run_ref)
     path = artifact_dir(get_finished_run(run_id, STAGE), ARTIFACT) / MODEL_FILE
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if payload.get("format") != FORMAT:
+    payload = torch_load(path, "GeMS model")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise SlateRLError(f"{path} is not a slate-rl GeMS model")
     return payload
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import torch
 from mlflow.tracking import MlflowClient
 
 from slate_rl.agents.export import agent_from_payload, check_payload, policy_payload
@@ -16,6 +15,7 @@ from slate_rl.envs.embeddings import fingerprint
 from slate_rl.envs.spec import EnvSpec
 from slate_rl.envs.topicrec import TopicRec
 from slate_rl.errors import SlateRLError
+from slate_rl.safe_load import torch_load
 from slate_rl.stage_configs import GenerateDatasetConfig
 from slate_rl.stages.generate_dataset import make_env
 from slate_rl.tracking import models
@@ -83,7 +83,7 @@ def register_checkpoint(run_ref: str, checkpoint: str = "best") -> str:
         raise SlateRLError(
             f"run {run_id} has no checkpoint {checkpoint!r}; it has: {', '.join(available) or 'none'}"
         ) from exc
-    payload = check_payload(torch.load(folder / models.POLICY_FILE, map_location="cpu", weights_only=False))
+    payload = check_payload(torch_load(folder / models.POLICY_FILE, "policy file"))
     episode = int(payload["episode"])
     curve = dict(metric_curve(run_id, "val_return"))
     tags = {

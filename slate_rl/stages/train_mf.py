@@ -11,6 +11,7 @@ import torch
 from slate_rl import atomic
 from slate_rl.errors import SlateRLError
 from slate_rl.rankers.mf import popularity_correlation, train_mf
+from slate_rl.safe_load import torch_load
 from slate_rl.stage_configs import TrainMFConfig
 from slate_rl.stages import environment, on_dataset
 from slate_rl.stages.on_dataset import dataset_stage_run
@@ -68,9 +69,7 @@ def run(cfg: TrainMFConfig, parent: StageRun | None = None, experiment_name: str
 def load_item_table(run_ref: str) -> torch.Tensor:
     """The MF item table of a FINISHED train_mf run."""
     run_id, _ = parse_run_uri(run_ref)
-    table = torch.load(
-        artifact_dir(get_finished_run(run_id, STAGE), ARTIFACT) / TABLE_FILE, map_location="cpu", weights_only=True
-    )
+    table = torch_load(artifact_dir(get_finished_run(run_id, STAGE), ARTIFACT) / TABLE_FILE, "MF item table")
     if not isinstance(table, torch.Tensor) or table.dim() != 2:
         raise SlateRLError(f"run {run_id} holds no MF item table")
     return table

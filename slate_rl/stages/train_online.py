@@ -23,6 +23,7 @@ from slate_rl.methods import Need, get_method
 from slate_rl.progress import Progress
 from slate_rl.rankers.decoders import GeMSDecoder
 from slate_rl.reporting.figures import plot_run_curve
+from slate_rl.safe_load import torch_load
 from slate_rl.stage_configs import PretrainGemsConfig, TrainMFConfig, TrainOnlineConfig
 from slate_rl.stages import environment, generate_dataset, pretrain_gems, train_mf
 from slate_rl.tracking import models
@@ -291,7 +292,7 @@ class _Session:
                 f"run {self.mlrun.run_id} has no checkpoint to resume from (none was saved before "
                 f"it stopped; checkpoints come every save_every={self.cfg.save_every} episodes)"
             ) from exc
-        trainer.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+        trainer.load_state_dict(torch_load(path, "resume state"))
         log.info("%s: resumed run %s at episode %d", STAGE, self.mlrun.run_id, trainer.episode)
 
     def finish(self, trainer: Trainer, test_returns: torch.Tensor) -> None:

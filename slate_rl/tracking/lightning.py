@@ -93,7 +93,7 @@ class EpochState(Checkpoint):
             "epoch": trainer.current_epoch + 1,
             "checkpoint": path.read_bytes(),
             "best_name": best.name if best else "",
-            "best": best.read_bytes() if best else b"",
+            "best": best.read_bytes() if best else None,  # not b"": torch pickles empty bytes as a call to bytes()
         }
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

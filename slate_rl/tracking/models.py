@@ -2,7 +2,8 @@
 method, seed or checkpoint, and the aliases `expert`, `medium`, `random` that choose collection policies.
 
 A version's source is a pyfunc model folder logged under a run's artifacts (`policies/<name>/`): MLmodel, the
-slate_rl code it needs, and `artifacts/policy.pt` (the payload of `slate_rl.agents.export`). It loads with
+slate_rl code it needs, and `artifacts/policy.pt` (the payload of `slate_rl.agents.export`). The model is logged from
+code (`policy_model.py` builds it when MLflow loads the folder), so loading it unpickles nothing. It loads with
 `mlflow.pyfunc.load_model("models:/slate-rl.<env>@expert")`, whose `predict({"slates": (B,T,R), "clicks":
 (B,T,R)})` returns the next slates (B,R) for observation histories that start with the reset observation.
 """
@@ -27,6 +28,7 @@ from mlflow.types.schema import Schema, TensorSpec
 import slate_rl
 from slate_rl import atomic
 from slate_rl.errors import SlateRLError
+from slate_rl.safe_load import torch_load
 from slate_rl.tracking.lineage import artifact_dir, get_finished_run
 from slate_rl.tracking.runs import StageRun, format_param
 
@@ -34,6 +36,7 @@ MODEL_PREFIX = "slate-rl."
 ALIASES = ("expert", "medium", "random")
 POLICY_FILE = "policy.pt"
 POLICIES_DIR = "policies"
+MODEL_CODE = Path(__file__).with_name("policy_model.py")  # the logged model's code
 log = logging.getLogger("slate_rl")
 
 
@@ -49,7 +52,7 @@ class SlatePolicyModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         from slate_rl.agents.export import agent_from_payload
 
-        payload = torch.load(context.artifacts["policy"], map_location="cpu", weights_only=False)
+        payload = torch_load(context.artifacts["policy"], "policy file")
         self.agent, _ = agent_from_payload(payload)
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would try to infer a schema
@@ -82,12 +85,12 @@ def log_policy(run: StageRun, payload: dict[str, Any], name: str) -> str:
     with tempfile.TemporaryDirectory(prefix="slate-rl-policy-") as tmp:
         policy_file = atomic.torch_save(payload, Path(tmp) / POLICY_FILE)
         folder = Path(tmp) / "model"
-        with warnings.catch_warnings():  # cloudpickle of our own importable class; the signature is given
+        with warnings.catch_warnings():  # the signature is given
             warnings.simplefilter("ignore")
             logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
             mlflow.pyfunc.save_model(
                 path=str(folder),
-                python_model=SlatePolicyModel(),
+                python_model=str(MODEL_CODE),
                 artifacts={"policy": str(policy_file)},
                 code_paths=[str(Path(slate_rl.__file__).parent)],
                 signature=_SIGNATURE,  # presets included
@@ -194,4 +197,4 @@ def load_version_payload(version: ModelVersion) -> dict[str, Any]:
         raise SlateRLError(f"version {version.version} of {version.name} has an unexpected source {source!r}")
     run_id, _, path = source[len("runs:/") :].partition("/")
     folder = artifact_dir(get_finished_run(run_id), path)
-    return torch.load(folder / "artifacts" / POLICY_FILE, map_location="cpu", weights_only=False)
+    return torch_load(folder / "artifacts" / POLICY_FILE, "policy file")
