@@ -403,6 +403,25 @@ def registry_register(run_ref: str, checkpoint: str) -> None:
     click.echo(f"registered version {registry.register_checkpoint(run_ref, checkpoint)}")
 
 
+@registry_group.command("select")
+@option("run", dest="run_ref", required=True, help="A finished train_online run (id or runs:/<id>).")
+@option(
+    "medium",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="The medium policy: the periodic checkpoint whose validation return is closest to this share of the best.",
+)
+@user_errors
+def registry_select(run_ref: str, medium: float) -> None:
+    """Choose collection policies by rule: the run's best checkpoint becomes `expert`, the periodic checkpoint whose
+    validation return is closest to MEDIUM x the best becomes `medium`, and the built-in random policy `random` when
+    that alias is unset. Prints the choice and the validation returns behind it."""
+    from slate_rl.stages import registry
+
+    click.echo(registry.select_policies(run_ref, medium).describe())
+
+
 @registry_group.command("register-random")
 @option("env", required=True, help=ENV_HELP)
 @option("seed", type=int, default=0, show_default=True, help="Seed of the random policy's generator.")
