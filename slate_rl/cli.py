@@ -518,15 +518,29 @@ def collect_command(
 @option("out", default="reports/latest", show_default=True, help="Folder the report is written to (also logged).")
 @option("allow_mixed_presets", is_flag=True, help="Pool runs of different presets in one cell (refused otherwise).")
 @option("bootstrap", type=int, default=2000, show_default=True, help="Bootstrap resamples of the aggregate scores.")
+@option(
+    "algorithms",
+    default="all",
+    show_default=True,
+    help="Comma-separated offline algorithms of the offline tables (train_offline runs), or 'all'.",
+)
+@option("offline_only", is_flag=True, help="Only the offline tables: leave the train_online runs out.")
 @option("experiment_name", default=None, help="MLflow experiment of the compare run itself.")
 @user_errors
 def compare_command(envs: str, methods: str, experiment_name: str | None, filter_string: str, **values: Any) -> None:
-    """The paper's results table (Markdown, CSV, LaTeX), aggregate scores and figures from finished runs."""
-    from slate_rl.stages import compare
+    """The paper's results table (Markdown, CSV, LaTeX), aggregate scores and figures from finished runs; the
+    offline tables (normalised scores per dataset, best and last weights) when finished train_offline runs exist.
+    The filter applies to the runs of both."""
+    from mlflow.tracking import MlflowClient
+
+    from slate_rl.stages import compare, compare_offline
 
     cfg = compare.CompareConfig.resolve(envs, methods, filter=filter_string, **values)
     run_id = compare.run(cfg, experiment_name=experiment_name)
-    click.echo((Path(cfg.out) / "results.md").read_text())
+    counts = MlflowClient().get_run(run_id).data.metrics
+    for name, count in (("results.md", "runs"), (compare_offline.FILES[0], "offline_runs")):
+        if counts.get(count):
+            click.echo((Path(cfg.out) / name).read_text())
     click.echo(f"report: {cfg.out}/report.md (run {run_id})")
 
 
