@@ -124,11 +124,9 @@ def test_online_and_offline_tables_share_one_report(tracking_store):
     for seed in range(2):
         add_train_online_run("sac_topk_ideal", "focused_mix", seed, 100.0 + seed)
     out = tracking_store / "report"
-    result = CliRunner().invoke(
-        main,
-        ["compare", "--envs", "focused_mix", "--methods", "sac_topk_ideal", "--reference", "sac_topk_ideal"]
-        + ["--algorithms", "bc,td3_bc", "--out", str(out)],
-    )
+    online = ["--methods", "sac_topk_ideal", "--reference", "sac_topk_ideal"]
+    args = ["compare", "--envs", "focused_mix", *online, "--algorithms", "bc,td3_bc", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
     assert "## Offline RL" in report and "| SAC+TopK (ideal) |" in report
@@ -147,7 +145,7 @@ def test_a_store_with_offline_runs_only_needs_no_flag(tracking_store):
 
 def test_offline_only_with_no_offline_run_says_what_exists(tracking_store):
     add_train_online_run("random", "focused_mix", 0, 30.0)
-    with pytest.raises(SlateRLError, match="no finished train_offline run matches .* has no finished train_offline"):
+    with pytest.raises(SlateRLError, match=r"no finished train_offline run matches .* has no finished train_offline"):
         compare.run(compare.CompareConfig.resolve("focused_mix", "all", offline_only=True))
     _fill_store()
     cfg = compare.CompareConfig.resolve("focused_mix", "all", algorithms="awac", offline_only=True)
