@@ -582,6 +582,16 @@ def compare_command(envs: str, methods: str, experiment_name: str | None, filter
     default=False,
     help="Print the plan (every job, finished, to run, to resume or running) and run nothing.",
 )
+@option(
+    "select_policies",
+    type=float,
+    default=0.0,
+    show_default=True,
+    metavar="FRACTION",
+    help="After training, per environment, choose the collection policies (aliases expert, medium, random) as "
+    "`registry select --medium FRACTION` does, from the --select-method run with the best test return. 0: off.",
+)
+@option("select_method", default="", help="The method --select-policies chooses from (default: the first online one).")
 @option("out", default="reports/pipeline", show_default=True, help="Folder of the final compare report.")
 @option("experiment_name", default=None, help="MLflow experiment of the parent run and its jobs.")
 @user_errors

@@ -190,16 +190,21 @@ class Selection:
         return "\n".join(lines)
 
 
-def select_policies(run_ref: str, medium: float) -> Selection:
-    """Choose collection policies from a finished train_online run by rule, and point the aliases at them:
-    `expert` = its best checkpoint, `medium` = the periodic checkpoint whose validation return is closest to
-    `medium` x the best validation return (the earliest on a tie), `random` = the built-in random policy when that
-    alias is unset. A checkpoint registered before (by the run itself or an earlier selection) is reused."""
+def check_fraction(medium: float) -> None:
+    """Refuse a medium fraction outside (0, 1)."""
     if not 0.0 < medium < 1.0:
         raise SlateRLError(
             f"the medium fraction must lie strictly between 0 and 1 (a share of the best validation return, "
             f"e.g. 0.5), got {medium}"
         )
+
+
+def select_policies(run_ref: str, medium: float) -> Selection:
+    """Choose collection policies from a finished train_online run by rule, and point the aliases at them:
+    `expert` = its best checkpoint, `medium` = the periodic checkpoint whose validation return is closest to
+    `medium` x the best validation return (the earliest on a tie), `random` = the built-in random policy when that
+    alias is unset. A checkpoint registered before (by the run itself or an earlier selection) is reused."""
+    check_fraction(medium)
     run_id, _ = parse_run_uri(run_ref)
     run = get_finished_run(run_id, "train_online")
     env, metrics = run.data.tags["env"], run.data.metrics
