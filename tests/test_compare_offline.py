@@ -55,7 +55,8 @@ def _fill_store() -> dict[str, str]:
                 "iql", datasets["medium"], seed, score, score - 5, params={**common, "expectile": expectile}
             )
     add_train_offline_run("td3_bc", datasets["medium"], 0, 52.0, 48.0, params=common)
-    add_train_offline_run("cql", datasets["mix_a"], 0, 35.0, 33.0, params=common)
+    add_train_offline_run("cql", datasets["mix_a"], 0, 35.0, 33.0, params={**common, "gems": _run_id(0)})
+    add_train_offline_run("cql", datasets["mix_a"], 0, 25.0, 23.0, ranker="topk_ideal", params={**common, "gems": ""})
     add_train_offline_run("iql", datasets["expert"], 0, 99.0, 99.0, status="FAILED")  # never reported
     add_train_offline_run("bc", datasets["expert"], 0, 1.0, 1.0, preset="quick")  # another preset
     return datasets
@@ -88,6 +89,8 @@ def test_offline_tables_match_hand_computed_values(tracking_store):
         iql = rows[("best", "iql", f"expectile={expectile}", "focused_mix", "medium")]
         assert (iql["n"], float(iql["mean"]), iql["expectile"]) == ("3", sum(scores) / 3, expectile)
     assert all(row["n"] == "" for key, row in rows.items() if key[1] == "iql" and key[4] == "expert")  # FAILED run
+    for ranker, score in (("gems", 35.0), ("topk_ideal", 25.0)):  # another ranker: another row (its GeMS run aside)
+        assert float(rows[("best", "cql", f"ranker={ranker}", "focused_mix", "mix_a")]["mean"]) == score
     td3 = rows[("best", "td3_bc", "", "focused_mix", "medium")]
     assert (td3["n"], float(td3["mean"]), td3["ci_half_width"]) == ("1", 52.0, "")  # one seed: no interval
     assert rows[("best", "td3_bc", "", "diffuse_mix", "expert")]["n"] == ""  # not run there: empty, not zero

@@ -113,8 +113,10 @@ def identity(r: Run) -> dict[str, str]:
 
 def to_results(runs: Sequence[Run]) -> list[OfflineResult]:
     """The runs as results, each with its variant: the params on which runs of its algorithm on one dataset differ
-    (a param a run did not log shows as 'default'); no variant for an algorithm run in one configuration."""
-    identities = {r.info.run_id: identity(r) for r in runs}
+    (a param a run did not log shows as 'default'; a param that names an upstream run in any run never counts, even
+    where it is empty); no variant for an algorithm run in one configuration."""
+    upstream = {name for r in runs for name, value in r.data.params.items() if _REFERENCE.fullmatch(value.strip())}
+    identities = {r.info.run_id: {k: v for k, v in identity(r).items() if k not in upstream} for r in runs}
     fields: dict[str, set[str]] = {}
     cells: dict[tuple, list[Run]] = {}
     for r in runs:
