@@ -403,6 +403,25 @@ def registry_register(run_ref: str, checkpoint: str) -> None:
     click.echo(f"registered version {registry.register_checkpoint(run_ref, checkpoint)}")
 
 
+@registry_group.command("select")
+@option("run", dest="run_ref", required=True, help="A finished train_online run (id or runs:/<id>).")
+@option(
+    "medium",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="The medium policy: the periodic checkpoint whose validation return is closest to this share of the best.",
+)
+@user_errors
+def registry_select(run_ref: str, medium: float) -> None:
+    """Choose collection policies by rule: the run's best checkpoint becomes `expert`, the periodic checkpoint whose
+    validation return is closest to MEDIUM x the best becomes `medium`, and the built-in random policy `random` when
+    that alias is unset. Prints the choice and the validation returns behind it."""
+    from slate_rl.stages import registry
+
+    click.echo(registry.select_policies(run_ref, medium).describe())
+
+
 @registry_group.command("register-random")
 @option("env", required=True, help=ENV_HELP)
 @option("seed", type=int, default=0, show_default=True, help="Seed of the random policy's generator.")
@@ -499,15 +518,29 @@ def collect_command(
 @option("out", default="reports/latest", show_default=True, help="Folder the report is written to (also logged).")
 @option("allow_mixed_presets", is_flag=True, help="Pool runs of different presets in one cell (refused otherwise).")
 @option("bootstrap", type=int, default=2000, show_default=True, help="Bootstrap resamples of the aggregate scores.")
+@option(
+    "algorithms",
+    default="all",
+    show_default=True,
+    help="Comma-separated offline algorithms of the offline tables (train_offline runs), or 'all'.",
+)
+@option("offline_only", is_flag=True, help="Only the offline tables: leave the train_online runs out.")
 @option("experiment_name", default=None, help="MLflow experiment of the compare run itself.")
 @user_errors
 def compare_command(envs: str, methods: str, experiment_name: str | None, filter_string: str, **values: Any) -> None:
-    """The paper's results table (Markdown, CSV, LaTeX), aggregate scores and figures from finished runs."""
-    from slate_rl.stages import compare
+    """The paper's results table (Markdown, CSV, LaTeX), aggregate scores and figures from finished runs; the
+    offline tables (normalised scores per dataset, best and last weights) when finished train_offline runs exist.
+    The filter applies to the runs of both."""
+    from mlflow.tracking import MlflowClient
+
+    from slate_rl.stages import compare, compare_offline
 
     cfg = compare.CompareConfig.resolve(envs, methods, filter=filter_string, **values)
     run_id = compare.run(cfg, experiment_name=experiment_name)
-    click.echo((Path(cfg.out) / "results.md").read_text())
+    counts = MlflowClient().get_run(run_id).data.metrics
+    for name, count in (("results.md", "runs"), (compare_offline.FILES[0], "offline_runs")):
+        if counts.get(count):
+            click.echo((Path(cfg.out) / name).read_text())
     click.echo(f"report: {cfg.out}/report.md (run {run_id})")
 
 
@@ -549,6 +582,16 @@ def compare_command(envs: str, methods: str, experiment_name: str | None, filter
     default=False,
     help="Print the plan (every job, finished, to run, to resume or running) and run nothing.",
 )
+@option(
+    "select_policies",
+    type=float,
+    default=0.0,
+    show_default=True,
+    metavar="FRACTION",
+    help="After training, per environment, choose the collection policies (aliases expert, medium, random) as "
+    "`registry select --medium FRACTION` does, from the --select-method run with the best test return. 0: off.",
+)
+@option("select_method", default="", help="The method --select-policies chooses from (default: the first online one).")
 @option("out", default="reports/pipeline", show_default=True, help="Folder of the final compare report.")
 @option("experiment_name", default=None, help="MLflow experiment of the parent run and its jobs.")
 @user_errors

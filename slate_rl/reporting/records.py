@@ -7,12 +7,23 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from slate_rl.errors import SlateRLError
 from slate_rl.reporting.names import variant_row
 
 K = TypeVar("K", bound=Hashable)
+
+
+class Seeded(Protocol):
+    """A run's result as grouping sees it: its seed, preset and the params that tell sweep runs apart."""
+
+    seed: int
+    preset: str
+    params: Mapping[str, Any]
+
+
+R = TypeVar("R", bound=Seeded)
 
 
 @dataclass
@@ -62,18 +73,18 @@ class RunResult:
 
 
 def group_runs(
-    results: Iterable[RunResult],
-    key: Callable[[RunResult], K],
+    results: Iterable[R],
+    key: Callable[[R], K],
     describe: Callable[[K], str],
     *,
     allow_mixed_presets: bool = False,
-) -> dict[K, list[RunResult]]:
+) -> dict[K, list[R]]:
     """Group runs by `key`, each group sorted by (seed, preset), refusing groups that would pool unlike runs.
 
     A group may not mix presets (unless `allow_mixed_presets`) and may not hold two runs of one seed and preset:
     that would count a seed twice (reruns, or a parameter sweep the caller did not filter).
     """
-    groups: dict[K, list[RunResult]] = defaultdict(list)
+    groups: dict[K, list[R]] = defaultdict(list)
     for run in results:
         groups[key(run)].append(run)
     for group_key, runs in groups.items():

@@ -1,4 +1,5 @@
-"""Stage `compare`: the paper's results table, aggregate scores and figures, straight from finished runs."""
+"""Stage `compare`: the paper's results table, aggregate scores and figures, straight from finished runs; and the
+offline tables (normalised scores of offline algorithms per dataset) when finished train_offline runs exist."""
 
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ from slate_rl.reporting import (
 )
 from slate_rl.reporting.names import row_order
 from slate_rl.stage_configs import TrainOnlineConfig, agent_defaults
-from slate_rl.stages import environment
+from slate_rl.stages import compare_offline, environment
 from slate_rl.tracking.results import metric_curve, search_finished_runs
-from slate_rl.tracking.runs import format_param, stage_run
+from slate_rl.tracking.runs import format_param, normal_param, stage_run
 
 STAGE = "compare"
 SOURCE_STAGE = "train_online"
@@ -45,7 +46,8 @@ log = logging.getLogger("slate_rl")
 
 @dataclasses.dataclass
 class CompareConfig:
-    """What to compare: environments, methods, preset ('any' pools nothing: it keeps each run's own preset)."""
+    """What to compare: environments, methods, preset ('any' pools nothing: it keeps each run's own preset); offline
+    algorithms (empty: all there are) and whether to leave the online table out."""
 
     envs: list[str]
     methods: list[str]
@@ -55,12 +57,20 @@ class CompareConfig:
     out: str = "reports/latest"
     allow_mixed_presets: bool = False
     bootstrap: int = 2000
+    algorithms: list[str] = dataclasses.field(default_factory=list)
+    offline_only: bool = False
 
     @classmethod
-    def resolve(cls, envs: str, methods: str, **values: Any) -> CompareConfig:
+    def resolve(cls, envs: str, methods: str, algorithms: str = "", **values: Any) -> CompareConfig:
         env_list = config.resolve_env_list(envs)
         method_list = list(method_ids(ONLINE_FAMILIES)) if methods.strip() in ("", "all") else _split(methods)
-        cfg = cls(envs=env_list, methods=method_list, **{k: v for k, v in values.items() if v is not None})
+        chosen = [] if algorithms.strip() in ("", "all") else _split(algorithms)
+        cfg = cls(
+            envs=env_list,
+            methods=method_list,
+            algorithms=chosen,
+            **{k: v for k, v in values.items() if v is not None},
+        )
         for method in (*cfg.methods, cfg.reference):
             get_method(method, ONLINE_FAMILIES)
         if cfg.preset not in (*config.PRESETS, "any"):
@@ -94,27 +104,45 @@ def run(cfg: CompareConfig, experiment_name: str | None = None) -> str:
                 "out": cfg.out,
                 "allow_mixed_presets": cfg.allow_mixed_presets,
                 "bootstrap": cfg.bootstrap,
+                "algorithms": ",".join(cfg.algorithms) or "all",
+                "offline_only": cfg.offline_only,
             }
         )
-        runs = select_runs(cfg)
+        offline = compare_offline.gather(cfg.envs, cfg.preset, cfg.filter, cfg.algorithms)
+        if cfg.offline_only and not offline.results:
+            raise SlateRLError(
+                f"no finished {compare_offline.SOURCE_STAGE} run matches envs={','.join(cfg.envs)} "
+                f"algorithms={','.join(cfg.algorithms) or 'all'} preset={cfg.preset}"
+                + (f" filter={cfg.filter!r}" if cfg.filter else "")
+                + "; "
+                + compare_offline.describe_store(cfg.filter)
+            )
+        runs = [] if cfg.offline_only else select_runs(cfg, required=not offline.results)
         results = to_results(runs, with_curve=True)
         with tempfile.TemporaryDirectory(prefix="slate-rl-report-") as tmp:
-            files = write_report(results, cfg, Path(tmp))
+            files = write_report(results, cfg, Path(tmp), offline)
             mlrun.log_artifacts(tmp, "report")
             out = Path(cfg.out)
             out.mkdir(parents=True, exist_ok=True)
             for name in files:
                 atomic.write_bytes(out / name, (Path(tmp) / name).read_bytes())
-        mlrun.log_metrics({"runs": len(results), "cells": len({(r.method, r.env) for r in results})})
+        mlrun.log_metrics(
+            {
+                "runs": len(results),
+                "cells": len({(r.method, r.env) for r in results}),
+                "offline_runs": len(offline.results),
+            }
+        )
         log.info(
             "%s: %d runs; report in %s (and artifact 'report' of run %s)", STAGE, len(results), cfg.out, mlrun.run_id
         )
         return mlrun.run_id
 
 
-def select_runs(cfg: CompareConfig) -> list[Run]:
+def select_runs(cfg: CompareConfig, required: bool = True) -> list[Run]:
     """Finished train_online runs of the requested cells; the latest run per (method, env, seed, preset,
-    configuration identity): runs of one seed that differ in any other param are variants, all kept."""
+    configuration identity): runs of one seed that differ in any other param are variants, all kept. None found is
+    an error when `required`."""
     found = search_finished_runs(SOURCE_STAGE, cfg.filter)
     wanted = [
         r
@@ -124,7 +152,7 @@ def select_runs(cfg: CompareConfig) -> list[Run]:
         and (cfg.preset == "any" or r.data.tags.get("preset") == cfg.preset)
         and "test_return" in r.data.metrics
     ]
-    if not wanted:
+    if not wanted and required:
         raise SlateRLError(
             f"no finished {SOURCE_STAGE} run matches envs={','.join(cfg.envs)} "
             f"methods={','.join(cfg.methods)} preset={cfg.preset}"
@@ -145,22 +173,11 @@ def identity(r: Run) -> dict[str, str]:
     environment and preset (a param a run did not log counts as that default), values normalised."""
     tags = r.data.tags
     return {
-        name: _normal(value)
+        name: normal_param(value)
         for name, value in r.data.params.items()
         if name not in NOT_IDENTITY
-        and _normal(value) != _default(tags["method"], tags["env"], tags.get("preset", ""), name)
+        and normal_param(value) != _default(tags["method"], tags["env"], tags.get("preset", ""), name)
     }
-
-
-def _normal(text: str | None) -> str | None:
-    """One spelling per value: '0.90' and '0.9' are the same number, 'True' and 'true' the same flag, and `mlflow
-    run`'s quoted empty value '' is empty."""
-    if text is None:
-        return None
-    if text in ("''", '""'):
-        return ""
-    number = _number(text)
-    return repr(number) if number is not None else text.strip().lower()
 
 
 @functools.cache
@@ -179,8 +196,8 @@ def _default(method: str, env: str, preset: str, name: str) -> str | None:
     """The normalised default of param `name` (agent hyper-parameters: the method's own); None when unknown."""
     if name.startswith("agent."):
         value = agent_defaults(method).get(name[len("agent.") :])
-        return None if value is None else _normal(format_param(value))
-    return _normal(_defaults(method, env, preset).get(name))
+        return None if value is None else normal_param(format_param(value))
+    return normal_param(_defaults(method, env, preset).get(name))
 
 
 def to_results(runs: Sequence[Run], with_curve: bool) -> list[RunResult]:
@@ -267,8 +284,27 @@ def is_paper_setting(result: RunResult) -> bool:
     return all(_number(values[k]) in (None, v) for k, v in PAPER_GEMS.items())
 
 
-def write_report(results: list[RunResult], cfg: CompareConfig, folder: Path) -> list[str]:
-    """Table (md, csv, tex), aggregate scores, figures and a combined report.md; returns the file names."""
+def write_report(
+    results: list[RunResult], cfg: CompareConfig, folder: Path, offline: compare_offline.OfflineInputs | None = None
+) -> list[str]:
+    """The online table (md, csv, tex), aggregate scores and figures when `results` holds runs, the offline tables
+    when `offline` holds results, and a combined report.md; returns the file names."""
+    sections = ["# Results\n"]
+    figures: list[Path] = []
+    if results:
+        online, figures = _online_report(results, cfg, folder)
+        sections += online
+    if offline is not None and offline.results:
+        tables = compare_offline.write_tables(offline, folder, cfg.allow_mixed_presets)
+        sections += ["\n## Offline RL: normalised scores per dataset\n", tables]
+    if results:
+        sections += ["\n## Figures\n"] + [f"![{p.stem}]({p.name})\n" for p in figures]
+    atomic.write_text(folder / "report.md", "\n".join(sections))
+    return sorted(p.name for p in folder.iterdir() if p.is_file())
+
+
+def _online_report(results: list[RunResult], cfg: CompareConfig, folder: Path) -> tuple[list[str], list[Path]]:
+    """The online table and aggregate scores (files and report sections) and the figures (files)."""
     mixed = {"allow_mixed_presets": cfg.allow_mixed_presets}
     table_runs = [r for r in results if is_paper_setting(r)]
     rows = [
@@ -279,7 +315,7 @@ def write_report(results: list[RunResult], cfg: CompareConfig, folder: Path) -> 
     atomic.write_text(folder / "results.md", markdown)
     atomic.write_text(folder / "results.csv", to_csv(table))
     atomic.write_text(folder / "results.tex", to_latex(table, label="tab:slate-rl-results"))
-    sections = ["# Results\n", markdown]
+    sections = [markdown]
     if _complete_for_aggregates(table_runs):
         aggregates = aggregates_to_markdown(_aggregate(table_runs, cfg))
         atomic.write_text(folder / "aggregates.md", aggregates)
@@ -288,9 +324,7 @@ def write_report(results: list[RunResult], cfg: CompareConfig, folder: Path) -> 
     for env in sorted({r.env for r in results if r.method == "sac_gems"}):
         for vary in ("beta", "lambda_click"):
             figures.append(plot_tradeoff(results, folder / f"tradeoff_{vary}_{env}.png", env=env, vary=vary, **mixed))
-    sections += ["\n## Figures\n"] + [f"![{p.stem}]({p.name})\n" for p in figures if p is not None]
-    atomic.write_text(folder / "report.md", "\n".join(sections))
-    return sorted(p.name for p in folder.iterdir() if p.is_file())
+    return sections, [p for p in figures if p is not None]
 
 
 def _aggregate(results: list[RunResult], cfg: CompareConfig) -> list:

@@ -10,6 +10,10 @@ training) so that two jobs never produce the same upstream output at once.
 
 Variants: `env_params` and `overrides` map a name to a list of values; every combination of values is one variant
 of the grid, with its own jobs (a sweep).
+
+Policy selection (`select_policies`, a fraction in (0, 1); 0 = off): after training, per environment, the finished
+run of `select_method` with the best test return (over all seeds and variants of that environment) chooses the
+collection policies as `slate-rl registry select --medium <fraction>` does.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from slate_rl.stage_configs import (
     TrainOnlineConfig,
     agent_defaults,
 )
-from slate_rl.stages import compare, generate_dataset, on_dataset, pretrain_gems, train_mf, train_online
+from slate_rl.stages import compare, generate_dataset, on_dataset, pretrain_gems, registry, train_mf, train_online
 from slate_rl.tracking.lineage import LINEAGE_TAG
 from slate_rl.tracking.runs import HOST_TAG, PID_TAG, StageRun, format_param, has_resume_state, stage_run
 
@@ -72,6 +76,8 @@ class PipelineConfig:
     item_embeddings: str = ""
     overrides: dict[str, list[Any]] = dataclasses.field(default_factory=dict)  # parameters of the training runs
     given: dict[str, str] = dataclasses.field(default_factory=dict)  # the options as given (logged as params)
+    select_policies: float = 0.0  # after training, choose collection policies by this medium fraction (0: no)
+    select_method: str = ""  # ... from the best run of this method (default: the grid's first online method)
 
     @classmethod
     def resolve(
@@ -108,6 +114,8 @@ class PipelineConfig:
         if int(cfg.workers) < 1:
             raise SlateRLError(f"workers must be >= 1 (got {cfg.workers})")
         _check_overrides(cfg.overrides, cfg.methods)
+        if cfg.select_policies:
+            _check_selection(cfg)
         return cfg
 
     def params(self) -> dict[str, Any]:
@@ -119,7 +127,27 @@ class PipelineConfig:
             "workers": self.workers,
             "devices": ",".join(self.devices),
             "item_embeddings": self.item_embeddings,
+            "select_policies": self.select_policies,
+            "select_method": self.select_method,
         }
+
+
+def _check_selection(cfg: PipelineConfig) -> None:
+    """A fraction in (0, 1) and a method of the grid that trains online (the first such one when none is named)."""
+    registry.check_fraction(float(cfg.select_policies))
+    learners = [method for method in cfg.methods if get_method(method).family == "online"]
+    if not cfg.select_method:
+        if not learners:
+            raise SlateRLError(
+                f"--select-policies chooses from a trained policy, but the grid's methods ({', '.join(cfg.methods)}) "
+                "train none; add an online method such as sac_topk_ideal"
+            )
+        cfg.select_method = learners[0]
+    if cfg.select_method not in learners:
+        raise SlateRLError(
+            f"--select-method {cfg.select_method}: not a method of this grid that trains online; choose one of: "
+            f"{', '.join(learners) or 'none (add an online method)'}"
+        )
 
 
 def parse_sweep(items: tuple[str, ...] | list[str], what: str) -> dict[str, list[Any]]:
@@ -423,6 +451,11 @@ def describe_plan(cfg: PipelineConfig) -> str:
             if job.state == "run" and not job.keys:
                 note = " (after its dataset)"
             lines.append(f"  {words[job.state]:10} {job.name}" + (f"  {detail}" if detail else "") + note)
+    if cfg.select_policies:
+        lines.append(
+            f"then: per environment, registry select --medium {cfg.select_policies:g} on the {cfg.select_method} run "
+            "with the best test return"
+        )
     return "\n".join(lines)
 
 
@@ -467,6 +500,8 @@ def run(cfg: PipelineConfig, experiment_name: str | None = None, out: str = "rep
                     f"{', '.join(failures + elsewhere)}; run the pipeline again once they are fixed "
                     "or done (finished jobs are skipped)"
                 )
+        if cfg.select_policies:
+            failures += select_policies(cfg, plan(cfg)[-1])
         mlrun.log_metrics({"failed_jobs": len(failures)})
         report = compare.CompareConfig.resolve(",".join(cfg.envs), ",".join(cfg.methods), preset=cfg.preset, out=out)
         try:
@@ -484,6 +519,33 @@ def run(cfg: PipelineConfig, experiment_name: str | None = None, out: str = "rep
             )
         log.info("%s: all jobs finished; report in %s", STAGE, out)
         return mlrun.run_id
+
+
+def select_policies(cfg: PipelineConfig, jobs: list[Job]) -> list[str]:
+    """Per environment, `registry select` on the finished run of `cfg.select_method` with the best test return among
+    `jobs`; returns 'select/<env>' for each environment where that failed (the reason is logged)."""
+    client = MlflowClient()
+    runs = [client.get_run(job.run_id) for job in jobs if job.state == "finished"]
+    failures = []
+    for env in cfg.envs:
+        mine = [
+            r
+            for r in runs
+            if r.data.tags.get("env") == env
+            and r.data.tags.get("method") == cfg.select_method
+            and "test_return" in r.data.metrics
+        ]
+        try:
+            if not mine:
+                raise SlateRLError(f"no finished {cfg.select_method} run on {env} to choose policies from")
+            best = max(mine, key=lambda r: r.data.metrics["test_return"])
+            selection = registry.select_policies(best.info.run_id, float(cfg.select_policies))
+        except SlateRLError as exc:
+            log.error("%s: select/%s: %s", STAGE, env, exc)
+            failures.append(f"select/{env}")
+            continue
+        log.info("%s: policies chosen by rule for %s\n%s", STAGE, env, selection.describe())
+    return failures
 
 
 def _folder(path: str) -> Path:

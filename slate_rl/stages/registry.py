@@ -1,10 +1,11 @@
 """`slate-rl registry`: choosing collection policies. Versions of the per-environment registered model come from
 train_online runs (the best policy automatically, any checkpoint on request) or the built-in random policy;
-the aliases `expert`, `medium`, `random` say which version `collect` uses."""
+the aliases `expert`, `medium`, `random` say which version `collect` uses, set by hand or by rule (`select`)."""
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
@@ -24,6 +25,7 @@ from slate_rl.tracking.results import metric_curve
 from slate_rl.tracking.runs import StageRun, stage_run
 
 BUILTIN_STAGE = "builtin_policy"
+PERIODIC = re.compile(r"episode_(\d+)")  # the name of a periodic checkpoint of a train_online run
 log = logging.getLogger("slate_rl")
 
 
@@ -146,3 +148,109 @@ def load_policy(env: str, reference: str, simulator: TopicRec | None = None):
         )
     agent, simulator = agent_from_payload(payload, simulator)
     return agent, simulator, version
+
+
+@dataclass
+class Selection:
+    """What `select_policies` chose from a train_online run, and why: the validation returns involved."""
+
+    env: str
+    run_id: str
+    fraction: float
+    best_episode: int
+    best_val_return: float
+    candidates: list[tuple[int, float]]  # (episode, validation return) of each periodic checkpoint that has one
+    medium_episode: int
+    expert_version: str
+    medium_version: str
+    random_version: str | None  # None: the alias `random` was already set and stays as it is
+
+    @property
+    def target(self) -> float:
+        return self.fraction * self.best_val_return
+
+    def describe(self) -> str:
+        """The choice as lines of text: the rule, the candidates, the versions and aliases."""
+        medium = dict(self.candidates)[self.medium_episode]
+        lines = [
+            f"run {self.run_id} on {self.env}: best validation return {self.best_val_return:.2f} "
+            f"(episode {self.best_episode})",
+            f"  expert: the best checkpoint -> version {self.expert_version}",
+            f"  medium: the periodic checkpoint whose validation return is closest to {self.fraction:g} x "
+            f"{self.best_val_return:.2f} = {self.target:.2f}: episode {self.medium_episode} ({medium:.2f}) "
+            f"-> version {self.medium_version}",
+            "    candidates (episode: validation return): "
+            + ", ".join(f"{episode}: {value:.2f}" for episode, value in self.candidates),
+        ]
+        lines.append(
+            f"  random: the built-in uniform-random policy -> version {self.random_version}"
+            if self.random_version is not None
+            else "  random: alias already set, left as it is"
+        )
+        return "\n".join(lines)
+
+
+def check_fraction(medium: float) -> None:
+    """Refuse a medium fraction outside (0, 1)."""
+    if not 0.0 < medium < 1.0:
+        raise SlateRLError(
+            f"the medium fraction must lie strictly between 0 and 1 (a share of the best validation return, "
+            f"e.g. 0.5), got {medium}"
+        )
+
+
+def select_policies(run_ref: str, medium: float) -> Selection:
+    """Choose collection policies from a finished train_online run by rule, and point the aliases at them:
+    `expert` = its best checkpoint, `medium` = the periodic checkpoint whose validation return is closest to
+    `medium` x the best validation return (the earliest on a tie), `random` = the built-in random policy when that
+    alias is unset. A checkpoint registered before (by the run itself or an earlier selection) is reused."""
+    check_fraction(medium)
+    run_id, _ = parse_run_uri(run_ref)
+    run = get_finished_run(run_id, "train_online")
+    env, metrics = run.data.tags["env"], run.data.metrics
+    if "best_val_return" not in metrics or "best_episode" not in metrics:
+        raise SlateRLError(f"run {run_id} ({run.data.tags.get('method')}) never validated: it has no best checkpoint")
+    best, best_episode = float(metrics["best_val_return"]), int(metrics["best_episode"])
+    if best <= 0:
+        raise SlateRLError(f"run {run_id}: its best validation return is {best:g}; a share of it chooses nothing")
+    episodes = sorted(
+        int(match[1])
+        for f in MlflowClient().list_artifacts(run_id, "checkpoints")
+        if (match := PERIODIC.fullmatch(f.path.rsplit("/", 1)[-1]))
+    )
+    if not episodes:
+        raise SlateRLError(
+            f"run {run_id} has no periodic checkpoints (checkpoints/episode_*) to choose a medium policy from; "
+            "train with --save-every below --episodes (a multiple of --val-every)"
+        )
+    curve = dict(metric_curve(run_id, "val_return"))
+    candidates = [(episode, curve[episode]) for episode in episodes if episode in curve]
+    if not candidates:
+        raise SlateRLError(
+            f"none of the periodic checkpoints of run {run_id} (episodes {', '.join(map(str, episodes))}) has a "
+            "validation return: train with --save-every a multiple of --val-every"
+        )
+    target = medium * best
+    chosen = min(candidates, key=lambda item: (abs(item[1] - target), item[0]))[0]
+    expert_version = _registered(env, run_id, "best") or register_checkpoint(run_id, "best")
+    checkpoint = f"episode_{chosen:06d}"
+    medium_version = _registered(env, run_id, checkpoint) or register_checkpoint(run_id, checkpoint)
+    models.set_alias(env, expert_version, "expert")
+    models.set_alias(env, medium_version, "medium")
+    random_version = None
+    if "random" not in models.aliases(env):
+        preset = run.data.tags.get("preset", "paper")
+        random_version = _registered(env, None, "builtin", method="random", preset=preset) or register_random(
+            env, seed=0, preset=preset
+        )
+        models.set_alias(env, random_version, "random")
+    return Selection(
+        env, run_id, medium, best_episode, best, candidates, chosen, expert_version, medium_version, random_version
+    )
+
+
+def _registered(env: str, run_id: str | None, checkpoint: str, **tags: str) -> str | None:
+    """The newest version of `env`'s model with these tags (`run_id`: any run when None), or None."""
+    wanted = {"checkpoint": checkpoint, **tags} | ({"run_id": run_id} if run_id is not None else {})
+    found = [v for v in models.versions(env) if all(v.tags.get(k) == value for k, value in wanted.items())]
+    return str(found[-1].version) if found else None

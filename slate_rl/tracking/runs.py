@@ -52,6 +52,19 @@ def format_param(value: Any) -> str:
     return str(value)
 
 
+def normal_param(text: str | None) -> str | None:
+    """One spelling per logged value: '0.90' and '0.9' are the same number, 'True' and 'true' the same flag, and
+    `mlflow run`'s quoted empty value '' is empty."""
+    if text is None:
+        return None
+    if text in ("''", '""'):
+        return ""
+    try:
+        return repr(float(text)) if text.strip() else ""
+    except ValueError:
+        return text.strip().lower()
+
+
 def git_commit() -> str:
     """The project's current commit (with '-dirty' when the tree has changes), or 'unknown'."""
     try:

@@ -1,0 +1,86 @@
+"""`registry select`: expert, medium and random chosen by rule from a tiny real training run, and its refusals."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from slate_rl.cli import main
+from slate_rl.stage_configs import TrainOnlineConfig
+from slate_rl.stages import registry, train_online
+from slate_rl.tracking import models
+from slate_rl.tracking.results import metric_curve
+from synthetic_runs import add_train_online_run
+
+ENV = "focused_mix"
+TINY = dict(episodes=80, warmup_episodes=20, val_every=20, val_episodes=20, test_episodes=20, save_every=20)
+
+
+@pytest.fixture(scope="module")
+def trained(module_store):
+    """A finished run with validations and periodic checkpoints at episodes 20, 40, 60, 80 (registered as v1)."""
+    return train_online.run(TrainOnlineConfig.resolve(ENV, "quick", method="sac_topk_ideal", **TINY))
+
+
+def _expected_medium(run_id: str, fraction: float) -> tuple[int, float]:
+    """By hand: the checkpoint episode whose validation return is nearest fraction x best (earliest on a tie)."""
+    curve = metric_curve(run_id, "val_return")
+    best = max(value for _, value in curve)
+    episode, _ = min(curve, key=lambda item: (abs(item[1] - fraction * best), item[0]))
+    return episode, best
+
+
+def test_select_registers_and_aliases_by_the_rule(trained):
+    episode, best = _expected_medium(trained, 0.5)
+    result = CliRunner().invoke(main, ["registry", "select", "--run", f"runs:/{trained}", "--medium", "0.5"])
+    assert result.exit_code == 0, result.output
+    aliases = models.aliases(ENV)
+    expert, medium, random = (models.get_version(ENV, aliases[a]) for a in ("expert", "medium", "random"))
+    assert expert.version == 1  # the run's own registration of its best checkpoint, reused
+    assert (medium.tags["run_id"], medium.tags["checkpoint"]) == (trained, f"episode_{episode:06d}")
+    assert float(medium.tags["val_return"]) == pytest.approx(dict(metric_curve(trained, "val_return"))[episode])
+    assert (random.tags["method"], random.tags["checkpoint"]) == ("random", "builtin")
+    assert f"best validation return {best:.2f}" in result.output
+    assert f"closest to 0.5 x {best:.2f} = {0.5 * best:.2f}: episode {episode} " in result.output
+    assert "20: " in result.output and "80: " in result.output  # every candidate with its validation return
+
+
+def test_select_again_reuses_versions_and_keeps_a_set_random_alias(trained):
+    registry.select_policies(trained, 0.5)
+    random_before = models.aliases(ENV)["random"]
+    selection = registry.select_policies(trained, 0.99)
+    expected, _ = _expected_medium(trained, 0.99)
+    assert selection.medium_episode == expected and selection.random_version is None
+    assert models.aliases(ENV)["random"] == random_before
+    assert models.aliases(ENV)["medium"] == selection.medium_version
+    registry.select_policies(trained, 0.99)  # a checkpoint registered before is reused: one version per checkpoint
+    assert len(models.versions(ENV)) == len({(v.tags["run_id"], v.tags["checkpoint"]) for v in models.versions(ENV)})
+
+
+@pytest.mark.parametrize("fraction", ["0", "1", "1.5", "-0.2"])
+def test_select_refuses_a_fraction_outside_0_1(trained, fraction):
+    result = CliRunner().invoke(main, ["registry", "select", "--run", trained, "--medium", fraction])
+    assert result.exit_code == 1 and "must lie strictly between 0 and 1" in result.output, result.output
+
+
+def test_select_refuses_runs_it_cannot_choose_from(trained):
+    registry.select_policies(trained, 0.5)  # sets the alias random (a builtin_policy run)
+    client = MlflowClient()
+    failed = add_train_online_run("sac_topk_ideal", ENV, 0, 100.0, preset="quick", status="FAILED")
+    no_checkpoints = add_train_online_run("sac_topk_ideal", ENV, 0, 100.0, preset="quick", val_curve=[(20, 50.0)])
+    client.log_metric(no_checkpoints, "best_val_return", 50.0)
+    client.log_metric(no_checkpoints, "best_episode", 20)
+    never_validated = add_train_online_run("random", ENV, 0, 30.0, preset="quick")
+    builtin = models.get_version(ENV, "random").run_id
+    cases = {
+        failed: "is FAILED: only FINISHED runs",
+        builtin: "is a 'builtin_policy' run, not a 'train_online' run",
+        no_checkpoints: "has no periodic checkpoints",
+        never_validated: "never validated",
+    }
+    versions = len(models.versions(ENV))
+    for run_id, message in cases.items():
+        result = CliRunner().invoke(main, ["registry", "select", "--run", run_id])
+        assert result.exit_code == 1 and message in result.output, result.output
+    assert len(models.versions(ENV)) == versions  # nothing registered
