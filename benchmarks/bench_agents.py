@@ -1,9 +1,10 @@
 """Speed of the online agents and of the training loop on this machine; projects a paper-preset run.
 
 Measures, per method: milliseconds per gradient update (B = 20 trajectories of 100 steps from a buffer of random
-episodes), collection throughput (episodes/s, K users played together, random warm-up and exploring actions),
-validation (200 users as one batch) and test (500 users as one batch) times, then projects a paper run:
-2,000 warm-up episodes + 98,000 learning episodes with one update each + 100 validations + the test.
+episodes; the plain autograd update and, for methods that have one, the fused update), collection throughput
+(episodes/s, K users played together, random warm-up and exploring actions), validation (200 users as one batch) and
+test (500 users as one batch) times, then projects a paper run: 2,000 warm-up episodes + 98,000 learning episodes
+with one update each + 100 validations + the test.
 
 Both wall-clock and process CPU time are reported: on a machine shared with other jobs the wall clock also counts
 time spent waiting for a core; the CPU time is what the run itself consumes (the wall time of an idle machine with
@@ -11,11 +12,13 @@ one thread).
 
     python benchmarks/bench_agents.py                      # SAC+GeMS, K = 1, 10, 50, 100
     python benchmarks/bench_agents.py --methods all --parallel 50
+    python benchmarks/bench_agents.py --methods all --updates-only   # plain vs fused update times
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -62,6 +65,11 @@ def upstream(env: envs.TopicRec, seed: int) -> dict:
     return {"gems_decoder": decoder, "mf_table": mf}
 
 
+def has_fused_update(method: str) -> bool:
+    config = get_method(method).load_config()
+    return config is not None and "fused_update" in {field.name for field in dataclasses.fields(config)}
+
+
 def bench_updates(agent: Agent, env: envs.TopicRec, repeats: int) -> dict[str, float]:
     buffer = TrajectoryBuffer(
         200, env.episode_length, env.slate_size, env.num_items, agent.stored_action_dim, agent.privileged_dim
@@ -96,7 +104,7 @@ def bench_evaluation(agent: Agent, env: envs.TopicRec, users: int, repeats: int 
 
 
 def bench_fit(
-    method: str, env_name: str, inputs: dict, seed: int, parallel: int, pipeline: bool, episodes: int
+    method: str, env_name: str, inputs: dict, seed: int, parallel: int, pipeline: bool, episodes: int, fused: bool
 ) -> float:
     """Wall seconds per learning episode (collection, update, overlap) of the real loop after a short warm-up."""
     warmup = max(parallel, 20)
@@ -113,7 +121,7 @@ def bench_fit(
     env = envs.make(env_name)
     marks: dict[int, float] = {}
     trainer = Trainer(
-        build_agent(method, env, seed, **inputs),
+        build_agent(method, env, seed, **inputs, overrides={"fused_update": True} if fused else None),
         env,
         protocol,
         Hooks(on_progress=lambda episode, total: marks.setdefault(episode, time.perf_counter())),
@@ -165,6 +173,12 @@ def main() -> None:
         help="also time the real loop: this many learning episodes after a short warm-up, "
         "for each K of --parallel, with and without the collection pipeline",
     )
+    parser.add_argument(
+        "--fused-update",
+        action="store_true",
+        help="agents use the fused update (fused_update=true) for collection, projection and --fit",
+    )
+    parser.add_argument("--updates-only", action="store_true", help="time the updates only (plain and fused)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     configure_cpu(args.threads)
@@ -173,14 +187,27 @@ def main() -> None:
     inputs = upstream(env, args.seed)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), env {args.env}")
     for method in methods:
-        agent = build_agent(method, env, args.seed, **inputs)
+        fused = has_fused_update(method)
+        plain_agent = build_agent(method, env, args.seed, **inputs)
+        fused_agent = build_agent(method, env, args.seed, **inputs, overrides={"fused_update": True}) if fused else None
+        agent = fused_agent if args.fused_update and fused_agent is not None else plain_agent
         print(f"\n== {method} ({get_method(method).display})")
-        update = bench_updates(agent, env, args.updates) if agent.learns else None
-        if update:
-            print(
-                f"update: {update['cpu_ms']:.1f} ms CPU (min {update['cpu_min_ms']:.1f}), "
-                f"{update['wall_ms']:.1f} ms wall  [median of {args.updates}]"
-            )
+        update = None
+        if agent.learns:
+            timings = {"plain": bench_updates(plain_agent, env, args.updates)}
+            if fused_agent is not None:
+                timings["fused"] = bench_updates(fused_agent, env, args.updates)
+            for path, times in timings.items():
+                print(
+                    f"{path} update: {times['cpu_ms']:.1f} ms CPU (min {times['cpu_min_ms']:.1f}), "
+                    f"{times['wall_ms']:.1f} ms wall  [median of {args.updates}]"
+                )
+            if "fused" in timings:
+                ratio = timings["plain"]["cpu_ms"] / timings["fused"]["cpu_ms"]
+                print(f"the fused update is {ratio:.2f}x as fast as the plain one (CPU time)")
+            update = timings["fused" if agent is fused_agent else "plain"]
+        if args.updates_only:
+            continue
         val = bench_evaluation(agent, env, PAPER["val_episodes"])
         test = bench_evaluation(agent, env, PAPER["test_episodes"])
         print(
@@ -213,7 +240,7 @@ def main() -> None:
             for k in args.parallel:
                 random_eps = bench_collection(agent, env, k, RANDOM, args.collect_episodes)["wall_eps"]
                 for pipeline in (True, False):
-                    learn = bench_fit(method, env.name, inputs, args.seed, k, pipeline, args.fit)
+                    learn = bench_fit(method, env.name, inputs, args.seed, k, pipeline, args.fit, agent is fused_agent)
                     total = (
                         PAPER["warmup"] / random_eps
                         + (PAPER["episodes"] - PAPER["warmup"]) * learn

@@ -1,5 +1,5 @@
-"""Helpers of the agents' tests: a plain (autograd, nn.GRU) SAC update used as the
-reference for the optimised one, and small environments / protocols."""
+"""Helpers of the agents' tests: a SAC update written independently of the agents' code (autograd, nn.GRU,
+separate critics, torch.distributions) used as the reference for theirs, and small environments / protocols."""
 
 from __future__ import annotations
 

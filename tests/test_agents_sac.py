@@ -1,4 +1,5 @@
-"""SAC family: the optimised update equals the plain computation; action boxes; temperature; belief encoders."""
+"""SAC family: the update equals an independent computation (nn.GRU encoders, separate critics); action boxes;
+temperature; belief encoders (plain and fused) against nn.GRU."""
 
 from __future__ import annotations
 
@@ -26,13 +27,14 @@ def collected_batch(env, agent, num: int = 6):
     return traj.select(torch.arange(num))
 
 
-def test_stacked_gru_matches_nn_gru_outputs_and_gradients():
+@pytest.mark.parametrize("fused", [False, True])
+def test_belief_encoders_match_nn_gru_outputs_and_gradients(fused):
     gen = torch.Generator().manual_seed(0)
     enc = BeliefEncoders(("actor", "critic"), 50, 4, gen, item_dim=6, hidden_dim=5)
     slates = torch.randint(50, (3, 7, 4), generator=gen)
     clicks = torch.randint(2, (3, 7, 4), generator=gen)
     weights = torch.randn(2, 3, 7, 5, generator=gen)
-    out = enc.encode(slates, clicks)
+    out = (enc.encode_fused if fused else enc.encode)(slates, clicks)
     (out * weights).sum().backward()
     for g, name in enumerate(("actor", "critic")):
         plain = PlainGRU(enc.encoders[name])
@@ -58,7 +60,7 @@ def test_online_step_matches_sequence_encoding():
 
 
 def assert_update_equals_plain(agent, batch, **plain_options) -> None:
-    """One optimised update gives the plain computation's losses and gradients (critic step, then actor, encoders
+    """One update gives the independent plain computation's losses and gradients (critic step, then actor, encoders
     and temperature)."""
     rows = batch.slates.shape[0] * (batch.slates.shape[1] - 1)
     noise = torch.randn(2, rows, agent.action_dim, generator=torch.Generator().set_state(agent.generator.get_state()))

@@ -2,16 +2,18 @@
 
 Each encoder has its own scratch item table (N x 20) and its own single-layer GRU (input R x [embedding, click] =
 210, hidden 20, zero initial state). The tables of all encoders of an agent start as copies of one random N(0, 1)
-table, as in the reference. Training re-encodes whole stored trajectories with full back-propagation through time;
-all encoders of an agent run in one stacked pass (`slate_rl.agents.inputs`, `slate_rl.agents.gru`). Acting steps
-them online, one observation at a time, batched over users.
+table, as in the reference. Training re-encodes whole stored trajectories with full back-propagation through time:
+`encode` is the plain GRU forward (the cell acting uses, stepped over time; autograd differentiates it), and
+`encode_fused` runs the same equations as fused CPU kernels with a hand-written backward pass
+(`slate_rl.agents.inputs`, `slate_rl.agents.gru`), for the updates run with `fused_update`. Acting steps the
+encoders online, one observation at a time, batched over users.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -66,7 +68,7 @@ class BeliefEncoders(nn.Module):
             {name: GRUBelief(items, slate_size, hidden_dim, generator) for name in self.names}
         )
         self._hidden: torch.Tensor | None = None  # (G, n, H) online state while acting
-        self._workspaces: dict[tuple[int, ...], GRUWorkspace] = {}  # GRU buffers reused by training encodes
+        self._workspaces: dict[tuple[Any, ...], GRUWorkspace] = {}  # buffers reused by fused encodes
 
     def encoder(self, name: str) -> GRUBelief:
         """The encoder called `name` (`nn.ModuleDict` does not keep the type of its modules)."""
@@ -83,25 +85,50 @@ class BeliefEncoders(nn.Module):
         self, names: Sequence[str], slates: torch.Tensor, clicks: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor
     ) -> torch.Tensor:
         """W_ih [E(s_r), c_r]_r + b_ih for each encoder, directly: (G, M, 3H) for M observations (slates (M, R)).
-        Used while acting (a few users per step); whole trajectories go through `slot_input_gates`."""
+        Used while acting and by `encode`; `encode_fused` computes them from per-slot projections of the tables."""
         clicks = clicks.to(w_ih.dtype).unsqueeze(-1)
         x = torch.stack([torch.cat([self.encoder(name).items[slates], clicks], -1).flatten(1) for name in names])
         return torch.baddbmm(b_ih.unsqueeze(1), x, w_ih.transpose(1, 2))
 
     def encode(self, slates: torch.Tensor, clicks: torch.Tensor, names: Sequence[str] | None = None) -> torch.Tensor:
         """Belief states of whole observation sequences: slates, clicks (B, T, R) -> (G, B, T, H), differentiable;
-        [:, :, t] encodes observations 0..t. With gradients enabled the result lives in a reused buffer: consume it
-        (back-propagate) before the next encode of the same shape."""
+        [:, :, t] encodes observations 0..t (the GRU cell of `step`, run over time from a zero state)."""
+        names = self.names if names is None else tuple(names)
+        w_ih, b_ih, w_hh, b_hh = self._stacked(names)
+        batch, steps, size = slates.shape
+        gi = self._input_gates(names, slates.reshape(-1, size).long(), clicks.reshape(-1, size), w_ih, b_ih)
+        gi = gi.view(len(names), batch, steps, -1)
+        h = gi.new_zeros(len(names), batch, self.hidden_dim)
+        states = []
+        for t in range(steps):
+            h = gru_cell(gi[:, :, t], h, w_hh.transpose(1, 2), b_hh.unsqueeze(1))
+            states.append(h)
+        return torch.stack(states, 2)
+
+    def encode_fused(
+        self, slates: torch.Tensor, clicks: torch.Tensor, names: Sequence[str] | None = None
+    ) -> torch.Tensor:
+        """`encode` with the fused CPU kernels: all encoders in one stacked pass, a hand-written backward. With
+        gradients enabled the result lives in a reused buffer: consume it (back-propagate) before the next
+        encode of the same shape."""
+        device = self.encoder(self.names[0]).items.device
+        if device.type != "cpu" or slates.device.type != "cpu":
+            raise SlateRLError(
+                f"fused_update=true runs fused CPU kernels, but the agent is on {device} and its batch on "
+                f"{slates.device}; train on the CPU or drop fused_update"
+            )
         names = self.names if names is None else tuple(names)
         w_ih, b_ih, w_hh, b_hh = self._stacked(names)
         items = torch.stack([self.encoder(name).items for name in names])
         gi = slot_input_gates(items, w_ih, b_ih, slates, clicks)
         workspace = None
         if torch.is_grad_enabled():
-            key = tuple(gi.shape)
+            key = (*gi.shape, gi.dtype)
             workspace = self._workspaces.get(key)
             if workspace is None:
-                workspace = self._workspaces[key] = GRUWorkspace(gi.shape[0], gi.shape[1], gi.shape[2], self.hidden_dim)
+                workspace = self._workspaces[key] = GRUWorkspace(
+                    gi.shape[0], gi.shape[1], gi.shape[2], self.hidden_dim, gi.dtype
+                )
         return stacked_gru(gi, w_hh, b_hh, workspace).permute(1, 2, 0, 3)
 
     def start(self, num_users: int, names: Sequence[str] | None = None) -> None:

@@ -35,6 +35,8 @@ class BeliefConfig:
     hidden_dim: int = 20
 
 
+# fused_update: run the update on the fused CPU kernels with hand-derived gradients (faster on CPU, the same results
+# up to float rounding) instead of the plain autograd update; refused on other devices.
 # reference_pairing (B1): True credits transition t with the first click of obs_t as the reference does; False
 # (default) with obs_{t+1}, the observation its action produced (SlateQ, REINFORCE and WkNN's critic input).
 
@@ -59,6 +61,7 @@ class SACConfig:
     batch_size: int = 20
     capacity: int = 10_000
     reference_temperature: bool = True
+    fused_update: bool = False
     belief: BeliefConfig = BeliefConfig()
 
 
@@ -92,6 +95,7 @@ class SlateQConfig:
     reference_relevances: bool = False
     batch_divpen: bool = False
     reference_pairing: bool = False
+    fused_update: bool = False
     belief: BeliefConfig = BeliefConfig()
 
 
@@ -103,4 +107,5 @@ class ReinforceConfig:
     lr: float = 3e-3
     hidden: int = 256
     reference_pairing: bool = False
+    fused_update: bool = False
     belief: BeliefConfig = BeliefConfig()

@@ -1,4 +1,7 @@
-"""A stack of G independent single-layer GRUs run in one time loop, with a hand-written backward pass.
+"""The GRU cell of the belief encoders, and a fused stack of G of them over time with a hand-written backward pass.
+
+`gru_cell` is the plain cell: acting steps it, and the plain `BeliefEncoders.encode` runs it over time under autograd.
+The rest of this module is the fused path (`fused_update`).
 
 The belief encoders are tiny (hidden size 20, batch 20, 100 steps): their cost is the number of small kernels, not
 arithmetic. `nn.GRU` on CPU records every gate operation for autograd; here the G encoders of an agent (actor and

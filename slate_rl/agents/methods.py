@@ -7,6 +7,7 @@ of the method's needs (`slate_rl.methods.Need`) to its upstream artifact; `build
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +22,7 @@ from slate_rl.agents.slateq import SlateQAgent
 from slate_rl.agents.wknn import WkNNAgent
 from slate_rl.envs.topicrec import TopicRec
 from slate_rl.errors import SlateRLError
-from slate_rl.methods import Need, get_method
+from slate_rl.methods import Need, get_method, method_ids
 from slate_rl.rankers.base import SlateDecoder
 from slate_rl.rankers.decoders import TopKDecoder
 
@@ -52,10 +53,23 @@ def build_agent(
     if mf_table is not None and tuple(mf_table.shape)[:1] != (env.num_items,):
         raise SlateRLError(f"mf_table must have {env.num_items} rows (got shape {tuple(mf_table.shape)})")
     config_class = spec.load_config()
+    if overrides and "fused_update" in overrides and "fused_update" not in _field_names(config_class):
+        raise SlateRLError(
+            f"method {method!r} has no fused update; drop fused_update (it applies to {_fused_methods()})"
+        )
     if config_class is None and overrides:
         raise SlateRLError(f"method {method!r} has no hyper-parameters to override")
     config = None if config_class is None else with_overrides(config_class(), overrides)
     return spec.load_builder()(env, seed, config, inputs)
+
+
+def _field_names(config_class: type | None) -> set[str]:
+    return {field.name for field in dataclasses.fields(config_class)} if config_class is not None else set()
+
+
+def _fused_methods() -> str:
+    """The registered methods whose config has a `fused_update` switch, comma-separated."""
+    return ", ".join(m for m in method_ids() if "fused_update" in _field_names(get_method(m).load_config()))
 
 
 def build_random(env: TopicRec, seed: int, config: None, inputs: Inputs) -> Agent:

@@ -3,7 +3,8 @@
 Training slates are R i.i.d. draws (duplicates allowed); evaluation slates the R most probable items. Each update
 trains on one episode: L = -sum_t G_t log(1 - (1 - pi(i_t | h_t))^R + 1e-6) over the steps with a click, i_t the
 first clicked item (B1 fixed: of obs_{t+1}), G_t the discounted return from t; no baseline, a sum over steps, updates
-from the first episode on the uniform warm-up data without correction (Q8, as in the paper).
+from the first episode on the uniform warm-up data without correction (Q8, as in the paper). With `fused_update` the
+belief is encoded by the fused CPU kernels (`BeliefEncoders.encode_fused`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from slate_rl.agents.pairing import first_clicks
 def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
     """G_t = sum_{k >= t} gamma^(k - t) r_k for rewards (B, H), as one matmul."""
     steps = rewards.shape[-1]
-    index = torch.arange(steps, dtype=rewards.dtype)
+    index = torch.arange(steps, dtype=rewards.dtype, device=rewards.device)
     power = index.unsqueeze(0) - index.unsqueeze(1)  # [t, k] = k - t
-    weights = torch.where(power >= 0, gamma ** power.clamp(min=0), torch.zeros(()))
+    weights = torch.where(power >= 0, gamma ** power.clamp(min=0), 0.0)
     return rewards @ weights.T
 
 
@@ -58,7 +59,8 @@ class ReinforceAgent(BeliefAgent):
 
     def update(self, batch: Trajectories) -> Diagnostics:
         hidden = self.config.belief.hidden_dim
-        states = self.beliefs.encode(batch.slates[:, :-1], batch.clicks[:, :-1])[0].reshape(-1, hidden)
+        encode = self.beliefs.encode_fused if self.config.fused_update else self.beliefs.encode
+        states = encode(batch.slates[:, :-1], batch.clicks[:, :-1])[0].reshape(-1, hidden)
         log_probs = torch.log_softmax(self.policy(states), dim=-1)
         items, has_click = first_clicks(batch.slates, batch.clicks, self.config.reference_pairing)
         returns = discounted_returns(batch.rewards, self.config.gamma).reshape(-1)

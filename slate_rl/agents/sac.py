@@ -1,28 +1,15 @@
 """Soft actor-critic over GRU beliefs: SAC+TopK (ideal / MF), SAC+GeMS, and the shared core of SAC+WkNN.
 
-One update on B whole trajectories, in the reference's order: critic step, actor step, temperature step, Polyak
-averaging of the two target critics (targets cover only the Q heads; both critics share the critic encoder; the
-next states come from the online encoders, detached: Q15). Implementation notes (same results as the plain
-computation up to float rounding, tested):
-* the actor and critic encoders are encoded once, in one stacked GRU pass; the gradients of the critic and actor
-  losses at the belief states are sent back through the GRU together at the end. Encoder parameters are stepped
-  after the actor loss, which is exact: the actor loss uses the critic states computed before the critic step, and
-  no encoder weight is read again within the update;
-* the heads (policy, twin critics, tanh-Gaussian sampling) are differentiated by hand (`slate_rl.agents.nets`):
-  autograd would record ~60 nodes and form products no loss needs;
-* the policy is evaluated once on all belief states and both noise draws are squashed in one pass: pi(.|h_{t+1})
-  for the critic target is the same network on the same rows, so the target's draw for row i is made at row i + 1
-  (its noise shifted one row down) and its values are read one row up, like the target critics' values, which are
-  computed at the rows' own critic states. The last row of each trajectory gets another row's values, which the
-  done mask multiplies by 0 (as before; they are finite);
-* the twin critics are packed into one set of tensors; Adam is per-parameter, so grouping the optimisers changes
-  nothing.
+One update on B whole trajectories, written with autograd in the reference's order: critic step, actor step,
+temperature step, Polyak averaging of the two target critics (targets cover only the Q heads; both critics share the
+critic encoder; the next states come from the online encoders, detached: Q15). `fused_update=true` runs the same
+update with hand-derived gradients on fused CPU kernels instead (`slate_rl.agents.fused_sac`; same random draws,
+same results up to float rounding, tested).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,17 +19,7 @@ from slate_rl.agents.base import EXPLORE, BeliefAgent, Diagnostics
 from slate_rl.agents.belief import BeliefEncoders
 from slate_rl.agents.buffer import Trajectories
 from slate_rl.agents.config import SACConfig
-from slate_rl.agents.nets import (
-    MLP,
-    TwinQ,
-    adam,
-    mlp_backward,
-    mlp_forward,
-    twin_q_min,
-    twin_q_min_action_grad,
-    twin_q_regression,
-    with_ones,
-)
+from slate_rl.agents.nets import MLP, TwinQ, adam, twin_q
 from slate_rl.errors import SlateRLError
 from slate_rl.rankers.base import SlateDecoder
 
@@ -59,16 +36,11 @@ class Temperature(nn.Module):
         self.alpha: torch.Tensor
         self.register_buffer("alpha", torch.tensor(float(initial)))
 
-    @torch.no_grad()
-    def loss_and_grad(self, log_prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Temperature loss for log-probabilities of fresh policy actions (no gradient to the policy) and its
-        gradient at log alpha, by hand: the loss is -weight * mean(log pi + target entropy), with weight
-        exp(log alpha) (reference) or log alpha."""
-        centred = (log_prob + self.target_entropy).mean()
-        if self.reference:
-            loss = -self.log_alpha.exp() * centred
-            return loss, loss.clone()
-        return -self.log_alpha * centred, -centred
+    def loss(self, log_prob: torch.Tensor) -> torch.Tensor:
+        """-weight * mean(log pi + target entropy) for log-probabilities of fresh policy actions (no gradient to the
+        policy); weight exp(log alpha) (reference) or log alpha."""
+        weight = self.log_alpha.exp() if self.reference else self.log_alpha
+        return -(weight * (log_prob.detach() + self.target_entropy)).mean()
 
     @torch.no_grad()
     def refresh(self) -> None:
@@ -144,26 +116,23 @@ class SACBase(BeliefAgent):
         out = self.policy(states)
         return out[:, : self.action_dim], out[:, self.action_dim :].clamp(-20.0, 2.0)
 
-    def squashed_sample(self, mu: torch.Tensor, log_std: torch.Tensor, noise: torch.Tensor) -> SquashedSample:
-        """a = c + s tanh(mu + sigma noise) and log pi(a) (tanh correction with 1e-6; the log s Jacobian only
-        without reference_temperature, Q9). noise may carry leading dimensions (several draws per row)."""
-        std = log_std.exp()
-        squashed = torch.addcmul(mu, std, noise).tanh_()
-        # log pi = -sum_j [log(1 - tanh^2 + 1e-6) + noise^2 / 2] - sum_j log sigma - A log sqrt(2 pi): the terms of
-        # every draw in three kernels, the draw-independent ones once per row
-        per_draw = torch.addcmul(squashed.new_full((), 1e-6), squashed, squashed, value=-1.0).log1p_()
-        log_prob = -per_draw.addcmul_(noise, noise, value=0.5).sum(-1) - (log_std.sum(-1) + mu.shape[-1] * LOG_SQRT_2PI)
+    def sample(self, states: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised tanh-Gaussian actions a = c + s tanh(mu + sigma noise) at actor states (n, H), and
+        log pi(a): the Gaussian log-density minus log(1 - tanh^2 + 1e-6) per dimension (minus the log s Jacobian of
+        the action box too, without reference_temperature: Q9)."""
+        mu, log_std = self.policy_head(states)
+        squashed = torch.tanh(mu + log_std.exp() * noise)
+        log_gaussian = -0.5 * noise.pow(2) - log_std - LOG_SQRT_2PI
+        log_prob = (log_gaussian - torch.log(1 - squashed.pow(2) + 1e-6)).sum(-1)
         if not self.config.reference_temperature:
             log_prob = log_prob - self.action_scale.log().sum()
-        return SquashedSample(
-            torch.addcmul(self.action_center, self.action_scale, squashed), log_prob, squashed, std, noise
-        )
+        return self.action_center + self.action_scale * squashed, log_prob
 
     def policy_action(self, states: torch.Tensor, mode: str) -> torch.Tensor:
         """Sampled (explore) or deterministic c + s tanh(mu) action for actor states (n, H)."""
-        mu, log_std = self.policy_head(states)
         if mode == EXPLORE:
-            return self.squashed_sample(mu, log_std, torch.randn(mu.shape, generator=self.act_generator)).actions
+            return self.sample(states, draw_normal(self.act_generator, states, states.shape[0], self.action_dim))[0]
+        mu, _ = self.policy_head(states)
         return self.action_center + self.action_scale * torch.tanh(mu)
 
     # ---------------------------------------------------------------- learning
@@ -176,71 +145,60 @@ class SACBase(BeliefAgent):
         raise NotImplementedError
 
     def update(self, batch: Trajectories) -> Diagnostics:
-        cfg, hidden, dim = self.config, self.config.belief.hidden_dim, self.action_dim
-        num, steps = batch.slates.shape[0], batch.slates.shape[1] - 1
-        rows = num * steps
-        encoded = self.beliefs.encode(batch.slates[:, :-1], batch.clicks[:, :-1])  # (2, B, H, D): actor, critic
-        actor, critic = encoded.detach().reshape(2, rows, hidden).unbind(0)
-        alpha = self.temperature.alpha.clone()
-        policy = [p.detach() for p in self.policy.parameters()]
-        policy_in, policy_hidden, policy_out = mlp_forward(policy, actor)
-        mu, raw_log_std = policy_out[:, :dim], policy_out[:, dim:]
-        log_std = raw_log_std.clamp(-20.0, 2.0)
-        noise = torch.randn(2, rows, dim, generator=self.generator)
-        noise[1] = noise[1].roll(1, 0)  # the target's draw for row i is made at row i + 1
-        sample = self.squashed_sample(mu, log_std, noise)
+        cfg = self.config
+        if cfg.fused_update:
+            from slate_rl.agents.fused_sac import fused_sac_update  # the opt-in fused CPU kernels
 
-        # critic target; row i + 1 is the next state of row i (last rows masked by done)
-        not_done = torch.ones(num, steps)
+            return fused_sac_update(self, batch)
+        slates, clicks, rewards = batch.slates[:, :-1], batch.clicks[:, :-1], batch.rewards.reshape(-1)
+        # belief states h_t of every transition (B * H rows); its next state h_{t+1} is the next row, detached (the
+        # last row of a trajectory gets a stand-in that the done mask removes)
+        actor = self.beliefs.encode(slates, clicks, ("actor",))[0].flatten(0, 1)
+        critic = self.beliefs.encode(slates, clicks, ("critic",))[0].flatten(0, 1)
+        next_actor, next_critic = next_rows(actor).detach(), next_rows(critic).detach()
+        not_done = torch.ones_like(batch.rewards)
         not_done[:, -1] = 0.0
-        next_value = _next_rows(self.target_values(critic, sample.actions[1]))
-        soft_value = next_value - alpha * _next_rows(sample.log_prob[1])
-        target = batch.rewards.view(rows) + cfg.gamma * not_done.view(rows) * soft_value
+        alpha = self.temperature.alpha.clone()
+        # noise[0]: the actor's draw at h_t, noise[1]: the target's draw at h_{t+1}
+        noise = draw_normal(self.generator, actor, 2, actor.shape[0], self.action_dim)
 
-        q_params = [p.detach() for p in self.q.params()]
-        q, q_grads, d_critic = twin_q_regression(
-            q_params, with_ones(critic, self.critic_actions(batch)), target, hidden
-        )
+        # critic: L_Q = 1/2 sum_k mean_t (Q_k(h^C_t, a_t) - y_t)^2, a_t the stored action, with the target
+        # y_t = r_t + gamma (1 - d_t) [min_k Qtarget_k(h^C_{t+1}, a') - alpha log pi(a' | h^A_{t+1})],
+        # a' ~ pi(. | h^A_{t+1})
+        with torch.no_grad():
+            next_actions, next_log_prob = self.sample(next_actor, noise[1])
+            soft_value = self.target_values(next_critic, next_actions) - alpha * next_log_prob
+            target = rewards + cfg.gamma * not_done.reshape(-1) * soft_value
+        q = self.q(critic, self.critic_actions(batch))
         q_loss = 0.5 * (q - target.unsqueeze(1)).pow(2).mean(0).sum()
-        _step(self.q_optimizer, self.q.params(), q_grads)
+        q_loss.backward()
+        self.q_optimizer.step()  # the Q heads; the critic encoder's gradient waits for the step below
+        self.q_optimizer.zero_grad(set_to_none=True)
 
-        # actor loss with the stepped critics (q_params are views of the stepped parameters)
-        log_prob = sample.log_prob[0]
-        q_min, d_actions = twin_q_min_action_grad(q_params, with_ones(critic, sample.actions[0]), hidden)
-        pi_loss = (alpha * log_prob - q_min).mean()
-        d_actions.div_(-rows)
-        d_mu, d_log_std = self.squashed_sample_backward(sample, d_actions, float(alpha) / rows)
-        d_log_std.masked_fill_(log_std != raw_log_std, 0.0)  # the clamp's backward (inclusive bounds)
-        policy_grads, d_actor = mlp_backward(policy, policy_in, policy_hidden, torch.cat([d_mu, d_log_std], 1))
-        alpha_loss = torch.zeros(())
-        if cfg.auto_entropy:
-            alpha_loss, self.temperature.log_alpha.grad = self.temperature.loss_and_grad(log_prob)
-        encoded.backward(torch.stack([d_actor, d_critic]).view(2, num, steps, hidden))
-        _step(self.optimizer, list(self.policy.parameters()), policy_grads)
+        # actor: L_pi = mean_t [alpha log pi(a~ | h^A_t) - min_k Q_k(sg h^C_t, a~)], a~ ~ pi(.|h^A_t), stepped critics
+        actions, log_prob = self.sample(actor, noise[0])
+        frozen_q = [p.detach() for p in self.q.params()]  # the actor loss trains the actor only
+        q_new = twin_q(frozen_q, critic.shape[1], critic.detach(), actions).min(1).values
+        pi_loss = (alpha * log_prob - q_new).mean()
+        # temperature: L_alpha on the same log-probabilities, detached
+        alpha_loss = self.temperature.loss(log_prob) if cfg.auto_entropy else torch.zeros_like(pi_loss)
+        (pi_loss + alpha_loss).backward()
+        # one step of the policy and actor encoder (pi_lr), the critic encoder (q_lr: its gradient is the critic
+        # loss's; no loss reads it after the critic step) and log alpha
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         if cfg.auto_entropy:
             self.temperature.refresh()
         with torch.no_grad():
-            torch._foreach_lerp_(self.target_params(), q_params, cfg.tau)
-            return {
-                "q_loss": q_loss,
-                "pi_loss": pi_loss,
-                "alpha_loss": alpha_loss,
-                "alpha": alpha,
-                "q_mean": q[:, 0].mean(),
-                "log_prob": log_prob.mean(),
-            }
-
-    def squashed_sample_backward(
-        self, sample: SquashedSample, d_actions: torch.Tensor, d_log_prob: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradients at (mu, log sigma) of sum(d_actions * a) + d_log_prob * sum(log pi(a)) for the first draw of
-        `sample` (the actor's)."""
-        squashed, std, noise = sample.squashed[0], sample.std, sample.noise[0]
-        squared = squashed.square()
-        # d log pi / d tanh = 2 tanh / (1 + 1e-6 - tanh^2) (from -log1p(1e-6 - tanh^2)); d tanh / d raw = 1 - tanh^2
-        d_squashed = self.action_scale * d_actions + (2.0 * d_log_prob) * squashed / (1.0 + (1e-6 - squared))
-        d_raw = d_squashed.mul_(1.0 - squared)
-        return d_raw, d_raw * noise * std - d_log_prob  # raw = mu + sigma noise; log pi has -log sigma
+            torch._foreach_lerp_(self.target_params(), [p.detach() for p in self.q.params()], cfg.tau)
+        return {
+            "q_loss": q_loss.detach(),
+            "pi_loss": pi_loss.detach(),
+            "alpha_loss": alpha_loss.detach(),
+            "alpha": alpha,
+            "q_mean": q[:, 0].detach().mean(),
+            "log_prob": log_prob.detach().mean(),
+        }
 
     def training_state_dict(self) -> dict[str, Any]:
         return {
@@ -255,28 +213,14 @@ class SACBase(BeliefAgent):
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-@dataclass
-class SquashedSample:
-    """Tanh-Gaussian draws (any leading dimensions) and what `SACBase.squashed_sample_backward` needs."""
-
-    actions: torch.Tensor
-    log_prob: torch.Tensor
-    squashed: torch.Tensor
-    std: torch.Tensor
-    noise: torch.Tensor
+def draw_normal(generator: torch.Generator, like: torch.Tensor, *shape: int) -> torch.Tensor:
+    """Standard normal draws of `shape` from `generator` (on its device), in the dtype and on the device of `like`."""
+    return torch.randn(*shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
 
 
-def _next_rows(x: torch.Tensor) -> torch.Tensor:
+def next_rows(x: torch.Tensor) -> torch.Tensor:
     """Row i + 1 of x at row i (the last row repeated; it is always a masked terminal transition)."""
     return torch.cat([x[1:], x[-1:]])
-
-
-def _step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-    """Set hand-computed gradients (contiguous: fused Adam reads them as flat memory) and step."""
-    for param, grad in zip(params, grads, strict=True):
-        param.grad = grad
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
 
 
 class SACAgent(SACBase):
@@ -328,4 +272,4 @@ class SACAgent(SACBase):
         return batch.actions.reshape(-1, self.action_dim)
 
     def target_values(self, critic_states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return twin_q_min(self.target_params(), with_ones(critic_states, actions))
+        return twin_q(self.target_params(), critic_states.shape[1], critic_states, actions).min(1).values

@@ -6,7 +6,8 @@ episode; the random slate is R uniform items with replacement. Update (SARSA-fre
 decomposition): only transitions with a click; i_t = first clicked item (B1 fixed: of obs_{t+1}); target
 y_t = 1 + gamma (1 - d_t) sum_m P_m Q_target(h_{t+1}, j_m), (j_m) = top-R of rel(u) * Q_target(h_{t+1}, .), P_m the
 marginal click probability of rank m under the simulator's click model, divided by the diversity penalty when the
-next slate would be penalised. Polyak averaging happens before the optimiser step, as in the reference.
+next slate would be penalised. Polyak averaging happens before the optimiser step, as in the reference. With
+`fused_update` the belief is encoded by the fused CPU kernels (`BeliefEncoders.encode_fused`).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class SlateQAgent(BeliefAgent):
         penalty = env.params.diversity_penalty
         if penalty != 1.0:
             topics = env.item_topics[chosen]
-            counts = torch.zeros(topics.shape[0], env.params.num_topics, dtype=torch.long)
+            counts = torch.zeros(topics.shape[0], env.params.num_topics, dtype=torch.long, device=topics.device)
             counts.scatter_add_(1, topics, torch.ones_like(topics))
             penalised = counts.max(1).values >= env.params.diversity_threshold
             if self.config.batch_divpen:
@@ -121,13 +122,13 @@ class SlateQAgent(BeliefAgent):
         cfg, hidden = self.config, self.config.belief.hidden_dim
         if batch.privileged is None:
             raise SlateRLError("SlateQ learns from trajectories that carry the users' states (privileged data)")
-        num, steps = batch.slates.shape[0], batch.slates.shape[1] - 1
-        states = self.beliefs.encode(batch.slates[:, :-1], batch.clicks[:, :-1])[0].reshape(-1, hidden)
+        encode = self.beliefs.encode_fused if cfg.fused_update else self.beliefs.encode
+        states = encode(batch.slates[:, :-1], batch.clicks[:, :-1])[0].reshape(-1, hidden)
         items, has_click = first_clicks(batch.slates, batch.clicks, cfg.reference_pairing)
         mask = has_click.reshape(-1)
         q_taken = self.q(states[mask]).gather(1, items.reshape(-1, 1)[mask]).squeeze(1)
         with torch.no_grad():
-            not_done = torch.ones(num, steps)
+            not_done = torch.ones_like(batch.rewards)
             not_done[:, -1] = 0.0
             next_states = torch.cat([states[1:], states[-1:]]).detach()[mask]
             users = batch.privileged.reshape(-1, batch.privileged.shape[-1])[mask]
@@ -144,7 +145,7 @@ class SlateQAgent(BeliefAgent):
         self.optimizer.zero_grad(set_to_none=True)
         return {
             "loss": loss.detach(),
-            "epsilon": torch.tensor(self._epsilon),
+            "epsilon": torch.tensor(self._epsilon, device=loss.device),
             "q_mean": q_taken.detach().mean().nan_to_num(0.0),
             "clicked_share": mask.float().mean(),
         }
