@@ -144,8 +144,9 @@ ALLOW_MISMATCH_HELP = (
     "recorded as a tag env_mismatch.<upstream>. Refused otherwise."
 )
 DATASET_HELP = {
-    "dataset": "A generate_dataset run to train on (runs:/<id>/dataset); default: the preset's dataset for --env, "
-    "reused if it exists, else generated first as a child run. Checked to come from the same simulator.",
+    "dataset": "A generate_dataset run to train on (runs:/<id>/dataset), or a collect run (its offline dataset); "
+    "default: the preset's dataset for --env, reused if it exists, else generated first as a child run. Checked to "
+    "come from the same simulator.",
     "item_embeddings": "Item table of the environment (to find or generate the dataset): a .pt / .npy file, or "
     "focused / diffuse; default: the preset's.",
     "allow_env_mismatch": ALLOW_MISMATCH_HELP,
