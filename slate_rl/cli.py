@@ -144,8 +144,9 @@ ALLOW_MISMATCH_HELP = (
     "recorded as a tag env_mismatch.<upstream>. Refused otherwise."
 )
 DATASET_HELP = {
-    "dataset": "A generate_dataset run to train on (runs:/<id>/dataset); default: the preset's dataset for --env, "
-    "reused if it exists, else generated first as a child run. Checked to come from the same simulator.",
+    "dataset": "A generate_dataset run to train on (runs:/<id>/dataset), or a collect run (its offline dataset); "
+    "default: the preset's dataset for --env, reused if it exists, else generated first as a child run. Checked to "
+    "come from the same simulator.",
     "item_embeddings": "Item table of the environment (to find or generate the dataset): a .pt / .npy file, or "
     "focused / diffuse; default: the preset's.",
     "allow_env_mismatch": ALLOW_MISMATCH_HELP,
@@ -350,6 +351,86 @@ def train_online_command(
 
     run = MlflowClient().get_run(run_id)
     click.echo(f"policy run: runs:/{run_id}; {train_online.result_line(run.data.metrics, cfg.test_episodes)}")
+    version = run.data.tags.get("registered_version")
+    if version:
+        click.echo(
+            f"registered as version {version} of slate-rl.{cfg.env} (`slate-rl registry list --env {cfg.env}` "
+            "lists the versions)"
+        )
+
+
+@main.command("train-offline")
+@common_options
+@pipeline_job
+@config_options(
+    stage_configs.TrainOfflineConfig,
+    {
+        "algorithm": f"Offline algorithm: {', '.join(method_ids('offline'))}.",
+        "dataset": "A collect run to learn from (id or runs:/<id>); default: the newest finished collect run of "
+        "--quality on --env, made on the same simulator.",
+        "quality": "What that dataset collected: an alias (expert, medium, random), a mix name (mix, or the --name "
+        "given to collect) or 'policy'.",
+        "ranker": "What the actions mean: gems (the GeMS the dataset's policies acted through), gems_offline (a GeMS "
+        "pretrained on the dataset, found or pretrained first) or topk_ideal (TopK over the true item embeddings).",
+        "label_clicks": "Clicks the GeMS encoder sees when it relabels the dataset's actions: real or zero.",
+        "seed": "Seed of the agent (weights, batch sampling, target noise).",
+        "steps": "Gradient steps (each on --set batch_episodes whole episodes).",
+        "eval_every": "Validate on the validation users (and log the diagnostics) every this many steps.",
+        "save_every": "Save the resume state every this many steps.",
+        "val_episodes": "Validation users (the same users at every validation).",
+        "test_episodes": "Test users (after re-seeding the simulator: those of the online test).",
+        "item_embeddings": "A .pt / .npy item table of the environment instead of the preset's generated one.",
+        "allow_env_mismatch": ALLOW_MISMATCH_HELP,
+        "register": "Register the best policy in the environment's registered model.",
+    },
+)
+@option(
+    "set",
+    dest="assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a hyper-parameter of the algorithm, e.g. --set gamma=0.9 --set expectile=0.8 (repeatable, or "
+    "several in one: KEY=VALUE,KEY=VALUE; see docs/offline.md).",
+)
+@option(
+    "resume",
+    default=None,
+    metavar="RUN_ID",
+    help="Continue a killed or failed train_offline run from its last checkpoint, in the same MLflow run.",
+)
+@env_param_option
+@user_errors
+def train_offline_command(
+    env: str,
+    preset: str,
+    experiment_name: str | None,
+    parent_run: str | None,
+    assignments: tuple[str, ...],
+    resume: str | None,
+    env_param: tuple[str, ...],
+    **overrides: Any,
+) -> None:
+    """Train an offline algorithm on a collected dataset; validate, test and score it in the simulator; register it."""
+    from slate_rl.agents import configure_cpu
+    from slate_rl.stages import train_offline
+
+    configure_cpu()
+    if resume:
+        cfg = train_offline.resumable(resume)
+        run_id = train_offline.run(cfg, resume_run=resume)
+    else:
+        cfg = stage_configs.TrainOfflineConfig.resolve(
+            env,
+            preset,
+            agent=config.parse_env_params(assignments, "--set") or None,
+            env_params=config.parse_env_params(env_param) or None,
+            **overrides,
+        )
+        run_id = train_offline.run(cfg, **placement(experiment_name, parent_run))
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient().get_run(run_id)
+    click.echo(f"offline run: runs:/{run_id}; {train_offline.result_line(run.data.metrics, cfg.test_episodes)}")
     version = run.data.tags.get("registered_version")
     if version:
         click.echo(

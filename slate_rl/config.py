@@ -150,11 +150,12 @@ def parse_assignments(items: tuple[str, ...] | list[str], what: str = "override"
     return result
 
 
-def parse_env_params(items: Iterable[str]) -> dict[str, Any]:
-    """Simulator overrides from `--env-param KEY=VALUE` values; one value may hold several, 'KEY=VALUE,KEY=VALUE'
-    (as MLflow's `-P env_param=...` passes them). Empty values are ignored. Keys are checked by the stage config."""
+def parse_env_params(items: Iterable[str], what: str = "--env-param") -> dict[str, Any]:
+    """Simulator overrides from `--env-param KEY=VALUE` values (or other `what` options of that form); one value
+    may hold several, 'KEY=VALUE,KEY=VALUE' (as MLflow's `-P env_param=...` passes them). Empty values are ignored.
+    Keys are checked by the stage config."""
     parts = [part for item in items for part in re.split(r",(?=\s*[A-Za-z_]\w*\s*=)", item) if part.strip()]
-    return parse_assignments(parts, "--env-param")
+    return parse_assignments(parts, what)
 
 
 @dataclasses.dataclass

@@ -89,6 +89,7 @@ def _load(reference: Reference) -> Any:
 
 _AGENTS = "slate_rl.agents.methods"
 _CONFIGS = "slate_rl.agents.config"
+_OFFLINE = "slate_rl.offline"
 
 # In the order of the paper's results table: the methods with privileged information first, the paper's own last.
 _REGISTRY: dict[str, MethodSpec] = {
@@ -130,6 +131,12 @@ _REGISTRY: dict[str, MethodSpec] = {
         MethodSpec(
             "sac_gems", "SAC+GeMS", "online", f"{_AGENTS}:build_sac_gems", f"{_CONFIGS}:SACConfig", needs=(Need.GEMS,)
         ),
+        # offline algorithms (stage train_offline); they act through the ranker the run chooses, so they need no
+        # upstream artifact of their own: a GeMS decoder when one is given, else TopK over the item table
+        MethodSpec("bc", "BC", "offline", f"{_OFFLINE}.bc:build", f"{_OFFLINE}.bc:BCConfig"),
+        MethodSpec("td3_bc", "TD3+BC", "offline", f"{_OFFLINE}.td3_bc:build", f"{_OFFLINE}.td3_bc:TD3BCConfig"),
+        MethodSpec("iql", "IQL", "offline", f"{_OFFLINE}.iql:build", f"{_OFFLINE}.iql:IQLConfig"),
+        MethodSpec("cql", "CQL", "offline", f"{_OFFLINE}.cql:build", f"{_OFFLINE}.cql:CQLConfig"),
     )
 }
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from slate_rl.config import StageConfig
 from slate_rl.errors import SlateRLError
-from slate_rl.methods import ONLINE_FAMILIES, get_method
+from slate_rl.methods import ONLINE_FAMILIES, get_method, method_ids
 from slate_rl.protocol import Protocol
 
 
@@ -139,6 +139,58 @@ class TrainOnlineConfig(Protocol, StageConfig):
         if int(self.latent_dim) < 1 or float(self.lambda_kl) < 0 or float(self.lambda_click) < 0:
             raise SlateRLError("latent_dim must be >= 1 and the GeMS loss weights >= 0")
         check_env_params(self)
+
+
+@dataclasses.dataclass
+class TrainOfflineConfig(StageConfig):
+    """Parameters of `train_offline`: the algorithm, its dataset (a collect run, or the newest of a quality), the
+    ranker it acts through, the schedule (step counts from the preset) and hyper-parameter overrides."""
+
+    stage = "train_offline"
+    algorithm: str = "bc"
+    dataset: str = ""  # a collect run (id or runs:/<id>); '' = the newest finished collect run of `quality`
+    quality: str = "expert"  # what that run collected: an alias (expert, medium, random), a mix name, or 'policy'
+    ranker: str = (
+        "gems"  # gems (the collecting policy's GeMS), gems_offline (GeMS pretrained on the dataset), topk_ideal
+    )
+    label_clicks: str = "real"  # clicks the GeMS encoder sees when it relabels actions: real, or zero
+    seed: int = 58407201
+    steps: int = 20_000
+    eval_every: int = 1_000
+    save_every: int = 5_000
+    val_episodes: int = 200
+    test_episodes: int = 500
+    item_embeddings: str = ""
+    env_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    allow_env_mismatch: bool = False
+    agent: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides of the algorithm's hyper-parameters
+    register: bool = True
+
+    def validate(self) -> None:
+        from slate_rl.agents.config import with_overrides
+
+        algorithms = method_ids("offline")
+        if self.algorithm not in algorithms:
+            raise SlateRLError(f"unknown algorithm {self.algorithm!r}; choose one of: {', '.join(algorithms)}")
+        if not 0 <= int(self.seed) < 2**63:
+            raise SlateRLError(f"seed must lie in [0, 2**63) (got {self.seed})")
+        for name in ("steps", "eval_every", "save_every", "val_episodes", "test_episodes"):
+            if int(getattr(self, name)) < 1:
+                raise SlateRLError(f"{name} must be a positive number (got {getattr(self, name)})")
+        if self.ranker not in OFFLINE_RANKERS:
+            raise SlateRLError(f"ranker must be one of {', '.join(OFFLINE_RANKERS)} (got {self.ranker!r})")
+        if self.label_clicks not in LABEL_CLICKS:
+            raise SlateRLError(f"label_clicks must be one of {', '.join(LABEL_CLICKS)} (got {self.label_clicks!r})")
+        if not self.dataset and not self.quality:
+            raise SlateRLError("give a dataset (a collect run) or the quality of the newest collected dataset to use")
+        config_class = get_method(self.algorithm).load_config()
+        if config_class is not None:  # every offline algorithm has one; its validate names a value out of range
+            with_overrides(config_class(), self.agent).validate()
+        check_env_params(self)
+
+
+OFFLINE_RANKERS = ("gems", "gems_offline", "topk_ideal")
+LABEL_CLICKS = ("real", "zero")
 
 
 def agent_defaults(method: str) -> dict[str, Any]:

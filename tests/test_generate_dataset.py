@@ -109,7 +109,7 @@ def test_wrong_kind_of_run_is_refused(tracking_store):
     client = MlflowClient()
     other = client.create_run("0", tags={"stage": "train_mf"}).info.run_id
     client.set_terminated(other)
-    with pytest.raises(SlateRLError, match="is a 'train_mf' run, not a 'generate_dataset' run"):
+    with pytest.raises(SlateRLError, match="is a 'train_mf' run, not a 'generate_dataset' or 'collect' run"):
         stage.load_from_run(f"runs:/{other}/dataset")
     with pytest.raises(SlateRLError, match="not a run reference"):
         stage.load_from_run("dataset.pt")

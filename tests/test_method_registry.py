@@ -41,6 +41,7 @@ PAPER = (
     "sac_topk_mf",
     "sac_gems",
 )
+OFFLINE = ("bc", "td3_bc", "iql", "cql")
 TINY = dict(episodes=20, warmup_episodes=0, val_every=20, val_episodes=10, test_episodes=50, save_every=20)
 
 
@@ -79,9 +80,9 @@ def _one_line(text: str) -> str:
 
 # ---------------------------------------------------------------- the registry and its consumers
 def test_registry_holds_the_papers_methods_in_table_order():
-    assert method_ids() == PAPER
+    assert method_ids() == (*PAPER, *OFFLINE)
     assert method_ids("baseline") == ("short_term_oracle", "random")
-    assert method_ids(ONLINE_FAMILIES) == PAPER and method_ids("offline") == ()
+    assert method_ids(ONLINE_FAMILIES) == PAPER and method_ids("offline") == OFFLINE
     assert [m for m in PAPER if is_privileged(m)] == ["short_term_oracle", "sac_topk_ideal", "slateq"]
     assert get_method("sac_gems").needs == (Need.GEMS,)
     assert [m for m in PAPER if get_method(m).needs == (Need.MF,)] == ["sac_wknn", "sac_topk_mf"]
@@ -176,15 +177,15 @@ def test_an_offline_method_is_refused_where_train_online_runs():
             with pytest.raises(SlateRLError) as caught:
                 entry()
             assert str(caught.value) == message
-        assert method_ids() == (*PAPER, "offline_bc") and method_name("offline_bc") == "BC"
+        assert method_ids() == (*PAPER, *OFFLINE, "offline_bc") and method_name("offline_bc") == "BC"
     finally:
         unregister_method("offline_bc")
-    assert method_ids() == PAPER
+    assert method_ids() == (*PAPER, *OFFLINE)
 
 
 # ---------------------------------------------------------------- unknown methods
 def test_an_unknown_method_gets_one_message_everywhere(tracking_store, first_items):
-    message = f"unknown method 'ddpg'; choose one of: {', '.join(PAPER)}, first_items"
+    message = f"unknown method 'ddpg'; choose one of: {', '.join((*PAPER, *OFFLINE))}, first_items"
     entries = {
         "config": lambda: TrainOnlineConfig.resolve("focused_mix", "quick", method="ddpg"),
         "compare": lambda: compare.CompareConfig.resolve("focused_mix", "random,ddpg"),

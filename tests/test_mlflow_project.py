@@ -143,6 +143,25 @@ def test_collect_with_its_defaults_plays_the_expert(workflow):
     assert MlflowClient().get_run(run_id).data.tags["quality"] == "expert"
 
 
+def test_train_offline_with_its_defaults_learns_from_the_collected_expert(workflow):
+    run_id = _run_entry_point(
+        workflow,
+        "train_offline",
+        steps="4",
+        eval_every="2",
+        save_every="2",
+        val_episodes="10",
+        test_episodes="20",
+        set="batch_episodes=4,gamma=0.9",
+    )
+    run = MlflowClient().get_run(run_id)
+    tags = run.data.tags
+    assert (tags["algorithm"], tags["ranker"], tags["dataset_quality"]) == ("bc", "gems", "expert")
+    assert tags["dataset_run"] == workflow["collect"] and run.data.params["agent.gamma"] == "0.9"
+    assert {"normalised_score_best", "normalised_score_last", "test_return"} <= set(run.data.metrics)
+    assert tags["registered_version"] == "2"
+
+
 def test_compare_with_its_defaults(workflow):
     out = workflow["store"] / "reports" / "latest"  # `mlflow run` works in the project folder: write elsewhere
     run_id = _run_entry_point(workflow, "compare", bootstrap="100", out=str(out))

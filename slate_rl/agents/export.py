@@ -48,11 +48,11 @@ def policy_payload(
         "info": dict(info or {}),
     }
     needs = get_method(agent.method).needs
-    if Need.GEMS in needs:
-        decoder = getattr(agent, "decoder", None)
-        if not isinstance(decoder, GeMSDecoder):
-            raise SlateRLError(f"a {agent.method} policy acts through a GeMS decoder, but the agent has none")
+    decoder = getattr(agent, "decoder", None)
+    if isinstance(decoder, GeMSDecoder):  # the methods that need one, and offline policies acting through one
         payload["gems_decoder"] = decoder.save_payload()
+    elif Need.GEMS in needs:
+        raise SlateRLError(f"a {agent.method} policy acts through a GeMS decoder, but the agent has none")
     if Need.MF in needs:
         if mf_table is None:
             raise SlateRLError(f"a {agent.method} policy needs its MF item table in the payload")

@@ -57,6 +57,26 @@ class LoggedSessions:
         size = self.slates.shape[2]
         return np.unpackbits(packed, axis=-1, count=size, bitorder="little")
 
+    @classmethod
+    def from_episodes(cls, episodes: Any) -> LoggedSessions:
+        """The sessions of an offline dataset (`OfflineEpisodes`, e.g. a collect run's): its policies' slates and
+        clicks at steps 1..T, the reset observation's clicks, and the metadata GeMS / MF training reads."""
+        slates = np.ascontiguousarray(episodes.slates[:, 1:])
+        return cls(
+            slates=slates,
+            packed_clicks=np.packbits(episodes.clicks[:, 1:], axis=-1, bitorder="little"),
+            reset_clicks=np.ascontiguousarray(episodes.clicks[:, 0]),
+            initial_slate=np.ascontiguousarray(episodes.slates[0, 0]),
+            meta={
+                **episodes.metadata,
+                "n_sessions": episodes.num_episodes,
+                "episode_length": episodes.horizon,
+                "slate_size": episodes.slate_size,
+                "num_items": episodes.num_items,
+                "policy": "offline dataset (" + ", ".join(episodes.source_names) + ")",
+            },
+        )
+
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(slates int16, clicks uint8) as torch tensors of shape (n, H, R), loaded into memory."""
         return torch.from_numpy(np.array(self.slates)), torch.from_numpy(self.clicks())

@@ -57,13 +57,15 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
-def plot_run_curve(validations: Sequence[tuple[int, float]], path: str | os.PathLike, title: str) -> Path:
-    """One run's learning curve: mean validation return against training episode."""
+def plot_run_curve(
+    validations: Sequence[tuple[int, float]], path: str | os.PathLike, title: str, xlabel: str = "training episode"
+) -> Path:
+    """One run's learning curve: mean validation return against training episode (or `xlabel`)."""
     fig = _figure(figsize=(6, 3.5))
     ax = fig.add_subplot()
     episodes, values = zip(*validations, strict=True)
     ax.plot(episodes, values, marker="o", markersize=3)
-    ax.set_xlabel("training episode")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("validation return (clicks)")
     _episodes_axis(ax)
     ax.set_title(title, fontsize=10)

@@ -15,6 +15,7 @@ from slate_rl import envs
 from slate_rl.data.logged import LoggedSessions, LoggedSessionsWriter, load_logged_sessions
 from slate_rl.envs.policies import EpsilonGreedyOracle
 from slate_rl.envs.spec import EnvSpec
+from slate_rl.errors import SlateRLError
 from slate_rl.progress import Progress
 from slate_rl.stage_configs import GenerateDatasetConfig
 from slate_rl.stages import environment
@@ -173,9 +174,18 @@ def write_dataset(env: envs.TopicRec, config: GenerateDatasetConfig, folder: Pat
 
 
 def load_from_run(run_ref: str) -> LoggedSessions:
-    """The logged dataset of a FINISHED generate_dataset run ('runs:/<id>[/dataset]' or a run id)."""
+    """The logged sessions of a FINISHED generate_dataset run, or those of a collect run's offline dataset (GeMS
+    pretrained on it acts for offline agents), from 'runs:/<id>[/dataset]' or a run id."""
     run_id, _ = parse_run_uri(run_ref)
-    run = get_finished_run(run_id, STAGE)
+    run = get_finished_run(run_id)
+    if run.data.tags.get("stage") == "collect":
+        from slate_rl.data.loading import load_offline
+
+        return LoggedSessions.from_episodes(load_offline(run_id))
+    if run.data.tags.get("stage") != STAGE:
+        raise SlateRLError(
+            f"run {run_id} is a {run.data.tags.get('stage', 'non-slate-rl')!r} run, not a {STAGE!r} or 'collect' run"
+        )
     return load_logged_sessions(artifact_dir(run, ARTIFACT))
 
 
