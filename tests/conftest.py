@@ -49,9 +49,9 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory):
     tests/tracking_server.py); its database and artifacts start empty."""
     from tracking_server import postgres_cluster, tracking_server
 
-    with postgres_cluster() as postgres:
-        with tracking_server(f"{postgres}/slate_rl", tmp_path_factory.mktemp("server")) as server:
-            yield server
+    folder = tmp_path_factory.mktemp("server")
+    with postgres_cluster() as postgres, tracking_server(f"{postgres}/slate_rl", folder) as server:
+        yield server
 
 
 @pytest.fixture

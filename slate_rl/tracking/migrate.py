@@ -85,8 +85,8 @@ def migrate(source: str, database: str, server_uri: str) -> MigrationReport:
     report = MigrationReport()
     try:
         with source_engine.connect() as src, dest_engine.connect() as dest:
+            models = _registry_plan(src, dest)  # refuses a disagreeing registry before anything is written
             experiments = _experiment_map(src, dest, client, report)
-            models = _registry_plan(src, dest)
             active = SqlRun.__table__.c.lifecycle_stage == LifecycleStage.ACTIVE
             runs = [dict(row) for row in src.execute(sqlalchemy.select(SqlRun.__table__).where(active)).mappings()]
             present = _existing(dest, SqlRun.__table__.c.run_uuid, [run["run_uuid"] for run in runs])
