@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -139,9 +140,13 @@ def server_command(
 
 @contextlib.contextmanager
 def _auth_config(database: str) -> Iterator[dict[str, str]]:
-    """Environment of a server with basic authentication: its users live in the same database (own tables)."""
+    """Environment of a server with basic authentication: its users live in the same database (own tables). The
+    UI's CSRF key is $MLFLOW_FLASK_SERVER_SECRET_KEY, or a random one per start."""
+    secret = {
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32)
+    }
     if os.environ.get("MLFLOW_AUTH_CONFIG_PATH"):  # the user's own configuration file
-        yield {}
+        yield secret
         return
     if not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
         raise SlateRLError(
@@ -157,7 +162,7 @@ def _auth_config(database: str) -> Iterator[dict[str, str]]:
             "admin_username = admin\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         )
-        yield {"MLFLOW_AUTH_CONFIG_PATH": str(path)}
+        yield {**secret, "MLFLOW_AUTH_CONFIG_PATH": str(path)}
 
 
 def serve(
