@@ -11,6 +11,7 @@ Deleted runs and experiments stay behind, as do logged models, traces and datase
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Iterable, Iterator
@@ -92,8 +93,9 @@ def migrate(source: str, database: str, server_uri: str) -> MigrationReport:
             present = _existing(dest, SqlRun.__table__.c.run_uuid, [run["run_uuid"] for run in runs])
             _count_left_behind(src, report)
             for run in runs:
-                if run["experiment_id"] not in experiments:
-                    continue  # a run of a deleted experiment
+                if run["experiment_id"] not in experiments:  # a run of a deleted experiment
+                    report.left_behind["runs of deleted experiments"] += 1
+                    continue
                 if run["run_uuid"] in present:
                     report.runs_skipped.append(run["run_uuid"])
                     continue
@@ -190,6 +192,7 @@ def _existing(dest: sqlalchemy.Connection, column: sqlalchemy.Column, values: li
 
 def _count_left_behind(src: sqlalchemy.Connection, report: MigrationReport) -> None:
     runs = SqlRun.__table__
+    report.left_behind["runs of deleted experiments"] = 0
     report.left_behind["deleted runs"] = src.execute(
         sqlalchemy.select(sqlalchemy.func.count()).where(runs.c.lifecycle_stage != LifecycleStage.ACTIVE)
     ).scalar_one()
@@ -331,7 +334,7 @@ def _copy_registry(
         run_ids = [version["run_id"] for version in plan.versions if version["run_id"]]
         where = runs.c.run_uuid.in_(run_ids)
         old_locations = dict(src.execute(sqlalchemy.select(runs.c.run_uuid, runs.c.artifact_uri).where(where)).all())
-        with dest_engine.begin() as dest:
+        with _registry_unchanged(plan.name), dest_engine.begin() as dest:
             locations = dict(dest.execute(sqlalchemy.select(runs.c.run_uuid, runs.c.artifact_uri).where(where)).all())
             if plan.model is not None:
                 dest.execute(sqlalchemy.insert(SqlRegisteredModel.__table__), [plan.model])
@@ -346,6 +349,17 @@ def _copy_registry(
         report.versions_copied += len(plan.versions)
         report.versions_skipped += plan.skipped_versions
         report.aliases_set += len(plan.aliases)
+
+
+@contextlib.contextmanager
+def _registry_unchanged(name: str) -> Iterator[None]:
+    """Refuse (leaving that model as it was) entries someone else added on the server during the migration."""
+    try:
+        yield
+    except sqlalchemy.exc.IntegrityError as exc:
+        raise SlateRLError(
+            f"{name} changed on the server while it was being moved, and was left as it was: run the migration again"
+        ) from exc
 
 
 def _relocated(version: dict[str, Any], old: dict[str, str], new: dict[str, str]) -> dict[str, Any]:

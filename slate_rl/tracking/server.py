@@ -127,12 +127,12 @@ def check_tracking_store(uri: str) -> None:
 
 
 def server_command(
-    database: str, artifacts: Path, host: str, port: int, workers: int, auth: bool, extra: tuple[str, ...] = ()
+    artifacts: Path, host: str, port: int, workers: int, auth: bool, extra: tuple[str, ...] = ()
 ) -> list[str]:
-    """The `mlflow server` command line: backend store `database`, artifacts proxied from the folder `artifacts`."""
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", database]
-    command += ["--artifacts-destination", str(artifacts.resolve()), "--serve-artifacts"]
-    command += ["--host", host, "--port", str(port), "--workers", str(workers)]
+    """The `mlflow server` command line, artifacts proxied from the folder `artifacts` (the backend store comes
+    from $MLFLOW_BACKEND_STORE_URI: a password in it stays out of the process list)."""
+    command = [sys.executable, "-m", "mlflow", "server", "--artifacts-destination", str(artifacts.resolve())]
+    command += ["--serve-artifacts", "--host", host, "--port", str(port), "--workers", str(workers)]
     if auth:
         command += ["--app-name", "basic-auth"]
     return [*command, *extra]
@@ -185,9 +185,10 @@ def serve(
         on_ready(f"created the database {redact(url)}")
     artifacts.mkdir(parents=True, exist_ok=True)
     with _auth_config(url) if auth else contextlib.nullcontext({}) as auth_env:
-        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-        env.update(auth_env)  # no GenAI job runner (slate-rl has no use for it): it outlives a stopped server
-        process = subprocess.Popen(server_command(url, artifacts, host, port, workers, auth, extra), env=env)
+        # no GenAI job runner (slate-rl has no use for it, and it outlives a stopped server)
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, **auth_env}
+        env.update(MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_BACKEND_STORE_URI=url)
+        process = subprocess.Popen(server_command(artifacts, host, port, workers, auth, extra), env=env)
 
         def stop(signum: int, _frame: FrameType | None) -> None:
             process.send_signal(signum)
