@@ -72,11 +72,15 @@ def placement(experiment_name: str | None, parent_run: str | None) -> dict[str, 
 
 
 def user_errors(func: Callable) -> Callable:
-    """Turn SlateRLError into a one-line 'Error: ...' and exit status 1 (the run is already marked FAILED)."""
+    """Turn SlateRLError into a one-line 'Error: ...' and exit status 1 (the run is already marked FAILED); first
+    refuse a tracking store that cannot work (a server that does not answer, a database driver not installed)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            from slate_rl.tracking.server import check_tracking_store
+
+            check_tracking_store(os.environ.get("MLFLOW_TRACKING_URI", ""))
             return func(*args, **kwargs)
         except SlateRLError as exc:
             raise click.ClickException(str(exc)) from exc
@@ -739,6 +743,70 @@ def ui_command(port: int, mlflow_args: tuple[str, ...]) -> None:
         sys.executable,
         [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(port), *mlflow_args],
     )
+
+
+DATABASE_HELP = (
+    "The server's database: postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME (created when missing; needs "
+    "slate-rl[server]). Default: $SLATE_RL_DATABASE."
+)
+
+
+@main.command("server", context_settings={"ignore_unknown_options": True})
+@click.option("--database", envvar="SLATE_RL_DATABASE", required=True, help=DATABASE_HELP)
+@click.option(
+    "--artifacts",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("mlflow-artifacts"),
+    show_default=True,
+    help="Folder the server keeps artifacts in; clients up- and download them through the server.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: every one).")
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--workers", type=int, default=4, show_default=True, help="Server processes answering requests.")
+@click.option(
+    "--auth",
+    is_flag=True,
+    help="MLflow's basic authentication: the admin password comes from $MLFLOW_AUTH_ADMIN_PASSWORD; users and "
+    "their permissions live in the same database (README, Scaling out).",
+)
+@click.argument("mlflow_args", nargs=-1, type=click.UNPROCESSED)
+def server_command(
+    database: str, artifacts: Path, host: str, port: int, workers: int, auth: bool, mlflow_args: tuple[str, ...]
+) -> None:
+    """Run a shared MLflow tracking server on PostgreSQL with proxied artifacts, for many processes and machines
+    (extra arguments go to `mlflow server`, e.g. --allowed-hosts). Clients set MLFLOW_TRACKING_URI=http://HOST:PORT."""
+    from slate_rl.tracking import server
+
+    try:
+        status = server.serve(database, artifacts, host, port, workers, auth, mlflow_args, on_ready=click.echo)
+    except SlateRLError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(status)
+
+
+@main.command("migrate")
+@click.option(
+    "--source",
+    default="sqlite:///mlflow.db",
+    show_default=True,
+    help="The local SQLite store to move (its artifacts are read from the folders its runs name).",
+)
+@click.option("--server", "server_uri", required=True, help="The tracking server, e.g. http://127.0.0.1:5000.")
+@click.option("--database", envvar="SLATE_RL_DATABASE", required=True, help="The database the server runs on.")
+def migrate_command(source: str, server_uri: str, database: str) -> None:
+    """Copy a local store (runs, metrics, params, tags, artifacts, registered models, versions, aliases) onto a
+    tracking server, keeping run ids and version numbers so that lineage still finds every run. Runs the server
+    holds already are skipped: run it again after an interruption. The source store is left as it was."""
+    from slate_rl.tracking.migrate import migrate
+
+    if source.startswith("sqlite:///") and not source.startswith("sqlite:////"):
+        source = f"sqlite:///{Path(source[len('sqlite:///') :]).resolve()}"
+    try:
+        report = migrate(source, database, server_uri)
+    except SlateRLError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in report.lines():
+        click.echo(line)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
 
 
-def use_store(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point MLflow at a SQLite store in `folder` (also the working directory, so artifacts land there)."""
+def use_store(folder: Path, monkeypatch: pytest.MonkeyPatch, uri: str | None = None) -> Path:
+    """Point MLflow at a SQLite store in `folder` (also the working directory, so artifacts land there), or at the
+    tracking server `uri` from that (empty) working directory."""
     tmp_path = folder
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = uri or f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)  # Lightning's MLflow logger sets this process-wide value: never keep an old store's
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
@@ -40,6 +41,24 @@ def module_store(tmp_path_factory: pytest.TempPathFactory):
     """A tracking store shared by the tests of one module (for expensive set-ups such as training runs)."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         yield use_store(tmp_path_factory.mktemp("store"), monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory: pytest.TempPathFactory):
+    """One MLflow tracking server on a throw-away PostgreSQL cluster for the whole test session (see
+    tests/tracking_server.py); its database and artifacts start empty."""
+    from tracking_server import postgres_cluster, tracking_server
+
+    folder = tmp_path_factory.mktemp("server")
+    with postgres_cluster() as postgres, tracking_server(f"{postgres}/slate_rl", folder) as server:
+        yield server
+
+
+@pytest.fixture
+def server_store(tracking_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The session's tracking server as this test's store, used from an empty working directory."""
+    use_store(tmp_path, monkeypatch, tracking_server.uri)
+    return tracking_server
 
 
 @pytest.fixture

@@ -178,7 +178,15 @@ def _experiment_id(client: MlflowClient, experiment_name: str | None) -> str:
     if not name:
         return os.environ.get("MLFLOW_EXPERIMENT_ID", "0")
     experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # another process created it at the same moment
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 def _mark_model_training(client: MlflowClient, run_id: str) -> None:
