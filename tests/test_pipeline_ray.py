@@ -57,7 +57,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     group, ended at the end of the module."""
     logs = tmp_path_factory.mktemp("ray")
     address = f"127.0.0.1:{_free_port()}"
-    common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"]
+    common = ["--num-cpus", "1", "--object-store-memory", str(100 * 2**20), "--node-ip-address", "127.0.0.1"]
+    common += ["--disable-usage-stats", "--block"]
     nodes = []
     try:
         for name, args in (

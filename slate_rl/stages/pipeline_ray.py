@@ -49,7 +49,7 @@ def _import_ray() -> Any:
 
 def _cluster_address(address: str) -> str:
     """The cluster's host:port, once something answers there (Ray itself would retry for minutes)."""
-    from ray._private.services import canonicalize_bootstrap_address
+    from ray._private.services import canonicalize_bootstrap_address  # how `ray.init` reads 'auto' and HOST:PORT
 
     try:
         resolved = canonicalize_bootstrap_address(address or "auto")
@@ -86,7 +86,10 @@ class RayBackend:
     def __init__(self, cfg: pipeline.PipelineConfig) -> None:
         ray = self.ray = _import_ray()
         address = _cluster_address(cfg.address)
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError) as exc:  # e.g. a cluster of another Ray or Python version
+            raise SlateRLError(f"could not join the Ray cluster at {address}: {exc}") from exc
         try:
             nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
             self.parallel = self._check_resources(nodes, cfg, address)
@@ -94,7 +97,7 @@ class RayBackend:
             ray.shutdown()
             raise
         uri = _portable_uri(mlflow.get_tracking_uri())
-        if not uri.startswith(("http://", "https://")) and len(nodes) > 1:
+        if uri.startswith(("sqlite:", "file:", "/")) and len(nodes) > 1:
             log.warning(
                 "pipeline: the tracking store %s is a local file: every node must reach it at that path (one machine, "
                 "or a shared filesystem); a cluster of machines needs a tracking server",
