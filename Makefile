@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev,server]"
+	$(BIN)/pip install --quiet -e ".[dev,server,ray]"
 	touch $@
 
 install: $(BIN)/.installed

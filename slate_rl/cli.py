@@ -629,7 +629,7 @@ def compare_command(envs: str, methods: str, experiment_name: str | None, filter
     click.echo(f"report: {cfg.out}/report.md (run {run_id})")
 
 
-@main.command("pipeline")
+@main.group("pipeline", invoke_without_command=True)
 @option("envs", default="all", show_default=True, help="Comma-separated environments, or 'all'.")
 @option("methods", default="all", show_default=True, help=f"Comma-separated method ids ({METHODS_HELP}), or 'all'.")
 @option(
@@ -642,6 +642,23 @@ def compare_command(envs: str, methods: str, experiment_name: str | None, filter
 @option("preset", default="paper", show_default=True, type=click.Choice(["quick", "paper"]))
 @option("workers", type=int, default=1, show_default=True, help="Jobs run at once (each its own process).")
 @option("devices", default="", help="GPUs to spread jobs over, e.g. 0,1,2,3 (default: CPU).")
+@option(
+    "backend",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where jobs run: a process pool on this machine (--workers, --devices), or tasks of a Ray cluster "
+    "(pip install 'slate-rl[ray]'; --address, --cpus-per-job, --gpus-per-job).",
+)
+@option("address", default="", help="Ray: the cluster's HOST:PORT, or 'auto' (the cluster this machine is part of).")
+@option("cpus_per_job", type=float, default=1.0, show_default=True, help="Ray: CPUs of each job.")
+@option(
+    "gpus_per_job",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Ray: GPUs of each job (Ray picks them; a fraction shares one GPU between jobs).",
+)
 @option(
     "env_param",
     multiple=True,
@@ -679,8 +696,10 @@ def compare_command(envs: str, methods: str, experiment_name: str | None, filter
 @option("select_method", default="", help="The method --select-policies chooses from (default: the first online one).")
 @option("out", default="reports/pipeline", show_default=True, help="Folder of the final compare report.")
 @option("experiment_name", default=None, help="MLflow experiment of the parent run and its jobs.")
+@click.pass_context
 @user_errors
 def pipeline_command(
+    ctx: click.Context,
     envs: str,
     methods: str,
     seeds: str,
@@ -693,7 +712,9 @@ def pipeline_command(
     """Run the whole grid (datasets, MF, GeMS, every training run) as child runs of one run, then compare.
 
     Finished jobs are skipped and killed ones resume from their last checkpoint: interrupt it and run it again to
-    finish only what is missing."""
+    finish only what is missing. `slate-rl pipeline status` shows a running or past pipeline's jobs."""
+    if ctx.invoked_subcommand is not None:
+        return
     from slate_rl.stages import pipeline
 
     cfg = pipeline.PipelineConfig.resolve(envs, methods, seeds, devices=compare_split(devices), **values)
@@ -702,6 +723,16 @@ def pipeline_command(
         return
     run_id = pipeline.run(cfg, experiment_name=experiment_name, out=out)
     click.echo(f"pipeline run {run_id}; report in {out}/report.md")
+
+
+@pipeline_command.command("status")
+@option("run", "run_id", default=None, help="The pipeline run (default: the newest in the tracking store).")
+@user_errors
+def pipeline_status_command(run_id: str | None) -> None:
+    """A running or past pipeline's jobs, as the store holds them now: state, newest run, duration."""
+    from slate_rl.stages import pipeline
+
+    click.echo(pipeline.status(run_id))
 
 
 def compare_split(text: str) -> list[str]:

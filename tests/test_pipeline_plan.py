@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -35,6 +36,14 @@ def test_bad_pipeline_input():
         pipeline.PipelineConfig.resolve("all", "random,slateq", "2", assignments=("gama=0.9",))
     with pytest.raises(SlateRLError, match="the pipeline sets seed itself"):
         pipeline.PipelineConfig.resolve("all", "all", "2", assignments=("seed=3",))
+    with pytest.raises(SlateRLError, match=r"--address, --gpus-per-job: only with --backend ray"):
+        pipeline.PipelineConfig.resolve("all", "all", "2", address="auto", gpus_per_job=1)
+    with pytest.raises(SlateRLError, match="on Ray the cluster's free resources decide how many jobs run at once"):
+        pipeline.PipelineConfig.resolve("all", "all", "2", backend="ray", workers=4)
+    with pytest.raises(SlateRLError, match=r"--cpus-per-job must be above 0 .*\(got 0, 0.0\)"):
+        pipeline.PipelineConfig.resolve("all", "all", "2", backend="ray", cpus_per_job=0)
+    with pytest.raises(SlateRLError, match="unknown backend 'dask'; choose one of: local, ray"):
+        pipeline.PipelineConfig.resolve("all", "all", "2", backend="dask")
 
 
 def test_sweep_values():
@@ -172,5 +181,75 @@ def test_job_state_follows_the_runs_of_its_key(tracking_store):
     assert (job.state, job.run_id, job.note) == ("running", run_id, f"RUNNING (pid {os.getpid()})")
     run_id, job = newest_run("RUNNING", checkpointed=True, pid="12", host="another-machine")
     assert job.state == "running" and "on host another-machine, pid 12; mark it KILLED" in job.note
+
+    # A heartbeat decides, from any machine: fresh (within 4 intervals) is alive, older is dead.
+    elsewhere = {"pid": "12", "host": "another-machine", "heartbeat_interval": "30"}
+    run_id, job = newest_run("RUNNING", checkpointed=True, heartbeat=str(time.time() - 100), **elsewhere)
+    assert (job.state, job.run_id) == ("running", run_id)
+    assert job.note.startswith("RUNNING (heartbeat 100 s ago, host another-machine, pid 12")
+    run_id, job = newest_run("RUNNING", checkpointed=True, heartbeat=str(time.time() - 130), **elsewhere)
+    assert (job.state, job.run_id, job.note) == ("resume", run_id, "RUNNING")
+    run_id, job = newest_run("RUNNING", heartbeat=str(time.time() - 130), **elsewhere)
+    assert job.state == "run" and job.note == f"run {run_id} RUNNING before its first checkpoint"
+    # ... except that a process known gone from this machine is dead at once.
+    fresh = {"heartbeat": str(time.time()), "heartbeat_interval": "30"}
+    run_id, job = newest_run("RUNNING", checkpointed=True, pid=str(_dead_pid()), **here, **fresh)
+    assert (job.state, job.run_id) == ("resume", run_id)
     finished, job = newest_run("FINISHED")
     assert (job.state, job.run_id) == ("finished", finished)
+
+
+def test_status_shows_each_job_of_a_past_pipeline_with_its_newest_run(tracking_store):
+    cfg = pipeline.PipelineConfig.resolve("focused_mix", "random", "2", preset="quick")
+    client = MlflowClient()
+    parent = client.create_run("0", tags={"stage": "pipeline"}).info.run_id
+    for key, value in {**cfg.params(), "backend": "ray"}.items():
+        client.log_param(parent, key, value)
+    client.set_terminated(parent, "FAILED")
+    first, second = pipeline.plan(cfg)[2]
+    done = client.create_run("0", tags={"stage": "train_online", LINEAGE_TAG: first.keys[0]}).info.run_id
+    client.set_terminated(done, "FINISHED")
+    lost = client.create_run(
+        "0",
+        tags={
+            "stage": "train_online",
+            LINEAGE_TAG: second.keys[0],
+            "heartbeat": str(time.time() - 200),
+            "heartbeat_interval": "30",
+            "host": "another-machine",
+        },
+    ).info.run_id
+
+    text = pipeline.status()
+    assert text.startswith(f"pipeline run {parent} (FAILED): started "), text
+    assert "; backend ray\nphase 1/3 (datasets): 0 jobs\nphase 2/3 (MF and GeMS): 0 jobs\n" in text
+    assert "phase 3/3 (training): 2 jobs: 1 finished, 1 lost\n" in text
+    assert f"  finished  {first.name}  {done}  " in text
+    assert f"  lost      {second.name}  {lost}  " in text
+    assert re.search(r"\(no heartbeat for 20\d s; the next pipeline starts a new run\)", text), text
+    result = CliRunner().invoke(main, ["pipeline", "status", "--run", parent])
+    assert result.exit_code == 0 and result.output.splitlines()[1:4] == text.splitlines()[1:4]
+
+    result = CliRunner().invoke(main, ["pipeline", "status", "--run", done])
+    assert result.exit_code == 1 and f"run {done} is not a pipeline run (its stage: train_online)" in result.output
+
+
+def test_a_running_stage_refreshes_its_heartbeat_until_it_ends(tracking_store, monkeypatch):
+    from slate_rl.tracking.runs import stage_run
+
+    client = MlflowClient()
+    monkeypatch.setenv("SLATE_RL_HEARTBEAT_S", "0.2")
+    with stage_run("stress", run_name="beating") as run:
+        first = float(client.get_run(run.run_id).data.tags["heartbeat"])
+        time.sleep(1.0)
+        tags = client.get_run(run.run_id).data.tags
+        assert float(tags["heartbeat"]) > first and tags["heartbeat_interval"] == "0.2"
+    last = client.get_run(run.run_id).data.tags["heartbeat"]
+    time.sleep(0.6)
+    assert client.get_run(run.run_id).data.tags["heartbeat"] == last  # stopped with the run
+
+    monkeypatch.setenv("SLATE_RL_HEARTBEAT_S", "0")
+    refused = r"SLATE_RL_HEARTBEAT_S='0' must be a number of seconds above 0"
+    with pytest.raises(SlateRLError, match=refused), stage_run("stress", run_name="refused"):
+        pass
+    assert len(client.search_runs(["0"])) == 1  # the refused one created no run

@@ -1,10 +1,11 @@
 """Stage `pipeline`: the whole grid (datasets, MF and GeMS per environment and seed, every training run) as child
-runs of one parent run, on a pool of worker processes, skipping what already finished; then `compare`.
+runs of one parent run, on a pool of worker processes (or as tasks of a Ray cluster, `--backend ray`), skipping
+what already finished; then `compare`.
 
 Each job is a `slate-rl <stage> ... --parent-run <id>` process of its own, so a job that fails or is killed takes
 nothing else down: the others go on, the failure is reported with the end of its log, and running the pipeline
 again finishes only what is missing (finished runs are found by their lineage keys). A job whose run did not finish
-because its process died (killed by a signal, or RUNNING with no live process on this machine) is resumed from its
+because its process died (killed by a signal, or RUNNING without a fresh heartbeat) is resumed from its
 last checkpoint in the same run when its stage can resume. Jobs run in phases (datasets, then MF and GeMS, then
 training) so that two jobs never produce the same upstream output at once.
 
@@ -24,11 +25,7 @@ import json
 import logging
 import os
 import re
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -49,16 +46,24 @@ from slate_rl.stage_configs import (
     agent_defaults,
 )
 from slate_rl.stages import compare, generate_dataset, on_dataset, pretrain_gems, registry, train_mf, train_online
+from slate_rl.stages.pipeline_backends import SIGNAL_TAG, Backend, LocalBackend
 from slate_rl.tracking.lineage import LINEAGE_TAG
-from slate_rl.tracking.runs import HOST_TAG, PID_TAG, StageRun, format_param, has_resume_state, stage_run
+from slate_rl.tracking.runs import (
+    HOST_TAG,
+    PID_TAG,
+    format_param,
+    has_resume_state,
+    heartbeat_age,
+    heartbeat_fresh,
+    stage_run,
+)
 
 STAGE = "pipeline"
 ORACLE_SEED = PAPER_SEEDS[0]  # the short-term oracle is deterministic given the user stream: one seed
-JOB_TAG = "pipeline_job"
-SIGNAL_TAG = "exit_signal"  # set on a job's runs when its process died by a signal (so the run can be resumed)
 GEMS_SETTINGS = ("latent_dim", "lambda_kl", "lambda_click")  # train_online options that also shape its GeMS
 SET_BY_PIPELINE = ("env", "preset", "method", "seed", "agent", "item_embeddings", "env_params", "dataset", "gems", "mf")
 PHASES = ("datasets", "MF and GeMS", "training")
+BACKENDS = ("local", "ray")
 # Stages whose unfinished runs continue with `--resume <run id>`, and how to tell that a run saved a state to do so.
 RESUMABLE = (train_online.STAGE, pretrain_gems.STAGE)  # stages whose killed runs `--resume` continues
 log = logging.getLogger("slate_rl")
@@ -72,6 +77,10 @@ class PipelineConfig:
     preset: str = "paper"
     workers: int = 1
     devices: list[str] = dataclasses.field(default_factory=list)
+    backend: str = "local"  # where jobs run: a local process pool, or tasks of a Ray cluster
+    address: str = ""  # the Ray cluster ('' or 'auto': the one this machine belongs to)
+    cpus_per_job: float = 1.0  # Ray resources of each job
+    gpus_per_job: float = 0.0
     env_params: dict[str, list[Any]] = dataclasses.field(default_factory=dict)  # simulator overrides (sweeps)
     item_embeddings: str = ""
     overrides: dict[str, list[Any]] = dataclasses.field(default_factory=dict)  # parameters of the training runs
@@ -113,6 +122,7 @@ class PipelineConfig:
             raise SlateRLError(f"unknown preset {cfg.preset!r}; choose one of: {', '.join(config.PRESETS)}")
         if int(cfg.workers) < 1:
             raise SlateRLError(f"workers must be >= 1 (got {cfg.workers})")
+        _check_backend(cfg)
         _check_overrides(cfg.overrides, cfg.methods)
         if cfg.select_policies:
             _check_selection(cfg)
@@ -129,6 +139,12 @@ class PipelineConfig:
             "item_embeddings": self.item_embeddings,
             "select_policies": self.select_policies,
             "select_method": self.select_method,
+            "backend": self.backend,
+            **(
+                {"address": self.address, "cpus_per_job": self.cpus_per_job, "gpus_per_job": self.gpus_per_job}
+                if self.backend == "ray"
+                else {}
+            ),
         }
 
 
@@ -147,6 +163,36 @@ def _check_selection(cfg: PipelineConfig) -> None:
         raise SlateRLError(
             f"--select-method {cfg.select_method}: not a method of this grid that trains online; choose one of: "
             f"{', '.join(learners) or 'none (add an online method)'}"
+        )
+
+
+def _check_backend(cfg: PipelineConfig) -> None:
+    """The options of one backend are refused with the other (they would be silently ignored)."""
+    if cfg.backend not in BACKENDS:
+        raise SlateRLError(f"unknown backend {cfg.backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if cfg.backend == "local":
+        given = [
+            option
+            for option, value, default in (
+                ("--address", cfg.address, ""),
+                ("--cpus-per-job", cfg.cpus_per_job, 1.0),
+                ("--gpus-per-job", cfg.gpus_per_job, 0.0),
+            )
+            if value != default
+        ]
+        if given:
+            raise SlateRLError(
+                f"{', '.join(given)}: only with --backend ray (the local pool takes --workers and --devices)"
+            )
+        return
+    if cfg.workers != 1 or cfg.devices:
+        raise SlateRLError(
+            "--workers and --devices are for the local pool; on Ray the cluster's free resources decide how many "
+            "jobs run at once and which GPU each gets: size a job with --cpus-per-job and --gpus-per-job"
+        )
+    if not cfg.cpus_per_job > 0 or cfg.gpus_per_job < 0:
+        raise SlateRLError(
+            f"--cpus-per-job must be above 0 and --gpus-per-job at least 0 (got {cfg.cpus_per_job}, {cfg.gpus_per_job})"
         )
 
 
@@ -228,29 +274,38 @@ class Job:
 
 
 class _Store:
-    """The runs of the pipeline's stages in the tracking store, by lineage key (read once per plan)."""
+    """The runs of the pipeline's stages in the tracking store, by lineage key (read once per plan); with `job`,
+    only that job's runs."""
 
-    def __init__(self) -> None:
-        client = MlflowClient()
-        experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    STAGES = (generate_dataset.STAGE, train_mf.STAGE, pretrain_gems.STAGE, train_online.STAGE)
+
+    def __init__(self, job: Job | None = None) -> None:
+        self.client = MlflowClient()
+        self.experiments = [e.experiment_id for e in self.client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
         self.by_key: dict[str, list[Run]] = {}
-        stages = (generate_dataset.STAGE, train_mf.STAGE, pretrain_gems.STAGE, train_online.STAGE)
-        for stage in stages if experiments else ():
-            token = None
-            while True:
-                page = client.search_runs(
-                    experiments,
-                    f"tags.stage = '{stage}'",
-                    max_results=1000,
-                    order_by=["attributes.start_time DESC"],
-                    page_token=token,
-                )
-                for run in page:
-                    if LINEAGE_TAG in run.data.tags:
-                        self.by_key.setdefault(f"{stage}:{run.data.tags[LINEAGE_TAG]}", []).append(run)
-                token = page.token
-                if not token:
-                    break
+        if job is None:
+            for stage in self.STAGES:
+                self._read(f"tags.stage = '{stage}'")
+        else:
+            for key in job.keys:
+                self._read(f"tags.stage = '{job.stage}' and tags.{LINEAGE_TAG} = '{key}'")
+
+    def _read(self, filter_string: str) -> None:
+        token = None
+        while self.experiments:
+            page = self.client.search_runs(
+                self.experiments,
+                filter_string,
+                max_results=1000,
+                order_by=["attributes.start_time DESC"],
+                page_token=token,
+            )
+            for run in page:
+                if LINEAGE_TAG in run.data.tags:
+                    self.by_key.setdefault(f"{run.data.tags['stage']}:{run.data.tags[LINEAGE_TAG]}", []).append(run)
+            token = page.token
+            if not token:
+                break
 
     def runs(self, stage: str, keys: tuple[str, ...]) -> list[Run]:
         """The runs of any of `keys`, the current key's first, each key's newest first."""
@@ -271,13 +326,7 @@ class _Store:
         status, tags, run_id = latest.info.status, latest.data.tags, latest.info.run_id
         alive = _alive(latest)
         if status == "RUNNING" and alive is not False:
-            where = (
-                f"pid {tags[PID_TAG]}"
-                if alive
-                else f"on host {tags.get(HOST_TAG, 'unknown')}, pid "
-                f"{tags.get(PID_TAG, 'unknown')}; mark it KILLED if that process is gone"
-            )
-            return dataclasses.replace(job, state="running", run_id=run_id, note=f"RUNNING ({where})")
+            return dataclasses.replace(job, state="running", run_id=run_id, note=f"RUNNING ({_where(latest, alive)})")
         died = status in ("RUNNING", "KILLED") or (status == "FAILED" and SIGNAL_TAG in tags)
         why = f"{status}" + (f" by {tags[SIGNAL_TAG]}" if SIGNAL_TAG in tags else "")
         if died and job.stage in RESUMABLE:
@@ -288,12 +337,21 @@ class _Store:
 
 
 def _alive(run: Run) -> bool | None:
-    """Whether the process that runs `run` lives: None when it ran on another machine (or did not say where)."""
+    """Whether the process that runs `run` lives: by its heartbeat (fresh, and its process not gone from this
+    machine); for a run without one (logged before heartbeats), by its process on this machine, None elsewhere."""
     tags = run.data.tags
-    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
-        return None
+    here = tags.get(HOST_TAG) == socket.gethostname() and tags.get(PID_TAG, "").isdigit()
+    if here and not _process_exists(int(tags[PID_TAG])):
+        return False
+    fresh = heartbeat_fresh(tags)
+    if fresh is not None:
+        return fresh
+    return True if here else None
+
+
+def _process_exists(pid: int) -> bool:
     try:
-        os.kill(int(tags[PID_TAG]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -301,9 +359,33 @@ def _alive(run: Run) -> bool | None:
     return True
 
 
-def plan(cfg: PipelineConfig) -> list[list[Job]]:
+def _where(run: Run, alive: bool | None) -> str:
+    """Where a live RUNNING run runs, for the plan."""
+    tags = run.data.tags
+    age = heartbeat_age(tags)
+    if age is not None:
+        return f"heartbeat {age:.0f} s ago, host {tags.get(HOST_TAG, 'unknown')}, pid {tags.get(PID_TAG, 'unknown')}"
+    if alive:
+        return f"pid {tags[PID_TAG]}"
+    return (
+        f"on host {tags.get(HOST_TAG, 'unknown')}, pid {tags.get(PID_TAG, 'unknown')}; mark it KILLED if that "
+        "process is gone"
+    )
+
+
+def locate(job: Job) -> Job:
+    """The job's state now, from its runs in the store (what a Ray task that starts or restarts it runs)."""
+    return _Store(job).locate(job)
+
+
+def job_runs(job: Job) -> list[Run]:
+    """The runs of the job's lineage keys, newest first."""
+    return _Store(job).runs(job.stage, job.keys)
+
+
+def plan(cfg: PipelineConfig, store: _Store | None = None) -> list[list[Job]]:
     """The jobs of the grid in dependency phases (datasets; MF and GeMS; training runs), each with its state."""
-    store = _Store()
+    store = store or _Store()
     phases: list[dict[str, Job]] = [{}, {}, {}]
 
     needs = {need for method in cfg.methods for need in get_method(method).needs}
@@ -459,6 +541,91 @@ def describe_plan(cfg: PipelineConfig) -> str:
     return "\n".join(lines)
 
 
+def status(run_id: str | None = None) -> str:
+    """A pipeline's jobs as the store holds them now (the newest pipeline run's unless `run_id` names one): each
+    job's state, newest run and its duration, phase by phase (what `pipeline status` prints)."""
+    client = MlflowClient()
+    parent = _pipeline_run(client, run_id)
+    params = {k: "" if v in ("''", '""') else v for k, v in parent.data.params.items()}
+    cfg = PipelineConfig.resolve(
+        params.get("envs", "all"),
+        params.get("methods", "all"),
+        params.get("seeds", "10"),
+        env_param=(params.get("env_param", ""),),
+        assignments=(params.get("set", ""),),
+        preset=params.get("preset", "paper"),
+        item_embeddings=params.get("item_embeddings", ""),
+    )
+    store = _Store()
+    alive = _alive(parent) if parent.info.status == "RUNNING" else None
+    state = parent.info.status + (", its process is gone" if alive is False else "")
+    lines = [
+        f"pipeline run {parent.info.run_id} ({state}): started "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(parent.info.start_time / 1000))}, "
+        f"{_duration(parent)}; backend {params.get('backend', 'local')}"
+    ]
+    for number, (title, jobs) in enumerate(zip(PHASES, plan(cfg, store), strict=True), start=1):
+        rows = [_job_status(job, store) for job in jobs]
+        counts = {word: sum(row[0] == word for row in rows) for word in dict.fromkeys(row[0] for row in rows)}
+        summary = ", ".join(f"{n} {word}" for word, n in counts.items())
+        lines.append(f"phase {number}/{len(PHASES)} ({title}): {len(jobs)} jobs" + (f": {summary}" if jobs else ""))
+        for (word, job_run, detail), job in zip(rows, jobs, strict=True):
+            where = f"  {job_run.info.run_id}  {_duration(job_run)}" if job_run else ""
+            lines.append(f"  {word:9} {job.name}{where}" + (f" ({detail})" if detail else ""))
+    return "\n".join(lines)
+
+
+def _pipeline_run(client: MlflowClient, run_id: str | None) -> Run:
+    if run_id:
+        parent = client.get_run(run_id)
+        if parent.data.tags.get("stage") != STAGE:
+            raise SlateRLError(f"run {run_id} is not a pipeline run (its stage: {parent.data.tags.get('stage')})")
+        return parent
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    runs = (
+        client.search_runs(
+            experiments, f"tags.stage = '{STAGE}'", order_by=["attributes.start_time DESC"], max_results=1
+        )
+        if experiments
+        else []
+    )
+    if not runs:
+        raise SlateRLError(
+            f"no pipeline run in the tracking store {client.tracking_uri}; start one with `slate-rl pipeline ...` "
+            "(or point MLFLOW_TRACKING_URI at the store that holds it)"
+        )
+    return runs[0]
+
+
+def _job_status(job: Job, store: _Store) -> tuple[str, Run | None, str]:
+    """A job's state word, its newest run (None when it has none yet) and a detail."""
+    if job.state == "finished":
+        return "finished", store.finished(job.stage, job.keys), ""
+    runs = store.runs(job.stage, job.keys)
+    if not runs:
+        return "waiting", None, "" if job.keys else "after its dataset"
+    latest = runs[0]
+    next_time = "resumes from its checkpoint" if job.state == "resume" else "starts a new run"
+    if job.state == "running":
+        return "running", latest, _where(latest, _alive(latest))
+    if latest.info.status == "RUNNING":
+        age = heartbeat_age(latest.data.tags)
+        lost = f"no heartbeat for {age:.0f} s" if age is not None else "its process is gone"
+        return "lost", latest, f"{lost}; the next pipeline {next_time}"
+    return latest.info.status.lower(), latest, f"the next pipeline {next_time}"
+
+
+def _duration(run: Run) -> str:
+    """How long a run ran (so far, when it still runs)."""
+    end = run.info.end_time if run.info.status != "RUNNING" and run.info.end_time else time.time() * 1000
+    seconds = max(0.0, (end - run.info.start_time) / 1000)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f} min {seconds % 60:.0f} s"
+    return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
+
+
 def _counts(jobs: list[Job]) -> str:
     count = lambda state: sum(job.state == state for job in jobs)  # noqa: E731
     return (
@@ -469,56 +636,76 @@ def _counts(jobs: list[Job]) -> str:
 
 def run(cfg: PipelineConfig, experiment_name: str | None = None, out: str = "reports/pipeline") -> str:
     """Run the missing jobs of the grid (resuming those that died), then `compare`; returns the parent run id."""
-    with stage_run(
-        STAGE, run_name=f"{STAGE}/{cfg.preset}", experiment_name=experiment_name, tags={"preset": cfg.preset}
-    ) as mlrun:
-        mlrun.log_params(cfg.params())
-        log.info("%s: seeds %s -> %s", STAGE, cfg.given.get("seeds", ""), describe(cfg.seeds))
-        failures: list[str] = []
-        elsewhere: list[str] = []
-        for phase in range(len(PHASES)):
-            jobs = plan(cfg)[phase]  # re-planned: later phases know the runs earlier phases produced
-            log.info("%s: phase %d/%d: %s", STAGE, phase + 1, len(PHASES), _counts(jobs))
-            for job in jobs:
-                if job.state == "running":
-                    log.warning(
-                        "%s: %s is running in another process (run %s, %s); not started again",
-                        STAGE,
-                        job.name,
-                        job.run_id,
-                        job.note,
+    backend = _backend(cfg)  # a Ray cluster that does not answer is refused before any run is created
+    try:
+        with stage_run(
+            STAGE, run_name=f"{STAGE}/{cfg.preset}", experiment_name=experiment_name, tags={"preset": cfg.preset}
+        ) as mlrun:
+            mlrun.log_params(cfg.params())
+            log.info("%s: seeds %s -> %s", STAGE, cfg.given.get("seeds", ""), describe(cfg.seeds))
+            failures: list[str] = []
+            elsewhere: list[str] = []
+            for phase in range(len(PHASES)):
+                jobs = plan(cfg)[phase]  # re-planned: later phases know the runs earlier phases produced
+                log.info("%s: phase %d/%d: %s", STAGE, phase + 1, len(PHASES), _counts(jobs))
+                for job in jobs:
+                    if job.state == "running":
+                        log.warning(
+                            "%s: %s is running in another process (run %s, %s); not started again",
+                            STAGE,
+                            job.name,
+                            job.run_id,
+                            job.note,
+                        )
+                        elsewhere.append(job.name)
+                    elif job.state == "resume":
+                        log.info(
+                            "%s: %s: resuming run %s (%s) from its last checkpoint",
+                            STAGE,
+                            job.name,
+                            job.run_id,
+                            job.note,
+                        )
+                failures += _run_jobs([job for job in jobs if job.state in ("run", "resume")], backend, mlrun.run_id)
+                if phase < len(PHASES) - 1 and (failures or elsewhere):
+                    raise SlateRLError(
+                        f"{len(failures) + len(elsewhere)} upstream job(s) failed or still running: "
+                        f"{', '.join(failures + elsewhere)}; run the pipeline again once they are fixed "
+                        "or done (finished jobs are skipped)"
                     )
-                    elsewhere.append(job.name)
-                elif job.state == "resume":
-                    log.info(
-                        "%s: %s: resuming run %s (%s) from its last checkpoint", STAGE, job.name, job.run_id, job.note
-                    )
-            failures += _run_jobs([job for job in jobs if job.state in ("run", "resume")], cfg, mlrun)
-            if phase < len(PHASES) - 1 and (failures or elsewhere):
-                raise SlateRLError(
-                    f"{len(failures) + len(elsewhere)} upstream job(s) failed or still running: "
-                    f"{', '.join(failures + elsewhere)}; run the pipeline again once they are fixed "
-                    "or done (finished jobs are skipped)"
-                )
-        if cfg.select_policies:
-            failures += select_policies(cfg, plan(cfg)[-1])
-        mlrun.log_metrics({"failed_jobs": len(failures)})
-        report = compare.CompareConfig.resolve(",".join(cfg.envs), ",".join(cfg.methods), preset=cfg.preset, out=out)
-        try:
-            compare.write_report(compare.to_results(compare.select_runs(report), with_curve=True), report, _folder(out))
-            mlrun.log_artifacts(out, "report")
-        except SlateRLError as exc:
-            log.error("%s: no report: %s", STAGE, exc)
-        if failures or elsewhere:
-            raise SlateRLError(
-                f"{len(failures)} job(s) failed"
-                + (f": {', '.join(failures)}" if failures else "")
-                + (f"; {len(elsewhere)} still running elsewhere: {', '.join(elsewhere)}" if elsewhere else "")
-                + "; run the pipeline again to finish them (finished jobs are skipped, killed ones "
-                "resume)"
+            if cfg.select_policies:
+                failures += select_policies(cfg, plan(cfg)[-1])
+            mlrun.log_metrics({"failed_jobs": len(failures)})
+            report = compare.CompareConfig.resolve(
+                ",".join(cfg.envs), ",".join(cfg.methods), preset=cfg.preset, out=out
             )
-        log.info("%s: all jobs finished; report in %s", STAGE, out)
-        return mlrun.run_id
+            try:
+                compare.write_report(
+                    compare.to_results(compare.select_runs(report), with_curve=True), report, _folder(out)
+                )
+                mlrun.log_artifacts(out, "report")
+            except SlateRLError as exc:
+                log.error("%s: no report: %s", STAGE, exc)
+            if failures or elsewhere:
+                raise SlateRLError(
+                    f"{len(failures)} job(s) failed"
+                    + (f": {', '.join(failures)}" if failures else "")
+                    + (f"; {len(elsewhere)} still running elsewhere: {', '.join(elsewhere)}" if elsewhere else "")
+                    + "; run the pipeline again to finish them (finished jobs are skipped, killed ones "
+                    "resume)"
+                )
+            log.info("%s: all jobs finished; report in %s", STAGE, out)
+            return mlrun.run_id
+    finally:
+        backend.close()
+
+
+def _backend(cfg: PipelineConfig) -> Backend:
+    if cfg.backend == "ray":
+        from slate_rl.stages.pipeline_ray import RayBackend  # Ray is an optional extra, imported when asked for
+
+        return RayBackend(cfg)
+    return LocalBackend(cfg)
 
 
 def select_policies(cfg: PipelineConfig, jobs: list[Job]) -> list[str]:
@@ -554,105 +741,63 @@ def _folder(path: str) -> Path:
     return folder
 
 
-def _run_jobs(jobs: list[Job], cfg: PipelineConfig, parent: StageRun) -> list[str]:
-    """Run `jobs` as processes, at most `cfg.workers` at once; returns the names of those that failed."""
-    pending, running, failures = list(jobs), {}, []
-    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+def _run_jobs(jobs: list[Job], backend: Backend, parent_run_id: str) -> list[str]:
+    """Run `jobs` on `backend` as child runs of `parent_run_id`, reporting each as it ends; returns the names of
+    those that failed."""
+    pending, failures = list(jobs), []
+    running: dict[str, Job] = {}
     durations: dict[str, list[float]] = {}
     total, finished = len(jobs), 0
-    with tempfile.TemporaryDirectory(prefix="slate-rl-pipeline-") as logs:
-        while pending or running:
-            free = [slot for slot in range(cfg.workers) if slot not in running]
-            while pending and free:
-                slot, job = free.pop(0), pending.pop(0)
-                running[slot] = _start(job, slot, cfg, parent, Path(logs), threads)
-            time.sleep(0.5)
-            for slot, (job, process, log_file, started) in list(running.items()):
-                if process.poll() is None:
-                    continue
-                del running[slot]
-                finished += 1
-                seconds = time.monotonic() - started
-                durations.setdefault(job.stage, []).append(seconds)
-                left = len(pending) + len(running)
-                eta = _eta(pending, running, durations, cfg.workers)
-                if process.returncode == 0:
-                    log.info(
-                        "%s: [%d/%d] %s finished in %.0f s; %d left, ETA %s",
-                        STAGE,
-                        finished,
-                        total,
-                        job.name,
-                        seconds,
-                        left,
-                        eta,
-                    )
-                    continue
-                failures.append(job.name)
-                tail = Path(log_file).read_text(errors="replace").strip().splitlines()[-15:]
-                why = (
-                    f"killed by {signal.Signals(-process.returncode).name}"
-                    if process.returncode < 0
-                    else f"exit {process.returncode}"
-                )
-                log.error(
-                    "%s: [%d/%d] %s FAILED (%s) after %.0f s; %d left, ETA %s; end of its log:\n  %s",
+    while pending or running:
+        while pending and backend.free():
+            job = pending.pop(0)
+            backend.submit(job, parent_run_id)
+            running[job.name] = job
+        for outcome in backend.finished():
+            job = running.pop(outcome.job.name)
+            finished += 1
+            durations.setdefault(job.stage, []).append(outcome.seconds)
+            left = len(pending) + len(running)
+            eta = _eta(pending, list(running.values()), durations, backend.parallel)
+            note = f" ({outcome.note})" if outcome.note else ""
+            if not outcome.error:
+                log.info(
+                    "%s: [%d/%d] %s finished in %.0f s%s; %d left, ETA %s",
                     STAGE,
                     finished,
                     total,
                     job.name,
-                    why,
-                    seconds,
+                    outcome.seconds,
+                    note,
                     left,
                     eta,
-                    "\n  ".join(tail),
                 )
-                _record_death(job, process)
+                continue
+            failures.append(job.name)
+            log.error(
+                "%s: [%d/%d] %s FAILED (%s) after %.0f s%s; %d left, ETA %s; end of its log:\n  %s",
+                STAGE,
+                finished,
+                total,
+                job.name,
+                outcome.error,
+                outcome.seconds,
+                note,
+                left,
+                eta,
+                "\n  ".join(outcome.log_tail),
+            )
     return failures
 
 
-def _start(job: Job, slot: int, cfg: PipelineConfig, parent: StageRun, logs: Path, threads: int):
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    env.pop("MLFLOW_RUN_ID", None)
-    if cfg.devices:
-        env["CUDA_VISIBLE_DEVICES"] = cfg.devices[slot % len(cfg.devices)]
-    log_file = logs / (job.name.replace("/", "_").replace(" ", "") + ".log")
-    command = [sys.executable, "-m", "slate_rl.cli", *job.command()]
-    if job.state != "resume":
-        command += ["--parent-run", parent.run_id]
-    with open(log_file, "w") as handle:
-        process = subprocess.Popen(
-            command, stdout=handle, stderr=subprocess.STDOUT, env={**env, "SLATE_RL_JOB": job.name}
-        )
-    log.info("%s: started %s%s", STAGE, job.name, f" (resuming run {job.run_id})" if job.state == "resume" else "")
-    return job, process, log_file, time.monotonic()
-
-
-def _eta(pending: list[Job], running: dict, durations: dict[str, list[float]], workers: int) -> str:
-    """Remaining work / workers, from the mean duration of finished jobs of each stage."""
+def _eta(pending: list[Job], running: list[Job], durations: dict[str, list[float]], parallel: int) -> str:
+    """Remaining work / jobs at once, from the mean duration of finished jobs of each stage."""
     known = [d for values in durations.values() for d in values]
 
     def mean(stage: str) -> float:
         values = durations.get(stage, known)
         return sum(values) / len(values)
 
-    seconds = sum(mean(job.stage) for job in pending) + sum(mean(job.stage) / 2 for job, *_ in running.values())
-    minutes = seconds / max(workers, 1) / 60
+    seconds = sum(mean(job.stage) for job in pending) + sum(mean(job.stage) / 2 for job in running)
+    minutes = seconds / max(parallel, 1) / 60
     return f"{minutes:.0f} min" if minutes >= 1 else "< 1 min"
-
-
-def _record_death(job: Job, process: subprocess.Popen) -> None:
-    """A job process that died without ending its runs leaves them RUNNING: mark them KILLED; when a signal killed
-    it, say so on its runs (tag `exit_signal`), so that the next pipeline resumes them."""
-    client = MlflowClient()
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-    runs = client.search_runs(
-        experiments,
-        f"tags.{JOB_TAG} = '{job.name}' and tags.{PID_TAG} = '{process.pid}' "
-        f"and tags.{HOST_TAG} = '{socket.gethostname()}'",
-    )
-    for r in runs:
-        if process.returncode < 0:
-            client.set_tag(r.info.run_id, SIGNAL_TAG, signal.Signals(-process.returncode).name)
-        if r.info.status == "RUNNING":
-            client.set_terminated(r.info.run_id, "KILLED")

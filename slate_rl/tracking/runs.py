@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +30,12 @@ from slate_rl.progress import LOGGER_NAME
 log = logging.getLogger(LOGGER_NAME)
 _MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 _PROJECT_DIR = Path(__file__).resolve().parents[2]
-HOST_TAG, PID_TAG = "host", "pid"  # who runs it: tells a live RUNNING run from one whose process died
+HOST_TAG, PID_TAG = "host", "pid"  # where it runs (information; and a dead process on this machine is dead at once)
+# Whether a RUNNING run is alive: its process refreshes the tag `heartbeat` (unix time) every `heartbeat_interval`
+# seconds (tag `heartbeat_interval`), from any machine; a run whose heartbeat is older than HEARTBEAT_MISSES
+# intervals has lost its process.
+HEARTBEAT_TAG, HEARTBEAT_INTERVAL_TAG = "heartbeat", "heartbeat_interval"
+HEARTBEAT_ENV, HEARTBEAT_DEFAULT_S, HEARTBEAT_MISSES = "SLATE_RL_HEARTBEAT_S", 30.0, 4
 RESUME_PATH, RESUME_FILE = "resume", "state.pt"  # where a resumable stage keeps the state `--resume` continues from
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by the MLflow UI to choose an experiment's default views
 MODEL_TRAINING_KIND = "custom_model_development"
@@ -63,6 +69,59 @@ def normal_param(text: str | None) -> str | None:
         return repr(float(text)) if text.strip() else ""
     except ValueError:
         return text.strip().lower()
+
+
+def heartbeat_interval() -> float:
+    """Seconds between two heartbeats of a run ($SLATE_RL_HEARTBEAT_S, default 30)."""
+    text = os.environ.get(HEARTBEAT_ENV, str(HEARTBEAT_DEFAULT_S))
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise SlateRLError(f"{HEARTBEAT_ENV}={text!r} must be a number of seconds above 0 (default 30)")
+    return seconds
+
+
+def heartbeat_age(tags: dict[str, str]) -> float | None:
+    """Seconds since a run's last heartbeat, or None for a run without one (logged before heartbeats existed)."""
+    try:
+        return time.time() - float(tags[HEARTBEAT_TAG])
+    except (KeyError, ValueError):
+        return None
+
+
+def heartbeat_fresh(tags: dict[str, str]) -> bool | None:
+    """Whether a run's process lives by its heartbeat (None: the run has none); the interval is the run's own."""
+    age = heartbeat_age(tags)
+    if age is None:
+        return None
+    try:
+        interval = float(tags[HEARTBEAT_INTERVAL_TAG])
+    except (KeyError, ValueError):
+        interval = heartbeat_interval()
+    return age < HEARTBEAT_MISSES * interval
+
+
+class _Heartbeat:
+    """A daemon thread that refreshes a run's heartbeat tag until stopped."""
+
+    def __init__(self, client: MlflowClient, run_id: str, interval: float) -> None:
+        self.client, self.run_id, self.interval = client, run_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id}", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.client.set_tag(self.run_id, HEARTBEAT_TAG, f"{time.time():.1f}")
+            except Exception as exc:  # the store is away for a moment: the next beat tries again
+                log.warning("heartbeat of run %s not written: %s", self.run_id, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def git_commit() -> str:
@@ -239,6 +298,8 @@ def stage_run(
         "slate_rl_version": __version__,
         HOST_TAG: socket.gethostname(),
         PID_TAG: os.getpid(),
+        HEARTBEAT_TAG: f"{time.time():.1f}",
+        HEARTBEAT_INTERVAL_TAG: heartbeat_interval(),
         **(tags or {}),
     }
     if os.environ.get("SLATE_RL_JOB"):  # a job of `slate-rl pipeline`
@@ -268,6 +329,7 @@ def stage_run(
         console = _attach_console_log(Path(tmp) / console_name)
         log.info("%s: MLflow run %s (%s)", stage, run_id, run_name)
         status = RunStatus.to_string(RunStatus.FAILED)
+        heartbeat = _Heartbeat(client, run_id, float(base_tags[HEARTBEAT_INTERVAL_TAG]))
         try:
             yield run
             status = RunStatus.to_string(RunStatus.FINISHED)
@@ -279,6 +341,7 @@ def stage_run(
             log.error("%s: failed: %s; run %s marked FAILED", stage, exc, run_id)
             raise
         finally:
+            heartbeat.stop()
             _close_console_log(console)
             with contextlib.suppress(Exception):
                 run.flush()
