@@ -55,8 +55,24 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _wait_for_running_run(method: str, timeout: float = 120) -> bool:
+    """Wait until the job of `method` has its run RUNNING in the store (it is then killed mid-run, not at its end)."""
+    client = MlflowClient()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            runs = client.search_runs(["0"], f"tags.stage = 'train_online' and tags.method = '{method}'")
+        except Exception:  # the store may not exist yet
+            runs = []
+        if any(r.info.status == "RUNNING" for r in runs):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_killed_job_is_reported_and_a_rerun_completes_the_table(tracking_store):
-    process = _pipeline(tracking_store)
+    grid = [*GRID, "--set", "test_episodes=5000"]  # the oracle then runs for seconds: killed mid-run
+    process = _pipeline(tracking_store, grid)
     victim = None
     deadline = time.monotonic() + 300
     while victim is None and time.monotonic() < deadline and process.poll() is None:
@@ -64,7 +80,7 @@ def test_killed_job_is_reported_and_a_rerun_completes_the_table(tracking_store):
         victim = jobs[0] if jobs else None
         time.sleep(0.2)
     assert victim is not None, "the oracle job never started"
-    time.sleep(3)  # let it create its run
+    assert _wait_for_running_run("short_term_oracle"), "the oracle job never created its run"
     os.kill(victim, signal.SIGKILL)
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 1
@@ -74,9 +90,9 @@ def test_killed_job_is_reported_and_a_rerun_completes_the_table(tracking_store):
         r.data.tags.get("method"): r.info.status
         for r in MlflowClient().search_runs(["0"], "tags.stage = 'train_online'")
     }
-    assert statuses.get("short_term_oracle") in (None, "KILLED")
+    assert statuses.get("short_term_oracle") == "KILLED"
 
-    rerun = _pipeline(tracking_store)
+    rerun = _pipeline(tracking_store, grid)
     output, _ = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, output
     assert "3 jobs, 2 already finished, 1 to run" in output, output

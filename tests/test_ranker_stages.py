@@ -75,7 +75,7 @@ def test_dataset_of_another_environment_or_kind_is_refused(small_dataset):
     ):
         pretrain_gems.run(PretrainGemsConfig.resolve("diffuse_mix", "quick", dataset=small_dataset, epochs=1))
     other = train_mf.run(TrainMFConfig.resolve("focused_mix", "quick", dataset=small_dataset, max_steps=5))
-    with pytest.raises(SlateRLError, match="is a 'train_mf' run, not a 'generate_dataset' run"):
+    with pytest.raises(SlateRLError, match="is a 'train_mf' run, not a 'generate_dataset' or 'collect' run"):
         pretrain_gems.run(PretrainGemsConfig.resolve("focused_mix", "quick", dataset=f"runs:/{other}", epochs=1))
     with pytest.raises(SlateRLError, match="no run 0123456789abcdef0123456789abcdef"):
         pretrain_gems.run(

@@ -8,7 +8,7 @@ import pytest
 
 from slate_rl.config import paper_env_names
 from slate_rl.errors import SlateRLError
-from slate_rl.methods import method_ids
+from slate_rl.methods import ONLINE_FAMILIES, method_ids
 from slate_rl.reporting import ENV_NAMES, RunResult, build_table, method_name, to_csv, to_latex, to_markdown
 
 PAPER_ROWS = [
@@ -40,7 +40,7 @@ def small_results() -> list[RunResult]:
 
 
 def test_paper_ids_display_names_and_order():
-    assert [method_name(m) for m in method_ids()] == PAPER_ROWS
+    assert [method_name(m) for m in method_ids(ONLINE_FAMILIES)] == PAPER_ROWS
     assert tuple(ENV_NAMES) == paper_env_names()  # same ids and order as the paper environments in envs.yaml
     assert list(ENV_NAMES.values())[:3] == ["TopDown-focused", "Mixed-focused", "DivPen-focused"]
 
@@ -173,7 +173,7 @@ def test_full_paper_table_has_eight_rows_and_six_columns():
     rng = np.random.default_rng(0)
     results = [
         RunResult(method, env, seed, float(rng.normal(100, 5)), "paper")
-        for method in method_ids()
+        for method in method_ids(ONLINE_FAMILIES)
         for env in ENV_NAMES
         for seed in range(1 if method == "short_term_oracle" else 10)
     ]
