@@ -65,6 +65,7 @@ def test_table_statistics_match_hand_computed_values(tracking_store):
     assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
     artifacts = {f.path for f in MlflowClient().list_artifacts(run_id, "report")}
     assert {"report/results.md", "report/results.csv", "report/results.tex", "report/report.md"} <= artifacts
+    assert "report/per_seed_focused_mix.csv" in artifacts  # one per-seed CSV per environment
 
 
 def test_filter_matching_nothing_says_what_exists(tracking_store):

@@ -9,7 +9,16 @@ import pytest
 from slate_rl.config import paper_env_names
 from slate_rl.errors import SlateRLError
 from slate_rl.methods import ONLINE_FAMILIES, method_ids
-from slate_rl.reporting import ENV_NAMES, RunResult, build_table, method_name, to_csv, to_latex, to_markdown
+from slate_rl.reporting import (
+    ENV_NAMES,
+    RunResult,
+    build_table,
+    method_name,
+    to_csv,
+    to_latex,
+    to_markdown,
+    to_per_seed_csv,
+)
 
 PAPER_ROWS = [
     "Short-term oracle",
@@ -116,6 +125,31 @@ def test_csv_rendering_parses_with_one_row_per_cell():
     assert missing["n"] == missing["mean"] == missing["welch_p"] == ""
     oracle = by_cell[("short_term_oracle", "focused_mix")]
     assert oracle["n"] == "1" and oracle["ci_half_width"] == "" and oracle["std"] == ""
+
+
+def test_per_seed_csv_lists_each_method_and_variant_with_its_seed_values():
+    results = small_results() + [
+        RunResult("sac_gems", "focused_mix", seed, value, "paper", variant=(("agent.reference_bugs", "True"),))
+        for seed, value in enumerate([280.0, 290.0])
+    ]
+    table = build_table(results)
+    rows = list(csv.DictReader(io.StringIO(to_per_seed_csv(table, "focused_mix"))))
+    assert list(rows[0]) == ["method", "variant", "n", "mean", "ci_half_width", "values"]
+    by_row = {(r["method"], r["variant"]): r for r in rows}
+    assert set(by_row) == {  # sac_topk_ideal has no run on focused_mix: no row
+        ("short_term_oracle", "default"),
+        ("sac_wknn", "default"),
+        ("sac_gems", "default"),
+        ("sac_gems", "reference_bugs"),
+    }
+    gems = by_row[("sac_gems", "default")]
+    assert [float(v) for v in gems["values"].split(";")] == [300.0, 310.0, 305.0]
+    assert gems["n"] == "3" and float(gems["mean"]) == pytest.approx(305.0)
+    half_width = 4.303 * np.std([300.0, 310.0, 305.0], ddof=1) / np.sqrt(3)  # t(0.975, 2 dof) = 4.303
+    assert float(gems["ci_half_width"]) == pytest.approx(half_width, rel=1e-3)
+    bugs = by_row[("sac_gems", "reference_bugs")]
+    assert bugs["values"] == "280.0;290.0" and float(bugs["mean"]) == pytest.approx(285.0)
+    assert by_row[("short_term_oracle", "default")]["ci_half_width"] == ""
 
 
 def test_latex_rendering_uses_booktabs():

@@ -13,7 +13,7 @@ from slate_rl.reporting.figures import (
 )
 from slate_rl.reporting.names import ENV_NAMES, env_name, is_privileged, method_name, row_order
 from slate_rl.reporting.records import RunResult
-from slate_rl.reporting.render import aggregates_to_markdown, to_csv, to_latex, to_markdown
+from slate_rl.reporting.render import aggregates_to_markdown, to_csv, to_latex, to_markdown, to_per_seed_csv
 from slate_rl.reporting.stats import CurveBand, Summary, WelchTest, curve_band, iqm, summarise, welch_test
 from slate_rl.reporting.table import ResultsTable, TableCell, build_table
 
@@ -43,6 +43,7 @@ __all__ = [
     "to_csv",
     "to_latex",
     "to_markdown",
+    "to_per_seed_csv",
     "tradeoff_points",
     "welch_test",
     "write_figures",

@@ -150,6 +150,38 @@ def to_csv(table: ResultsTable) -> str:
     return buffer.getvalue()
 
 
+_PER_SEED_COLUMNS = ("method", "variant", "n", "mean", "ci_half_width", "values")
+
+
+def variant_label(variant: dict[str, str]) -> str:
+    """A variant as one CSV field: 'default' for a method's plain row, a switch turned on by its name
+    ('reference_bugs'), any other param as name=value; several joined by '; '."""
+    if not variant:
+        return "default"
+    return "; ".join(name if value.lower() == "true" else f"{name}={value}" for name, value in variant.items())
+
+
+def to_per_seed_csv(table: ResultsTable, env: str) -> str:
+    """One environment's column of the table with its per-seed values: one row per method and variant, columns
+    method, variant ('default' or the params that set it apart), n, mean, ci_half_width (empty for one seed) and
+    values (the per-seed test returns, ';'-separated, at full precision). Rows the table holds no runs for are left
+    out."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(_PER_SEED_COLUMNS)
+    for method in table.methods:
+        cell = table.cell(method, env)
+        if cell.summary is None:
+            continue
+        variant = {name.rpartition(".")[2]: value for name, value in table.variants.get(method, ())}
+        half_width = "" if cell.summary.half_width is None else cell.summary.half_width
+        values = ";".join(repr(float(v)) for v in cell.values)
+        writer.writerow(
+            [base_method(method), variant_label(variant), cell.summary.n, cell.summary.mean, half_width, values]
+        )
+    return buffer.getvalue()
+
+
 def to_latex(table: ResultsTable, decimals: int = 1, label: str | None = None) -> str:
     """The table as a LaTeX `table` float with a booktabs `tabular` (needs \\usepackage{booktabs}).
 

@@ -17,7 +17,8 @@ class TableCell:
 
     `welch` is the test against the reference method (None for the reference itself, when the reference has no
     runs there, or when the test is undefined); `significant` means its p-value is below the table's alpha;
-    `best` marks the highest mean of the column among the methods eligible for bold.
+    `best` marks the highest mean of the column among the methods eligible for bold; `values` are the per-seed test
+    returns the summary was computed from, in run order.
     """
 
     method: str
@@ -27,6 +28,7 @@ class TableCell:
     welch: WelchTest | None
     significant: bool
     best: bool
+    values: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ def build_table(
                 welch=welch,
                 significant=welch is not None and welch.p_value < alpha,
                 best=summary is not None and method in eligible and summary.mean == best,
+                values=tuple(returns.get((method, env), ())),
             )
     variants = {row: runs[0].variant for (row, _), runs in groups.items() if runs[0].variant}
     return ResultsTable(methods, envs, cells, reference, alpha, confidence, variants)

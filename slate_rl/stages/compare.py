@@ -27,6 +27,7 @@ from slate_rl.reporting import (
     to_csv,
     to_latex,
     to_markdown,
+    to_per_seed_csv,
 )
 from slate_rl.reporting.names import row_order
 from slate_rl.stage_configs import TrainOnlineConfig, agent_defaults
@@ -315,6 +316,8 @@ def _online_report(results: list[RunResult], cfg: CompareConfig, folder: Path) -
     atomic.write_text(folder / "results.md", markdown)
     atomic.write_text(folder / "results.csv", to_csv(table))
     atomic.write_text(folder / "results.tex", to_latex(table, label="tab:slate-rl-results"))
+    for env in table.envs:
+        atomic.write_text(folder / f"per_seed_{env}.csv", to_per_seed_csv(table, env))
     sections = [markdown]
     if _complete_for_aggregates(table_runs):
         aggregates = aggregates_to_markdown(_aggregate(table_runs, cfg))
