@@ -166,7 +166,7 @@ class SACBase(BeliefAgent):
 
         # critic: L_Q = 1/2 sum_k mean_t (Q_k(h^C_t, a_t) - y_t)^2, a_t the stored action, with the target
         # y_t = r_t + gamma (1 - d_t) [min_k Qtarget_k(h^C_{t+1}, a') - alpha log pi(a' | h^A_{t+1})],
-        # a' ~ pi(. | h^A_{t+1})
+        # a' ~ pi(. | h^A_{t+1}), d_t = 1 only at an episode's last step with reference_terminal_end
         with torch.no_grad():
             next_actions, next_log_prob = self.sample(next_actor, noise[1])
             soft_value = self.target_values(next_critic, next_actions, next_actor) - alpha * next_log_prob
