@@ -64,13 +64,13 @@ def plain_sac_losses(agent, batch, noise: torch.Tensor, stored=None, target_valu
     reference's order (critic grads before the critic step; actor grads with the stepped critic).
 
     stored: what the critics see for the stored transitions (default: the stored actions); target_values(next
-    critic states, next actions): min of the target critics (default: the two target critics, evaluated plainly)."""
+    critic states, next actions, next actor states): min of the target critics (default: the two target critics,
+    evaluated plainly)."""
     cfg, hidden = agent.config, agent.config.belief.hidden_dim
     enc = {name: PlainGRU(agent.beliefs.encoders[name]) for name in ("actor", "critic")}
     num, steps = batch.slates.shape[0], batch.slates.shape[1] - 1
-    slates, clicks = batch.slates[:, :-1], batch.clicks[:, :-1]
-    h_a = enc["actor"](slates, clicks).reshape(num * steps, hidden)
-    h_c = enc["critic"](slates, clicks).reshape(num * steps, hidden)
+    full_a, full_c = (enc[name](batch.slates, batch.clicks) for name in ("actor", "critic"))  # h_0 .. h_H
+    h_a, h_c = full_a[:, :-1].reshape(num * steps, hidden), full_c[:, :-1].reshape(num * steps, hidden)
     policy = [p.detach().clone().requires_grad_() for p in agent.policy.parameters()]
     w1, b1, w2, b2 = [p.detach().clone().requires_grad_() for p in agent.q.params()]
     qs = [
@@ -104,16 +104,17 @@ def plain_sac_losses(agent, batch, noise: torch.Tensor, stored=None, target_valu
         return agent.action_center + agent.action_scale * torch.tanh(u), logp
 
     alpha = agent.temperature.alpha.clone()
-    next_state_c = torch.cat([h_c[1:], h_c[-1:]]).detach()
-    next_state_a = torch.cat([h_a[1:], h_a[-1:]]).detach()
+    next_state_c = full_c[:, 1:].reshape(num * steps, hidden).detach()
+    next_state_a = full_a[:, 1:].reshape(num * steps, hidden).detach()
     not_done = torch.ones(num, steps)
-    not_done[:, -1] = 0
+    if cfg.reference_terminal_end:  # the last transition is terminal; otherwise it bootstraps from h_H
+        not_done[:, -1] = 0
     with torch.no_grad():
         a_next, logp_next = pi(next_state_a, noise[1])
         if target_values is None:
             q_next = torch.min(q_net(tq[0], next_state_c, a_next), q_net(tq[1], next_state_c, a_next))
         else:
-            q_next = target_values(next_state_c, a_next)
+            q_next = target_values(next_state_c, a_next, next_state_a)
         y = batch.rewards.reshape(-1) + cfg.gamma * not_done.reshape(-1) * (q_next - alpha * logp_next)
     stored = batch.actions.reshape(num * steps, -1) if stored is None else stored
     q_loss = 0.5 * (F.mse_loss(q_net(qs[0], h_c, stored), y) + F.mse_loss(q_net(qs[1], h_c, stored), y))

@@ -164,15 +164,14 @@ def test_slateq_update_regresses_clicked_items_on_targets():
     agent = build_agent("slateq", env, 5)
     batch = episodes(env, agent, 3, RANDOM)
     assert batch.privileged.shape == (3, 8, 20)
-    states = agent.beliefs.encode(batch.slates[:, :-1], batch.clicks[:, :-1])[0].reshape(-1, 20).detach()
+    beliefs = agent.beliefs.encode(batch.slates, batch.clicks)[0].detach()  # h_0 .. h_8
+    states, nxt = beliefs[:, :-1].reshape(-1, 20), beliefs[:, 1:].reshape(-1, 20)
     items, has = first_clicks(batch.slates, batch.clicks, reference_pairing=False)
     mask = has.reshape(-1)
     with torch.no_grad():
         q = agent.q(states).gather(1, items.reshape(-1, 1)).squeeze(1)
-        nxt = torch.cat([states[1:], states[-1:]])
-        not_done = torch.ones(3, 8)
-        not_done[:, -1] = 0
-        y = 1 + 0.8 * not_done.reshape(-1) * agent.next_slate_values(nxt, batch.privileged.reshape(-1, 20))
+        # the episode's end is a truncation: every transition bootstraps, the last from h_8 (the final observation)
+        y = 1 + 0.8 * agent.next_slate_values(nxt, batch.privileged.reshape(-1, 20))
     expected = (q - y)[mask].pow(2).mean()
     loss = agent.update(batch)["loss"]
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)

@@ -25,11 +25,24 @@ CASES = [
     ("sac_topk_ideal", {"reference_temperature": False}),
     ("sac_topk_mf", {}),
     ("sac_gems", {}),
-    ("sac_gems", {"reference_temperature": False, "auto_entropy": False}),
+    ("sac_gems", {"reference_temperature": False, "auto_entropy": False, "reference_terminal_end": True}),
     ("sac_wknn", {}),
     ("sac_wknn", {"reference_pairing": True, "refine_fill": "proto", "reference_temperature": False}),
+    (
+        "sac_wknn",
+        {
+            "reference_item_table": True,
+            "reference_knn_layout": True,
+            "reference_refinement": True,
+            "reference_terminal_end": True,
+            "refine_fill": "proto",
+        },
+    ),
     ("slateq", {}),
-    ("slateq", {"reference_relevances": True, "batch_divpen": True, "reference_pairing": True}),
+    (
+        "slateq",
+        {"reference_relevances": True, "batch_divpen": True, "reference_pairing": True, "reference_terminal_end": True},
+    ),
     ("reinforce_softmax", {}),
     ("reinforce_softmax", {"reference_pairing": True}),
 ]

@@ -30,6 +30,15 @@ class Trajectories:
         """r_t = clicks on obs_{t+1}: (n, H) float."""
         return self.clicks[:, 1:].sum(-1, dtype=torch.float32)
 
+    def bootstrap_mask(self, terminal_end: bool) -> torch.Tensor:
+        """(n, H) float: 1 where a TD target bootstraps from the next belief state. The end of an episode is a
+        truncation (the time limit: every step bootstraps, the last from the belief after obs_H) or, with
+        `terminal_end` (the reference), terminal (the last step does not)."""
+        mask = torch.ones(self.clicks.shape[0], self.clicks.shape[1] - 1, device=self.clicks.device)
+        if terminal_end:
+            mask[:, -1] = 0.0
+        return mask
+
     @property
     def returns(self) -> torch.Tensor:
         """Undiscounted return (total clicks) of each episode, (n,)."""

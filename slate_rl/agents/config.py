@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from slate_rl.errors import SlateRLError
 
@@ -39,6 +39,10 @@ class BeliefConfig:
 # up to float rounding) instead of the plain autograd update; refused on other devices.
 # reference_pairing (B1): True credits transition t with the first click of obs_t as the reference does; False
 # (default) with obs_{t+1}, the observation its action produced (SlateQ, REINFORCE and WkNN's critic input).
+# reference_terminal_end (SAC family, SlateQ): True treats the last transition of an episode as terminal, as the
+# reference does (no bootstrap in its TD target); False (default) as a truncation by the time limit: the target
+# bootstraps from the belief after the episode's final observation.
+# REFERENCE_SWITCHES: the fields of a config that restore a behaviour of the reference code when set to True.
 
 
 @dataclass(frozen=True)
@@ -61,19 +65,43 @@ class SACConfig:
     batch_size: int = 20
     capacity: int = 10_000
     reference_temperature: bool = True
+    reference_terminal_end: bool = False
     fused_update: bool = False
     belief: BeliefConfig = BeliefConfig()
+
+    REFERENCE_SWITCHES: ClassVar[tuple[str, ...]] = ("reference_temperature", "reference_terminal_end")
 
 
 @dataclass(frozen=True)
 class WkNNConfig(SACConfig):
     """SAC+WkNN: k nearest items per slot. refine_fill: what the critic sees in the slots after the one being
     chosen during the greedy refinement: 'candidate' (the reference: the candidate repeated) or 'proto' (the
-    proto-action's own slot queries)."""
+    proto-action's own slot queries).
+
+    reference_item_table (B2): True: the kNN items are a frozen copy of the critic belief's initial (random) item
+    table, as in the reference (the MF table is then unused); False: the given (MF) table.
+    reference_knn_layout (B3): True: the kNN decoder reads slot r's query from proto-action components r, r + R,
+    r + 2R, ... (the reference's interleaved layout; the critic and the action box stay slot-major); False: slot r's
+    query is the contiguous block r*D .. (r+1)*D - 1, the layout of the critic input and the box.
+    reference_refinement (B4): True: the greedy refinement scores candidates with the target Q1 fed the actor's
+    belief state, when acting and in the critic targets (only the actor encoder is stepped while acting); False:
+    with the critic's belief state, the online Q1 when acting and the target Q1 in the targets.
+    """
 
     k: int = 10
     refine_fill: str = "candidate"
     reference_pairing: bool = False
+    reference_item_table: bool = False
+    reference_knn_layout: bool = False
+    reference_refinement: bool = False
+
+    REFERENCE_SWITCHES: ClassVar[tuple[str, ...]] = (
+        *SACConfig.REFERENCE_SWITCHES,
+        "reference_pairing",
+        "reference_item_table",
+        "reference_knn_layout",
+        "reference_refinement",
+    )
 
 
 @dataclass(frozen=True)
@@ -95,8 +123,16 @@ class SlateQConfig:
     reference_relevances: bool = False
     batch_divpen: bool = False
     reference_pairing: bool = False
+    reference_terminal_end: bool = False
     fused_update: bool = False
     belief: BeliefConfig = BeliefConfig()
+
+    REFERENCE_SWITCHES: ClassVar[tuple[str, ...]] = (
+        "reference_relevances",
+        "batch_divpen",
+        "reference_pairing",
+        "reference_terminal_end",
+    )
 
 
 @dataclass(frozen=True)
@@ -109,3 +145,5 @@ class ReinforceConfig:
     reference_pairing: bool = False
     fused_update: bool = False
     belief: BeliefConfig = BeliefConfig()
+
+    REFERENCE_SWITCHES: ClassVar[tuple[str, ...]] = ("reference_pairing",)

@@ -7,11 +7,9 @@ same order, CPU only. What makes it faster:
   through the GRU together at the end. Encoder parameters are stepped after the actor loss, as in the plain update;
 * the heads (policy, twin critics, tanh-Gaussian sampling) are differentiated by hand (`slate_rl.agents.fused_nets`):
   autograd would record ~60 nodes and form products no loss needs;
-* the policy is evaluated once on all belief states and both noise draws are squashed in one pass: pi(.|h_{t+1})
-  for the critic target is the same network on the same rows, so the target's draw for row i is made at row i + 1
-  (its noise shifted one row down) and its values are read one row up, like the target critics' values, which are
-  computed at the rows' own critic states. The last row of each trajectory gets another row's values, which the
-  done mask multiplies by 0 (they are finite);
+* the policy is evaluated once on the belief states h_0 .. h_H of every trajectory and both noise draws are
+  squashed in one pass: the actor's draws at the rows of h_0 .. h_{H-1}, the target's (pi(.|h_{t+1})) at those of
+  h_1 .. h_H, zero noise elsewhere (those values are not read, and the rows of h_H get no actor gradient);
 * hand-computed gradients are handed to the optimisers directly (the twin critics are packed into one set of
   tensors; Adam is per-parameter, so this changes nothing).
 """
@@ -26,7 +24,7 @@ import torch
 from slate_rl.agents.base import Diagnostics
 from slate_rl.agents.buffer import Trajectories
 from slate_rl.agents.fused_nets import mlp_backward, mlp_forward, twin_q_min_action_grad, twin_q_regression, with_ones
-from slate_rl.agents.sac import LOG_SQRT_2PI, draw_normal, next_rows
+from slate_rl.agents.sac import LOG_SQRT_2PI, draw_normal
 
 if TYPE_CHECKING:
     from slate_rl.agents.sac import SACBase, Temperature
@@ -48,23 +46,26 @@ def fused_sac_update(agent: SACBase, batch: Trajectories) -> Diagnostics:
     cfg, hidden, dim = agent.config, agent.config.belief.hidden_dim, agent.action_dim
     num, steps = batch.slates.shape[0], batch.slates.shape[1] - 1
     rows = num * steps
-    encoded = agent.beliefs.encode_fused(batch.slates[:, :-1], batch.clicks[:, :-1])  # (2, B, H, D): actor, critic
-    actor, critic = encoded.detach().reshape(2, rows, hidden).unbind(0)
+    # actor and critic belief states of obs_0 .. obs_H, (2, B, H + 1, S); transition t reads h_t, its target h_{t+1}
+    encoded = agent.beliefs.encode_fused(batch.slates, batch.clicks)
+    all_actor, all_critic = encoded.detach().flatten(1, 2).unbind(0)
+    actor, critic = _transitions(all_actor, num), _transitions(all_critic, num)
     alpha = agent.temperature.alpha.clone()
     policy = [p.detach() for p in agent.policy.parameters()]
-    policy_in, policy_hidden, policy_out = mlp_forward(policy, actor)
+    policy_in, policy_hidden, policy_out = mlp_forward(policy, all_actor)
     mu, raw_log_std = policy_out[:, :dim], policy_out[:, dim:]
     log_std = raw_log_std.clamp(-20.0, 2.0)
-    noise = draw_normal(agent.generator, actor, 2, rows, dim)
-    noise[1] = noise[1].roll(1, 0)  # the target's draw for row i is made at row i + 1
-    sample = squashed_sample(agent, mu, log_std, noise)
+    # the plain update's draws: the actor's at the rows of h_0 .. h_{H-1}, the target's at those of h_1 .. h_H
+    draws = draw_normal(agent.generator, actor, 2, num, steps, dim)
+    noise = draws.new_zeros(2, num, steps + 1, dim)
+    noise[0, :, :-1], noise[1, :, 1:] = draws[0], draws[1]
+    sample = squashed_sample(agent, mu, log_std, noise.flatten(1, 2))
 
-    # critic target; row i + 1 is the next state of row i (last rows masked by done)
-    not_done = torch.ones_like(batch.rewards)
-    not_done[:, -1] = 0.0
-    next_value = next_rows(agent.target_values(critic, sample.actions[1]))
-    soft_value = next_value - alpha * next_rows(sample.log_prob[1])
-    target = batch.rewards.view(rows) + cfg.gamma * not_done.view(rows) * soft_value
+    # critic target
+    not_done = batch.bootstrap_mask(cfg.reference_terminal_end)
+    next_actions, next_log_prob = _next(sample.actions[1], num), _next(sample.log_prob[1], num)
+    next_value = agent.target_values(_next(all_critic, num), next_actions, _next(all_actor, num))
+    target = batch.rewards.view(rows) + cfg.gamma * not_done.view(rows) * (next_value - alpha * next_log_prob)
 
     q_params = [p.detach() for p in agent.q.params()]
     q, q_grads, d_critic = twin_q_regression(q_params, with_ones(critic, agent.critic_actions(batch)), target, hidden)
@@ -72,17 +73,19 @@ def fused_sac_update(agent: SACBase, batch: Trajectories) -> Diagnostics:
     _step(agent.q_optimizer, agent.q.params(), q_grads)
 
     # actor loss with the stepped critics (q_params are views of the stepped parameters)
-    log_prob = sample.log_prob[0]
-    q_min, d_actions = twin_q_min_action_grad(q_params, with_ones(critic, sample.actions[0]), hidden)
+    log_prob = _transitions(sample.log_prob[0], num)
+    q_min, d_actions = twin_q_min_action_grad(q_params, with_ones(critic, _transitions(sample.actions[0], num)), hidden)
     pi_loss = (alpha * log_prob - q_min).mean()
     d_actions.div_(-rows)
-    d_mu, d_log_std = squashed_sample_backward(agent, sample, d_actions, float(alpha) / rows)
+    d_mu, d_log_std = squashed_sample_backward(agent, sample, _padded(d_actions, num), float(alpha) / rows)
     d_log_std.masked_fill_(log_std != raw_log_std, 0.0)  # the clamp's backward (inclusive bounds)
-    policy_grads, d_actor = mlp_backward(policy, policy_in, policy_hidden, torch.cat([d_mu, d_log_std], 1))
+    d_policy_out = torch.cat([d_mu, d_log_std], 1)
+    d_policy_out.view(num, steps + 1, -1)[:, -1] = 0.0  # the rows of h_H are no transition of the actor loss
+    policy_grads, d_actor = mlp_backward(policy, policy_in, policy_hidden, d_policy_out)
     alpha_loss = torch.zeros((), dtype=actor.dtype)
     if cfg.auto_entropy:
         alpha_loss, agent.temperature.log_alpha.grad = temperature_loss_and_grad(agent.temperature, log_prob)
-    encoded.backward(torch.stack([d_actor, d_critic]).view(2, num, steps, hidden))
+    encoded.backward(torch.stack([d_actor, _padded(d_critic, num)]).view_as(encoded))
     _step(agent.optimizer, list(agent.policy.parameters()), policy_grads)
     if cfg.auto_entropy:
         agent.temperature.refresh()
@@ -96,6 +99,23 @@ def fused_sac_update(agent: SACBase, batch: Trajectories) -> Diagnostics:
             "q_mean": q[:, 0].mean(),
             "log_prob": log_prob.mean(),
         }
+
+
+def _transitions(x: torch.Tensor, num: int) -> torch.Tensor:
+    """Rows of the B trajectories' observations (B * (H + 1), ...) -> the rows of h_0 .. h_{H-1} (B * H, ...)."""
+    return x.view(num, -1, *x.shape[1:])[:, :-1].flatten(0, 1)
+
+
+def _next(x: torch.Tensor, num: int) -> torch.Tensor:
+    """Rows of the B trajectories' observations (B * (H + 1), ...) -> the rows of h_1 .. h_H (B * H, ...)."""
+    return x.view(num, -1, *x.shape[1:])[:, 1:].flatten(0, 1)
+
+
+def _padded(x: torch.Tensor, num: int) -> torch.Tensor:
+    """Rows of the B trajectories' transitions (B * H, ...) -> rows of their observations (B * (H + 1), ...), zero
+    at h_H."""
+    by_step = x.view(num, -1, *x.shape[1:])
+    return torch.cat([by_step, by_step.new_zeros(num, 1, *x.shape[1:])], 1).flatten(0, 1)
 
 
 def squashed_sample(agent: SACBase, mu: torch.Tensor, log_std: torch.Tensor, noise: torch.Tensor) -> SquashedSample:

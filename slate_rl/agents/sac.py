@@ -2,9 +2,10 @@
 
 One update on B whole trajectories, written with autograd in the reference's order: critic step, actor step,
 temperature step, Polyak averaging of the two target critics (targets cover only the Q heads; both critics share the
-critic encoder; the next states come from the online encoders, detached: Q15). `fused_update=true` runs the same
-update with hand-derived gradients on fused CPU kernels instead (`slate_rl.agents.fused_sac`; same random draws,
-same results up to float rounding, tested).
+critic encoder; the next states come from the online encoders, detached: Q15). The last transition of an episode
+bootstraps from the belief after the final observation (a time-limit truncation) unless `reference_terminal_end`.
+`fused_update=true` runs the same update with hand-derived gradients on fused CPU kernels instead
+(`slate_rl.agents.fused_sac`; same random draws, same results up to float rounding, tested).
 """
 
 from __future__ import annotations
@@ -140,8 +141,11 @@ class SACBase(BeliefAgent):
         """What the critics see as the action of each stored transition, (B * H, critic action dim)."""
         raise NotImplementedError
 
-    def target_values(self, critic_states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """min(Q1_target, Q2_target) at critic states (n, H) for policy actions (n, A), row by row: (n,)."""
+    def target_values(
+        self, critic_states: torch.Tensor, actions: torch.Tensor, actor_states: torch.Tensor
+    ) -> torch.Tensor:
+        """min(Q1_target, Q2_target) at critic states (n, H) for policy actions (n, A) drawn at the actor states
+        (n, H), row by row: (n,)."""
         raise NotImplementedError
 
     def update(self, batch: Trajectories) -> Diagnostics:
@@ -150,24 +154,22 @@ class SACBase(BeliefAgent):
             from slate_rl.agents.fused_sac import fused_sac_update  # the opt-in fused CPU kernels
 
             return fused_sac_update(self, batch)
-        slates, clicks, rewards = batch.slates[:, :-1], batch.clicks[:, :-1], batch.rewards.reshape(-1)
-        # belief states h_t of every transition (B * H rows); its next state h_{t+1} is the next row, detached (the
-        # last row of a trajectory gets a stand-in that the done mask removes)
-        actor = self.beliefs.encode(slates, clicks, ("actor",))[0].flatten(0, 1)
-        critic = self.beliefs.encode(slates, clicks, ("critic",))[0].flatten(0, 1)
-        next_actor, next_critic = next_rows(actor).detach(), next_rows(critic).detach()
-        not_done = torch.ones_like(batch.rewards)
-        not_done[:, -1] = 0.0
+        rewards = batch.rewards.reshape(-1)
+        # belief states h_0 .. h_H of obs_0 .. obs_H: transition t (B * H rows) has the state h_t and the next
+        # state h_{t+1}, detached (for the last transition the belief after the episode's final observation)
+        actor, next_actor = transition_states(self.beliefs.encode(batch.slates, batch.clicks, ("actor",))[0])
+        critic, next_critic = transition_states(self.beliefs.encode(batch.slates, batch.clicks, ("critic",))[0])
+        not_done = batch.bootstrap_mask(cfg.reference_terminal_end)
         alpha = self.temperature.alpha.clone()
         # noise[0]: the actor's draw at h_t, noise[1]: the target's draw at h_{t+1}
         noise = draw_normal(self.generator, actor, 2, actor.shape[0], self.action_dim)
 
         # critic: L_Q = 1/2 sum_k mean_t (Q_k(h^C_t, a_t) - y_t)^2, a_t the stored action, with the target
         # y_t = r_t + gamma (1 - d_t) [min_k Qtarget_k(h^C_{t+1}, a') - alpha log pi(a' | h^A_{t+1})],
-        # a' ~ pi(. | h^A_{t+1})
+        # a' ~ pi(. | h^A_{t+1}), d_t = 1 only at an episode's last step with reference_terminal_end
         with torch.no_grad():
             next_actions, next_log_prob = self.sample(next_actor, noise[1])
-            soft_value = self.target_values(next_critic, next_actions) - alpha * next_log_prob
+            soft_value = self.target_values(next_critic, next_actions, next_actor) - alpha * next_log_prob
             target = rewards + cfg.gamma * not_done.reshape(-1) * soft_value
         q = self.q(critic, self.critic_actions(batch))
         q_loss = 0.5 * (q - target.unsqueeze(1)).pow(2).mean(0).sum()
@@ -218,9 +220,10 @@ def draw_normal(generator: torch.Generator, like: torch.Tensor, *shape: int) -> 
     return torch.randn(*shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
 
 
-def next_rows(x: torch.Tensor) -> torch.Tensor:
-    """Row i + 1 of x at row i (the last row repeated; it is always a masked terminal transition)."""
-    return torch.cat([x[1:], x[-1:]])
+def transition_states(states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Belief states (B, H + 1, S) of obs_0 .. obs_H -> the transitions' states h_t and their next states h_{t+1}
+    (detached), both (B * H, S)."""
+    return states[:, :-1].flatten(0, 1), states[:, 1:].detach().flatten(0, 1)
 
 
 class SACAgent(SACBase):
@@ -271,5 +274,7 @@ class SACAgent(SACBase):
             raise SlateRLError("SAC learns from trajectories that carry the latent actions it played")
         return batch.actions.reshape(-1, self.action_dim)
 
-    def target_values(self, critic_states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def target_values(
+        self, critic_states: torch.Tensor, actions: torch.Tensor, actor_states: torch.Tensor
+    ) -> torch.Tensor:
         return twin_q(self.target_params(), critic_states.shape[1], critic_states, actions).min(1).values

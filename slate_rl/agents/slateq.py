@@ -6,7 +6,9 @@ episode; the random slate is R uniform items with replacement. Update (SARSA-fre
 decomposition): only transitions with a click; i_t = first clicked item (B1 fixed: of obs_{t+1}); target
 y_t = 1 + gamma (1 - d_t) sum_m P_m Q_target(h_{t+1}, j_m), (j_m) = top-R of rel(u) * Q_target(h_{t+1}, .), P_m the
 marginal click probability of rank m under the simulator's click model, divided by the diversity penalty when the
-next slate would be penalised. Polyak averaging happens before the optimiser step, as in the reference. With
+next slate would be penalised; d_t = 0 except at the end of an episode with `reference_terminal_end` (otherwise the
+last transition bootstraps from h_H, the belief after the final observation). Polyak averaging happens before the
+optimiser step, as in the reference. With
 `fused_update` the belief is encoded by the fused CPU kernels (`BeliefEncoders.encode_fused`).
 """
 
@@ -123,16 +125,17 @@ class SlateQAgent(BeliefAgent):
         if batch.privileged is None:
             raise SlateRLError("SlateQ learns from trajectories that carry the users' states (privileged data)")
         encode = self.beliefs.encode_fused if cfg.fused_update else self.beliefs.encode
-        states = encode(batch.slates[:, :-1], batch.clicks[:, :-1])[0].reshape(-1, hidden)
+        # belief states of obs_0 .. obs_H: transition t reads h_t, its target h_{t+1}
+        beliefs = encode(batch.slates, batch.clicks)[0]
+        states = beliefs[:, :-1].reshape(-1, hidden)
         items, has_click = first_clicks(batch.slates, batch.clicks, cfg.reference_pairing)
         mask = has_click.reshape(-1)
         q_taken = self.q(states[mask]).gather(1, items.reshape(-1, 1)[mask]).squeeze(1)
         with torch.no_grad():
-            not_done = torch.ones_like(batch.rewards)
-            not_done[:, -1] = 0.0
-            next_states = torch.cat([states[1:], states[-1:]]).detach()[mask]
+            not_done = batch.bootstrap_mask(cfg.reference_terminal_end).reshape(-1)[mask]
+            next_states = beliefs[:, 1:].reshape(-1, hidden)[mask]
             users = batch.privileged.reshape(-1, batch.privileged.shape[-1])[mask]
-            target = 1.0 + cfg.gamma * not_done.reshape(-1)[mask] * self.next_slate_values(next_states, users)
+            target = 1.0 + cfg.gamma * not_done * self.next_slate_values(next_states, users)
         loss = (q_taken - target).pow(2).mean() if bool(mask.any()) else q_taken.sum()
         loss.backward()
         with torch.no_grad():

@@ -1,5 +1,5 @@
 """SAC+WkNN (Wolpertinger: SAC proto-action, k nearest items per slot, critic refinement), with the reference's bugs
-fixed (docs/fidelity.md):
+fixed (docs/fidelity.md; each has a switch that restores the reference, see WkNNConfig):
 
 * B2: the k-nearest-neighbour item table is the given (MF) table, not a frozen copy of a random belief table;
 * B3: one slot-major layout everywhere (slot r = components r*D .. (r+1)*D - 1 of the proto-action, of the critic
@@ -34,49 +34,60 @@ class WkNNAgent(SACBase):
     """Wolpertinger SAC over item embeddings; stores no continuous action (the slate is in the observations)."""
 
     method = "sac_wknn"
-    acting_encoders = ("actor", "critic")
+    acting_encoders: tuple[str, ...] = ("actor", "critic")
     config: WkNNConfig
     decoder: KNNDecoder
 
     def __init__(
         self, item_table: torch.Tensor, num_items: int, slate_size: int, config: WkNNConfig, seed: int
     ) -> None:
+        """item_table: the (N, D) kNN table (MF); unused with `reference_item_table` (B2), whose table is the critic
+        belief's initial one, known once the encoders exist (its box is set then)."""
         if config.refine_fill not in ("candidate", "proto"):
             raise SlateRLError(f"refine_fill must be 'candidate' or 'proto' (got {config.refine_fill!r})")
-        decoder = KNNDecoder(item_table, slate_size, config.k)
-        super().__init__(
-            num_items,
-            slate_size,
-            decoder.action_dim,
-            decoder.action_dim,
-            decoder.action_center,
-            decoder.action_scale,
-            config,
-            seed,
-        )
+        decoder = None
+        if config.reference_item_table:
+            action_dim = slate_size * config.belief.item_dim
+            center, scale = torch.zeros(action_dim), torch.ones(action_dim)
+        else:
+            decoder = KNNDecoder(item_table, slate_size, config.k, config.reference_knn_layout)
+            action_dim, center, scale = decoder.action_dim, decoder.action_center, decoder.action_scale
+        super().__init__(num_items, slate_size, action_dim, action_dim, center, scale, config, seed)
+        if decoder is None:  # B2: a frozen copy of the critic belief's random table, taken before any training
+            critic_items = self.beliefs.encoder("critic").items.detach()
+            decoder = KNNDecoder(critic_items, slate_size, config.k, config.reference_knn_layout)
+            self.action_center.copy_(decoder.action_center)
+            self.action_scale.copy_(decoder.action_scale)
         self.decoder = decoder.requires_grad_(False)
-        self.item_dim = int(item_table.shape[1])
+        self.item_dim = int(decoder.item_table.shape[1])
+        # B4: the reference refines with the actor's state only, so only the actor encoder is stepped while acting
+        self.acting_encoders = ("actor",) if config.reference_refinement else ("actor", "critic")
 
     def choose(
         self, states: torch.Tensor, mode: str, episode: int, **privileged: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         proto = self.policy_action(states[0], mode)
+        if self.config.reference_refinement:  # B4: the target Q1 at the actor's state
+            return self.refine(states[0], proto, self.target_params()), None
         return self.refine(states[1], proto, self.q.params()), None
 
     def critic_actions(self, batch: Trajectories) -> torch.Tensor:
         window = slice(0, -1) if self.config.reference_pairing else slice(1, None)
         return self.decoder.item_table[batch.slates[:, window]].reshape(-1, self.action_dim)
 
-    def target_values(self, critic_states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def target_values(
+        self, critic_states: torch.Tensor, actions: torch.Tensor, actor_states: torch.Tensor
+    ) -> torch.Tensor:
         params = self.target_params()
-        slates = self.refine(critic_states, actions, params)
+        slates = self.refine(actor_states if self.config.reference_refinement else critic_states, actions, params)
         embedded = self.decoder.item_table[slates].flatten(1)
         return twin_q(params, self.config.belief.hidden_dim, critic_states, embedded).min(1).values
 
     @torch.no_grad()
     def refine(self, critic_states: torch.Tensor, proto: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
         """Greedy slot-by-slot choice among the k nearest items of each slot, scored by the first critic of the packed
-        twin `params` (online or target) at `critic_states`: slates (n, R)."""
+        twin `params` (online or target) at the belief states `critic_states` (the actor's with
+        `reference_refinement`): slates (n, R)."""
         candidates = self.decoder.candidates(proto)  # (n, R, k)
         hidden = params[2].shape[1]
         weight1, bias1, weight2, bias2 = params[0][:hidden], params[1][:hidden], params[2][0], params[3][0]  # Q1
@@ -94,7 +105,7 @@ class WkNNAgent(SACBase):
         base = torch.addmm(bias1, critic_states, weight1[:, :state_dim].t())  # (n, h): state and bias part
         later = None
         if self.config.refine_fill == "proto":  # the proto-action's queries in the slots after r: suffix sums
-            per_slot = torch.einsum("nrd,rhd->rnh", proto.view(proto.shape[0], size, -1), slot_weights)
+            per_slot = torch.einsum("nrd,rhd->rnh", self.decoder.slot_queries(proto), slot_weights)
             later = per_slot.flip(0).cumsum(0).flip(0)
         chosen = torch.empty(proto.shape[0], size, dtype=torch.long)
         for start in range(0, proto.shape[0], REFINE_ROWS):

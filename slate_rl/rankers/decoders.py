@@ -3,8 +3,9 @@
 * `GeMSDecoder`: latent action (d) -> GeMS decoder MLP -> R slot vectors -> argmax (or softmax sample) over the
   VAE's own item table, independently per slot (duplicates possible, G9).
 * `TopKDecoder`: action in item-embedding space (D) -> the R highest-scoring items, distinct, descending.
-* `KNNDecoder`: proto-action (R * D), slot-major (slot r's query = components r*D .. (r+1)*D - 1) -> the k
-  Euclidean-nearest items per slot (candidates for WkNN's critic) or the nearest one.
+* `KNNDecoder`: proto-action (R * D), slot-major (slot r's query = components r*D .. (r+1)*D - 1; `interleaved`:
+  components r, r + R, ..., the reference's layout, B3) -> the k Euclidean-nearest items per slot (candidates for
+  WkNN's critic) or the nearest one.
 
 All are batched over actions, with scores computed in row chunks to bound memory. `save_payload()` returns a plain
 dict (tensors and Python values) that `decoder_from_payload` turns back into the same decoder.
@@ -210,23 +211,31 @@ class KNNDecoder(SlateDecoder):
     table, e.g. MF embeddings, and one slot-major layout: slot r's query is actions[:, r*D:(r+1)*D]).
 
     Box: the table's per-dimension min / max, tiled R times in the same slot-major layout.
+    interleaved: read slot r's query from components r, r + R, ..., r + (D - 1) R instead (the reference's kNN
+    layout, B3: the proto-action viewed as (D, R), column r), while the box stays slot-major.
     """
 
     kind = "knn"
     item_table: torch.Tensor  # a buffer
 
-    def __init__(self, item_table: torch.Tensor, slate_size: int = 10, k: int = 10) -> None:
+    def __init__(self, item_table: torch.Tensor, slate_size: int = 10, k: int = 10, interleaved: bool = False) -> None:
         _check_table(item_table)
         if int(slate_size) < 1 or not 1 <= int(k) <= item_table.shape[0]:
             raise SlateRLError(f"need slate_size >= 1 and 1 <= k <= {item_table.shape[0]} (got {slate_size}, {k})")
         bounds = table_bounds(item_table).tile(int(slate_size))
         super().__init__(bounds.center, bounds.scale)
         self.register_buffer("item_table", item_table.detach().clone().float())
-        self.slate_size, self.k = int(slate_size), int(k)
+        self.slate_size, self.k, self.interleaved = int(slate_size), int(k), bool(interleaved)
+
+    def slot_queries(self, actions: torch.Tensor) -> torch.Tensor:
+        """(B, R, D) the query of each slot of proto-actions (B, R * D)."""
+        _check_actions(actions, self.action_dim)
+        if self.interleaved:
+            return actions.reshape(actions.shape[0], -1, self.slate_size).transpose(1, 2)
+        return actions.reshape(actions.shape[0], self.slate_size, -1)
 
     def _queries(self, actions: torch.Tensor) -> torch.Tensor:
-        _check_actions(actions, self.action_dim)
-        return actions.reshape(-1, self.item_table.shape[1])
+        return self.slot_queries(actions).reshape(-1, self.item_table.shape[1])
 
     def _distance_ranks(self, rows: torch.Tensor) -> torch.Tensor:
         """||e_i||^2 - 2 <q, e_i>: squared distance minus the row constant ||q||^2 (same order)."""
@@ -252,6 +261,7 @@ class KNNDecoder(SlateDecoder):
             dict(
                 slate_size=self.slate_size,
                 k=self.k,
+                interleaved=self.interleaved,
                 num_items=int(self.item_table.shape[0]),
                 item_dim=int(self.item_table.shape[1]),
             ),
@@ -261,7 +271,8 @@ class KNNDecoder(SlateDecoder):
     @classmethod
     def from_payload(cls, payload: Payload) -> KNNDecoder:
         c = payload["config"]
-        return _restore(cls(torch.zeros(c["num_items"], c["item_dim"]), c["slate_size"], c["k"]), payload)
+        table = torch.zeros(c["num_items"], c["item_dim"])
+        return _restore(cls(table, c["slate_size"], c["k"], c.get("interleaved", False)), payload)
 
 
 DECODERS: dict[str, type[GeMSDecoder | TopKDecoder | KNNDecoder]] = {
