@@ -39,11 +39,17 @@ class WkNNAgent(SACBase):
     decoder: KNNDecoder
 
     def __init__(
-        self, item_table: torch.Tensor, num_items: int, slate_size: int, config: WkNNConfig, seed: int
+        self,
+        item_table: torch.Tensor,
+        num_items: int,
+        slate_size: int,
+        config: WkNNConfig,
+        seed: int,
+        device: torch.device | str = "cpu",
     ) -> None:
         if config.refine_fill not in ("candidate", "proto"):
             raise SlateRLError(f"refine_fill must be 'candidate' or 'proto' (got {config.refine_fill!r})")
-        decoder = KNNDecoder(item_table, slate_size, config.k)
+        decoder = KNNDecoder(item_table.to(device), slate_size, config.k)
         super().__init__(
             num_items,
             slate_size,
@@ -53,6 +59,7 @@ class WkNNAgent(SACBase):
             decoder.action_scale,
             config,
             seed,
+            device,
         )
         self.decoder = decoder.requires_grad_(False)
         self.item_dim = int(item_table.shape[1])
@@ -96,7 +103,7 @@ class WkNNAgent(SACBase):
         if self.config.refine_fill == "proto":  # the proto-action's queries in the slots after r: suffix sums
             per_slot = torch.einsum("nrd,rhd->rnh", proto.view(proto.shape[0], size, -1), slot_weights)
             later = per_slot.flip(0).cumsum(0).flip(0)
-        chosen = torch.empty(proto.shape[0], size, dtype=torch.long)
+        chosen = torch.empty(proto.shape[0], size, dtype=torch.long, device=proto.device)
         for start in range(0, proto.shape[0], REFINE_ROWS):
             rows = slice(start, start + REFINE_ROWS)
             for slot in range(size):
