@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from slate_rl.agents.export import agent_from_payload, policy_payload
 from slate_rl.devices import check_device, resolve_device
 from slate_rl.errors import SlateRLError
 from slate_rl.methods import ONLINE_FAMILIES, get_method, method_ids
+from slate_rl.offline.training import OfflineData, OfflineTrainer, Schedule
 from slate_rl.protocol import Protocol
 from slate_rl.safe_load import torch_load
 
@@ -98,6 +100,32 @@ def test_a_short_run_creates_nothing_off_its_device(method, meta_default):
     trainer, returns = short_run(method, "cpu", upstream)
     assert returns.device == torch.device("cpu") and returns.shape == (3,) and bool(torch.isfinite(returns).all())
     assert trainer.episode == (PROTOCOL.episodes if trainer.agent.learns else 0)
+
+
+@pytest.mark.parametrize("algorithm", method_ids("offline"))
+def test_a_short_offline_run_creates_nothing_off_its_device(algorithm, meta_default):
+    env = make_env("cpu")
+    agent = build_agent(algorithm, env, 3, overrides={"hidden": 16, "batch_episodes": 4})
+    rng = np.random.default_rng(0)  # a logged dataset, as read from its files (numpy)
+    shape = (10, env.episode_length + 1, env.slate_size)
+    slates, clicks = rng.integers(0, env.num_items, size=shape), rng.integers(0, 2, size=shape).astype(np.uint8)
+    labels = torch.zeros(10, env.episode_length, agent.action_dim, device="cpu")
+    data = OfflineData(slates, clicks, labels, device="cpu")
+    schedule = Schedule(steps=4, eval_every=2, save_every=2, val_episodes=3, test_episodes=3)
+    saved: list[dict] = []
+    trainer = OfflineTrainer(agent, data, make_env("cpu"), env, schedule, on_checkpoint=lambda s, st: saved.append(st))
+    trainer.fit(2)
+    resumed = OfflineTrainer(
+        build_agent(algorithm, env, 3, overrides={"hidden": 16, "batch_episodes": 4}),
+        data,
+        make_env("cpu"),
+        env,
+        schedule,
+    )
+    resumed.load_state_dict(round_trip(saved[-1], "cpu"))
+    resumed.fit()
+    returns, test_slates, _ = resumed.test()
+    assert resumed.step == 4 and returns.shape == (3,) and test_slates.device == torch.device("cpu")
 
 
 @pytest.mark.parametrize("method", ["sac_topk_ideal", "slateq", "reinforce_softmax"])
