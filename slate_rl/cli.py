@@ -672,7 +672,12 @@ def compare_command(envs: str, methods: str, experiment_name: str | None, filter
 )
 @option("preset", default="paper", show_default=True, type=click.Choice(["quick", "paper"]))
 @option("workers", type=int, default=1, show_default=True, help="Jobs run at once (each its own process).")
-@option("devices", default="", help="GPUs to spread jobs over, e.g. 0,1,2,3 (default: CPU).")
+@option(
+    "devices",
+    default="",
+    help="GPUs to spread jobs over, e.g. 0,1,2,3: each train-online, pretrain-gems and train-mf job gets "
+    "--device cuda:K, K the listed GPU running the fewest jobs (default: every job on the CPU).",
+)
 @option(
     "backend",
     type=click.Choice(["local", "ray"]),
