@@ -187,3 +187,27 @@ def test_a_run_on_cuda_meets_the_same_users_and_rewards_as_on_the_cpu(method):
     for key in cpu.keys() - {"users"}:
         assert torch.equal(cpu[key], cuda[key]), key
     assert torch.allclose(cpu["users"], cuda["users"], atol=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("stage", ["train-online", "collect", "pretrain-gems", "train-mf", "train-offline"])
+def test_the_stages_refuse_cuda_without_cuda_before_creating_a_run(stage, tracking_store):
+    from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
+
+    from slate_rl.cli import main
+
+    result = CliRunner().invoke(main, [stage, "--env", "focused_topdown", "--preset", "quick", "--device", "cuda"])
+    assert result.exit_code == 1
+    assert "CUDA is not available on this machine; use --device cpu (got --device cuda)" in result.output
+    client = MlflowClient()
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_a_malformed_device_is_a_usage_error():
+    from click.testing import CliRunner
+
+    from slate_rl.cli import main
+
+    result = CliRunner().invoke(main, ["train-online", "--device", "gpu0"])
+    assert result.exit_code == 2 and "device must be cpu, cuda or cuda:K" in result.output
