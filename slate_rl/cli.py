@@ -60,6 +60,28 @@ def pipeline_job(func: Callable) -> Callable:
     return option("parent_run", default=None, hidden=True, help="Run the stage as a child run of this run.")(func)
 
 
+def device_option(func: Callable) -> Callable:
+    """--device cpu|cuda|cuda:K: where the stage's run runs (checked here for its form, by the stage for its
+    presence on this machine)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        from slate_rl.devices import check_device
+
+        try:
+            return check_device(value)
+        except SlateRLError as exc:
+            raise click.BadParameter(str(exc)) from exc
+
+    return option(
+        "device",
+        default="cpu",
+        show_default=True,
+        callback=check,
+        help="Where the run runs: cpu, cuda (the current GPU) or cuda:K (GPU number K); recorded as the run tag "
+        "'device'.",
+    )(func)
+
+
 def placement(experiment_name: str | None, parent_run: str | None) -> dict[str, Any]:
     """Where a stage's run goes: a child of `parent_run` (pipeline jobs), else a run in the experiment."""
     if parent_run is None:
@@ -218,8 +240,9 @@ def generate_dataset_command(
     default=None,
     metavar="RUN_ID",
     help="Continue a killed or failed pretrain_gems run from its last finished epoch, in the same MLflow run "
-    "(its saved configuration applies; the other options are ignored).",
+    "(its saved configuration applies; the other options but --device are ignored).",
 )
+@device_option
 @user_errors
 def pretrain_gems_command(
     env: str,
@@ -228,18 +251,19 @@ def pretrain_gems_command(
     parent_run: str | None,
     env_param: tuple[str, ...],
     resume: str | None,
+    device: str,
     **overrides: Any,
 ) -> None:
     """Pretrain the GeMS slate VAE; logs the best-validation model with its action bounds (artifact 'gems')."""
     from slate_rl.stages import pretrain_gems
 
     if resume:
-        run_id = pretrain_gems.run(pretrain_gems.resumable(resume), resume_run=resume)
+        run_id = pretrain_gems.run(pretrain_gems.resumable(resume), resume_run=resume, device=device)
     else:
         cfg = stage_configs.PretrainGemsConfig.resolve(
             env, preset, env_params=config.parse_env_params(env_param) or None, **overrides
         )
-        run_id = pretrain_gems.run(cfg, **placement(experiment_name, parent_run))
+        run_id = pretrain_gems.run(cfg, **placement(experiment_name, parent_run), device=device)
     click.echo(f"gems: runs:/{run_id}/{pretrain_gems.ARTIFACT}")
 
 
@@ -261,6 +285,7 @@ def pretrain_gems_command(
     },
 )
 @env_param_option
+@device_option
 @user_errors
 def train_mf_command(
     env: str,
@@ -268,6 +293,7 @@ def train_mf_command(
     experiment_name: str | None,
     parent_run: str | None,
     env_param: tuple[str, ...],
+    device: str,
     **overrides: Any,
 ) -> None:
     """Train BPR matrix-factorisation item embeddings on logged sessions (artifact 'mf')."""
@@ -276,7 +302,7 @@ def train_mf_command(
     cfg = stage_configs.TrainMFConfig.resolve(
         env, preset, env_params=config.parse_env_params(env_param) or None, **overrides
     )
-    run_id = train_mf.run(cfg, **placement(experiment_name, parent_run))
+    run_id = train_mf.run(cfg, **placement(experiment_name, parent_run), device=device)
     click.echo(f"mf: runs:/{run_id}/{train_mf.ARTIFACT}")
 
 
@@ -323,6 +349,7 @@ def train_mf_command(
     help="Continue a killed or failed train_online run from its last checkpoint, in the same MLflow run.",
 )
 @env_param_option
+@device_option
 @user_errors
 def train_online_command(
     env: str,
@@ -332,6 +359,7 @@ def train_online_command(
     assignments: tuple[str, ...],
     resume: str | None,
     env_param: tuple[str, ...],
+    device: str,
     **overrides: Any,
 ) -> None:
     """Train one of the paper's methods with validation and test; register its best policy."""
@@ -341,7 +369,7 @@ def train_online_command(
     configure_cpu()  # one intra-op thread per loop thread: the fast setting for many small kernels
     if resume:
         cfg = train_online.resumable(resume)
-        run_id = train_online.run(cfg, resume_run=resume)
+        run_id = train_online.run(cfg, resume_run=resume, device=device)
     else:
         cfg = stage_configs.TrainOnlineConfig.resolve(
             env,
@@ -350,7 +378,7 @@ def train_online_command(
             env_params=config.parse_env_params(env_param) or None,
             **overrides,
         )
-        run_id = train_online.run(cfg, **placement(experiment_name, parent_run))
+        run_id = train_online.run(cfg, **placement(experiment_name, parent_run), device=device)
     from mlflow.tracking import MlflowClient
 
     run = MlflowClient().get_run(run_id)
@@ -403,6 +431,7 @@ def train_online_command(
     help="Continue a killed or failed train_offline run from its last checkpoint, in the same MLflow run.",
 )
 @env_param_option
+@device_option
 @user_errors
 def train_offline_command(
     env: str,
@@ -412,6 +441,7 @@ def train_offline_command(
     assignments: tuple[str, ...],
     resume: str | None,
     env_param: tuple[str, ...],
+    device: str,
     **overrides: Any,
 ) -> None:
     """Train an offline algorithm on a collected dataset; validate, test and score it in the simulator; register it."""
@@ -421,7 +451,7 @@ def train_offline_command(
     configure_cpu()
     if resume:
         cfg = train_offline.resumable(resume)
-        run_id = train_offline.run(cfg, resume_run=resume)
+        run_id = train_offline.run(cfg, resume_run=resume, device=device)
     else:
         cfg = stage_configs.TrainOfflineConfig.resolve(
             env,
@@ -430,7 +460,7 @@ def train_offline_command(
             env_params=config.parse_env_params(env_param) or None,
             **overrides,
         )
-        run_id = train_offline.run(cfg, **placement(experiment_name, parent_run))
+        run_id = train_offline.run(cfg, **placement(experiment_name, parent_run), device=device)
     from mlflow.tracking import MlflowClient
 
     run = MlflowClient().get_run(run_id)
@@ -578,9 +608,10 @@ def registry_demote(env: str, alias: str) -> None:
     },
 )
 @env_param_option
+@device_option
 @user_errors
 def collect_command(
-    env: str, preset: str, experiment_name: str | None, env_param: tuple[str, ...], **overrides: Any
+    env: str, preset: str, experiment_name: str | None, env_param: tuple[str, ...], device: str, **overrides: Any
 ) -> None:
     """Collect an offline dataset from registered policies chosen by alias, with a quality report."""
     from slate_rl.stages import collect
@@ -588,7 +619,7 @@ def collect_command(
     cfg = stage_configs.CollectConfig.resolve(
         env, preset, env_params=config.parse_env_params(env_param) or None, **overrides
     )
-    run_id = collect.run(cfg, experiment_name=experiment_name)
+    run_id = collect.run(cfg, experiment_name=experiment_name, device=device)
     click.echo(f"dataset: runs:/{run_id}/{collect.ARTIFACT}  (load with slate_rl.data.load_offline('{run_id}'))")
 
 
@@ -641,7 +672,12 @@ def compare_command(envs: str, methods: str, experiment_name: str | None, filter
 )
 @option("preset", default="paper", show_default=True, type=click.Choice(["quick", "paper"]))
 @option("workers", type=int, default=1, show_default=True, help="Jobs run at once (each its own process).")
-@option("devices", default="", help="GPUs to spread jobs over, e.g. 0,1,2,3 (default: CPU).")
+@option(
+    "devices",
+    default="",
+    help="GPUs to spread jobs over, e.g. 0,1,2,3: each train-online, pretrain-gems and train-mf job gets "
+    "--device cuda:K, K the listed GPU running the fewest jobs (default: every job on the CPU).",
+)
 @option(
     "backend",
     type=click.Choice(["local", "ray"]),

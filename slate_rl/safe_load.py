@@ -23,13 +23,13 @@ from slate_rl.errors import SlateRLError
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
-def torch_load(source: str | os.PathLike[str] | bytes, what: str) -> Any:
-    """Load a torch file (a path, or the bytes of one kept inside another file) onto the CPU as tensors and plain
-    values; `what` names it in messages (e.g. "policy file")."""
+def torch_load(source: str | os.PathLike[str] | bytes, what: str, map_location: str | torch.device = "cpu") -> Any:
+    """Load a torch file (a path, or the bytes of one kept inside another file) as tensors and plain values, onto
+    the CPU or the device `map_location`; `what` names it in messages (e.g. "policy file")."""
     label = what if isinstance(source, bytes) else f"{what} {os.fspath(source)}"
     try:
         return torch.load(
-            io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu", weights_only=True
+            io.BytesIO(source) if isinstance(source, bytes) else source, map_location=map_location, weights_only=True
         )
     except pickle.UnpicklingError as exc:
         raise SlateRLError(

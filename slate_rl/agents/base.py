@@ -6,11 +6,16 @@ randomness comes from two generators derived from the run's seed, never from the
 `act_generator` (seeded with the seed: exploration, warm-up actions, Random's items) and `generator` (initialisation,
 update noise, replay sampling). Two streams keep acting and learning independent, so episodes can be collected
 in another thread while the updates run (`Trainer` with `Protocol.overlap_collection`).
+
+An agent lives on one device (`device`, the simulator's: `build_agent` passes it): its weights, its buffers and
+every tensor it returns. Its generators stay on the CPU, as the simulator's: random numbers are drawn there
+(`draw`) and moved, so an agent takes the same random actions and initial weights on every device.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -45,11 +50,12 @@ class Agent(nn.Module):
     on_policy: bool = False
     updates_in_warmup: bool = False
 
-    def __init__(self, num_items: int, slate_size: int, seed: int) -> None:
+    def __init__(self, num_items: int, slate_size: int, seed: int, device: torch.device | str = "cpu") -> None:
         super().__init__()
         self.num_items, self.slate_size, self.seed = int(num_items), int(slate_size), int(seed)
-        self.act_generator = torch.Generator().manual_seed(int(seed))
-        self.generator = torch.Generator().manual_seed((int(seed) + LEARNING_SEED_OFFSET) % 2**63)
+        self.device = torch.device(device)
+        self.act_generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        self.generator = torch.Generator(device="cpu").manual_seed((int(seed) + LEARNING_SEED_OFFSET) % 2**63)
 
     # ---------------------------------------------------------------- what the loop stores
     @property
@@ -106,9 +112,10 @@ class Agent(nn.Module):
         }
 
     def load_training_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `training_state_dict()` (its tensors on any device: they are copied to the agent's)."""
         self.load_state_dict(state["weights"])
-        self.generator.set_state(state["generator"])
-        self.act_generator.set_state(state["act_generator"])
+        self.generator.set_state(state["generator"].cpu())
+        self.act_generator.set_state(state["act_generator"].cpu())
 
     def acting_copy(self) -> Agent:
         """A copy that acts like this agent now (weights copied) for another thread, sharing `act_generator` and
@@ -123,6 +130,11 @@ class Agent(nn.Module):
             if isinstance(module, BeliefEncoders):
                 memo[id(module._workspaces)] = {}
         return copy.deepcopy(self, memo)
+
+
+def draw(sample: Callable[..., torch.Tensor], *args: Any, device: torch.device, **kwargs: Any) -> torch.Tensor:
+    """`sample(*args, **kwargs)` (e.g. torch.rand with a `generator=`) drawn on the CPU, moved to `device`."""
+    return sample(*args, device="cpu", **kwargs).to(device)
 
 
 def check_history(slates: torch.Tensor, clicks: torch.Tensor) -> None:
@@ -159,7 +171,13 @@ class BeliefAgent(Agent):
 
     def random_action(self, num_users: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Warm-up action (Q10): rankerless agents draw R items uniformly with replacement."""
-        slates = torch.randint(self.num_items, (num_users, self.slate_size), generator=self.act_generator)
+        slates = draw(
+            torch.randint,
+            self.num_items,
+            (num_users, self.slate_size),
+            generator=self.act_generator,
+            device=self.device,
+        )
         return slates, None
 
     def choose(

@@ -16,12 +16,17 @@ class RandomAgent(Agent):
     learns = False
 
     def act(self, obs: Observation, mode: str, episode: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return distinct_random_items(obs["slate"].shape[0], self.num_items, self.slate_size, self.act_generator), None
+        return self._random_slates(obs["slate"].shape[0]), None
 
     def recommend(self, slates: torch.Tensor, clicks: torch.Tensor, **privileged: torch.Tensor) -> torch.Tensor:
         """Random slates (not deterministic: the method is random by definition)."""
         check_history(slates, clicks)
-        return distinct_random_items(slates.shape[0], self.num_items, self.slate_size, self.act_generator)
+        return self._random_slates(slates.shape[0])
+
+    def _random_slates(self, num_users: int) -> torch.Tensor:
+        """Drawn on the CPU (the acting generator's device), moved to the agent's device."""
+        items = distinct_random_items(num_users, self.num_items, self.slate_size, self.act_generator, "cpu")
+        return items.to(self.device)
 
 
 class ShortTermOracleAgent(Agent):
@@ -31,9 +36,9 @@ class ShortTermOracleAgent(Agent):
     learns = False
 
     def act(self, obs: Observation, mode: str, episode: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return torch.full((obs["slate"].shape[0], self.slate_size), -1, dtype=torch.long), None
+        return torch.full((obs["slate"].shape[0], self.slate_size), -1, dtype=torch.long, device=self.device), None
 
     def recommend(self, slates: torch.Tensor, clicks: torch.Tensor, **privileged: torch.Tensor) -> torch.Tensor:
         """All -1 (the simulator resolves them)."""
         check_history(slates, clicks)
-        return torch.full((slates.shape[0], self.slate_size), -1, dtype=torch.long)
+        return torch.full((slates.shape[0], self.slate_size), -1, dtype=torch.long, device=self.device)

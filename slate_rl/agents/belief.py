@@ -31,8 +31,10 @@ class GRUBelief(nn.Module):
         input_dim = slate_size * (items.shape[1] + 1)
         bound = 1.0 / math.sqrt(hidden_dim)
 
-        def uniform(*shape: int) -> nn.Parameter:
-            return nn.Parameter((torch.rand(*shape, generator=generator) * 2 - 1) * bound)
+        def uniform(*shape: int) -> nn.Parameter:  # drawn on the CPU (the generator's), placed with the table
+            return nn.Parameter(
+                ((torch.rand(*shape, generator=generator, device="cpu") * 2 - 1) * bound).to(items.device)
+            )
 
         self.items = nn.Parameter(items.clone())
         self.weight_ih_l0 = uniform(3 * hidden_dim, input_dim)
@@ -49,6 +51,7 @@ class BeliefEncoders(nn.Module):
         num_items, slate_size: catalogue size N and slots R.
         generator: the agent's generator (initialisation; the global RNG is not used).
         item_dim, hidden_dim: 20 and 20 in the paper.
+        device: where the encoders live (the agent's device).
     """
 
     def __init__(
@@ -59,11 +62,12 @@ class BeliefEncoders(nn.Module):
         generator: torch.Generator,
         item_dim: int = 20,
         hidden_dim: int = 20,
+        device: torch.device | str = "cpu",
     ) -> None:
         super().__init__()
         self.names = tuple(names)
         self.hidden_dim = hidden_dim
-        items = torch.randn(num_items, item_dim, generator=generator)
+        items = torch.randn(num_items, item_dim, generator=generator, device="cpu").to(device)
         self.encoders = nn.ModuleDict(
             {name: GRUBelief(items, slate_size, hidden_dim, generator) for name in self.names}
         )

@@ -61,6 +61,8 @@ class TrajectoryBuffer:
         horizon, slate_size, num_items: episode length H, slots R, catalogue size (picks int16 ids when possible).
         action_dim: size of the stored continuous action (0: none).
         privileged_dim: size of the stored privileged per-step vector (0: none).
+        device: where the trajectories are kept (the run's device); `sample` draws its indices on the CPU
+            generator it is given and moves them there.
     """
 
     def __init__(
@@ -76,7 +78,7 @@ class TrajectoryBuffer:
         if capacity < 1:
             raise SlateRLError(f"buffer capacity must be >= 1 (got {capacity})")
         id_type = torch.int16 if num_items <= torch.iinfo(torch.int16).max else torch.int64
-        self.capacity = int(capacity)
+        self.capacity, self.device = int(capacity), torch.device(device)
         self.slates = torch.empty(capacity, horizon + 1, slate_size, dtype=id_type, device=device)
         self.clicks = torch.empty(capacity, horizon + 1, slate_size, dtype=torch.uint8, device=device)
         self.actions = torch.empty(capacity, horizon, action_dim, device=device) if action_dim else None
@@ -90,7 +92,7 @@ class TrajectoryBuffer:
     def add(self, episodes: Trajectories) -> torch.Tensor:
         """Store n episodes; returns the slots they occupy (n,)."""
         n = episodes.slates.shape[0]
-        slots = (self.position + torch.arange(n)) % self.capacity
+        slots = (self.position + torch.arange(n, device=self.device)) % self.capacity
         self.slates[slots] = episodes.slates.to(self.slates.dtype)
         self.clicks[slots] = episodes.clicks.to(torch.uint8)
         if self.actions is not None:
@@ -113,7 +115,8 @@ class TrajectoryBuffer:
         """`batch_size` distinct stored trajectories, uniformly; None while fewer are stored."""
         if self.size < batch_size:
             return None
-        return self.get(torch.randperm(self.size, generator=generator)[:batch_size])
+        order = torch.randperm(self.size, generator=generator, device=generator.device)
+        return self.get(order[:batch_size].to(self.device))
 
     def state_dict(self) -> dict[str, Any]:
         """The stored part (only the filled slots are copied) and the ring position."""

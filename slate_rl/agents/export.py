@@ -72,11 +72,15 @@ def check_payload(payload: Any) -> dict[str, Any]:
     return payload
 
 
-def agent_from_payload(payload: dict[str, Any], env: TopicRec | None = None) -> tuple[Agent, TopicRec]:
-    """Rebuild the agent (in eval mode) and the environment it was trained on (or act in the given `env`)."""
+def agent_from_payload(
+    payload: dict[str, Any], env: TopicRec | None = None, device: str | torch.device = "cpu"
+) -> tuple[Agent, TopicRec]:
+    """Rebuild the agent (in eval mode) and the environment it was trained on, on `device` (or act in the given
+    `env`, on its device)."""
     check_payload(payload)
     if env is None:
-        env = TopicRec(EnvParams.from_dict(payload["env_params"]), payload["item_embeddings"], name=payload["env"])
+        params = EnvParams.from_dict(payload["env_params"])
+        env = TopicRec(params, payload["item_embeddings"], name=payload["env"], device=device)
     decoder = GeMSDecoder.from_payload(payload["gems_decoder"]) if "gems_decoder" in payload else None
     agent = build_agent(
         payload["method"],

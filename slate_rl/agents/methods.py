@@ -38,7 +38,8 @@ def build_agent(
     mf_table: torch.Tensor | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Agent:
-    """A fresh agent of the registered `method` for `env`, initialised from `seed` (the agent's own generator).
+    """A fresh agent of the registered `method` for `env`, initialised from `seed` (the agent's own generator), on
+    the simulator's device (`env.device`; the upstream inputs are moved there).
 
     Args:
         gems_decoder: the frozen GeMS decoder with its action bounds (`GeMSDecoder`), for methods that need GEMS.
@@ -46,6 +47,10 @@ def build_agent(
         overrides: fields of the method's config class (e.g. SACConfig); refused for a method without one.
     """
     spec = get_method(method)
+    if gems_decoder is not None:
+        gems_decoder = gems_decoder.to(env.device)
+    if mf_table is not None:
+        mf_table = mf_table.to(env.device)
     inputs = {need: value for need, value in ((Need.GEMS, gems_decoder), (Need.MF, mf_table)) if value is not None}
     missing = [need.description for need in spec.needs if need not in inputs]
     if missing:
@@ -60,6 +65,11 @@ def build_agent(
     if config_class is None and overrides:
         raise SlateRLError(f"method {method!r} has no hyper-parameters to override")
     config = None if config_class is None else with_overrides(config_class(), overrides)
+    if getattr(config, "fused_update", False) and env.device.type != "cpu":
+        raise SlateRLError(
+            f"fused_update=true runs fused CPU kernels, but this run is on {env.device}; drop fused_update or run "
+            "with --device cpu"
+        )
     return spec.load_builder()(env, seed, config, inputs)
 
 
@@ -73,29 +83,29 @@ def _fused_methods() -> str:
 
 
 def build_random(env: TopicRec, seed: int, config: None, inputs: Inputs) -> Agent:
-    return RandomAgent(env.num_items, env.slate_size, seed)
+    return RandomAgent(env.num_items, env.slate_size, seed, env.device)
 
 
 def build_short_term_oracle(env: TopicRec, seed: int, config: None, inputs: Inputs) -> Agent:
-    return ShortTermOracleAgent(env.num_items, env.slate_size, seed)
+    return ShortTermOracleAgent(env.num_items, env.slate_size, seed, env.device)
 
 
 def build_sac_gems(env: TopicRec, seed: int, config: SACConfig, inputs: Inputs) -> Agent:
-    return SACAgent(inputs[Need.GEMS], env.num_items, env.slate_size, config, seed, "sac_gems")
+    return SACAgent(inputs[Need.GEMS], env.num_items, env.slate_size, config, seed, "sac_gems", env.device)
 
 
 def build_sac_topk_ideal(env: TopicRec, seed: int, config: SACConfig, inputs: Inputs) -> Agent:
     decoder = TopKDecoder(env.item_embeddings, env.slate_size)
-    return SACAgent(decoder, env.num_items, env.slate_size, config, seed, "sac_topk_ideal")
+    return SACAgent(decoder, env.num_items, env.slate_size, config, seed, "sac_topk_ideal", env.device)
 
 
 def build_sac_topk_mf(env: TopicRec, seed: int, config: SACConfig, inputs: Inputs) -> Agent:
     decoder = TopKDecoder(inputs[Need.MF], env.slate_size)
-    return SACAgent(decoder, env.num_items, env.slate_size, config, seed, "sac_topk_mf")
+    return SACAgent(decoder, env.num_items, env.slate_size, config, seed, "sac_topk_mf", env.device)
 
 
 def build_sac_wknn(env: TopicRec, seed: int, config: WkNNConfig, inputs: Inputs) -> Agent:
-    return WkNNAgent(inputs[Need.MF], env.num_items, env.slate_size, config, seed)
+    return WkNNAgent(inputs[Need.MF], env.num_items, env.slate_size, config, seed, env.device)
 
 
 def build_slateq(env: TopicRec, seed: int, config: SlateQConfig, inputs: Inputs) -> Agent:
@@ -103,4 +113,4 @@ def build_slateq(env: TopicRec, seed: int, config: SlateQConfig, inputs: Inputs)
 
 
 def build_reinforce_softmax(env: TopicRec, seed: int, config: ReinforceConfig, inputs: Inputs) -> Agent:
-    return ReinforceAgent(env.num_items, env.slate_size, config, seed)
+    return ReinforceAgent(env.num_items, env.slate_size, config, seed, env.device)

@@ -23,21 +23,26 @@ def adam(params: Any, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
-def default_init(shape: tuple[int, ...], fan_in: int, generator: torch.Generator) -> torch.Tensor:
-    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): nn.Linear's default for weights and biases."""
+def default_init(
+    shape: tuple[int, ...], fan_in: int, generator: torch.Generator, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): nn.Linear's default for weights and biases, drawn from the (CPU)
+    generator and moved to `device`."""
     bound = 1.0 / math.sqrt(fan_in)
-    return (torch.rand(*shape, generator=generator) * 2 - 1) * bound
+    return ((torch.rand(*shape, generator=generator, device="cpu") * 2 - 1) * bound).to(device)
 
 
 class MLP(nn.Module):
-    """in -> hidden (ReLU) -> out."""
+    """in -> hidden (ReLU) -> out, on `device`."""
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, generator: torch.Generator) -> None:
+    def __init__(
+        self, in_dim: int, hidden: int, out_dim: int, generator: torch.Generator, device: torch.device | str = "cpu"
+    ) -> None:
         super().__init__()
-        self.weight1 = nn.Parameter(default_init((hidden, in_dim), in_dim, generator))
-        self.bias1 = nn.Parameter(default_init((hidden,), in_dim, generator))
-        self.weight2 = nn.Parameter(default_init((out_dim, hidden), hidden, generator))
-        self.bias2 = nn.Parameter(default_init((out_dim,), hidden, generator))
+        self.weight1 = nn.Parameter(default_init((hidden, in_dim), in_dim, generator, device))
+        self.bias1 = nn.Parameter(default_init((hidden,), in_dim, generator, device))
+        self.weight2 = nn.Parameter(default_init((out_dim, hidden), hidden, generator, device))
+        self.bias2 = nn.Parameter(default_init((out_dim,), hidden, generator, device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = torch.addmm(self.bias1, x, self.weight1.t()).relu_()
@@ -50,16 +55,23 @@ class TwinQ(nn.Module):
     weight1 stacks both first layers ((2 * hidden) x (state_dim + action_dim)); `forward` returns (N, 2).
     """
 
-    def __init__(self, state_dim: int, action_dim: int, hidden: int, generator: torch.Generator) -> None:
+    def __init__(
+        self,
+        state_dim: int,
+        action_dim: int,
+        hidden: int,
+        generator: torch.Generator,
+        device: torch.device | str = "cpu",
+    ) -> None:
         super().__init__()
         in_dim = state_dim + action_dim
         self.state_dim, self.hidden = state_dim, hidden
         nets = [
             [
-                default_init((hidden, in_dim), in_dim, generator),
-                default_init((hidden,), in_dim, generator),
-                default_init((hidden,), hidden, generator),
-                default_init((1,), hidden, generator),
+                default_init((hidden, in_dim), in_dim, generator, device),
+                default_init((hidden,), in_dim, generator, device),
+                default_init((hidden,), hidden, generator, device),
+                default_init((1,), hidden, generator, device),
             ]
             for _ in range(2)
         ]

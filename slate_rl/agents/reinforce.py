@@ -38,23 +38,26 @@ class ReinforceAgent(BeliefAgent):
     updates_in_warmup = True
     acting_encoders = ("actor",)
 
-    def __init__(self, num_items: int, slate_size: int, config: ReinforceConfig, seed: int) -> None:
-        super().__init__(num_items, slate_size, seed)
+    def __init__(
+        self, num_items: int, slate_size: int, config: ReinforceConfig, seed: int, device: torch.device | str = "cpu"
+    ) -> None:
+        super().__init__(num_items, slate_size, seed, device)
         self.config = config
         belief = config.belief
         self.beliefs = BeliefEncoders(
-            ("actor",), num_items, slate_size, self.generator, belief.item_dim, belief.hidden_dim
+            ("actor",), num_items, slate_size, self.generator, belief.item_dim, belief.hidden_dim, self.device
         )
-        self.policy = MLP(belief.hidden_dim, config.hidden, num_items, self.generator)
+        self.policy = MLP(belief.hidden_dim, config.hidden, num_items, self.generator, self.device)
         self.optimizer = adam(self.parameters(), config.lr)
 
     def choose(
         self, states: torch.Tensor, mode: str, episode: int, **privileged: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         logits = self.policy(states[0])
-        if mode == EXPLORE:
-            probs = torch.softmax(logits, dim=-1)
-            return torch.multinomial(probs, self.slate_size, replacement=True, generator=self.act_generator), None
+        if mode == EXPLORE:  # sampled on the CPU, the acting generator's device
+            probs = torch.softmax(logits, dim=-1).cpu()
+            items = torch.multinomial(probs, self.slate_size, replacement=True, generator=self.act_generator)
+            return items.to(self.device), None
         return logits.topk(self.slate_size, dim=-1).indices, None
 
     def update(self, batch: Trajectories) -> Diagnostics:

@@ -17,7 +17,7 @@ StepHook = Callable[[int, dict, dict, torch.Tensor | None], None]
 def play(
     env: TopicRec, agent: Agent, num_users: int, mode: str, episode: int = 0, on_step: StepHook | None = None
 ) -> Trajectories:
-    """`num_users` full episodes at once (one reset, H steps), recorded as trajectories.
+    """`num_users` full episodes at once (one reset, H steps), recorded as trajectories on the simulator's device.
 
     mode: 'random', 'explore' or 'greedy' (see `Agent.act`); episode: index of the first of these episodes in
     training (SlateQ's epsilon). `on_step(t, obs, info, action)` sees every step t = 1..H (obs_t and the action
@@ -27,12 +27,12 @@ def play(
         raise SlateRLError(f"unknown acting mode {mode!r}; choose one of {', '.join(MODES)}")
     obs, _ = env.reset(num_users)
     agent.start(num_users)
-    horizon, size = env.episode_length, env.slate_size
-    slates = torch.empty(num_users, horizon + 1, size, dtype=torch.long)
-    clicks = torch.empty(num_users, horizon + 1, size, dtype=torch.uint8)
+    horizon, size, device = env.episode_length, env.slate_size, env.device
+    slates = torch.empty(num_users, horizon + 1, size, dtype=torch.long, device=device)
+    clicks = torch.empty(num_users, horizon + 1, size, dtype=torch.uint8, device=device)
     store_actions = agent.stored_action_dim > 0 and mode != GREEDY
-    actions = torch.empty(num_users, horizon, agent.stored_action_dim) if store_actions else None
-    privileged = torch.empty(num_users, horizon, agent.privileged_dim) if agent.privileged_dim else None
+    actions = torch.empty(num_users, horizon, agent.stored_action_dim, device=device) if store_actions else None
+    privileged = torch.empty(num_users, horizon, agent.privileged_dim, device=device) if agent.privileged_dim else None
     slates[:, 0], clicks[:, 0] = obs["slate"], obs["clicks"]
     for t in range(horizon):
         slate, action = agent.act(obs, mode, episode)

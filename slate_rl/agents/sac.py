@@ -30,12 +30,14 @@ LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 class Temperature(nn.Module):
     """SAC's entropy temperature alpha with automatic tuning (target entropy -dim(a)); see SACConfig for Q9."""
 
-    def __init__(self, initial: float, target_entropy: float, reference: bool) -> None:
+    def __init__(
+        self, initial: float, target_entropy: float, reference: bool, device: torch.device | str = "cpu"
+    ) -> None:
         super().__init__()
         self.reference, self.target_entropy = reference, float(target_entropy)
-        self.log_alpha = nn.Parameter(torch.tensor(0.0 if reference else math.log(initial)))
+        self.log_alpha = nn.Parameter(torch.tensor(0.0 if reference else math.log(initial), device=device))
         self.alpha: torch.Tensor
-        self.register_buffer("alpha", torch.tensor(float(initial)))
+        self.register_buffer("alpha", torch.tensor(float(initial), device=device))
 
     def loss(self, log_prob: torch.Tensor) -> torch.Tensor:
         """-weight * mean(log pi + target entropy) for log-probabilities of fresh policy actions (no gradient to the
@@ -75,21 +77,22 @@ class SACBase(BeliefAgent):
         action_scale: torch.Tensor,
         config: SACConfig,
         seed: int,
+        device: torch.device | str = "cpu",
     ) -> None:
-        super().__init__(num_items, slate_size, seed)
+        super().__init__(num_items, slate_size, seed, device)
         self.config = config
-        gen, belief = self.generator, config.belief
+        gen, belief, device = self.generator, config.belief, self.device
         self.action_dim = int(action_dim)
-        self.register_buffer("action_center", action_center.detach().float().clone())
-        self.register_buffer("action_scale", action_scale.detach().float().clone())
+        self.register_buffer("action_center", action_center.detach().to(device, torch.float32, copy=True))
+        self.register_buffer("action_scale", action_scale.detach().to(device, torch.float32, copy=True))
         self.beliefs = BeliefEncoders(
-            ("actor", "critic"), num_items, slate_size, gen, belief.item_dim, belief.hidden_dim
+            ("actor", "critic"), num_items, slate_size, gen, belief.item_dim, belief.hidden_dim, device
         )
-        self.policy = MLP(belief.hidden_dim, config.hidden, 2 * self.action_dim, gen)
-        self.q = TwinQ(belief.hidden_dim, critic_action_dim, config.hidden, gen)
+        self.policy = MLP(belief.hidden_dim, config.hidden, 2 * self.action_dim, gen, device)
+        self.q = TwinQ(belief.hidden_dim, critic_action_dim, config.hidden, gen, device)
         for name, value in zip(("weight1", "bias1", "weight2", "bias2"), self.q.params(), strict=True):
             self.register_buffer(f"q_target_{name}", value.detach().clone())
-        self.temperature = Temperature(config.alpha, -self.action_dim, config.reference_temperature)
+        self.temperature = Temperature(config.alpha, -self.action_dim, config.reference_temperature, device)
         self.q_optimizer = adam(self.q.parameters(), config.q_lr)
         groups = [
             {"params": [*self.policy.parameters(), *self.beliefs.encoders["actor"].parameters()], "lr": config.pi_lr},
@@ -234,10 +237,18 @@ class SACAgent(SACBase):
         decoder: the ranker (its item table / VAE and bounds are frozen and saved with the agent).
         method: the method id ('sac_topk_ideal', 'sac_topk_mf', 'sac_gems').
         num_items: catalogue size N.
+        device: where the agent (and its copy of the decoder) lives.
     """
 
     def __init__(
-        self, decoder: SlateDecoder, num_items: int, slate_size: int, config: SACConfig, seed: int, method: str
+        self,
+        decoder: SlateDecoder,
+        num_items: int,
+        slate_size: int,
+        config: SACConfig,
+        seed: int,
+        method: str,
+        device: torch.device | str = "cpu",
     ) -> None:
         super().__init__(
             num_items,
@@ -248,11 +259,12 @@ class SACAgent(SACBase):
             decoder.action_scale,
             config,
             seed,
+            device,
         )
         self.method = method
         for parameter in decoder.parameters():
             parameter.requires_grad_(False)
-        self.decoder = decoder.eval()
+        self.decoder = decoder.to(self.device).eval()
 
     @property
     def stored_action_dim(self) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from slate_rl.agents.base import EXPLORE, BeliefAgent, Diagnostics
+from slate_rl.agents.base import EXPLORE, BeliefAgent, Diagnostics, draw
 from slate_rl.agents.belief import BeliefEncoders
 from slate_rl.agents.buffer import Trajectories
 from slate_rl.agents.config import SlateQConfig
@@ -41,13 +41,13 @@ class SlateQAgent(BeliefAgent):
     q_target_bias2: torch.Tensor
 
     def __init__(self, env: TopicRec, config: SlateQConfig, seed: int) -> None:
-        super().__init__(env.num_items, env.slate_size, seed)
+        super().__init__(env.num_items, env.slate_size, seed, env.device)  # on the simulator's device
         self.env, self.config = env, config
         belief = config.belief
         self.beliefs = BeliefEncoders(
-            ("critic",), env.num_items, env.slate_size, self.generator, belief.item_dim, belief.hidden_dim
+            ("critic",), env.num_items, env.slate_size, self.generator, belief.item_dim, belief.hidden_dim, self.device
         )
-        self.q = MLP(belief.hidden_dim, config.hidden, env.num_items, self.generator)
+        self.q = MLP(belief.hidden_dim, config.hidden, env.num_items, self.generator, self.device)
         for name, value in self.q.named_parameters():
             self.register_buffer(f"q_target_{name}", value.detach().clone())
         self.optimizer = adam(self.parameters(), config.lr)
@@ -70,8 +70,9 @@ class SlateQAgent(BeliefAgent):
         return env.user.clone() if self.config.reference_relevances else env.effective_user()
 
     def epsilon(self, episode: torch.Tensor | float) -> torch.Tensor:
+        """The exploration rate of training episode(s) `episode`, on the CPU (where the acting draws are made)."""
         c = self.config
-        decay = torch.exp(-torch.as_tensor(episode) / c.epsilon_decay)
+        decay = torch.exp(-torch.as_tensor(episode, device="cpu") / c.epsilon_decay)
         return c.epsilon_end + (c.epsilon_start - c.epsilon_end) * decay
 
     def target_q(self, states: torch.Tensor) -> torch.Tensor:
@@ -88,8 +89,9 @@ class SlateQAgent(BeliefAgent):
         if mode == EXPLORE:
             num = slates.shape[0]
             self._epsilon = float(self.epsilon(float(episode)))
-            explore = torch.rand(num, generator=self.act_generator) < self.epsilon(episode + torch.arange(num).float())
-            random = torch.randint(self.num_items, slates.shape, generator=self.act_generator)
+            rates = self.epsilon(episode + torch.arange(num, device="cpu").float())
+            explore = draw(torch.rand, num, generator=self.act_generator, device=self.device) < rates.to(self.device)
+            random = draw(torch.randint, self.num_items, slates.shape, generator=self.act_generator, device=self.device)
             slates = torch.where(explore.unsqueeze(1), random, slates)
         return slates, None
 

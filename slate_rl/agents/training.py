@@ -141,7 +141,7 @@ class Trainer:
     """Train, validate and test one agent on one simulator.
 
     Args:
-        agent: built by `slate_rl.agents.build_agent`.
+        agent: built by `slate_rl.agents.build_agent`, on the simulator's device (the replay buffer goes there too).
         env: the simulator; its generator drives every user (training, validation, test).
         protocol: the protocol's counts (default: the paper's).
         hooks: callbacks for the stage (metrics, validation, checkpoints, progress).
@@ -152,6 +152,11 @@ class Trainer:
     ) -> None:
         protocol = protocol or Protocol()
         protocol.validate()
+        if agent.device != env.device:
+            raise SlateRLError(
+                f"the agent is on {agent.device} but the simulator on {env.device}; build the agent for this "
+                "simulator (build_agent puts it on the simulator's device)"
+            )
         self.agent, self.env, self.protocol = agent, env, protocol
         self.hooks = hooks or Hooks()
         capacity = protocol.parallel_episodes if agent.on_policy else agent.buffer_capacity
@@ -163,6 +168,7 @@ class Trainer:
                 env.num_items,
                 agent.stored_action_dim,
                 agent.privileged_dim,
+                agent.device,
             )
             if agent.learns
             else None
@@ -297,7 +303,8 @@ class Trainer:
         self.agent.load_training_state_dict(state["agent"])
         if self.buffer is not None:
             self.buffer.load_state_dict(state["buffer"])
-        self._pending = None if state["pending"] is None else Trajectories(**state["pending"])
+        pending = state["pending"]
+        self._pending = None if pending is None else Trajectories(**_to_device(pending, self.agent.device))
         self.env.load_state_dict(state["env"])
         self.episode = int(state["episode"])
         self.best_return, self.best_episode = state["best_return"], state["best_episode"]
@@ -305,3 +312,8 @@ class Trainer:
         self.validations = [(int(e), float(v)) for e, v in state["validations"]]
         self._meter = _Meter()
         self._meter.load_state_dict(state["meter"])
+
+
+def _to_device(fields: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The tensors of `fields` moved to `device` (None kept)."""
+    return {key: None if value is None else value.to(device) for key, value in fields.items()}

@@ -39,7 +39,13 @@ class WkNNAgent(SACBase):
     decoder: KNNDecoder
 
     def __init__(
-        self, item_table: torch.Tensor, num_items: int, slate_size: int, config: WkNNConfig, seed: int
+        self,
+        item_table: torch.Tensor,
+        num_items: int,
+        slate_size: int,
+        config: WkNNConfig,
+        seed: int,
+        device: torch.device | str = "cpu",
     ) -> None:
         """item_table: the (N, D) kNN table (MF); unused with `reference_item_table` (B2), whose table is the critic
         belief's initial one, known once the encoders exist (its box is set then)."""
@@ -48,11 +54,12 @@ class WkNNAgent(SACBase):
         decoder = None
         if config.reference_item_table:
             action_dim = slate_size * config.belief.item_dim
-            center, scale = torch.zeros(action_dim), torch.ones(action_dim)
+            center = torch.zeros(action_dim, device=device)
+            scale = torch.ones(action_dim, device=device)
         else:
-            decoder = KNNDecoder(item_table, slate_size, config.k, config.reference_knn_layout)
+            decoder = KNNDecoder(item_table.to(device), slate_size, config.k, config.reference_knn_layout)
             action_dim, center, scale = decoder.action_dim, decoder.action_center, decoder.action_scale
-        super().__init__(num_items, slate_size, action_dim, action_dim, center, scale, config, seed)
+        super().__init__(num_items, slate_size, action_dim, action_dim, center, scale, config, seed, device)
         if decoder is None:  # B2: a frozen copy of the critic belief's random table, taken before any training
             critic_items = self.beliefs.encoder("critic").items.detach()
             decoder = KNNDecoder(critic_items, slate_size, config.k, config.reference_knn_layout)
@@ -107,7 +114,7 @@ class WkNNAgent(SACBase):
         if self.config.refine_fill == "proto":  # the proto-action's queries in the slots after r: suffix sums
             per_slot = torch.einsum("nrd,rhd->rnh", self.decoder.slot_queries(proto), slot_weights)
             later = per_slot.flip(0).cumsum(0).flip(0)
-        chosen = torch.empty(proto.shape[0], size, dtype=torch.long)
+        chosen = torch.empty(proto.shape[0], size, dtype=torch.long, device=proto.device)
         for start in range(0, proto.shape[0], REFINE_ROWS):
             rows = slice(start, start + REFINE_ROWS)
             for slot in range(size):

@@ -9,16 +9,16 @@ from slate_rl.envs.params import EnvParams
 
 def propensity_matrix(params: EnvParams) -> torch.Tensor:
     """Gamma, shape (R, R + 1): examination propensity of rank r given the rank j of the latest click (j = R: none
-    yet)."""
+    yet), on the CPU."""
     size = params.slate_size
-    ranks = torch.arange(size, dtype=torch.float64)
+    ranks = torch.arange(size, dtype=torch.float64, device="cpu")
     if params.click_model == "tdPBM":
         row = 0.85**ranks
     elif params.click_model == "mixPBM":
         row = 0.5 * 0.85**ranks + 0.5 * 0.85 ** (size - 1 - ranks)
     else:
         assert params.env_propensities is not None  # EnvParams requires them for the 'custom' model
-        gamma = torch.tensor(list(params.env_propensities), dtype=torch.float64).reshape(size, size + 1)
+        gamma = torch.tensor(list(params.env_propensities), dtype=torch.float64, device="cpu").reshape(size, size + 1)
         return _threshold(gamma, params.prop_threshold).to(torch.float32)
     gamma = row.unsqueeze(1).expand(size, size + 1).clone()
     return _threshold(gamma, params.prop_threshold).to(torch.float32)

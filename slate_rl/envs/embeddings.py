@@ -17,15 +17,15 @@ EmbeddingSource = str | Path | torch.Tensor | np.ndarray
 def generate_item_embeddings(
     seed: int, num_items: int = 1000, num_topics: int = 10, topic_size: int = 2, exponent: float = 1.0
 ) -> torch.Tensor:
-    """Draw a (num_items, num_topics * topic_size) table with the benchmark's generator law.
+    """Draw a (num_items, num_topics * topic_size) table on the CPU with the benchmark's generator law.
 
     Topic mixture C = U / sum(U); block values |clip(0.4 Z, -1, 1)| * C; coordinates raised to `exponent`
     (1.0 matches the paper's stored files, 1.5 is what the reference code line says); rows L2-normalised.
     """
-    generator = torch.Generator().manual_seed(int(seed))
-    mixture = torch.rand(num_items, num_topics, generator=generator, dtype=torch.float64)
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    mixture = torch.rand(num_items, num_topics, generator=generator, dtype=torch.float64, device="cpu")
     mixture = mixture / mixture.sum(dim=1, keepdim=True)
-    normal = torch.randn(num_items, num_topics, topic_size, generator=generator, dtype=torch.float64)
+    normal = torch.randn(num_items, num_topics, topic_size, generator=generator, dtype=torch.float64, device="cpu")
     blocks = (0.4 * normal).clamp(-1.0, 1.0).abs() * mixture.unsqueeze(-1)
     flat = blocks.reshape(num_items, num_topics * topic_size).pow(exponent)
     return (flat / flat.norm(dim=1, keepdim=True)).to(torch.float32).contiguous()

@@ -63,4 +63,4 @@ class UserStream:
         return self.generator.get_state()
 
     def set_state(self, state: torch.Tensor) -> None:
-        self.generator.set_state(state)
+        self.generator.set_state(state.cpu())  # a checkpoint may have been loaded onto another device

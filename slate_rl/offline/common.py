@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slate_rl.agents.base import BeliefAgent, Diagnostics
+from slate_rl.agents.base import BeliefAgent, Diagnostics, draw
 from slate_rl.agents.belief import BeliefEncoders
 from slate_rl.agents.config import BeliefConfig
 from slate_rl.agents.nets import MLP, adam
@@ -94,10 +94,17 @@ class OfflineBatch:
 class TwinCritic(nn.Module):
     """Two critics Q_k(state, action) (one hidden layer each); `forward` returns (..., 2)."""
 
-    def __init__(self, state_dim: int, action_dim: int, hidden: int, generator: torch.Generator) -> None:
+    def __init__(
+        self,
+        state_dim: int,
+        action_dim: int,
+        hidden: int,
+        generator: torch.Generator,
+        device: torch.device | str = "cpu",
+    ) -> None:
         super().__init__()
-        self.q1 = MLP(state_dim + action_dim, hidden, 1, generator)
-        self.q2 = MLP(state_dim + action_dim, hidden, 1, generator)
+        self.q1 = MLP(state_dim + action_dim, hidden, 1, generator, device)
+        self.q2 = MLP(state_dim + action_dim, hidden, 1, generator, device)
 
     def forward(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         inputs = torch.cat([states, actions], -1).flatten(0, -2)
@@ -146,6 +153,7 @@ class OfflineAgent(BeliefAgent):
     Args:
         decoder: the ranker (GeMS or TopK), frozen and saved with the agent.
         method: the algorithm's id ('bc', 'td3_bc', ...).
+        device: where the agent (and its copy of the decoder) lives.
     """
 
     streams: tuple[str, ...] = ("actor",)
@@ -154,20 +162,27 @@ class OfflineAgent(BeliefAgent):
     action_scale: torch.Tensor
 
     def __init__(
-        self, decoder: SlateDecoder, num_items: int, slate_size: int, config: OfflineConfig, seed: int, method: str
+        self,
+        decoder: SlateDecoder,
+        num_items: int,
+        slate_size: int,
+        config: OfflineConfig,
+        seed: int,
+        method: str,
+        device: torch.device | str = "cpu",
     ) -> None:
-        super().__init__(num_items, slate_size, seed)
+        super().__init__(num_items, slate_size, seed, device)
         config.validate()
         self.config, self.method = config, method
         self.action_dim = decoder.action_dim
-        self.register_buffer("action_center", decoder.action_center.detach().float().clone())
-        self.register_buffer("action_scale", decoder.action_scale.detach().float().clone())
-        self.decoder = decoder.eval().requires_grad_(False)
+        self.register_buffer("action_center", decoder.action_center.detach().to(self.device, torch.float32, copy=True))
+        self.register_buffer("action_scale", decoder.action_scale.detach().to(self.device, torch.float32, copy=True))
+        self.decoder = decoder.to(self.device).eval().requires_grad_(False)
         belief = config.belief
         self.beliefs = BeliefEncoders(
-            self.streams, num_items, slate_size, self.generator, belief.item_dim, belief.hidden_dim
+            self.streams, num_items, slate_size, self.generator, belief.item_dim, belief.hidden_dim, self.device
         )
-        self.actor = MLP(belief.hidden_dim, config.hidden, self.action_dim, self.generator)
+        self.actor = MLP(belief.hidden_dim, config.hidden, self.action_dim, self.generator, self.device)
         self.actor_optimizer = adam([*self.actor.parameters(), *self.stream_parameters("actor")], config.lr)
         self.updates = 0
 
@@ -227,7 +242,7 @@ class OfflineAgent(BeliefAgent):
             critic = states["critic"][:, :-1]
             q_data = self.q_values(critic, batch.actions)
             q_policy = self.q_values(critic, policy)
-            uniform = torch.rand(batch.actions.shape, generator=generator) * 2 - 1
+            uniform = draw(torch.rand, batch.actions.shape, generator=generator, device=self.device) * 2 - 1
             q_random = self.q_values(critic, uniform)
             if q_data is not None and q_policy is not None and q_random is not None:
                 out.update(
@@ -271,6 +286,7 @@ def builder(agent_class: type[OfflineAgent], method: str) -> Callable[..., Offli
     TopK over the environment's item table."""
 
     def build(env: TopicRec, seed: int, config: OfflineConfig, inputs: Mapping[Need, Any]) -> OfflineAgent:
-        return agent_class(ranker_decoder(env, inputs), env.num_items, env.slate_size, config, seed, method)
+        decoder = ranker_decoder(env, inputs)
+        return agent_class(decoder, env.num_items, env.slate_size, config, seed, method, env.device)
 
     return build

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from slate_rl.agents.base import Diagnostics
+from slate_rl.agents.base import Diagnostics, draw
 from slate_rl.agents.nets import adam
 from slate_rl.errors import SlateRLError
 from slate_rl.offline.common import (
@@ -63,7 +63,7 @@ class CQLAgent(OfflineAgent):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         cfg = self.config
-        self.critic = TwinCritic(cfg.belief.hidden_dim, self.action_dim, cfg.hidden, self.generator)
+        self.critic = TwinCritic(cfg.belief.hidden_dim, self.action_dim, cfg.hidden, self.generator, self.device)
         self.critic_target = target_copy(self.critic)
         self.critic_optimizer = adam([*self.critic.parameters(), *self.stream_parameters("critic")], cfg.lr)
 
@@ -82,7 +82,8 @@ class CQLAgent(OfflineAgent):
             next_q = self.critic_target(states["critic"][:, 1:], next_actions).min(-1).values
             target = td_target(batch.rewards, batch.not_done, next_q, cfg.gamma)
             policy_now = self.policy(states["actor"][:, :-1])
-            uniform = torch.rand(cfg.n_actions, *batch.actions.shape, generator=self.generator) * 2 - 1
+            shape = (cfg.n_actions, *batch.actions.shape)
+            uniform = draw(torch.rand, shape, generator=self.generator, device=self.device) * 2 - 1
             sampled = torch.cat([uniform, policy_now.unsqueeze(0)])
         q = self.critic(critic_states, batch.actions)
         td_loss = (q - target.unsqueeze(-1)).pow(2).mean(dim=(0, 1)).sum()

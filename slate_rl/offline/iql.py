@@ -70,9 +70,9 @@ class IQLAgent(OfflineAgent):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         cfg = self.config
-        self.critic = TwinCritic(cfg.belief.hidden_dim, self.action_dim, cfg.hidden, self.generator)
+        self.critic = TwinCritic(cfg.belief.hidden_dim, self.action_dim, cfg.hidden, self.generator, self.device)
         self.critic_target = target_copy(self.critic)
-        self.value = MLP(cfg.belief.hidden_dim, cfg.hidden, 1, self.generator)
+        self.value = MLP(cfg.belief.hidden_dim, cfg.hidden, 1, self.generator, self.device)
         self.critic_optimizer = adam(
             [*self.critic.parameters(), *self.value.parameters(), *self.stream_parameters("critic")], cfg.lr
         )

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from slate_rl.agents.base import Diagnostics
+from slate_rl.agents.base import Diagnostics, draw
 from slate_rl.agents.nets import adam
 from slate_rl.errors import SlateRLError
 from slate_rl.offline.bc import bc_loss
@@ -70,11 +70,13 @@ class TD3BCAgent(OfflineAgent):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         cfg = self.config
-        self.critic = TwinCritic(cfg.belief.hidden_dim, self.action_dim, cfg.hidden, self.generator)
+        self.critic = TwinCritic(cfg.belief.hidden_dim, self.action_dim, cfg.hidden, self.generator, self.device)
         self.critic_target = target_copy(self.critic)
         self.actor_target = target_copy(self.actor)
         self.critic_optimizer = adam([*self.critic.parameters(), *self.stream_parameters("critic")], cfg.lr)
-        self.last_actor = {"rl_term": torch.zeros(()), "bc_term": torch.zeros(()), "actor_grad_norm": torch.zeros(())}
+        self.last_actor = {
+            name: torch.zeros((), device=self.device) for name in ("rl_term", "bc_term", "actor_grad_norm")
+        }
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {**super().optimizers(), "critic_optimizer": self.critic_optimizer}
@@ -95,7 +97,9 @@ class TD3BCAgent(OfflineAgent):
         critic_states = states["critic"][:, :-1]
         with torch.no_grad():
             next_actor, next_critic = states["actor"][:, 1:], states["critic"][:, 1:]
-            noise = torch.randn(batch.actions.shape, generator=self.generator) * cfg.policy_noise
+            noise = (
+                draw(torch.randn, batch.actions.shape, generator=self.generator, device=self.device) * cfg.policy_noise
+            )
             next_actions = (
                 torch.tanh(self.actor_target(next_actor.flatten(0, 1))).view_as(noise)
                 + noise.clamp(-cfg.noise_clip, cfg.noise_clip)

@@ -49,12 +49,20 @@ class Schedule:
 
 class OfflineData:
     """A dataset on tensors: slates / clicks of o_0..o_T (E, T+1, R) in their compact dtypes, normalised labels
-    (E, T, A), and the reward scale; batches are whole episodes."""
+    (E, T, A), and the reward scale; batches are whole episodes, on `device` (the agent's)."""
 
-    def __init__(self, slates: np.ndarray, clicks: np.ndarray, labels: torch.Tensor, reward_scale: float = 1.0) -> None:
-        self.slates = torch.from_numpy(np.ascontiguousarray(slates))
-        self.clicks = torch.from_numpy(np.ascontiguousarray(clicks))
-        self.labels = labels.float().contiguous()
+    def __init__(
+        self,
+        slates: np.ndarray,
+        clicks: np.ndarray,
+        labels: torch.Tensor,
+        reward_scale: float = 1.0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        self.slates = torch.from_numpy(np.ascontiguousarray(slates)).to(self.device)
+        self.clicks = torch.from_numpy(np.ascontiguousarray(clicks)).to(self.device)
+        self.labels = labels.to(self.device, torch.float32).contiguous()
         self.reward_scale = float(reward_scale)
         if self.labels.shape[:2] != (self.slates.shape[0], self.slates.shape[1] - 1):
             raise SlateRLError(
@@ -72,8 +80,10 @@ class OfflineData:
         )
 
     def sample(self, size: int, generator: torch.Generator) -> OfflineBatch:
-        """`size` distinct episodes drawn uniformly (all of them, shuffled, when the dataset has fewer)."""
-        return self.batch(torch.randperm(self.num_episodes, generator=generator)[:size])
+        """`size` distinct episodes drawn uniformly (all of them, shuffled, when the dataset has fewer); drawn on
+        the generator's device, gathered on the data's."""
+        order = torch.randperm(self.num_episodes, generator=generator, device=generator.device)
+        return self.batch(order[:size].to(self.device))
 
 
 @dataclass
@@ -85,7 +95,7 @@ class _Means:
 
     def add(self, values: Diagnostics) -> None:
         for name, value in values.items():
-            self.sums[name] = self.sums.get(name, torch.zeros(())) + value.detach().float()
+            self.sums[name] = self.sums.get(name, torch.zeros((), device=value.device)) + value.detach().float()
         self.count += 1
 
     def emit(self) -> dict[str, float]:
@@ -125,7 +135,7 @@ class OfflineTrainer:
         self.val_env, self.test_env = val_env, test_env
         self.on_evaluation, self.on_checkpoint = on_evaluation, on_checkpoint
         size = min(agent.config.batch_episodes, data.num_episodes)
-        self.probe = data.batch(torch.arange(size))  # the fixed batch of the diagnostics
+        self.probe = data.batch(torch.arange(size, device=data.device))  # the fixed batch of the diagnostics
         self.cloud = self.probe.actions.reshape(-1, agent.action_dim)
         self.bound = agent.config.return_bound(agent.slate_size)
         self.step = 0
@@ -155,7 +165,7 @@ class OfflineTrainer:
 
     def evaluate(self) -> Evaluation:
         returns = evaluate_policy(self.val_env, self.agent, self.schedule.val_episodes, reseed=True)
-        generator = torch.Generator().manual_seed(self.agent.seed + self.step)
+        generator = torch.Generator(device="cpu").manual_seed(self.agent.seed + self.step)
         diagnostics = self.agent.diagnose(self.probe, self.cloud, generator)
         metrics = {**self._means.emit(), **{f"diag/{k}": v for k, v in diagnostics.items()}}
         mean = float(returns.mean())
@@ -192,8 +202,9 @@ class OfflineTrainer:
         if weights is not None:
             self.agent.load_state_dict(weights)
         env, count = self.test_env, self.schedule.test_episodes
-        slates = torch.empty(count, env.episode_length + 1, env.slate_size, dtype=torch.long)
-        clicks = torch.zeros(count, env.episode_length + 1, env.slate_size, dtype=torch.uint8)
+        shape = (count, env.episode_length + 1, env.slate_size)
+        slates = torch.empty(shape, dtype=torch.long, device=env.device)
+        clicks = torch.zeros(shape, dtype=torch.uint8, device=env.device)
         slates[:, 0] = env.initial_slate
 
         def record(t: int, obs: dict, info: dict, action: torch.Tensor | None) -> None:

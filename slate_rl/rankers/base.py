@@ -33,6 +33,8 @@ class SlateDecoder(nn.Module):
         return self.action_center + self.action_scale * torch.tanh(raw)
 
     def random_actions(self, num: int, generator: torch.Generator) -> torch.Tensor:
-        """Warm-up actions as in the reference: uniform over the central half of the box (centre +- scale / 2)."""
-        uniform = torch.rand(num, self.action_dim, generator=generator, device=self.action_center.device)
+        """Warm-up actions as in the reference: uniform over the central half of the box (centre +- scale / 2),
+        drawn on the generator's device and moved to the decoder's."""
+        uniform = torch.rand(num, self.action_dim, generator=generator, device=generator.device)
+        uniform = uniform.to(self.action_center.device)
         return self.action_center + self.action_scale * (uniform - 0.5)

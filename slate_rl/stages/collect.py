@@ -19,6 +19,7 @@ from slate_rl.data.mixing import mix
 from slate_rl.data.offline import OfflineEpisodes
 from slate_rl.data.quality_report import write_quality_report
 from slate_rl.data.recorder import EpisodeRecorder
+from slate_rl.devices import DEVICE_TAG, resolve_device
 from slate_rl.envs.evaluate import evaluate
 from slate_rl.envs.policies import RandomPolicy
 from slate_rl.envs.randomness import UserStream
@@ -48,18 +49,20 @@ class Source:
     version: Any
 
 
-def run(cfg: CollectConfig, experiment_name: str | None = None) -> str:
-    """Collect the dataset inside an MLflow run; returns the run id."""
+def run(cfg: CollectConfig, experiment_name: str | None = None, device: str = "cpu") -> str:
+    """Collect the dataset inside an MLflow run; returns the run id. The policies and their simulators run on
+    `device` ('cpu', 'cuda' or 'cuda:K'; tag `device`)."""
     label = cfg.name or ("policy" if cfg.policy else cfg.source())
+    on = resolve_device(device)
     with stage_run(
         STAGE,
         run_name=f"{STAGE}/{cfg.env}/{label}",
         experiment_name=experiment_name,
-        tags={"env": cfg.env, "preset": cfg.preset, "seed": cfg.seed, "quality": label},
+        tags={"env": cfg.env, "preset": cfg.preset, "seed": cfg.seed, "quality": label, DEVICE_TAG: str(on)},
     ) as mlrun:
         mlrun.log_params(cfg.as_params())
         environment.log_spec(mlrun, environment.spec_of(cfg))
-        sources = resolve_sources(cfg, mlrun)
+        sources = resolve_sources(cfg, mlrun, on)
         mlrun.set_tags({f"source.{s.name}": f"models:/{s.version.name}/{s.version.version}" for s in sources})
         started = time.perf_counter()
         parts = [(collect_source(s, cfg, index), s.part.episodes) for index, s in enumerate(sources)]
@@ -85,9 +88,11 @@ def run(cfg: CollectConfig, experiment_name: str | None = None) -> str:
         return mlrun.run_id
 
 
-def resolve_sources(cfg: CollectConfig, mlrun: StageRun) -> list[Source]:
+def resolve_sources(cfg: CollectConfig, mlrun: StageRun, device: torch.device | None = None) -> list[Source]:
     """Each part's registered version, checked to exist, to belong to `cfg.env` and to have been trained on the
-    simulator the config describes (else, with `allow_env_mismatch`, played on that simulator and tagged)."""
+    simulator the config describes (else, with `allow_env_mismatch`, played on that simulator and tagged); the
+    policies and simulators on `device` (default: the CPU)."""
+    device = device or torch.device("cpu")
     sources, names = [], set()
     requested = environment.spec_of(cfg)
     for part in cfg.parts():
@@ -96,7 +101,7 @@ def resolve_sources(cfg: CollectConfig, mlrun: StageRun) -> list[Source]:
             env, reference = models.parse_model_uri(reference)
             if env != cfg.env:
                 raise SlateRLError(f"{part.policy} is a policy of {env!r}, but env = {cfg.env!r}")
-        agent, simulator, version = load_policy(env, reference)
+        agent, simulator, version = load_policy(env, reference, device=device)
         if part.epsilon_noise > 0 and not hasattr(agent, "decoder"):
             raise SlateRLError(
                 f"epsilon_noise needs a policy acting in a latent space (SAC+GeMS / SAC+TopK); "
@@ -116,7 +121,7 @@ def resolve_sources(cfg: CollectConfig, mlrun: StageRun) -> list[Source]:
                 cfg.allow_env_mismatch,
                 mlrun,
             )
-            agent, simulator, _ = load_policy(env, str(version.version), environment.make_env(cfg))
+            agent, simulator, _ = load_policy(env, str(version.version), environment.make_env(cfg, device=device))
         sources.append(Source(part, name, agent, simulator, version))
     return sources
 
@@ -125,7 +130,7 @@ def collect_source(source: Source, cfg: CollectConfig, index: int) -> OfflineEpi
     """Play the source's policy (deterministic actions, optional latent noise) for its episodes, in blocks."""
     env, agent, part = source.env, source.agent, source.part
     env.stream = UserStream(int(cfg.seed) + 7919 * index, env.device)  # fresh users, distinct per part
-    noise = torch.Generator().manual_seed(int(cfg.seed) + 104729 * index)
+    noise = torch.Generator(device="cpu").manual_seed(int(cfg.seed) + 104729 * index)
     action_dim = agent.stored_action_dim or None
     recorder = EpisodeRecorder.for_env(
         env, part.episodes, source.name, action_dim=action_dim, oracle=cfg.oracle, relevances=cfg.relevances
@@ -174,15 +179,14 @@ def _add_noise(
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """With `probability` per user and step, Gaussian noise (std = scale x half-range) on the latent action,
-    clamped to the action box, and the slate decoded again."""
+    clamped to the action box, and the slate decoded again. The draws are made on the CPU (the generator's)."""
     decoder = agent.decoder
-    noisy = (torch.rand(action.shape[0], generator=generator) < probability).nonzero().flatten()
+    noisy = (torch.rand(action.shape[0], generator=generator, device="cpu") < probability).nonzero().flatten()
     if noisy.numel() == 0:
         return slates, action
-    action, slates = action.clone(), slates.clone()
-    moved = action[noisy] + scale * decoder.action_scale * torch.randn(
-        noisy.numel(), action.shape[1], generator=generator
-    )
+    action, slates, noisy = action.clone(), slates.clone(), noisy.to(action.device)
+    step = torch.randn(noisy.numel(), action.shape[1], generator=generator, device="cpu").to(action.device)
+    moved = action[noisy] + scale * decoder.action_scale * step
     action[noisy] = torch.maximum(
         torch.minimum(moved, decoder.action_center + decoder.action_scale), decoder.action_center - decoder.action_scale
     )

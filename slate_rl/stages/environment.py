@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 import yaml
 from mlflow.entities import Run
 
@@ -21,9 +22,11 @@ MISMATCH_TAG = "env_mismatch"  # env_mismatch.<upstream>: the differences a user
 log = logging.getLogger("slate_rl")
 
 
-def make_env(cfg: Any, sim_seed: int = DEFAULT_SIM_SEED) -> envs.TopicRec:
-    """The simulator `cfg.env`, `cfg.env_params` and `cfg.item_embeddings` describe."""
-    return envs.make(cfg.env, item_embeddings=cfg.item_embeddings or None, sim_seed=int(sim_seed), **cfg.env_params)
+def make_env(cfg: Any, sim_seed: int = DEFAULT_SIM_SEED, device: str | torch.device = "cpu") -> envs.TopicRec:
+    """The simulator `cfg.env`, `cfg.env_params` and `cfg.item_embeddings` describe, on `device`."""
+    return envs.make(
+        cfg.env, item_embeddings=cfg.item_embeddings or None, sim_seed=int(sim_seed), device=device, **cfg.env_params
+    )
 
 
 def spec_of(cfg: Any) -> EnvSpec:

@@ -122,6 +122,9 @@ class PipelineConfig:
             raise SlateRLError(f"unknown preset {cfg.preset!r}; choose one of: {', '.join(config.PRESETS)}")
         if int(cfg.workers) < 1:
             raise SlateRLError(f"workers must be >= 1 (got {cfg.workers})")
+        bad = [gpu for gpu in cfg.devices if not gpu.isdigit()]
+        if bad:
+            raise SlateRLError(f"--devices lists GPU numbers, e.g. 0,1,2,3 (got {', '.join(bad)})")
         _check_backend(cfg)
         _check_overrides(cfg.overrides, cfg.methods)
         if cfg.select_policies:

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 JOB_TAG = "pipeline_job"
 SIGNAL_TAG = "exit_signal"  # set on a job's runs when its process died by a signal (so the run can be resumed)
 JOB_ENV = "SLATE_RL_JOB"  # the job's name, in its process's environment (the stage tags its runs with it)
+# The stages that take --device: their jobs run on a GPU when the pipeline has some (the others stay on the CPU).
+GPU_STAGES = ("train_online", "pretrain_gems", "train_mf", "collect", "train_offline")
 LOG_TAIL_LINES = 15
 log = logging.getLogger("slate_rl")
 
@@ -61,10 +63,19 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def job_command(job: Job, parent_run_id: str) -> list[str]:
-    """The job's process: a resumed run keeps its parent, a new one becomes a child of the pipeline's run."""
+def job_command(job: Job, parent_run_id: str, device: str | None = None) -> list[str]:
+    """The job's process: a resumed run keeps its parent, a new one becomes a child of the pipeline's run; with
+    `device` (e.g. 'cuda:1'), a job of a stage that takes --device runs there."""
     command = [sys.executable, "-m", "slate_rl.cli", *job.command()]
+    if device is not None and job.stage in GPU_STAGES:
+        command += ["--device", device]
     return command if job.state == "resume" else [*command, "--parent-run", parent_run_id]
+
+
+def pick_gpu(devices: list[str], busy: list[str]) -> str:
+    """The GPU (of `devices`, numbers as given to --devices) running the fewest of the `busy` jobs' GPUs; ties go
+    to the first listed. Jobs thus spread round-robin and stay spread as they finish at different times."""
+    return min(devices, key=lambda gpu: (busy.count(gpu), devices.index(gpu)))
 
 
 def job_env(job: Job, threads: int, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -99,7 +110,8 @@ def record_death(job: Job, pid: int, returncode: int) -> None:
 
 
 class LocalBackend:
-    """A pool of `cfg.workers` job processes on this machine, spread over `cfg.devices` when given."""
+    """A pool of `cfg.workers` job processes on this machine; with `cfg.devices`, every job of a stage that takes
+    --device (`GPU_STAGES`) gets `--device cuda:K`, K the listed GPU with the fewest running jobs."""
 
     def __init__(self, cfg: PipelineConfig) -> None:
         self.cfg = cfg
@@ -107,6 +119,7 @@ class LocalBackend:
         self._threads = max(1, (os.cpu_count() or 1) // cfg.workers)
         self._logs = tempfile.TemporaryDirectory(prefix="slate-rl-pipeline-")
         self._running: dict[int, tuple[Job, subprocess.Popen, Path, float]] = {}
+        self._gpus: dict[int, str] = {}  # the GPU of each running job that has one, by slot
 
     def free(self) -> bool:
         return len(self._running) < self.cfg.workers
@@ -114,12 +127,14 @@ class LocalBackend:
     def submit(self, job: Job, parent_run_id: str) -> None:
         slot = next(slot for slot in range(self.cfg.workers) if slot not in self._running)
         env = job_env(job, self._threads)
-        if self.cfg.devices:
-            env["CUDA_VISIBLE_DEVICES"] = self.cfg.devices[slot % len(self.cfg.devices)]
+        device = None
+        if self.cfg.devices and job.stage in GPU_STAGES:
+            gpu = pick_gpu(self.cfg.devices, list(self._gpus.values()))
+            self._gpus[slot], device = gpu, f"cuda:{gpu}"
         log_file = Path(self._logs.name) / (job.name.replace("/", "_").replace(" ", "") + ".log")
         with open(log_file, "w") as handle:
             process = subprocess.Popen(
-                job_command(job, parent_run_id), stdout=handle, stderr=subprocess.STDOUT, env=env
+                job_command(job, parent_run_id, device), stdout=handle, stderr=subprocess.STDOUT, env=env
             )
         resuming = f" (resuming run {job.run_id})" if job.state == "resume" else ""
         log.info("pipeline: started %s%s", job.name, resuming)
@@ -132,6 +147,7 @@ class LocalBackend:
             if process.poll() is None:
                 continue
             del self._running[slot]
+            self._gpus.pop(slot, None)
             seconds = time.monotonic() - started
             if process.returncode == 0:
                 outcomes.append(Outcome(job, seconds))

@@ -154,7 +154,7 @@ class RayBackend:
     def submit(self, job: pipeline.Job, parent_run_id: str) -> None:
         threads = max(1, math.ceil(self.cfg.cpus_per_job))
         ref = self.remote.options(name=job.name, **self.resources).remote(
-            job, parent_run_id, self.env, os.getcwd(), threads
+            job, parent_run_id, self.env, os.getcwd(), threads, "cuda" if self.cfg.gpus_per_job > 0 else None
         )
         self.running[ref] = job
         resuming = f" (resuming run {job.run_id})" if job.state == "resume" else ""
@@ -178,8 +178,11 @@ class RayBackend:
         self.ray.shutdown()
 
 
-def run_task(job: pipeline.Job, parent_run_id: str, env: dict[str, str], cwd: str, threads: int) -> Outcome:
-    """A Ray task: the job's process on this node, once no live process runs the job (see the module's doc)."""
+def run_task(
+    job: pipeline.Job, parent_run_id: str, env: dict[str, str], cwd: str, threads: int, device: str | None = None
+) -> Outcome:
+    """A Ray task: the job's process on this node, once no live process runs the job (see the module's doc); jobs
+    that take --device run on `device` ('cuda': the GPU Ray gave the task)."""
     os.environ.update(env)  # this worker serves this pipeline only: its store and settings
     started = time.monotonic()
     current = _take_over(job)
@@ -196,7 +199,7 @@ def run_task(job: pipeline.Job, parent_run_id: str, env: dict[str, str], cwd: st
         log_file = Path(logs) / "job.log"
         with open(log_file, "w") as handle:
             process = subprocess.Popen(
-                job_command(current, parent_run_id),
+                job_command(current, parent_run_id, device),
                 cwd=cwd if Path(cwd).is_dir() else logs,
                 stdout=handle,
                 stderr=subprocess.STDOUT,

@@ -4,12 +4,16 @@ into the same run after a kill, from its last finished epoch."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from slate_rl import atomic
+from slate_rl.devices import DEVICE_TAG, resolve_device
 from slate_rl.errors import SlateRLError
 from slate_rl.rankers.bounds import gems_action_bounds
 from slate_rl.rankers.decoders import GeMSDecoder
@@ -39,13 +43,16 @@ def run(
     parent: StageRun | None = None,
     experiment_name: str | None = None,
     resume_run: str | None = None,
+    device: str = "cpu",
 ) -> str:
     """Pretrain GeMS inside an MLflow run; returns the run id. Its artifact `gems/gems.pt` holds the VAE, the
-    decoder and the action bounds (`load_decoder`).
+    decoder and the action bounds (`load_decoder`), on the CPU.
 
     resume_run: continue that (killed or failed) run from its last finished epoch instead of starting anew; `cfg`
     must be its configuration, `resumable(resume_run)`.
+    device: where Lightning trains ('cpu', 'cuda' or 'cuda:K'; tag `device`).
     """
+    on = resolve_device(device)
     from slate_rl.rankers.data import SlateDataModule  # Lightning loads only to train (seconds of start-up)
     from slate_rl.rankers.gems import GeMS
 
@@ -58,6 +65,7 @@ def run(
                 f"pretrain_gems.resumable({resume_run!r})"
             )
     with dataset_stage_run(STAGE, cfg, parent, experiment_name, resume_run) as (mlrun, dataset_run, data):
+        mlrun.set_tags({DEVICE_TAG: str(on)})
         config = saved_config(cfg, dataset_run)
         slates, clicks = data.tensors()
         vae = GeMS(
@@ -73,7 +81,7 @@ def run(
         )
         datamodule = SlateDataModule(slates, clicks, batch_size=cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed)
         with tempfile.TemporaryDirectory(prefix="slate-rl-gems-") as tmp:
-            best = fit(vae, datamodule, cfg.epochs, mlrun, Path(tmp), config, state)
+            best = fit(vae, datamodule, cfg.epochs, mlrun, Path(tmp), config, state, on)
             bounds = gems_action_bounds(best, slates, clicks, num_sessions=cfg.bound_sessions)
             decoder = GeMSDecoder.from_vae(best, bounds)
             payload = {
@@ -107,9 +115,11 @@ def fit(
     folder: Path,
     config: dict[str, Any],
     state: dict[str, Any] | None = None,
+    device: torch.device | None = None,
 ) -> GeMS:
-    """Train with Lightning (metrics per epoch into the run, the resume state after every epoch) and return the
-    best-validation model; with `state` (a resume state), continue from where it was taken."""
+    """Train with Lightning on `device` (default: the CPU; metrics per epoch into the run, the resume state after
+    every epoch) and return the best-validation model, on the CPU; with `state` (a resume state), continue from
+    where it was taken."""
     import pytorch_lightning as pl
 
     from slate_rl.rankers.gems import GeMS
@@ -127,8 +137,7 @@ def fit(
     trainer = pl.Trainer(
         max_epochs=int(epochs),
         logger=run_logger(mlrun, resumed=state is not None),
-        accelerator="auto",
-        devices=1,
+        **lightning_device(device),
         num_sanity_val_steps=0,
         log_every_n_steps=50,
         callbacks=[best, saver, *options.pop("callbacks")],
@@ -146,6 +155,16 @@ def fit(
     model = GeMS(**checkpoint["hyper_parameters"])
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
+
+
+def lightning_device(device: torch.device | None) -> dict[str, Any]:
+    """Lightning's `accelerator` and `devices` for a torch device (CPU when None)."""
+    if device is None or device.type == "cpu":
+        return {"accelerator": "cpu", "devices": 1}
+    return {
+        "accelerator": "gpu",
+        "devices": [device.index if device.index is not None else torch.cuda.current_device()],
+    }
 
 
 def saved_config(cfg: PretrainGemsConfig, dataset_run: str) -> dict[str, Any]:
@@ -198,6 +217,7 @@ def load_decoder(run_ref: str, expected_latent_dim: int | None = None) -> GeMSDe
     return GeMSDecoder.from_payload(payload["decoder"])
 
 
-def find_or_pretrain(cfg: PretrainGemsConfig, dataset_run: str, parent: StageRun | None) -> str:
-    """Run id of a FINISHED GeMS run for this dataset and configuration; pretrains one as a child run if none."""
-    return on_dataset.find_or_train(STAGE, cfg, dataset_run, parent, run)
+def find_or_pretrain(cfg: PretrainGemsConfig, dataset_run: str, parent: StageRun | None, device: str = "cpu") -> str:
+    """Run id of a FINISHED GeMS run for this dataset and configuration; pretrains one (on `device`) as a child run
+    if none."""
+    return on_dataset.find_or_train(STAGE, cfg, dataset_run, parent, functools.partial(run, device=device))

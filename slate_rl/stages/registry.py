@@ -8,6 +8,7 @@ import logging
 import re
 from dataclasses import dataclass
 
+import torch
 from mlflow.tracking import MlflowClient
 
 from slate_rl.agents.export import agent_from_payload, check_payload, policy_payload
@@ -137,16 +138,16 @@ def register_random(env: str, seed: int, preset: str = "paper", experiment_name:
         return str(version.version)
 
 
-def load_policy(env: str, reference: str, simulator: TopicRec | None = None):
+def load_policy(env: str, reference: str, simulator: TopicRec | None = None, device: str | torch.device = "cpu"):
     """(agent, simulator, version) for a version number or alias of `env`'s registered model; the agent acts in
-    `simulator` when one is given, else in the simulator it was trained on."""
+    `simulator` when one is given (on its device), else in the simulator it was trained on, built on `device`."""
     version = models.get_version(env, reference)
     payload = check_payload(models.load_version_payload(version))
     if payload["env"] != env:
         raise SlateRLError(
             f"version {version.version} of {version.name} was trained on {payload['env']!r}, not {env!r}"
         )
-    agent, simulator = agent_from_payload(payload, simulator)
+    agent, simulator = agent_from_payload(payload, simulator, device)
     return agent, simulator, version
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import torch
 
 from slate_rl import atomic
+from slate_rl.devices import DEVICE_TAG, resolve_device
 from slate_rl.errors import SlateRLError
 from slate_rl.rankers.mf import popularity_correlation, train_mf
 from slate_rl.safe_load import torch_load
@@ -25,10 +27,15 @@ SPEC_FILE = "env_spec.json"  # the environment spec of the dataset's simulator (
 log = logging.getLogger("slate_rl")
 
 
-def run(cfg: TrainMFConfig, parent: StageRun | None = None, experiment_name: str | None = None) -> str:
-    """Train MF inside an MLflow run; returns the run id. Artifacts: `mf/item_embeddings.pt` (num_items x dim) and
-    `mf/env_spec.json` (the simulator it learned from)."""
+def run(
+    cfg: TrainMFConfig, parent: StageRun | None = None, experiment_name: str | None = None, device: str = "cpu"
+) -> str:
+    """Train MF on `device` ('cpu', 'cuda' or 'cuda:K'; tag `device`) inside an MLflow run; returns the run id.
+    Artifacts: `mf/item_embeddings.pt` (num_items x dim, on the CPU) and `mf/env_spec.json` (the simulator it
+    learned from)."""
+    on = resolve_device(device)
     with dataset_stage_run(STAGE, cfg, parent, experiment_name) as (mlrun, _dataset_run, data):
+        mlrun.set_tags({DEVICE_TAG: str(on)})
         slates, clicks = data.tensors()
         log.info("%s: BPR on %d sessions (early stopping, patience %d)", STAGE, data.n_sessions, cfg.patience)
         result = train_mf(
@@ -43,6 +50,7 @@ def run(cfg: TrainMFConfig, parent: StageRun | None = None, experiment_name: str
             max_steps=cfg.max_steps or None,
             max_seconds=cfg.max_seconds or None,
             seed=cfg.seed,
+            device=on,
         )
         for steps, loss in result.evaluations:
             mlrun.log_metrics({"val/bpr_loss": loss}, step=steps)
@@ -52,7 +60,7 @@ def run(cfg: TrainMFConfig, parent: StageRun | None = None, experiment_name: str
         )
         mlrun.set_tags({"stop_reason": result.stop_reason})
         with tempfile.TemporaryDirectory(prefix="slate-rl-mf-") as tmp:
-            atomic.torch_save(result.item_table.contiguous(), Path(tmp) / TABLE_FILE)
+            atomic.torch_save(result.item_table.cpu().contiguous(), Path(tmp) / TABLE_FILE)
             atomic.write_json(Path(tmp) / SPEC_FILE, environment.spec_of(cfg).as_dict())
             mlrun.log_artifacts(tmp, ARTIFACT)
         log.info(
@@ -75,6 +83,7 @@ def load_item_table(run_ref: str) -> torch.Tensor:
     return table
 
 
-def find_or_train(cfg: TrainMFConfig, dataset_run: str, parent: StageRun | None) -> str:
-    """Run id of a FINISHED MF run for this dataset and configuration; trains one as a child run if none."""
-    return on_dataset.find_or_train(STAGE, cfg, dataset_run, parent, run)
+def find_or_train(cfg: TrainMFConfig, dataset_run: str, parent: StageRun | None, device: str = "cpu") -> str:
+    """Run id of a FINISHED MF run for this dataset and configuration; trains one (on `device`) as a child run if
+    none."""
+    return on_dataset.find_or_train(STAGE, cfg, dataset_run, parent, functools.partial(run, device=device))

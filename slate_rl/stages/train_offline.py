@@ -27,6 +27,7 @@ from slate_rl.agents.export import policy_payload
 from slate_rl.agents.methods import build_agent
 from slate_rl.data.loading import load_offline
 from slate_rl.data.offline import OfflineEpisodes
+from slate_rl.devices import DEVICE_TAG, resolve_device
 from slate_rl.envs.evaluate import evaluate
 from slate_rl.envs.policies import RandomPolicy
 from slate_rl.envs.randomness import DEFAULT_SIM_SEED
@@ -79,11 +80,14 @@ def run(
     parent: StageRun | None = None,
     experiment_name: str | None = None,
     resume_run: str | None = None,
+    device: str = "cpu",
 ) -> str:
     """Train, validate, test and register inside an MLflow run; returns the run id.
 
     resume_run: continue that (killed or failed) run from its last checkpoint; `cfg` must be `resumable(resume_run)`.
+    device: where the dataset's tensors, the agent and the simulators live ('cpu', 'cuda' or 'cuda:K'; tag `device`).
     """
+    on = resolve_device(device)
     with stage_run(
         STAGE,
         run_name=f"{cfg.algorithm}/{cfg.env}/seed{cfg.seed}",
@@ -98,6 +102,7 @@ def run(
             "preset": cfg.preset,
             "family": "offline",
             "ranker": cfg.ranker,
+            DEVICE_TAG: str(on),
         },
     ) as mlrun:
         spec = environment.spec_of(cfg)
@@ -119,17 +124,17 @@ def run(
             _log_json(mlrun, {"config": dataclasses.asdict(cfg)}, CONFIG_FILE)
         episodes = load_offline(dataset_run)
         assert isinstance(episodes, OfflineEpisodes)
-        env = environment.make_env(cfg)
+        env = environment.make_env(cfg, device=on)
         actions = resolve_actions(cfg, dataset_run, episodes, env, mlrun)
         gems = actions.decoder if isinstance(actions.decoder, GeMSDecoder) else None
         agent = build_agent(cfg.algorithm, env, cfg.seed, gems_decoder=gems, overrides=cfg.agent or None)
         assert isinstance(agent, OfflineAgent)
-        data = OfflineData(episodes.slates, episodes.clicks, actions.labels, agent.config.reward_scale)
+        data = OfflineData(episodes.slates, episodes.clicks, actions.labels, agent.config.reward_scale, on)
         session = _Session(cfg, mlrun, env, agent)
         trainer = OfflineTrainer(
             agent,
             data,
-            environment.make_env(cfg, sim_seed=VALIDATION_SIM_SEED),
+            environment.make_env(cfg, sim_seed=VALIDATION_SIM_SEED, device=on),
             env,
             Schedule(
                 steps=cfg.steps,
@@ -243,7 +248,7 @@ def resolve_actions(
                     allow_env_mismatch=cfg.allow_env_mismatch or None,
                 ),
             )
-            gems_run = pretrain_gems.find_or_pretrain(gems_cfg, dataset_run, mlrun)
+            gems_run = pretrain_gems.find_or_pretrain(gems_cfg, dataset_run, mlrun, str(env.device))
         payload = pretrain_gems.load_payload(gems_run)
         decoder = GeMSDecoder.from_payload(payload["decoder"])
         stored = episodes.actions
@@ -389,7 +394,7 @@ class _Session:
                 f"run {self.mlrun.run_id} has no checkpoint to resume from (none was saved before it stopped; "
                 f"checkpoints come every save_every={self.cfg.save_every} steps)"
             ) from exc
-        trainer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        trainer.load_state_dict(torch.load(path, map_location=self.env.device, weights_only=True))
         log.info("%s: resumed run %s at step %d", STAGE, self.mlrun.run_id, trainer.step)
 
     def payload(self, step: int, info: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from slate_rl.agents.export import policy_payload
 from slate_rl.agents.methods import build_agent
 from slate_rl.agents.rollout import evaluate_policy
 from slate_rl.agents.training import Hooks, Trainer
+from slate_rl.devices import DEVICE_TAG, resolve_device
 from slate_rl.envs.spec import EnvSpec
 from slate_rl.errors import SlateRLError
 from slate_rl.methods import Need, get_method
@@ -58,26 +59,30 @@ def run(
     parent: StageRun | None = None,
     experiment_name: str | None = None,
     resume_run: str | None = None,
+    device: str = "cpu",
 ) -> str:
     """Train, validate, test and register inside an MLflow run; returns the run id.
 
     resume_run: continue that (killed or failed) run from its last periodic checkpoint instead of starting anew.
+    device: where the simulator, the replay buffer and the agent live ('cpu', 'cuda' or 'cuda:K'; tag `device`);
+        upstream GeMS / MF runs it has to produce run there too.
     """
     name = f"{cfg.method}/{cfg.env}/seed{cfg.seed}"
+    on = resolve_device(device)
     with stage_run(
         STAGE,
         run_name=name,
         parent=parent,
         experiment_name=experiment_name,
         run_id=resume_run,
-        tags={"env": cfg.env, "method": cfg.method, "seed": cfg.seed, "preset": cfg.preset},
+        tags={"env": cfg.env, "method": cfg.method, "seed": cfg.seed, "preset": cfg.preset, DEVICE_TAG: str(on)},
     ) as mlrun:
         if resume_run is None:
             mlrun.log_params(cfg.as_params())
             environment.log_spec(mlrun, environment.spec_of(cfg))
             mlrun.set_tags({LINEAGE_TAG: lineage_key(STAGE, identity(cfg))})
-        env = environment.make_env(cfg)
-        upstream = resolve_upstream(cfg, mlrun)
+        env = environment.make_env(cfg, device=on)
+        upstream = resolve_upstream(cfg, mlrun, str(on))
         mlrun.set_tags({f"upstream.{k}": f"runs:/{v}" for k, v in dataclasses.asdict(upstream).items() if v})
         mf_table = train_mf.load_item_table(upstream.mf) if upstream.mf else None
         gems_decoder = load_gems(cfg, upstream.gems) if upstream.gems else None
@@ -173,9 +178,9 @@ def resumable(run_id: str) -> TrainOnlineConfig:
     return TrainOnlineConfig.resolve(config.pop("env"), config.pop("preset"), **config)
 
 
-def resolve_upstream(cfg: TrainOnlineConfig, mlrun: StageRun) -> Upstream:
-    """The dataset, GeMS and MF runs the method needs: given explicitly, else found (or produced) by lineage;
-    each checked to come from this run's simulator (unless `allow_env_mismatch`, which tags the run)."""
+def resolve_upstream(cfg: TrainOnlineConfig, mlrun: StageRun, device: str = "cpu") -> Upstream:
+    """The dataset, GeMS and MF runs the method needs: given explicitly, else found (or produced, on `device`) by
+    lineage; each checked to come from this run's simulator (unless `allow_env_mismatch`, which tags the run)."""
     needs = get_method(cfg.method).needs
     upstream = Upstream(
         **{need.value: parse_run_uri(getattr(cfg, need.value))[0] for need in needs if getattr(cfg, need.value)}
@@ -197,10 +202,10 @@ def resolve_upstream(cfg: TrainOnlineConfig, mlrun: StageRun) -> Upstream:
                 lambda_click=cfg.lambda_click,
                 **environment_fields,
             )
-            upstream.gems = pretrain_gems.find_or_pretrain(gems_cfg, upstream.dataset, mlrun)
+            upstream.gems = pretrain_gems.find_or_pretrain(gems_cfg, upstream.dataset, mlrun, device)
         if Need.MF in needs and not upstream.mf:
             mf_cfg = TrainMFConfig.resolve(cfg.env, cfg.preset, **environment_fields)
-            upstream.mf = train_mf.find_or_train(mf_cfg, upstream.dataset, mlrun)
+            upstream.mf = train_mf.find_or_train(mf_cfg, upstream.dataset, mlrun, device)
     spec = environment.spec_of(cfg)
     for what, run_id in (("gems", upstream.gems), ("mf", upstream.mf)):
         if run_id:
@@ -292,7 +297,7 @@ class _Session:
                 f"run {self.mlrun.run_id} has no checkpoint to resume from (none was saved before "
                 f"it stopped; checkpoints come every save_every={self.cfg.save_every} episodes)"
             ) from exc
-        trainer.load_state_dict(torch_load(path, "resume state"))
+        trainer.load_state_dict(torch_load(path, "resume state", map_location=self.env.device))
         log.info("%s: resumed run %s at episode %d", STAGE, self.mlrun.run_id, trainer.episode)
 
     def finish(self, trainer: Trainer, test_returns: torch.Tensor) -> None:
