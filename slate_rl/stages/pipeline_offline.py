@@ -75,6 +75,9 @@ class OfflineGrid:
         offline_mix: tuple[str, ...] = (),
     ) -> OfflineGrid | None:
         """The grid of these options, checked against the pipeline's `cfg`; None without `offline_algorithms`."""
+        offline_set, collect_set, offline_mix = (
+            tuple(item for item in items if item.strip()) for items in (offline_set, collect_set, offline_mix)
+        )
         if not offline_algorithms.strip():
             extra = [
                 f"--{name.replace('_', '-')}"
@@ -162,7 +165,7 @@ class OfflineGrid:
             if name not in fields:
                 valid = sorted(fields - set(COLLECT_SET_BY_GRID) - set(NOT_SETTABLE))
                 raise SlateRLError(f"--collect-set {name}: not a collect option; valid: {', '.join(valid)}")
-        for quality in self.qualities:
+        for quality in dict.fromkeys([*self.qualities, *self.mixes]):  # every mix named, even unused
             parts = self.collect_config(cfg, cfg.envs[0], quality).parts()
             unknown = [part.policy for part in parts if part.policy not in models.ALIASES]
             if unknown:
