@@ -584,6 +584,7 @@ def registry_demote(env: str, alias: str) -> None:
 
 @main.command("collect")
 @common_options
+@pipeline_job
 @config_options(
     stage_configs.CollectConfig,
     {
@@ -611,7 +612,13 @@ def registry_demote(env: str, alias: str) -> None:
 @device_option
 @user_errors
 def collect_command(
-    env: str, preset: str, experiment_name: str | None, env_param: tuple[str, ...], device: str, **overrides: Any
+    env: str,
+    preset: str,
+    experiment_name: str | None,
+    parent_run: str | None,
+    env_param: tuple[str, ...],
+    device: str,
+    **overrides: Any,
 ) -> None:
     """Collect an offline dataset from registered policies chosen by alias, with a quality report."""
     from slate_rl.stages import collect
@@ -619,7 +626,7 @@ def collect_command(
     cfg = stage_configs.CollectConfig.resolve(
         env, preset, env_params=config.parse_env_params(env_param) or None, **overrides
     )
-    run_id = collect.run(cfg, experiment_name=experiment_name, device=device)
+    run_id = collect.run(cfg, **placement(experiment_name, parent_run), device=device)
     click.echo(f"dataset: runs:/{run_id}/{collect.ARTIFACT}  (load with slate_rl.data.load_offline('{run_id}'))")
 
 
@@ -730,6 +737,53 @@ def compare_command(envs: str, methods: str, experiment_name: str | None, filter
     "`registry select --medium FRACTION` does, from the --select-method run with the best test return. 0: off.",
 )
 @option("select_method", default="", help="The method --select-policies chooses from (default: the first online one).")
+@option(
+    "offline_algorithms",
+    default="",
+    metavar="ALGORITHMS",
+    help=f"Turn on the offline grid: comma-separated offline algorithms ({', '.join(method_ids('offline'))}) or "
+    "'all'. After the policies are chosen (--select-policies, or the aliases the registry holds), per environment "
+    "one dataset per --qualities is collected and every algorithm trains on each (then the offline tables).",
+)
+@option(
+    "qualities",
+    default="expert,medium,random",
+    show_default=True,
+    help="Offline grid: the datasets per environment, registry aliases (expert, medium, random) or mix names "
+    "(built in: mix = expert:0.1,expert:0.4:0.3,medium:0.3:0.3,random:0.2; more with --offline-mix).",
+)
+@option(
+    "offline_seeds",
+    default="",
+    help="Offline grid: the seeds of each offline run, as --seeds takes them (default: the pipeline's --seeds).",
+)
+@option(
+    "offline_steps",
+    type=int,
+    default=0,
+    help="Offline grid: gradient steps of each offline run (default: the preset's).",
+)
+@option(
+    "offline_set",
+    multiple=True,
+    metavar="KEY=VALUE[,VALUE...]",
+    help="Offline grid: a train-offline option (ranker, default gems_offline here; eval_every, val_episodes, ...) or "
+    "a hyper-parameter of the algorithms that have it (expectile=0.7,0.8,0.9: one variant per value, kept apart "
+    "in the offline tables). Repeatable; one value may hold several, K1=V1,K2=V2.",
+)
+@option(
+    "collect_set",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Offline grid: a collect option of every dataset, e.g. episodes=2000 or epsilon_noise=0.1 (one value).",
+)
+@option(
+    "offline_mix",
+    multiple=True,
+    metavar="NAME=RECIPE",
+    help="Offline grid: name a mixed dataset for --qualities, with a recipe as collect's --mix takes it, e.g. "
+    "half=expert:0.5,random:0.5. Repeatable.",
+)
 @option("out", default="reports/pipeline", show_default=True, help="Folder of the final compare report.")
 @option("experiment_name", default=None, help="MLflow experiment of the parent run and its jobs.")
 @click.pass_context
@@ -745,15 +799,19 @@ def pipeline_command(
     experiment_name: str | None,
     **values: Any,
 ) -> None:
-    """Run the whole grid (datasets, MF, GeMS, every training run) as child runs of one run, then compare.
+    """Run the whole grid (datasets, MF, GeMS, every training run; with --offline-algorithms, then collected datasets
+    and offline runs) as child runs of one run, then compare.
 
     Finished jobs are skipped and killed ones resume from their last checkpoint: interrupt it and run it again to
     finish only what is missing. `slate-rl pipeline status` shows a running or past pipeline's jobs."""
     if ctx.invoked_subcommand is not None:
         return
-    from slate_rl.stages import pipeline
+    from slate_rl.stages import pipeline, pipeline_offline
 
-    cfg = pipeline.PipelineConfig.resolve(envs, methods, seeds, devices=compare_split(devices), **values)
+    offline = {name: values.pop(name) for name in pipeline_offline.OPTIONS}
+    cfg = pipeline.PipelineConfig.resolve(
+        envs, methods, seeds, devices=compare_split(devices), offline=offline, **values
+    )
     if dry_run:
         click.echo(pipeline.describe_plan(cfg))
         return

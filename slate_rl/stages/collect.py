@@ -1,5 +1,8 @@
 """Stage `collect`: offline datasets from registered policies chosen by alias (expert / medium / random), or a mix
-of several, with per-episode source labels; Minari and D4RL-style npz formats and a quality report."""
+of several, with per-episode source labels; Minari and D4RL-style npz formats and a quality report.
+
+A collect run's lineage key holds its configuration, its simulator and the registered versions it played (an alias
+stands for the version it pointed at), so that the pipeline finds the dataset of a configuration again."""
 
 from __future__ import annotations
 
@@ -31,10 +34,12 @@ from slate_rl.stage_configs import CollectConfig, CollectPart
 from slate_rl.stages import environment
 from slate_rl.stages.registry import load_policy
 from slate_rl.tracking import models
+from slate_rl.tracking.lineage import LINEAGE_TAG, lineage_key
 from slate_rl.tracking.runs import StageRun, stage_run
 
 STAGE = "collect"
 ARTIFACT = "dataset"
+NOT_IDENTITY_FIELDS = ("allow_env_mismatch", "item_embeddings", "env_params")  # the spec covers the simulator
 log = logging.getLogger("slate_rl")
 
 
@@ -49,14 +54,17 @@ class Source:
     version: Any
 
 
-def run(cfg: CollectConfig, experiment_name: str | None = None, device: str = "cpu") -> str:
-    """Collect the dataset inside an MLflow run; returns the run id. The policies and their simulators run on
-    `device` ('cpu', 'cuda' or 'cuda:K'; tag `device`)."""
+def run(
+    cfg: CollectConfig, parent: StageRun | None = None, experiment_name: str | None = None, device: str = "cpu"
+) -> str:
+    """Collect the dataset inside an MLflow run (a child of `parent` when given); returns the run id. The policies
+    and their simulators run on `device` ('cpu', 'cuda' or 'cuda:K'; tag `device`)."""
     label = cfg.name or ("policy" if cfg.policy else cfg.source())
     on = resolve_device(device)
     with stage_run(
         STAGE,
         run_name=f"{STAGE}/{cfg.env}/{label}",
+        parent=parent,
         experiment_name=experiment_name,
         tags={"env": cfg.env, "preset": cfg.preset, "seed": cfg.seed, "quality": label, DEVICE_TAG: str(on)},
     ) as mlrun:
@@ -64,6 +72,7 @@ def run(cfg: CollectConfig, experiment_name: str | None = None, device: str = "c
         environment.log_spec(mlrun, environment.spec_of(cfg))
         sources = resolve_sources(cfg, mlrun, on)
         mlrun.set_tags({f"source.{s.name}": f"models:/{s.version.name}/{s.version.version}" for s in sources})
+        mlrun.set_tags({LINEAGE_TAG: key(cfg, [str(s.version.version) for s in sources])})
         started = time.perf_counter()
         parts = [(collect_source(s, cfg, index), s.part.episodes) for index, s in enumerate(sources)]
         seconds = time.perf_counter() - started
@@ -86,6 +95,19 @@ def run(cfg: CollectConfig, experiment_name: str | None = None, device: str = "c
             float(episodes.rewards.sum(axis=1).mean()),
         )
         return mlrun.run_id
+
+
+def key(cfg: CollectConfig, versions: list[str]) -> str:
+    """The lineage key of a dataset: its configuration's fields that differ from their defaults, its simulator, and
+    the registered version each part plays (`versions`, in the order of `cfg.parts()`)."""
+    return lineage_key(
+        STAGE,
+        {
+            **cfg.changed_fields(exclude=NOT_IDENTITY_FIELDS),
+            **environment.spec_of(cfg).as_params(),
+            "versions": ",".join(versions),
+        },
+    )
 
 
 def resolve_sources(cfg: CollectConfig, mlrun: StageRun, device: torch.device | None = None) -> list[Source]:

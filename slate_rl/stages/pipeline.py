@@ -15,6 +15,9 @@ of the grid, with its own jobs (a sweep).
 Policy selection (`select_policies`, a fraction in (0, 1); 0 = off): after training, per environment, the finished
 run of `select_method` with the best test return (over all seeds and variants of that environment) chooses the
 collection policies as `slate-rl registry select --medium <fraction>` does.
+
+The offline grid (`offline`, see `pipeline_offline`): then datasets collected from those policies, and offline
+algorithms trained on them, in phases of their own.
 """
 
 from __future__ import annotations
@@ -45,7 +48,18 @@ from slate_rl.stage_configs import (
     TrainOnlineConfig,
     agent_defaults,
 )
-from slate_rl.stages import compare, generate_dataset, on_dataset, pretrain_gems, registry, train_mf, train_online
+from slate_rl.stages import (
+    collect,
+    compare,
+    generate_dataset,
+    on_dataset,
+    pipeline_offline,
+    pretrain_gems,
+    registry,
+    train_mf,
+    train_offline,
+    train_online,
+)
 from slate_rl.stages.pipeline_backends import SIGNAL_TAG, Backend, LocalBackend
 from slate_rl.tracking.lineage import LINEAGE_TAG
 from slate_rl.tracking.runs import (
@@ -65,7 +79,11 @@ SET_BY_PIPELINE = ("env", "preset", "method", "seed", "agent", "item_embeddings"
 PHASES = ("datasets", "MF and GeMS", "training")
 BACKENDS = ("local", "ray")
 # Stages whose unfinished runs continue with `--resume <run id>`, and how to tell that a run saved a state to do so.
-RESUMABLE = (train_online.STAGE, pretrain_gems.STAGE)  # stages whose killed runs `--resume` continues
+RESUMABLE = (
+    train_online.STAGE,
+    pretrain_gems.STAGE,
+    train_offline.STAGE,
+)  # stages whose killed runs `--resume` continues
 log = logging.getLogger("slate_rl")
 
 
@@ -87,6 +105,7 @@ class PipelineConfig:
     given: dict[str, str] = dataclasses.field(default_factory=dict)  # the options as given (logged as params)
     select_policies: float = 0.0  # after training, choose collection policies by this medium fraction (0: no)
     select_method: str = ""  # ... from the best run of this method (default: the grid's first online method)
+    offline: pipeline_offline.OfflineGrid | None = None  # then collect datasets and train offline algorithms on them
 
     @classmethod
     def resolve(
@@ -96,8 +115,10 @@ class PipelineConfig:
         seeds: str,
         env_param: tuple[str, ...] = (),
         assignments: tuple[str, ...] = (),
+        offline: dict[str, Any] | None = None,
         **values: Any,
     ) -> PipelineConfig:
+        """The grid of these options, checked; `offline` holds the options of the offline grid (none: no grid)."""
         env_list = config.resolve_env_list(envs)
         method_list = list(method_ids(ONLINE_FAMILIES)) if methods.strip() in ("", "all") else compare._split(methods)
         for method in method_list:
@@ -129,6 +150,7 @@ class PipelineConfig:
         _check_overrides(cfg.overrides, cfg.methods)
         if cfg.select_policies:
             _check_selection(cfg)
+        cfg.offline = pipeline_offline.OfflineGrid.resolve(cfg, **(offline or {}))
         return cfg
 
     def params(self) -> dict[str, Any]:
@@ -148,6 +170,7 @@ class PipelineConfig:
                 if self.backend == "ray"
                 else {}
             ),
+            **(self.offline.params() if self.offline else {}),
         }
 
 
@@ -280,7 +303,14 @@ class _Store:
     """The runs of the pipeline's stages in the tracking store, by lineage key (read once per plan); with `job`,
     only that job's runs."""
 
-    STAGES = (generate_dataset.STAGE, train_mf.STAGE, pretrain_gems.STAGE, train_online.STAGE)
+    STAGES = (
+        generate_dataset.STAGE,
+        train_mf.STAGE,
+        pretrain_gems.STAGE,
+        train_online.STAGE,
+        collect.STAGE,
+        train_offline.STAGE,
+    )
 
     def __init__(self, job: Job | None = None) -> None:
         self.client = MlflowClient()
@@ -498,6 +528,13 @@ def plan(cfg: PipelineConfig, store: _Store | None = None) -> list[list[Job]]:
     return [list(jobs.values()) for jobs in phases]
 
 
+def phases(cfg: PipelineConfig, store: _Store | None = None) -> list[tuple[str, list[Job]]]:
+    """Every phase of the grid as (title, jobs): those of `plan`, then those of the offline grid when it has one."""
+    store = store or _Store()
+    titled = list(zip(PHASES, plan(cfg, store), strict=True))
+    return titled + (pipeline_offline.plan(cfg, store) if cfg.offline else [])
+
+
 def _option_args(values: dict[str, Any]) -> list[str]:
     return [a for k, v in values.items() for a in (f"--{k.replace('_', '-')}", format_param(v))]
 
@@ -528,19 +565,20 @@ def describe_plan(cfg: PipelineConfig) -> str:
     """The plan as text: the seeds, then every job of every phase with its state (what `--dry-run` prints)."""
     lines = [f"seeds: {cfg.given.get('seeds', describe(cfg.seeds))} -> {describe(cfg.seeds)}"]
     words = {"finished": "finished", "run": "to run", "resume": "to resume", "running": "running"}
-    for number, (title, jobs) in enumerate(zip(PHASES, plan(cfg), strict=True), start=1):
-        lines.append(f"phase {number}/{len(PHASES)} ({title}): {_counts(jobs)}")
+    titled = phases(cfg)
+    for number, (title, jobs) in enumerate(titled, start=1):
+        lines.append(f"phase {number}/{len(titled)} ({title}): {_counts(jobs)}")
         for job in jobs:
             detail = job.run_id if job.state in ("finished", "resume", "running") else ""
             note = f" ({job.note})" if job.note else ""
             if job.state == "run" and not job.keys:
-                note = " (after its dataset)"
+                note = f" ({job.note or 'after its dataset'})"
             lines.append(f"  {words[job.state]:10} {job.name}" + (f"  {detail}" if detail else "") + note)
-    if cfg.select_policies:
-        lines.append(
-            f"then: per environment, registry select --medium {cfg.select_policies:g} on the {cfg.select_method} run "
-            "with the best test return"
-        )
+        if number == len(PHASES) and cfg.select_policies:
+            lines.append(
+                f"then: per environment, registry select --medium {cfg.select_policies:g} on the "
+                f"{cfg.select_method} run with the best test return"
+            )
     return "\n".join(lines)
 
 
@@ -559,6 +597,7 @@ def status(run_id: str | None = None) -> str:
         preset=params.get("preset", "paper"),
         item_embeddings=params.get("item_embeddings", ""),
     )
+    cfg.offline = pipeline_offline.OfflineGrid.from_params(cfg, params)
     store = _Store()
     alive = _alive(parent) if parent.info.status == "RUNNING" else None
     state = parent.info.status + (", its process is gone" if alive is False else "")
@@ -567,11 +606,12 @@ def status(run_id: str | None = None) -> str:
         f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(parent.info.start_time / 1000))}, "
         f"{_duration(parent)}; backend {params.get('backend', 'local')}"
     ]
-    for number, (title, jobs) in enumerate(zip(PHASES, plan(cfg, store), strict=True), start=1):
+    titled = phases(cfg, store)
+    for number, (title, jobs) in enumerate(titled, start=1):
         rows = [_job_status(job, store) for job in jobs]
         counts = {word: sum(row[0] == word for row in rows) for word in dict.fromkeys(row[0] for row in rows)}
         summary = ", ".join(f"{n} {word}" for word, n in counts.items())
-        lines.append(f"phase {number}/{len(PHASES)} ({title}): {len(jobs)} jobs" + (f": {summary}" if jobs else ""))
+        lines.append(f"phase {number}/{len(titled)} ({title}): {len(jobs)} jobs" + (f": {summary}" if jobs else ""))
         for (word, job_run, detail), job in zip(rows, jobs, strict=True):
             where = f"  {job_run.info.run_id}  {_duration(job_run)}" if job_run else ""
             lines.append(f"  {word:9} {job.name}{where}" + (f" ({detail})" if detail else ""))
@@ -606,7 +646,7 @@ def _job_status(job: Job, store: _Store) -> tuple[str, Run | None, str]:
         return "finished", store.finished(job.stage, job.keys), ""
     runs = store.runs(job.stage, job.keys)
     if not runs:
-        return "waiting", None, "" if job.keys else "after its dataset"
+        return "waiting", None, "" if job.keys else job.note or "after its dataset"
     latest = runs[0]
     next_time = "resumes from its checkpoint" if job.state == "resume" else "starts a new run"
     if job.state == "running":
@@ -639,6 +679,7 @@ def _counts(jobs: list[Job]) -> str:
 
 def run(cfg: PipelineConfig, experiment_name: str | None = None, out: str = "reports/pipeline") -> str:
     """Run the missing jobs of the grid (resuming those that died), then `compare`; returns the parent run id."""
+    pipeline_offline.check_aliases(cfg)
     backend = _backend(cfg)  # a Ray cluster that does not answer is refused before any run is created
     try:
         with stage_run(
@@ -648,9 +689,10 @@ def run(cfg: PipelineConfig, experiment_name: str | None = None, out: str = "rep
             log.info("%s: seeds %s -> %s", STAGE, cfg.given.get("seeds", ""), describe(cfg.seeds))
             failures: list[str] = []
             elsewhere: list[str] = []
-            for phase in range(len(PHASES)):
-                jobs = plan(cfg)[phase]  # re-planned: later phases know the runs earlier phases produced
-                log.info("%s: phase %d/%d: %s", STAGE, phase + 1, len(PHASES), _counts(jobs))
+            count = len(PHASES) + (len(pipeline_offline.PHASES) if cfg.offline else 0)
+            for phase in range(count):
+                jobs = phases(cfg)[phase][1]  # re-planned: later phases know the runs earlier phases produced
+                log.info("%s: phase %d/%d: %s", STAGE, phase + 1, count, _counts(jobs))
                 for job in jobs:
                     if job.state == "running":
                         log.warning(
@@ -670,21 +712,24 @@ def run(cfg: PipelineConfig, experiment_name: str | None = None, out: str = "rep
                             job.note,
                         )
                 failures += _run_jobs([job for job in jobs if job.state in ("run", "resume")], backend, mlrun.run_id)
-                if phase < len(PHASES) - 1 and (failures or elsewhere):
+                if phase == len(PHASES) - 1 and cfg.select_policies:  # the training runs choose the policies
+                    failures += select_policies(cfg, plan(cfg)[-1])
+                if phase < count - 1 and (failures or elsewhere):
                     raise SlateRLError(
                         f"{len(failures) + len(elsewhere)} upstream job(s) failed or still running: "
                         f"{', '.join(failures + elsewhere)}; run the pipeline again once they are fixed "
                         "or done (finished jobs are skipped)"
                     )
-            if cfg.select_policies:
-                failures += select_policies(cfg, plan(cfg)[-1])
             mlrun.log_metrics({"failed_jobs": len(failures)})
             report = compare.CompareConfig.resolve(
                 ",".join(cfg.envs), ",".join(cfg.methods), preset=cfg.preset, out=out
             )
             try:
                 compare.write_report(
-                    compare.to_results(compare.select_runs(report), with_curve=True), report, _folder(out)
+                    compare.to_results(compare.select_runs(report), with_curve=True),
+                    report,
+                    _folder(out),
+                    pipeline_offline.report_inputs(cfg),
                 )
                 mlrun.log_artifacts(out, "report")
             except SlateRLError as exc:

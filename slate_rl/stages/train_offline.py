@@ -164,6 +164,11 @@ def identity(cfg: TrainOfflineConfig, spec: EnvSpec) -> dict[str, Any]:
     return {"dataset_run": cfg.dataset, **cfg.changed_fields(exclude=NOT_IDENTITY_FIELDS), **spec.as_params()}
 
 
+def lookup_keys(cfg: TrainOfflineConfig) -> tuple[str, ...]:
+    """The lineage key of a run on the dataset `cfg.dataset` (a collect run id) with this configuration."""
+    return (lineage_key(STAGE, identity(cfg, environment.spec_of(cfg))),)
+
+
 def resumable(run_id: str) -> TrainOfflineConfig:
     """The configuration of a train_offline run that can be resumed (it exists and did not finish)."""
     run = get_unfinished_run(run_id, STAGE)
