@@ -170,7 +170,7 @@ def encode_stacked(
     h = gi.new_zeros(tables.shape[0], batch, w_hh.shape[-1])
     w_hh_t, b_hh = w_hh.transpose(1, 2), b_hh.unsqueeze(1)
     states = []
-    for t in range(steps):
-        h = gru_cell(gi[:, :, t], h, w_hh_t, b_hh)
+    for gi_t in gi.unbind(2):  # unbind, not indexing: its backward stacks the steps' gradients once
+        h = gru_cell(gi_t, h, w_hh_t, b_hh)
         states.append(h)
     return torch.stack(states, 2)

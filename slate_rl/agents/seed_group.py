@@ -264,7 +264,7 @@ def mlp(
     weight1: torch.Tensor, bias1: torch.Tensor, weight2: torch.Tensor, bias2: torch.Tensor, x: torch.Tensor
 ) -> torch.Tensor:
     """`nets.MLP` of S stacked networks (weights (S, out, in), biases (S, out)) at inputs (S, n, in)."""
-    hidden = torch.baddbmm(bias1.unsqueeze(1), x, weight1.transpose(1, 2)).relu()
+    hidden = torch.baddbmm(bias1.unsqueeze(1), x, weight1.transpose(1, 2)).relu_()
     return torch.baddbmm(bias2.unsqueeze(1), hidden, weight2.transpose(1, 2))
 
 
@@ -274,7 +274,7 @@ def twin_q_stacked(
     """`nets.twin_q` of S stacked packed twin critics at states (S, n, state_dim) and actions (S, n, A): (S, n, 2)."""
     weight1, bias1, weight2, bias2 = params
     hidden = torch.baddbmm(bias1.unsqueeze(1), state, weight1[..., :state_dim].transpose(1, 2))
-    hidden = hidden.baddbmm(action, weight1[..., state_dim:].transpose(1, 2)).relu()
+    hidden = hidden.baddbmm_(action, weight1[..., state_dim:].transpose(1, 2)).relu_()
     hidden = hidden.view(*state.shape[:2], 2, -1)
     return (hidden * weight2.unsqueeze(1)).sum(-1) + bias2.unsqueeze(1)
 
