@@ -14,7 +14,7 @@ import torch
 from agents_helpers import gems_decoder, single_thread, small_env, upstream  # noqa: F401 (autouse fixture)
 from slate_rl.agents import EXPLORE, GREEDY, RANDOM, BeliefConfig, Trajectories, TrajectoryBuffer, build_agent, play
 from slate_rl.agents.sac import SACAgent
-from slate_rl.agents.seed_group import SeedGroup
+from slate_rl.agents.seed_group import SeedGroup, play_group
 from slate_rl.errors import SlateRLError
 
 SEEDS = (3, 11, 2024, 58407201)
@@ -138,3 +138,23 @@ def test_groups_that_cannot_train_together_are_refused():
     batch = play(env, topk[0], 3, RANDOM)
     with pytest.raises(SlateRLError, match=r"stacked trajectories.*S=2"):
         group.update(batch)
+
+
+@pytest.mark.parametrize("mode", [RANDOM, EXPLORE, GREEDY])
+def test_a_group_plays_each_seed_against_the_users_it_would_meet_alone(mode):
+    env, alone_env = (small_env("focused_divpen", episode_length=6, num_items=200) for _ in range(2))
+    group, alone = SeedGroup(agents("sac_gems", env, SMALL)), agents("sac_gems", alone_env, SMALL)
+    played = play_group(env, group, 5, mode)
+    assert played.slates.shape == (len(SEEDS), 5, 7, env.slate_size)
+    stream_after = env.stream.get_state()
+    for index, agent in enumerate(alone):
+        alone_env.reset_random_state()
+        own = play(alone_env, agent, 5, mode)
+        assert torch.equal(played.slates[index], own.slates), f"seed {index}"
+        assert torch.equal(played.clicks[index], own.clicks), f"seed {index}"
+        if mode == GREEDY:
+            assert played.actions is None
+        else:
+            torch.testing.assert_close(played.actions[index], own.actions)
+        assert torch.equal(alone_env.stream.get_state(), stream_after)  # the stream advanced as for one seed
+    assert not torch.equal(played.slates[0], played.slates[1])  # the seeds act differently: not vacuous

@@ -19,6 +19,7 @@ apply), batched over seeds.
     batch = group.sample(buffers)            # one TrajectoryBuffer per seed; None until each holds a batch
     diagnostics = group.update(batch)        # name -> (S,)
     group.start(K); slates, actions = group.act({"slate": (S, K, R), "clicks": (S, K, R)}, "explore")
+    episodes = play_group(env, group, K, "explore")   # (S, K, ...): every seed meets the K users it would alone
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from typing import Any
 
 import torch
 
-from slate_rl.agents.base import EXPLORE, MODES, RANDOM, Diagnostics, Observation
+from slate_rl.agents.base import EXPLORE, GREEDY, MODES, RANDOM, Diagnostics, Observation
 from slate_rl.agents.belief import encode_stacked, input_gates
 from slate_rl.agents.buffer import Trajectories, TrajectoryBuffer
 from slate_rl.agents.gru import gru_cell
 from slate_rl.agents.nets import adam
 from slate_rl.agents.sac import SACAgent, draw_normal, tanh_gaussian, temperature_loss, transition_states
+from slate_rl.envs.topicrec import TopicRec
 from slate_rl.errors import SlateRLError
 
 ENCODER_KEYS = ("items", "weight_ih_l0", "bias_ih_l0", "weight_hh_l0", "bias_hh_l0")
@@ -258,6 +260,36 @@ class SeedGroup:
             self.optimizers[key].state[self.params[name]] = {
                 k: states[0][k].clone() if k == "step" else torch.stack([s[k] for s in states]) for k in states[0]
             }
+
+
+def play_group(env: TopicRec, group: SeedGroup, num_users: int, mode: str) -> Trajectories:
+    """`rollout.play` for every seed of a group at once: `num_users` (K) episodes per seed, stacked (S, K, ...).
+
+    The simulator plays S x K users (seed-major rows) whose random draws are those of K users, replicated over the
+    seeds: each seed meets the very users and click draws it would meet playing alone, and the simulator's stream
+    advances as in one `play` of K users (common random numbers across seeds, as across separate runs)."""
+    if mode not in MODES:
+        raise SlateRLError(f"unknown acting mode {mode!r}; choose one of {', '.join(MODES)}")
+    size, users, horizon, slots = group.size, int(num_users), env.episode_length, env.slate_size
+    p = env.params
+    draws = env.stream.reset_draws(users, p.num_topics, p.topic_size, p.slate_size)
+    replicated = torch.arange(size * users) % users  # row s * K + k is user k of seed s
+    obs, _ = env.reset_with(draws.select(replicated))
+    group.start(users)
+    slates = torch.empty(size, users, horizon + 1, slots, dtype=torch.long)
+    clicks = torch.empty(size, users, horizon + 1, slots, dtype=torch.uint8)
+    actions = None if mode == GREEDY else torch.empty(size, users, horizon, group.action_dim)
+    for t in range(horizon + 1):
+        slates[:, :, t] = obs["slate"].view(size, users, slots)
+        clicks[:, :, t] = obs["clicks"].view(size, users, slots)
+        if t == horizon:
+            break
+        slate, action = group.act({key: value.view(size, users, slots) for key, value in obs.items()}, mode)
+        if actions is not None:
+            actions[:, :, t] = action
+        uniforms = env.stream.step_draws(users, slots)
+        obs = env.step_with(slate.reshape(size * users, slots), uniforms[replicated])[0]
+    return Trajectories(slates, clicks, actions)
 
 
 def mlp(
