@@ -273,12 +273,12 @@ def play_group(env: TopicRec, group: SeedGroup, num_users: int, mode: str) -> Tr
     size, users, horizon, slots = group.size, int(num_users), env.episode_length, env.slate_size
     p = env.params
     draws = env.stream.reset_draws(users, p.num_topics, p.topic_size, p.slate_size)
-    replicated = torch.arange(size * users) % users  # row s * K + k is user k of seed s
+    replicated = torch.arange(size * users, device=env.device) % users  # row s * K + k is user k of seed s
     obs, _ = env.reset_with(draws.select(replicated))
     group.start(users)
-    slates = torch.empty(size, users, horizon + 1, slots, dtype=torch.long)
-    clicks = torch.empty(size, users, horizon + 1, slots, dtype=torch.uint8)
-    actions = None if mode == GREEDY else torch.empty(size, users, horizon, group.action_dim)
+    slates = torch.empty(size, users, horizon + 1, slots, dtype=torch.long, device=env.device)
+    clicks = torch.empty(size, users, horizon + 1, slots, dtype=torch.uint8, device=env.device)
+    actions = None if mode == GREEDY else torch.empty(size, users, horizon, group.action_dim, device=env.device)
     for t in range(horizon + 1):
         slates[:, :, t] = obs["slate"].view(size, users, slots)
         clicks[:, :, t] = obs["clicks"].view(size, users, slots)
