@@ -78,6 +78,9 @@ class BeliefEncoders(nn.Module):
         """The encoder called `name` (`nn.ModuleDict` does not keep the type of its modules)."""
         return cast(GRUBelief, self.encoders[name])
 
+    def _tables(self, names: Sequence[str]) -> torch.Tensor:
+        return torch.stack([self.encoder(name).items for name in names])
+
     def _stacked(self, names: Sequence[str]) -> tuple[torch.Tensor, ...]:
         encs = [self.encoders[name] for name in names]
         return tuple(
@@ -85,29 +88,12 @@ class BeliefEncoders(nn.Module):
             for key in ("weight_ih_l0", "bias_ih_l0", "weight_hh_l0", "bias_hh_l0")
         )
 
-    def _input_gates(
-        self, names: Sequence[str], slates: torch.Tensor, clicks: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor
-    ) -> torch.Tensor:
-        """W_ih [E(s_r), c_r]_r + b_ih for each encoder, directly: (G, M, 3H) for M observations (slates (M, R)).
-        Used while acting and by `encode`; `encode_fused` computes them from per-slot projections of the tables."""
-        clicks = clicks.to(w_ih.dtype).unsqueeze(-1)
-        x = torch.stack([torch.cat([self.encoder(name).items[slates], clicks], -1).flatten(1) for name in names])
-        return torch.baddbmm(b_ih.unsqueeze(1), x, w_ih.transpose(1, 2))
-
     def encode(self, slates: torch.Tensor, clicks: torch.Tensor, names: Sequence[str] | None = None) -> torch.Tensor:
         """Belief states of whole observation sequences: slates, clicks (B, T, R) -> (G, B, T, H), differentiable;
         [:, :, t] encodes observations 0..t (the GRU cell of `step`, run over time from a zero state)."""
         names = self.names if names is None else tuple(names)
         w_ih, b_ih, w_hh, b_hh = self._stacked(names)
-        batch, steps, size = slates.shape
-        gi = self._input_gates(names, slates.reshape(-1, size).long(), clicks.reshape(-1, size), w_ih, b_ih)
-        gi = gi.view(len(names), batch, steps, -1)
-        h = gi.new_zeros(len(names), batch, self.hidden_dim)
-        states = []
-        for t in range(steps):
-            h = gru_cell(gi[:, :, t], h, w_hh.transpose(1, 2), b_hh.unsqueeze(1))
-            states.append(h)
-        return torch.stack(states, 2)
+        return encode_stacked(self._tables(names), w_ih, b_ih, w_hh, b_hh, slates.unsqueeze(0), clicks.unsqueeze(0))
 
     def encode_fused(
         self, slates: torch.Tensor, clicks: torch.Tensor, names: Sequence[str] | None = None
@@ -123,8 +109,7 @@ class BeliefEncoders(nn.Module):
             )
         names = self.names if names is None else tuple(names)
         w_ih, b_ih, w_hh, b_hh = self._stacked(names)
-        items = torch.stack([self.encoder(name).items for name in names])
-        gi = slot_input_gates(items, w_ih, b_ih, slates, clicks)
+        gi = slot_input_gates(self._tables(names), w_ih, b_ih, slates, clicks)
         workspace = None
         if torch.is_grad_enabled():
             key = (*gi.shape, gi.dtype)
@@ -147,6 +132,45 @@ class BeliefEncoders(nn.Module):
             raise SlateRLError("call start() before step()")
         names = self.names if names is None else tuple(names)
         w_ih, b_ih, w_hh, b_hh = self._stacked(names)
-        gi = self._input_gates(names, slates.long(), clicks, w_ih, b_ih)
+        gi = input_gates(self._tables(names), w_ih, b_ih, slates.unsqueeze(0), clicks.unsqueeze(0))
         self._hidden = gru_cell(gi, self._hidden, w_hh.transpose(1, 2), b_hh.unsqueeze(1))
         return self._hidden
+
+
+def input_gates(
+    tables: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor, slates: torch.Tensor, clicks: torch.Tensor
+) -> torch.Tensor:
+    """W_ih [E(s_r), c_r]_r + b_ih of G encoders, directly: tables (G, N, D), w_ih (G, 3H, R(D + 1)), b_ih (G, 3H),
+    observations slates, clicks (G or 1, M, R) -> (G, M, 3H). Used while acting and by the plain encode; the fused
+    encode computes them from per-slot projections of the tables."""
+    groups = torch.arange(tables.shape[0], device=tables.device).view(-1, 1, 1)
+    embedded = tables[groups, slates.long()]  # (G, M, R, D)
+    clicks = clicks.to(w_ih.dtype).unsqueeze(-1).expand(*embedded.shape[:-1], 1)
+    x = torch.cat([embedded, clicks], -1).flatten(2)
+    return torch.baddbmm(b_ih.unsqueeze(1), x, w_ih.transpose(1, 2))
+
+
+def encode_stacked(
+    tables: torch.Tensor,
+    w_ih: torch.Tensor,
+    b_ih: torch.Tensor,
+    w_hh: torch.Tensor,
+    b_hh: torch.Tensor,
+    slates: torch.Tensor,
+    clicks: torch.Tensor,
+) -> torch.Tensor:
+    """Belief states of G encoders (parameters stacked as in `input_gates`, w_hh (G, 3H, H), b_hh (G, 3H)) over
+    whole sequences slates, clicks (G or 1, B, T, R) -> (G, B, T, H), differentiable; [:, :, t] encodes observations
+    0..t (the GRU cell of `BeliefEncoders.step`, run over time from a zero state)."""
+    batch, steps, size = slates.shape[-3:]
+    gi = input_gates(
+        tables, w_ih, b_ih, slates.reshape(-1, batch * steps, size), clicks.reshape(-1, batch * steps, size)
+    )
+    gi = gi.view(tables.shape[0], batch, steps, -1)
+    h = gi.new_zeros(tables.shape[0], batch, w_hh.shape[-1])
+    w_hh_t, b_hh = w_hh.transpose(1, 2), b_hh.unsqueeze(1)
+    states = []
+    for gi_t in gi.unbind(2):  # unbind, not indexing: its backward stacks the steps' gradients once
+        h = gru_cell(gi_t, h, w_hh_t, b_hh)
+        states.append(h)
+    return torch.stack(states, 2)

@@ -42,13 +42,20 @@ class Temperature(nn.Module):
     def loss(self, log_prob: torch.Tensor) -> torch.Tensor:
         """-weight * mean(log pi + target entropy) for log-probabilities of fresh policy actions (no gradient to the
         policy); weight exp(log alpha) (reference) or log alpha."""
-        weight = self.log_alpha.exp() if self.reference else self.log_alpha
-        return -(weight * (log_prob.detach() + self.target_entropy)).mean()
+        return temperature_loss(self.log_alpha, log_prob, self.target_entropy, self.reference)
 
     @torch.no_grad()
     def refresh(self) -> None:
         """alpha <- exp(log alpha), after the temperature step."""
         self.alpha.copy_(self.log_alpha.exp())
+
+
+def temperature_loss(
+    log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float, reference: bool
+) -> torch.Tensor:
+    """`Temperature.loss` for log alpha of any leading shape (...) and log-probabilities (..., n): (...)."""
+    weight = log_alpha.exp() if reference else log_alpha
+    return -(weight.unsqueeze(-1) * (log_prob.detach() + target_entropy)).mean(-1)
 
 
 class SACBase(BeliefAgent):
@@ -125,12 +132,8 @@ class SACBase(BeliefAgent):
         log pi(a): the Gaussian log-density minus log(1 - tanh^2 + 1e-6) per dimension (minus the log s Jacobian of
         the action box too, without reference_temperature: Q9)."""
         mu, log_std = self.policy_head(states)
-        squashed = torch.tanh(mu + log_std.exp() * noise)
-        log_gaussian = -0.5 * noise.pow(2) - log_std - LOG_SQRT_2PI
-        log_prob = (log_gaussian - torch.log(1 - squashed.pow(2) + 1e-6)).sum(-1)
-        if not self.config.reference_temperature:
-            log_prob = log_prob - self.action_scale.log().sum()
-        return self.action_center + self.action_scale * squashed, log_prob
+        jacobian = not self.config.reference_temperature
+        return tanh_gaussian(mu, log_std, noise, self.action_center, self.action_scale, jacobian)
 
     def policy_action(self, states: torch.Tensor, mode: str) -> torch.Tensor:
         """Sampled (explore) or deterministic c + s tanh(mu) action for actor states (n, H)."""
@@ -227,6 +230,24 @@ def transition_states(states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     """Belief states (B, H + 1, S) of obs_0 .. obs_H -> the transitions' states h_t and their next states h_{t+1}
     (detached), both (B * H, S)."""
     return states[:, :-1].flatten(0, 1), states[:, 1:].detach().flatten(0, 1)
+
+
+def tanh_gaussian(
+    mu: torch.Tensor,
+    log_std: torch.Tensor,
+    noise: torch.Tensor,
+    center: torch.Tensor,
+    scale: torch.Tensor,
+    jacobian: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Actions c + s tanh(mu + sigma noise) and their log pi (summed over the last dimension; `jacobian` subtracts
+    the log s of the action box), for any leading dimensions that center and scale (..., A) broadcast to."""
+    squashed = torch.tanh(mu + log_std.exp() * noise)
+    log_gaussian = -0.5 * noise.pow(2) - log_std - LOG_SQRT_2PI
+    log_prob = (log_gaussian - torch.log(1 - squashed.pow(2) + 1e-6)).sum(-1)
+    if jacobian:
+        log_prob = log_prob - scale.log().sum(-1)
+    return center + scale * squashed, log_prob
 
 
 class SACAgent(SACBase):
