@@ -55,18 +55,28 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _wait_for_running_run(method: str, timeout: float = 120) -> bool:
-    """Wait until the job of `method` has its run RUNNING in the store (it is then killed mid-run, not at its end)."""
+def _has_running_run(client: MlflowClient, method: str) -> bool:
+    try:
+        runs = client.search_runs(["0"], f"tags.stage = 'train_online' and tags.method = '{method}'")
+    except Exception:  # the store may not exist yet
+        return False
+    return any(r.info.status == "RUNNING" for r in runs)
+
+
+def _kill_while_running(pid: int, method: str, timeout: float = 300) -> bool:
+    """SIGKILL the job `pid` once its run of `method` is RUNNING in the store. The job is kept stopped (SIGSTOP)
+    while the store is read and let go on in 50 ms slices, so it cannot finish between the check and the kill, however
+    slowly a loaded machine answers the check. False if its run never became RUNNING."""
     client = MlflowClient()
     deadline = time.monotonic() + timeout
+    os.kill(pid, signal.SIGSTOP)
     while time.monotonic() < deadline:
-        try:
-            runs = client.search_runs(["0"], f"tags.stage = 'train_online' and tags.method = '{method}'")
-        except Exception:  # the store may not exist yet
-            runs = []
-        if any(r.info.status == "RUNNING" for r in runs):
+        if _has_running_run(client, method):
+            os.kill(pid, signal.SIGKILL)
             return True
-        time.sleep(0.1)
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.05)
+        os.kill(pid, signal.SIGSTOP)
     return False
 
 
@@ -80,8 +90,7 @@ def test_killed_job_is_reported_and_a_rerun_completes_the_table(tracking_store):
         victim = jobs[0] if jobs else None
         time.sleep(0.2)
     assert victim is not None, "the oracle job never started"
-    assert _wait_for_running_run("short_term_oracle"), "the oracle job never created its run"
-    os.kill(victim, signal.SIGKILL)
+    assert _kill_while_running(victim, "short_term_oracle"), "the oracle job never created its run"
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 1
     assert "short_term_oracle/focused_mix/seed58407201 FAILED (killed by SIGKILL)" in output
