@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from slate_rl.errors import SlateRLError
 
@@ -37,6 +37,8 @@ class BeliefConfig:
 
 # fused_update: run the update on the fused CPU kernels with hand-derived gradients (faster on CPU, the same results
 # up to float rounding) instead of the plain autograd update; refused on other devices.
+# REFERENCE_SWITCHES: the bool fields of a config whose True reproduces a behaviour of the reference code (what
+# train_online's reference_bugs turns on; a new switch joins it by being listed there).
 # reference_pairing (B1): True credits transition t with the first click of obs_t as the reference does; False
 # (default) with obs_{t+1}, the observation its action produced (SlateQ, REINFORCE and WkNN's critic input).
 
@@ -60,6 +62,8 @@ class SACConfig:
     hidden: int = 256
     batch_size: int = 20
     capacity: int = 10_000
+    REFERENCE_SWITCHES: ClassVar[tuple[str, ...]] = ("reference_temperature",)
+
     reference_temperature: bool = True
     fused_update: bool = False
     belief: BeliefConfig = BeliefConfig()
@@ -70,6 +74,8 @@ class WkNNConfig(SACConfig):
     """SAC+WkNN: k nearest items per slot. refine_fill: what the critic sees in the slots after the one being
     chosen during the greedy refinement: 'candidate' (the reference: the candidate repeated) or 'proto' (the
     proto-action's own slot queries)."""
+
+    REFERENCE_SWITCHES: ClassVar[tuple[str, ...]] = (*SACConfig.REFERENCE_SWITCHES, "reference_pairing")
 
     k: int = 10
     refine_fill: str = "candidate"
@@ -82,6 +88,8 @@ class SlateQConfig:
     boredom mask, targets on the raw user state); False: the correct effective user (bored topics zeroed) in both.
     batch_divpen (Q6): True reproduces the reference's batch-wide diversity-penalty decision in the targets; False
     decides it per next slate."""
+
+    REFERENCE_SWITCHES: ClassVar[tuple[str, ...]] = ("reference_relevances", "batch_divpen", "reference_pairing")
 
     gamma: float = 0.8
     tau: float = 0.002
@@ -102,6 +110,8 @@ class SlateQConfig:
 @dataclass(frozen=True)
 class ReinforceConfig:
     """REINFORCE+SoftMax (capacity 1 / batch 1 in the paper: each update trains on one episode)."""
+
+    REFERENCE_SWITCHES: ClassVar[tuple[str, ...]] = ("reference_pairing",)
 
     gamma: float = 0.8
     lr: float = 3e-3
