@@ -154,6 +154,15 @@ class TrainOnlineConfig(Protocol, StageConfig):
         if int(self.latent_dim) < 1 or float(self.lambda_kl) < 0 or float(self.lambda_click) < 0:
             raise SlateRLError("latent_dim must be >= 1 and the GeMS loss weights >= 0")
         check_agent_overrides(self.method, self.agent)
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        missing = sorted(
+            name for name, value in flat(reference_settings(values)).items() if flat(values).get(name) != value
+        )
+        if missing:
+            raise SlateRLError(
+                f"the reference umbrellas set {', '.join(missing)}, which this configuration lacks; build it with "
+                "TrainOnlineConfig.resolve, which fills them in"
+            )
         check_env_params(self)
 
 
@@ -186,7 +195,7 @@ def reference_settings(given: dict[str, Any]) -> dict[str, Any]:
     if not implied:
         return given
     agent = dict(given.get("agent") or {})
-    values = {**given, **{f"agent.{k}": v for k, v in agent.items()}}
+    values = flat(given)
     conflicts = {
         f"{name.removeprefix('agent.')} = {_spelled(values[name])} was given, {why} sets {_spelled(value)}": why
         for name, (value, why) in implied.items()
@@ -207,6 +216,12 @@ def reference_settings(given: dict[str, Any]) -> dict[str, Any]:
     if agent:
         result["agent"] = agent
     return result
+
+
+def flat(values: dict[str, Any]) -> dict[str, Any]:
+    """Train_online values with the agent overrides as 'agent.<name>' entries."""
+    agent = values.get("agent") or {}
+    return {**{k: v for k, v in values.items() if k != "agent"}, **{f"agent.{k}": v for k, v in agent.items()}}
 
 
 def _spelled(value: Any) -> str:

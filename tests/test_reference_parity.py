@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
-from mlflow.projects._project_spec import load_project
 from mlflow.tracking import MlflowClient
 
 from agents_helpers import single_thread, small_env  # noqa: F401 (autouse fixture)
 from slate_rl.agents import Trainer, build_agent
 from slate_rl.agents.buffer import Trajectories
-from slate_rl.cli import main
+from slate_rl.cli import main, train_online_command
 from slate_rl.errors import SlateRLError
 from slate_rl.methods import ONLINE_FAMILIES, get_method, method_ids
 from slate_rl.protocol import Protocol
@@ -223,6 +223,13 @@ def test_conflicts_are_refused_naming_the_fields(values, message):
     assert message in str(error.value)
 
 
+def test_a_config_built_without_resolve_must_spell_out_what_the_umbrellas_set():
+    cfg = TrainOnlineConfig(env="focused_topdown", preset="quick", method="slateq", reference_bugs=True)
+    with pytest.raises(SlateRLError, match=r"set agent\.batch_divpen, agent\.reference_pairing, agent\.reference_rel"):
+        cfg.validate()
+    dataclasses.replace(cfg, agent={switch: True for switch in reference_switches("slateq")}).validate()
+
+
 def test_methods_without_an_agent_config_take_the_umbrellas_as_protocol_only():
     for method in ("random", "short_term_oracle"):
         cfg = resolve(method, reference_parity=True)
@@ -293,12 +300,12 @@ def test_train_online_logs_the_umbrellas_as_params_and_tags(tracking_store):
     assert (params["parallel_episodes"], params["overlap_collection"]) == ("1", "false")
 
 
-def test_the_mlflow_entry_point_passes_the_umbrellas(tmp_path):
-    entry = load_project(str(REPO)).get_entry_point("train_online")
-    command = shlex.split(entry.compute_command({"reference_parity": "true"}, str(tmp_path)))
+def test_the_mlflow_entry_point_passes_the_umbrellas():
+    spec = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["train_online"]
+    values = {name: str(param["default"]) for name, param in spec["parameters"].items()}
+    values["reference_parity"] = "true"  # -P reference_parity=true
+    command = shlex.split(spec["command"].format(**{k: shlex.quote(v) for k, v in values.items()}))
     assert command[:2] == ["slate-rl", "train-online"]
-    from slate_rl.cli import train_online_command
-
     params = train_online_command.make_context("train-online", command[2:]).params
     assert (params["reference_parity"], params["reference_bugs"]) == (True, False)
 
