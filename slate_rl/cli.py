@@ -321,8 +321,14 @@ def train_mf_command(
         "test_episodes": "Episodes of the final test, after re-seeding the simulator (one batch).",
         "parallel_episodes": "K: episodes collected together, then K gradient steps.",
         "overlap_collection": "Collect the next K episodes while the updates run (both cores busy; the policy lags the "
-        "learner by up to 2K updates). K = 1 without overlap is the reference's ordering.",
+        "learner by up to 2K updates).",
         "save_every": "A checkpoint (episode_NNNNNN, and the resume state) every this many episodes.",
+        "reference_protocol": "The reference code's ordering: one episode at a time without overlap, each update's "
+        "replay batch drawn before the episode is played (REINFORCE then trains on the previous episode).",
+        "reference_bugs": "Turn on every reference-behaviour switch of the method's agent (its bugs and quirks, "
+        "e.g. reference_pairing); slate-rl's protocol is kept. A --set of one of them to false is refused.",
+        "reference_parity": "reference_bugs plus reference_protocol (parallel_episodes 1, no overlap): the "
+        "reference code's behaviour as closely as slate-rl can run it.",
         "item_embeddings": "A .pt / .npy item table of the environment instead of the preset's generated one.",
         "allow_env_mismatch": ALLOW_MISMATCH_HELP,
         "dataset": "generate_dataset run for GeMS / MF (runs:/<id>); default: by lineage.",
@@ -648,9 +654,32 @@ def collect_command(
     help="Comma-separated offline algorithms of the offline tables (train_offline runs), or 'all'.",
 )
 @option("offline_only", is_flag=True, help="Only the offline tables: leave the train_online runs out.")
+@option(
+    "reference_bugs",
+    type=click.Choice(["any", "true", "false"]),
+    default="any",
+    show_default=True,
+    help="Only the train_online runs with this reference_bugs value (runs made before it existed: false); with "
+    "'any', runs that differ in it are separate rows.",
+)
+@option(
+    "reference_parity",
+    type=click.Choice(["any", "true", "false"]),
+    default="any",
+    show_default=True,
+    help="Only the train_online runs with this reference_parity value (as --reference-bugs).",
+)
 @option("experiment_name", default=None, help="MLflow experiment of the compare run itself.")
 @user_errors
-def compare_command(envs: str, methods: str, experiment_name: str | None, filter_string: str, **values: Any) -> None:
+def compare_command(
+    envs: str,
+    methods: str,
+    experiment_name: str | None,
+    filter_string: str,
+    reference_bugs: str,
+    reference_parity: str,
+    **values: Any,
+) -> None:
     """The paper's results table (Markdown, CSV, LaTeX), aggregate scores and figures from finished runs; the
     offline tables (normalised scores per dataset, best and last weights) when finished train_offline runs exist.
     The filter applies to the runs of both."""
@@ -658,7 +687,14 @@ def compare_command(envs: str, methods: str, experiment_name: str | None, filter
 
     from slate_rl.stages import compare, compare_offline
 
-    cfg = compare.CompareConfig.resolve(envs, methods, filter=filter_string, **values)
+    umbrellas = {"reference_bugs": reference_bugs, "reference_parity": reference_parity}
+    cfg = compare.CompareConfig.resolve(
+        envs,
+        methods,
+        filter=filter_string,
+        **{name: None if value == "any" else value == "true" for name, value in umbrellas.items()},
+        **values,
+    )
     run_id = compare.run(cfg, experiment_name=experiment_name)
     counts = MlflowClient().get_run(run_id).data.metrics
     for name, count in (("results.md", "runs"), (compare_offline.FILES[0], "offline_runs")):

@@ -12,8 +12,9 @@ together they give the run's environment spec (`slate_rl.envs.spec`). Those that
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
+from slate_rl import config
 from slate_rl.config import StageConfig
 from slate_rl.errors import SlateRLError
 from slate_rl.methods import ONLINE_FAMILIES, get_method, method_ids
@@ -114,7 +115,13 @@ class TrainMFConfig(StageConfig):
 @dataclasses.dataclass
 class TrainOnlineConfig(Protocol, StageConfig):
     """Parameters of `train_online`: the method, the protocol (the fields of `Protocol`, episode counts from the
-    preset), the upstream runs (found or produced by lineage when empty) and agent hyper-parameter overrides."""
+    preset), the upstream runs (found or produced by lineage when empty) and agent hyper-parameter overrides.
+
+    Two umbrellas switch the reference code's behaviours on (`resolve` spells out what they set, so the run's params
+    show it): `reference_bugs` turns on every reference switch of the method's agent config (its
+    `REFERENCE_SWITCHES`) and keeps slate-rl's protocol; `reference_parity` is reference_bugs plus
+    `reference_protocol` (K = 1, no overlap). For Random and the short-term oracle, which have no agent config,
+    they change nothing but the protocol fields (which those test-only methods do not use)."""
 
     stage = "train_online"
     method: str = "sac_gems"
@@ -130,6 +137,14 @@ class TrainOnlineConfig(Protocol, StageConfig):
     lambda_click: float = 0.5
     agent: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides of the method's hyper-parameters
     register: bool = True
+    reference_bugs: bool = False
+    reference_parity: bool = False
+
+    @classmethod
+    def resolve(cls, env: str, preset: str, **overrides: Any) -> TrainOnlineConfig:
+        """The preset's values, then the given ones, with what the reference umbrellas imply filled in."""
+        given = config.resolve(preset, cls.stage, overrides)  # None = not given
+        return cast(TrainOnlineConfig, super().resolve(env, preset, **reference_settings(given)))
 
     def validate(self) -> None:
         get_method(self.method, ONLINE_FAMILIES)
@@ -138,7 +153,107 @@ class TrainOnlineConfig(Protocol, StageConfig):
         Protocol.validate(self)
         if int(self.latent_dim) < 1 or float(self.lambda_kl) < 0 or float(self.lambda_click) < 0:
             raise SlateRLError("latent_dim must be >= 1 and the GeMS loss weights >= 0")
+        check_agent_overrides(self.method, self.agent)
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        missing = sorted(
+            name for name, value in flat(reference_settings(values)).items() if flat(values).get(name) != value
+        )
+        if missing:
+            raise SlateRLError(
+                f"the reference umbrellas set {', '.join(missing)}, which this configuration lacks; build it with "
+                "TrainOnlineConfig.resolve, which fills them in"
+            )
         check_env_params(self)
+
+
+# What `reference_protocol` needs of the protocol.
+REFERENCE_PROTOCOL = {"reference_protocol": True, "parallel_episodes": 1, "overlap_collection": False}
+PROTOCOL_NOTE = "reference_parity = reference_bugs + reference_protocol: parallel_episodes 1, no overlap"
+
+
+def reference_switches(method: str) -> tuple[str, ...]:
+    """The reference-behaviour switches of `method`'s agent config (its `REFERENCE_SWITCHES`; () without one)."""
+    config_class = get_method(method).load_config()
+    return tuple(getattr(config_class, "REFERENCE_SWITCHES", ()))
+
+
+def reference_settings(given: dict[str, Any]) -> dict[str, Any]:
+    """`given` (train_online values; absent = not given) with what `reference_parity`, `reference_bugs` and
+    `reference_protocol` imply filled in: reference_parity sets reference_bugs and reference_protocol,
+    reference_bugs every reference switch of the method (`agent.<switch> = true`), reference_protocol K = 1 and
+    no overlap. A value given against one of them is refused, naming both."""
+    implied: dict[str, tuple[Any, str]] = {}  # field -> (value, the umbrella that sets it)
+    if given.get("reference_parity"):
+        implied.update({"reference_bugs": (True, "reference_parity"), "reference_protocol": (True, "reference_parity")})
+    if given.get("reference_protocol") or "reference_protocol" in implied:
+        why = "reference_protocol" if given.get("reference_protocol") else "reference_parity"
+        implied.update({name: (value, why) for name, value in REFERENCE_PROTOCOL.items() if name not in implied})
+    if given.get("reference_bugs") or "reference_bugs" in implied:
+        why = "reference_bugs" if given.get("reference_bugs") else "reference_parity"
+        method = given.get("method") or TrainOnlineConfig.method
+        implied.update({f"agent.{switch}": (True, why) for switch in reference_switches(method)})
+    if not implied:
+        return given
+    agent = dict(given.get("agent") or {})
+    values = flat(given)
+    conflicts = {
+        f"{name.removeprefix('agent.')} = {_spelled(values[name])} was given, {why} sets {_spelled(value)}": why
+        for name, (value, why) in implied.items()
+        if name in values and values[name] != value
+    }
+    if conflicts:
+        umbrellas = sorted(set(conflicts.values()))
+        raise SlateRLError(
+            f"conflicting train_online values: {'; '.join(conflicts)}; drop the given value or "
+            f"{' and '.join(umbrellas)}" + ("" if umbrellas == ["reference_bugs"] else f" ({PROTOCOL_NOTE})")
+        )
+    result = {**given}
+    for name, (value, _) in implied.items():
+        if name.startswith("agent."):
+            agent[name[len("agent.") :]] = value
+        else:
+            result[name] = value
+    if agent:
+        result["agent"] = agent
+    return result
+
+
+def flat(values: dict[str, Any]) -> dict[str, Any]:
+    """Train_online values with the agent overrides as 'agent.<name>' entries."""
+    agent = values.get("agent") or {}
+    return {**{k: v for k, v in values.items() if k != "agent"}, **{f"agent.{k}": v for k, v in agent.items()}}
+
+
+def _spelled(value: Any) -> str:
+    """A value as the command line spells it (booleans in lower case)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_agent_overrides(method: str, overrides: dict[str, Any]) -> None:
+    """Name an agent override (`--set`) that `method` does not take: a train_online option, a reference switch of
+    another method (with the switches `method` has), or an unknown name (with the valid ones)."""
+    from slate_rl.agents.config import with_overrides
+
+    if not overrides:
+        return
+    known = agent_defaults(method)
+    for name in sorted(set(overrides) - set(known)):
+        if name in {f.name for f in dataclasses.fields(TrainOnlineConfig)}:
+            raise SlateRLError(
+                f"{name} is a train_online option, not a hyper-parameter of {method}: give it as "
+                f"--{name.replace('_', '-')} VALUE (in a pipeline: --set {name}=VALUE)"
+            )
+        owners = [other for other in method_ids(ONLINE_FAMILIES) if name in reference_switches(other)]
+        if owners:
+            mine = reference_switches(method)
+            raise SlateRLError(
+                f"{name} is a reference switch of {', '.join(owners)}, not of {method}; "
+                + (f"{method}'s reference switches: {', '.join(mine)}" if mine else f"{method} has none")
+            )
+    config_class = get_method(method).load_config()
+    if config_class is None:
+        raise SlateRLError(f"method {method!r} has no hyper-parameters to override (got {', '.join(overrides)})")
+    with_overrides(config_class(), overrides)  # names the unknown ones with the valid ones
 
 
 @dataclasses.dataclass

@@ -13,6 +13,7 @@ import yaml
 from slate_rl import config, envs, stage_configs
 from slate_rl.errors import SlateRLError
 from slate_rl.stage_configs import GenerateDatasetConfig
+from slate_rl.tracking.runs import format_param
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +94,7 @@ def test_mlproject_fixed_defaults_equal_the_stage_defaults(entry_point, config_c
     assert declared.pop("env_param") == {"type": "string", "default": ""} and cfg.env_params == {}
     assert "--env-param {env_param}" in spec["command"]
     for name, param in declared.items():
-        assert str(param["default"]) == str(resolved[name] if resolved[name] is not None else ""), name
+        assert str(param["default"]) == format_param(resolved[name]), name  # as the stage logs it
         assert "{" + name + "}" in spec["command"], name
 
 

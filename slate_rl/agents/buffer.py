@@ -111,6 +111,12 @@ class TrajectoryBuffer:
         """The stored trajectories at `slots`, ids as int64 and clicks as float."""
         return Trajectories(self.slates, self.clicks, self.actions, self.privileged).select(slots)
 
+    def latest(self, n: int) -> torch.Tensor:
+        """The slots of the `n` most recently stored trajectories, oldest first."""
+        if not 1 <= n <= self.size:
+            raise SlateRLError(f"the buffer holds {self.size} trajectories; cannot take the latest {n}")
+        return (self.position - n + torch.arange(n)) % self.capacity
+
     def sample(self, batch_size: int, generator: torch.Generator) -> Trajectories | None:
         """`batch_size` distinct stored trajectories, uniformly; None while fewer are stored."""
         if self.size < batch_size:

@@ -37,12 +37,13 @@ class BeliefConfig:
 
 # fused_update: run the update on the fused CPU kernels with hand-derived gradients (faster on CPU, the same results
 # up to float rounding) instead of the plain autograd update; refused on other devices.
+# REFERENCE_SWITCHES: the bool fields of a config whose True reproduces a behaviour of the reference code (what
+# train_online's reference_bugs turns on; a new switch joins it by being listed there).
 # reference_pairing (B1): True credits transition t with the first click of obs_t as the reference does; False
 # (default) with obs_{t+1}, the observation its action produced (SlateQ, REINFORCE and WkNN's critic input).
 # reference_terminal_end (SAC family, SlateQ): True treats the last transition of an episode as terminal, as the
 # reference does (no bootstrap in its TD target); False (default) as a truncation by the time limit: the target
 # bootstraps from the belief after the episode's final observation.
-# REFERENCE_SWITCHES: the fields of a config that restore a behaviour of the reference code when set to True.
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """The paper's online protocol (`slate_rl.protocol.Protocol`) as a pure, resumable loop; no files, no MLflow.
 
 One training step is one collected episode. Episodes are collected in blocks of K users played together
-(`Protocol.parallel_episodes`), each block followed by one gradient step per episode of the block (K = 1 is the
-reference's ordering). Blocks never straddle the end of the warm-up or a validation point, so the schedule of the
+(`Protocol.parallel_episodes`), each block followed by one gradient step per episode of the block; each step's replay
+batch is drawn once the block is stored. With `Protocol.reference_protocol` (K = 1, no overlap) the batch is drawn
+before the episode is played, as in the reference: it never holds that episode, and REINFORCE trains on the previous
+one. Blocks never straddle the end of the warm-up or a validation point, so the schedule of the
 simulator's user stream (training blocks, then the validation users as one batch, ...) depends only on the
 protocol, never on the agent: every method and seed meets the same training, validation and test users (common
 random numbers). With `Protocol.overlap_collection` the next block is collected in a second thread during the
@@ -206,16 +208,31 @@ class Trainer:
         mode = RANDOM if start < self.protocol.warmup_episodes else EXPLORE
         return play(self.env, actor, self.block_size(start), mode, start)
 
+    def _updates_at(self, episode: int) -> bool:
+        """Whether training episode `episode` is followed by an update (not in the warm-up, except REINFORCE's)."""
+        return episode >= self.protocol.warmup_episodes or self.agent.updates_in_warmup
+
+    def _replay(self, buffer: TrajectoryBuffer, slots: torch.Tensor | None) -> Trajectories | None:
+        """An update's batch: a replay sample; for an on-policy agent the episodes at `slots` (None: the latest stored
+        one, or None while the buffer is empty)."""
+        if not self.agent.on_policy:
+            return buffer.sample(self.agent.batch_size, self.agent.generator)
+        if slots is None:
+            return buffer.get(buffer.latest(1)) if len(buffer) else None
+        return buffer.get(slots)
+
     def _block(self) -> None:
         p, agent, start = self.protocol, self.agent, self.episode
+        buffer = self.buffer
+        if buffer is None:
+            raise SlateRLError(f"method {agent.method!r} does not learn: it has no training loop")
+        # the reference draws the batch before playing the episode (K = 1): from the buffer as it was before it
+        prefetched = self._replay(buffer, None) if p.reference_protocol and self._updates_at(start) else None
         if self._pending is None:
             tic = time.perf_counter()
             self._pending = self._collect(start, agent)
             self._meter.seconds["collect"] += time.perf_counter() - tic
         episodes, self._pending = self._pending, None
-        buffer = self.buffer
-        if buffer is None:
-            raise SlateRLError(f"method {agent.method!r} does not learn: it has no training loop")
         size = episodes.slates.shape[0]
         end = start + size
         slots = buffer.add(episodes)
@@ -225,11 +242,9 @@ class Trainer:
             collector.start()
         tic = time.perf_counter()
         for i in range(size):
-            if start + i < p.warmup_episodes and not agent.updates_in_warmup:
+            if not self._updates_at(start + i):
                 continue
-            batch = (
-                buffer.get(slots[i : i + 1]) if agent.on_policy else buffer.sample(agent.batch_size, agent.generator)
-            )
+            batch = prefetched if p.reference_protocol else self._replay(buffer, slots[i : i + 1])
             if batch is not None:
                 self._meter.add(agent.update(batch))
         self._meter.seconds["update"] += time.perf_counter() - tic
@@ -294,9 +309,10 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["method"] != self.agent.method:
             raise SlateRLError(f"checkpoint is of method {state['method']!r}, this trainer runs {self.agent.method!r}")
-        if state["protocol"] != dataclasses.asdict(self.protocol):
+        saved = {**dataclasses.asdict(Protocol()), **state["protocol"]}  # a field added later: its default
+        if saved != dataclasses.asdict(self.protocol):
             raise SlateRLError(
-                f"checkpoint protocol {state['protocol']} differs from this trainer's "
+                f"checkpoint protocol {saved} differs from this trainer's "
                 f"{dataclasses.asdict(self.protocol)}; resume with the same protocol"
             )
         state = copy.deepcopy(state)

@@ -30,7 +30,7 @@ from slate_rl.reporting import (
     to_per_seed_csv,
 )
 from slate_rl.reporting.names import row_order
-from slate_rl.stage_configs import TrainOnlineConfig, agent_defaults
+from slate_rl.stage_configs import REFERENCE_PROTOCOL, TrainOnlineConfig, agent_defaults, reference_switches
 from slate_rl.stages import compare_offline, environment
 from slate_rl.tracking.results import metric_curve, search_finished_runs
 from slate_rl.tracking.runs import format_param, normal_param, stage_run
@@ -42,6 +42,7 @@ PAPER_GEMS = {"latent_dim": 32.0, "lambda_kl": 1.0, "lambda_click": 0.5}
 # Params that are not part of a run's configuration identity: the cell and table it belongs to, its seed and the
 # upstream run of that seed, and what happens after training (registration).
 NOT_IDENTITY = ("env", "method", "preset", "seed", "gems", "register")
+UMBRELLAS = ("reference_parity", "reference_bugs")  # train_online's reference umbrellas (filters, row labels)
 log = logging.getLogger("slate_rl")
 
 
@@ -60,6 +61,8 @@ class CompareConfig:
     bootstrap: int = 2000
     algorithms: list[str] = dataclasses.field(default_factory=list)
     offline_only: bool = False
+    reference_bugs: bool | None = None  # keep only the runs with this reference_bugs value (None: all, as variants)
+    reference_parity: bool | None = None  # ... and reference_parity value
 
     @classmethod
     def resolve(cls, envs: str, methods: str, algorithms: str = "", **values: Any) -> CompareConfig:
@@ -107,6 +110,7 @@ def run(cfg: CompareConfig, experiment_name: str | None = None) -> str:
                 "bootstrap": cfg.bootstrap,
                 "algorithms": ",".join(cfg.algorithms) or "all",
                 "offline_only": cfg.offline_only,
+                **{name: _choice(getattr(cfg, name)) for name in UMBRELLAS},
             }
         )
         offline = compare_offline.gather(cfg.envs, cfg.preset, cfg.filter, cfg.algorithms)
@@ -152,12 +156,14 @@ def select_runs(cfg: CompareConfig, required: bool = True) -> list[Run]:
         and r.data.tags.get("method") in cfg.methods
         and (cfg.preset == "any" or r.data.tags.get("preset") == cfg.preset)
         and "test_return" in r.data.metrics
+        and all(getattr(cfg, name) in (None, umbrella(r, name)) for name in UMBRELLAS)
     ]
     if not wanted and required:
         raise SlateRLError(
             f"no finished {SOURCE_STAGE} run matches envs={','.join(cfg.envs)} "
             f"methods={','.join(cfg.methods)} preset={cfg.preset}"
             + (f" filter={cfg.filter!r}" if cfg.filter else "")
+            + "".join(f" {name}={_choice(getattr(cfg, name))}" for name in UMBRELLAS if getattr(cfg, name) is not None)
             + "; "
             + describe_store(search_finished_runs(SOURCE_STAGE) if cfg.filter else found)
         )
@@ -167,6 +173,17 @@ def select_runs(cfg: CompareConfig, required: bool = True) -> list[Run]:
         key = (tags["method"], tags["env"], tags.get("seed"), tags.get("preset"), frozenset(identity(r).items()))
         latest.setdefault(key, r)
     return list(latest.values())
+
+
+def umbrella(r: Run, name: str) -> bool:
+    """The run's value of a reference umbrella (`reference_bugs`, `reference_parity`); False for runs made before
+    they existed."""
+    return normal_param(r.data.params.get(name)) == "true"
+
+
+def _choice(value: bool | None) -> str:
+    """An umbrella filter as the command line spells it: any, true or false."""
+    return "any" if value is None else format_param(value)
 
 
 def identity(r: Run) -> dict[str, str]:
@@ -210,7 +227,8 @@ def to_results(runs: Sequence[Run], with_curve: bool) -> list[RunResult]:
     for method in {r.data.tags["method"] for r in runs}:
         mine = [(r, identities[r.info.run_id]) for r in runs if r.data.tags["method"] == method]
         names = sorted({name for _, ident in mine for name in ident})
-        fields[method] = [name for name in names if len({_shown(r, ident, name) for r, ident in mine}) > 1]
+        varying = [name for name in names if len({_shown(r, ident, name) for r, ident in mine}) > 1]
+        fields[method] = [name for name in varying if not _set_by_umbrellas(name, method, mine)]
     return [
         to_result(
             r,
@@ -223,6 +241,21 @@ def to_results(runs: Sequence[Run], with_curve: bool) -> list[RunResult]:
         )
         for r in runs
     ]
+
+
+def _set_by_umbrellas(name: str, method: str, runs: list[tuple[Run, dict[str, str]]]) -> bool:
+    """Whether param `name` is one the reference umbrellas set (their protocol fields, the method's reference
+    switches, reference_bugs under reference_parity) and, among `runs`, follows from the umbrellas' values: a row
+    label then shows the umbrella alone ('reference_parity=true', not every field it sets)."""
+    implied = {"reference_bugs", *REFERENCE_PROTOCOL, *(f"agent.{s}" for s in reference_switches(method))}
+    if name not in implied:
+        return False
+    seen: dict[tuple[str, ...], str] = {}
+    for r, ident in runs:
+        key = tuple(_shown(r, ident, other) for other in UMBRELLAS if other != name)
+        if seen.setdefault(key, _shown(r, ident, name)) != _shown(r, ident, name):
+            return False
+    return True
 
 
 def _shown(r: Run, ident: dict[str, str], name: str) -> str:

@@ -47,6 +47,7 @@ from slate_rl.stage_configs import (
     TrainMFConfig,
     TrainOnlineConfig,
     agent_defaults,
+    reference_switches,
 )
 from slate_rl.stages import (
     collect,
@@ -256,11 +257,19 @@ def _check_overrides(overrides: dict[str, list[Any]], methods: list[str]) -> Non
                 f"--set {name}=... is not allowed: the pipeline sets {name} itself"
                 + {"item_embeddings": "; use --item-embeddings", "env_params": "; use --env-param"}.get(name, "")
             )
-        if name not in _stage_fields() | hyper:
+        if name in _stage_fields() | hyper:
+            continue
+        owners = [method for method in method_ids(ONLINE_FAMILIES) if name in reference_switches(method)]
+        if owners:
             raise SlateRLError(
-                f"--set {name}: not a train_online option nor a hyper-parameter of "
-                f"{', '.join(methods)}; valid: {', '.join(sorted(_stage_fields() | hyper))}"
+                f"--set {name}: a reference switch of {', '.join(owners)}, none of the grid's methods; their "
+                "reference switches: "
+                + "; ".join(f"{method}: {', '.join(reference_switches(method)) or 'none'}" for method in methods)
             )
+        raise SlateRLError(
+            f"--set {name}: not a train_online option nor a hyper-parameter of "
+            f"{', '.join(methods)}; valid: {', '.join(sorted(_stage_fields() | hyper))}"
+        )
 
 
 def _combinations(values: dict[str, list[Any]]) -> list[dict[str, Any]]:

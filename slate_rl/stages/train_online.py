@@ -41,6 +41,7 @@ from slate_rl.tracking.runs import RESUME_FILE, RESUME_PATH, StageRun, stage_run
 STAGE = "train_online"
 CONTEXT_METRICS = {"random": "test_return_random", "short_term_oracle": "test_return_oracle"}
 CONFIG_FILE = "config.json"
+REFERENCE_TAGS = ("reference_bugs", "reference_parity")  # the umbrellas, also as run tags (true / false)
 log = logging.getLogger("slate_rl")
 
 
@@ -75,7 +76,14 @@ def run(
         parent=parent,
         experiment_name=experiment_name,
         run_id=resume_run,
-        tags={"env": cfg.env, "method": cfg.method, "seed": cfg.seed, "preset": cfg.preset, DEVICE_TAG: str(on)},
+        tags={
+            "env": cfg.env,
+            "method": cfg.method,
+            "seed": cfg.seed,
+            "preset": cfg.preset,
+            DEVICE_TAG: str(on),
+            **{name: getattr(cfg, name) for name in REFERENCE_TAGS},
+        },
     ) as mlrun:
         if resume_run is None:
             mlrun.log_params(cfg.as_params())
