@@ -93,6 +93,10 @@ def test_mlproject_fixed_defaults_equal_the_stage_defaults(entry_point, config_c
     resolved = cfg.as_params()
     assert declared.pop("env_param") == {"type": "string", "default": ""} and cfg.env_params == {}
     assert "--env-param {env_param}" in spec["command"]
+    # the device is where the run computes, recorded as a tag, not a param of its configuration
+    if entry_point != "generate_dataset":
+        assert declared.pop("device") == {"type": "string", "default": "cpu"}
+        assert "--device {device}" in spec["command"]
     for name, param in declared.items():
         assert str(param["default"]) == format_param(resolved[name]), name  # as the stage logs it
         assert "{" + name + "}" in spec["command"], name

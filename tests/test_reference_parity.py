@@ -148,8 +148,20 @@ def test_every_reference_switch_is_a_bool_field_of_its_config():
         assert config_class.REFERENCE_SWITCHES, method
         for switch in config_class.REFERENCE_SWITCHES:
             assert isinstance(fields[switch].default, bool), (method, switch)
-    assert reference_switches("slateq") == ("reference_relevances", "batch_divpen", "reference_pairing")
-    assert reference_switches("sac_wknn") == ("reference_temperature", "reference_pairing")
+    assert reference_switches("slateq") == (
+        "reference_relevances",
+        "batch_divpen",
+        "reference_pairing",
+        "reference_terminal_end",
+    )
+    assert reference_switches("sac_wknn") == (
+        "reference_temperature",
+        "reference_terminal_end",
+        "reference_pairing",
+        "reference_item_table",
+        "reference_knn_layout",
+        "reference_refinement",
+    )
     assert reference_switches("random") == ()
 
 
