@@ -13,6 +13,10 @@ one thread).
     python benchmarks/bench_agents.py                      # SAC+GeMS, K = 1, 10, 50, 100
     python benchmarks/bench_agents.py --methods all --parallel 50
     python benchmarks/bench_agents.py --methods all --updates-only   # plain vs fused update times
+    python benchmarks/bench_agents.py --device cuda --methods sac_topk_ideal sac_gems --parallel 1 10 100
+
+On a GPU (`--device cuda`) the clocks are read after the device's queued work is done; the fused updates, CPU
+kernels, are not measured there, and the CPU time is the host thread's (it includes waiting for the GPU).
 """
 
 from __future__ import annotations
@@ -42,16 +46,19 @@ from slate_rl.agents.runtime import configure_cpu
 from slate_rl.methods import ONLINE_FAMILIES, get_method, method_ids
 from slate_rl.rankers.decoders import GeMSDecoder
 from slate_rl.rankers.gems import GeMS
+from timing import add_device_option, synchronize
 
 PAPER = dict(episodes=100_000, warmup=2_000, validations=100, val_episodes=200, test_episodes=500)
 
 
-def timed(fn: Callable[[], object], repeats: int) -> tuple[list[float], list[float]]:
-    """Wall and CPU seconds of `repeats` calls."""
+def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of `repeats` calls (each ends when `device` has done its work)."""
     wall, cpu = [], []
     for _ in range(repeats):
+        synchronize(device)
         w, c = time.perf_counter(), time.process_time()
         fn()
+        synchronize(device)
         wall.append(time.perf_counter() - w)
         cpu.append(time.process_time() - c)
     return wall, cpu
@@ -72,7 +79,13 @@ def has_fused_update(method: str) -> bool:
 
 def bench_updates(agent: Agent, env: envs.TopicRec, repeats: int) -> dict[str, float]:
     buffer = TrajectoryBuffer(
-        200, env.episode_length, env.slate_size, env.num_items, agent.stored_action_dim, agent.privileged_dim
+        200,
+        env.episode_length,
+        env.slate_size,
+        env.num_items,
+        agent.stored_action_dim,
+        agent.privileged_dim,
+        device=env.device,
     )
     for _ in range(2):
         buffer.add(play(env, agent, 50, EXPLORE))
@@ -81,8 +94,8 @@ def bench_updates(agent: Agent, env: envs.TopicRec, repeats: int) -> dict[str, f
     def step() -> None:
         agent.update(buffer.sample(batch_size, agent.generator))
 
-    timed(step, 3)
-    wall, cpu = timed(step, repeats)
+    timed(step, 3, env.device)
+    wall, cpu = timed(step, repeats, env.device)
     return {
         "wall_ms": 1e3 * statistics.median(wall),
         "cpu_ms": 1e3 * statistics.median(cpu),
@@ -93,18 +106,26 @@ def bench_updates(agent: Agent, env: envs.TopicRec, repeats: int) -> dict[str, f
 def bench_collection(agent: Agent, env: envs.TopicRec, parallel: int, mode: str, episodes: int) -> dict[str, float]:
     blocks = max(1, episodes // parallel)
     play(env, agent, parallel, mode, 0)
-    wall, cpu = timed(lambda: play(env, agent, parallel, mode, 3000), blocks)
+    wall, cpu = timed(lambda: play(env, agent, parallel, mode, 3000), blocks, env.device)
     done = blocks * parallel
     return {"wall_eps": done / sum(wall), "cpu_eps": done / sum(cpu)}
 
 
 def bench_evaluation(agent: Agent, env: envs.TopicRec, users: int, repeats: int = 2) -> dict[str, float]:
-    wall, cpu = timed(lambda: play(env, agent, users, GREEDY), repeats)
+    wall, cpu = timed(lambda: play(env, agent, users, GREEDY), repeats, env.device)
     return {"wall_s": min(wall), "cpu_s": min(cpu)}
 
 
 def bench_fit(
-    method: str, env_name: str, inputs: dict, seed: int, parallel: int, pipeline: bool, episodes: int, fused: bool
+    method: str,
+    env_name: str,
+    inputs: dict,
+    seed: int,
+    parallel: int,
+    pipeline: bool,
+    episodes: int,
+    fused: bool,
+    device: torch.device,
 ) -> float:
     """Wall seconds per learning episode (collection, update, overlap) of the real loop after a short warm-up."""
     warmup = max(parallel, 20)
@@ -118,13 +139,18 @@ def bench_fit(
         overlap_collection=pipeline,
         save_every=10**9,
     )
-    env = envs.make(env_name)
+    env = envs.make(env_name, device=device)
     marks: dict[int, float] = {}
+
+    def mark(episode: int, total: int) -> None:
+        synchronize(device)
+        marks.setdefault(episode, time.perf_counter())
+
     trainer = Trainer(
         build_agent(method, env, seed, **inputs, overrides={"fused_update": True} if fused else None),
         env,
         protocol,
-        Hooks(on_progress=lambda episode, total: marks.setdefault(episode, time.perf_counter())),
+        Hooks(on_progress=mark),
     )
     trainer.fit()
     first = min(e for e in marks if e > warmup)  # the first learning block's end (its collection is excluded)
@@ -180,14 +206,18 @@ def main() -> None:
     )
     parser.add_argument("--updates-only", action="store_true", help="time the updates only (plain and fused)")
     parser.add_argument("--seed", type=int, default=0)
+    add_device_option(parser)
     args = parser.parse_args()
+    if args.fused_update and args.device.type != "cpu":
+        parser.error("--fused-update runs fused CPU kernels: drop it or use --device cpu")
     configure_cpu(args.threads)
     methods = list(method_ids(ONLINE_FAMILIES)) if args.methods == ["all"] else args.methods
-    env = envs.make(args.env)
+    env = envs.make(args.env, device=args.device)
     inputs = upstream(env, args.seed)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), env {args.env}")
+    where = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), env {args.env}, device {where}")
     for method in methods:
-        fused = has_fused_update(method)
+        fused = has_fused_update(method) and args.device.type == "cpu"
         plain_agent = build_agent(method, env, args.seed, **inputs)
         fused_agent = build_agent(method, env, args.seed, **inputs, overrides={"fused_update": True}) if fused else None
         agent = fused_agent if args.fused_update and fused_agent is not None else plain_agent
@@ -240,7 +270,9 @@ def main() -> None:
             for k in args.parallel:
                 random_eps = bench_collection(agent, env, k, RANDOM, args.collect_episodes)["wall_eps"]
                 for pipeline in (True, False):
-                    learn = bench_fit(method, env.name, inputs, args.seed, k, pipeline, args.fit, agent is fused_agent)
+                    learn = bench_fit(
+                        method, env.name, inputs, args.seed, k, pipeline, args.fit, agent is fused_agent, args.device
+                    )
                     total = (
                         PAPER["warmup"] / random_eps
                         + (PAPER["episodes"] - PAPER["warmup"]) * learn
