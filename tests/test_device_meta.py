@@ -172,7 +172,7 @@ def trace(method: str, device: str) -> dict[str, torch.Tensor]:
     trainer = Trainer(agent, env, PROTOCOL)
     trainer.fit()
     out = {"returns": trainer.test().cpu()}
-    if trainer.buffer is not None:
+    if trainer.buffer is not None and trainer.buffer.capacity >= PROTOCOL.episodes:  # REINFORCE keeps one block
         stored = trainer.buffer.get(torch.arange(PROTOCOL.warmup_episodes, device=device))
         out.update(slates=stored.slates.cpu(), clicks=stored.clicks.cpu())
     return out
