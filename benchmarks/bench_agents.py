@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
 
@@ -46,22 +45,9 @@ from slate_rl.agents.runtime import configure_cpu
 from slate_rl.methods import ONLINE_FAMILIES, get_method, method_ids
 from slate_rl.rankers.decoders import GeMSDecoder
 from slate_rl.rankers.gems import GeMS
-from timing import add_device_option, synchronize
+from timing import add_device_option, synchronize, timed
 
 PAPER = dict(episodes=100_000, warmup=2_000, validations=100, val_episodes=200, test_episodes=500)
-
-
-def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[list[float], list[float]]:
-    """Wall and CPU seconds of `repeats` calls (each ends when `device` has done its work)."""
-    wall, cpu = [], []
-    for _ in range(repeats):
-        synchronize(device)
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        synchronize(device)
-        wall.append(time.perf_counter() - w)
-        cpu.append(time.process_time() - c)
-    return wall, cpu
 
 
 def upstream(env: envs.TopicRec, seed: int) -> dict:

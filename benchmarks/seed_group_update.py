@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -31,21 +30,13 @@ from slate_rl.agents.sac import SACAgent
 from slate_rl.agents.seed_group import SeedGroup
 from slate_rl.rankers.decoders import GeMSDecoder
 from slate_rl.rankers.gems import GeMS
-from timing import add_device_option, synchronize
+from timing import add_device_option, timed
 
 
-def timed(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> dict[str, float]:
-    """Median wall and CPU milliseconds of `repeats` calls after `warmup` calls (each ends when `device` is done)."""
-    for _ in range(warmup):
-        fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        synchronize(device)
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        synchronize(device)
-        wall.append(time.perf_counter() - w)
-        cpu.append(time.process_time() - c)
+def median_ms(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> dict[str, float]:
+    """Median wall and CPU milliseconds of `repeats` calls after `warmup` calls."""
+    timed(fn, warmup, device)
+    wall, cpu = timed(fn, repeats, device)
     return {"wall_ms": 1e3 * statistics.median(wall), "cpu_ms": 1e3 * statistics.median(cpu)}
 
 
@@ -104,7 +95,7 @@ def main() -> None:
     best: dict[str, dict[str, float]] = {}
     for _ in range(args.rounds):
         for label, run in runs.items():
-            got = timed(run, args.warmup, args.updates, args.device)
+            got = median_ms(run, args.warmup, args.updates, args.device)
             best[label] = {key: min(value, best.get(label, got)[key]) for key, value in got.items()}
     print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     for label, _ in paths:
