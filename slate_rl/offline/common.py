@@ -92,7 +92,12 @@ class OfflineBatch:
 
 
 class TwinCritic(nn.Module):
-    """Two critics Q_k(state, action) (one hidden layer each); `forward` returns (..., 2)."""
+    """Two critics Q_k(state, action) (one hidden layer each); `forward` returns (..., 2).
+
+    The first layer W [s; a] + b is computed as (W_s s + b) + W_a a: states (..., H) broadcast against actions
+    (J, ..., A), so that J actions per state (CQL's sampled actions) share one state projection, and no gradient
+    is formed for an input that does not need one.
+    """
 
     def __init__(
         self,
@@ -107,9 +112,16 @@ class TwinCritic(nn.Module):
         self.q2 = MLP(state_dim + action_dim, hidden, 1, generator, device)
 
     def forward(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        inputs = torch.cat([states, actions], -1).flatten(0, -2)
-        values = torch.cat([self.q1(inputs), self.q2(inputs)], 1)
-        return values.view(*actions.shape[:-1], 2)
+        return torch.cat([self.head(self.q1, states, actions), self.head(self.q2, states, actions)], -1)
+
+    @staticmethod
+    def head(q: MLP, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Q(states, actions) (..., 1) of one critic."""
+        state_dim = states.shape[-1]
+        projected = torch.addmm(q.bias1, states.reshape(-1, state_dim), q.weight1[:, :state_dim].t())
+        hidden = torch.matmul(actions, q.weight1[:, state_dim:].t())
+        hidden = hidden.add_(projected.view(*states.shape[:-1], -1)).relu_()
+        return torch.matmul(hidden, q.weight2.t()).add_(q.bias2)
 
 
 def target_copy(module: nn.Module) -> nn.Module:
@@ -211,10 +223,12 @@ class OfflineAgent(BeliefAgent):
     # ---------------------------------------------------------------- learning
     def encode(self, batch: OfflineBatch, names: tuple[str, ...], last: bool = True) -> dict[str, torch.Tensor]:
         """Belief states of the named streams, (B, T+1, H) over o_0..o_T (or (B, T, H) over o_0..o_{T-1} with
-        `last=False`): entry t encodes o_0..o_t. Consume them (back-propagate) before the next encode of the
-        same shape, or clone them."""
+        `last=False`): entry t encodes o_0..o_t. On the CPU the encoders run as fused kernels with a hand-written
+        backward pass (the same equations; `BeliefEncoders.encode_fused`), whose output lives in a reused buffer:
+        consume it (back-propagate) before the next encode of the same shape, or clone it."""
         stop = None if last else -1
-        encoded = self.beliefs.encode(batch.slates[:, :stop], batch.clicks[:, :stop], names)
+        encode = self.beliefs.encode_fused if self.device.type == "cpu" else self.beliefs.encode
+        encoded = encode(batch.slates[:, :stop], batch.clicks[:, :stop], names)
         return dict(zip(names, encoded.unbind(0), strict=True))
 
     def update(self, batch: OfflineBatch) -> Diagnostics:  # type: ignore[override]

@@ -87,7 +87,7 @@ class CQLAgent(OfflineAgent):
             sampled = torch.cat([uniform, policy_now.unsqueeze(0)])
         q = self.critic(critic_states, batch.actions)
         td_loss = (q - target.unsqueeze(-1)).pow(2).mean(dim=(0, 1)).sum()
-        q_sampled = self.critic(critic_states.expand(sampled.shape[0], *critic_states.shape), sampled)
+        q_sampled = self.critic(critic_states, sampled)
         penalty = conservative_penalty(q_sampled, q).sum()
         critic_norm = step(self.critic_optimizer, td_loss + cfg.alpha * penalty, cfg.grad_clip)
         actor_states = self.encode(batch, ("actor",), last=False)["actor"]
