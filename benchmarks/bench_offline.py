@@ -9,6 +9,7 @@ clock also counts time spent waiting for a core.
 
     python benchmarks/bench_offline.py                          # every algorithm, one thread
     python benchmarks/bench_offline.py --algorithms cql --profile  # where CQL's step goes (torch.profiler table)
+    python benchmarks/bench_offline.py --algorithms cql --components  # GRU and CQL's critics: plain vs as run
 """
 
 from __future__ import annotations
@@ -67,6 +68,38 @@ def profile(agent: OfflineAgent, data: OfflineData, repeats: int) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
+def components(agent: OfflineAgent, data: OfflineData, repeats: int) -> None:
+    """CPU ms of the parts that dominate an update, the plain form against the one the updates run, interleaved:
+    encoding both belief streams over o_0..o_T (forward and backward), and CQL's critics at 11 actions per state."""
+    batch = data.sample(agent.config.batch_episodes, agent.generator)
+    beliefs = agent.beliefs
+    slates, clicks = batch.slates, batch.clicks
+    names = agent.streams
+    states = torch.randn(*batch.actions.shape[:-1], agent.config.belief.hidden_dim, requires_grad=True)
+    actions = torch.rand(11, *batch.actions.shape) * 2 - 1
+    critic = getattr(agent, "critic", None)
+
+    def concatenated() -> torch.Tensor:
+        assert critic is not None
+        rows = torch.cat([states.expand(11, *states.shape), actions], -1).flatten(0, -2)
+        return torch.cat([critic.q1(rows), critic.q2(rows)], 1)
+
+    parts = {
+        "GRU plain": lambda: beliefs.encode(slates, clicks, names).sum().backward(),
+        "GRU fused": lambda: beliefs.encode_fused(slates, clicks, names).sum().backward(),
+    }
+    if critic is not None:
+        parts["11 actions, concatenated"] = lambda: concatenated().logsumexp(0).sum().backward()
+        parts["11 actions, shared projection"] = lambda: critic(states, actions).logsumexp(0).sum().backward()
+    times: dict[str, list[float]] = {name: [] for name in parts}
+    for _ in range(repeats):
+        for name, part in parts.items():
+            start = time.process_time()
+            part()
+            times[name].append(time.process_time() - start)
+    print(", ".join(f"{name} {1e3 * statistics.median(t):.1f}" for name, t in times.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
@@ -78,6 +111,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=1_000, help="validation period of the projected run")
     parser.add_argument("--set", nargs="*", default=[], help="hyper-parameter overrides KEY=VALUE")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per algorithm")
+    parser.add_argument("--components", action="store_true", help="time the GRU and CQL's critics, plain vs fast")
     args = parser.parse_args()
     configure_cpu(args.threads)
     env = envs.make(args.env)
@@ -91,6 +125,8 @@ def main() -> None:
         assert isinstance(agent, OfflineAgent)
         if args.profile:
             profile(agent, data, 5)
+        if args.components:
+            components(agent, data, args.repeats)
         step_ms = cpu_ms_per_step(agent, data, args.repeats)
         start = time.process_time()
         evaluate_policy(env, agent, 200)

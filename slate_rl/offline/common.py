@@ -8,9 +8,10 @@ whole episodes, o_0 .. o_T, and the label of a_t is read from the slate of o_{t+
 
 Each algorithm owns named belief streams: `actor` (every algorithm) and `critic` (those with value functions); the
 streams are trained end to end through their own losses. An update is written as losses and differentiated by
-autograd: a critic phase (one encoding of every stream over o_0..o_T; the critic losses reach the critic stream and
-the value heads) followed by an actor phase (one encoding of the actor stream over o_0..o_{T-1}). Next states are
-the online encoders' states at t + 1, detached (as in the online agents); only the heads have target copies.
+autograd: a critic phase (the critic losses reach the critic stream and the value heads) followed by an actor
+phase; each stream is encoded once per update (the critic step leaves the actor stream as it was, so the actor loss
+reuses the states the targets were computed from). Next states are the online encoders' states at t + 1, detached
+(as in the online agents); only the heads have target copies.
 """
 
 from __future__ import annotations
