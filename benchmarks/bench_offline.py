@@ -3,9 +3,9 @@
 Per algorithm: process CPU milliseconds per gradient step (B whole episodes of 100 steps, the paper's shapes: a GeMS
 decoder with d = 32, 1,000 items, slates of 10), CPU seconds of one validation (200 users played as one batch), and
 the projected CPU minutes of a run of `--steps` steps with a validation every `--eval-every` steps and the two final
-test plays (500 users each). The dataset is synthetic (random slates and clicks, labels in the box): an update's cost
-does not depend on the dataset's content or size. CPU time (not wall time) is reported: on a shared machine the wall
-clock also counts time spent waiting for a core.
+test plays (500 users each, counted as 2.5 validations each). The dataset is synthetic (random slates and clicks,
+labels in the box): an update's cost does not depend on the dataset's content or size. CPU time (not wall time) is
+reported: on a shared machine the wall clock also counts time spent waiting for a core.
 
     python benchmarks/bench_offline.py                          # every algorithm, one thread
     python benchmarks/bench_offline.py --algorithms cql --profile  # where CQL's step goes (torch.profiler table)
