@@ -117,12 +117,16 @@ class TwinCritic(nn.Module):
 
     @staticmethod
     def head(q: MLP, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Q(states, actions) (..., 1) of one critic."""
+        """Q(states, actions) (..., 1) of one critic: the J actions per state as a batch of J products, each added
+        to the shared state part in the same pass."""
         state_dim = states.shape[-1]
         projected = torch.addmm(q.bias1, states.reshape(-1, state_dim), q.weight1[:, :state_dim].t())
-        hidden = torch.matmul(actions, q.weight1[:, state_dim:].t())
-        hidden = hidden.add_(projected.view(*states.shape[:-1], -1)).relu_()
-        return torch.matmul(hidden, q.weight2.t()).add_(q.bias2)
+        per_state = actions.reshape(-1, *projected.shape[:1], actions.shape[-1])  # (J, states, A)
+        count = per_state.shape[0]
+        action_part = q.weight1[:, state_dim:].t().expand(count, -1, -1)
+        hidden = torch.baddbmm(projected.expand(count, -1, -1), per_state, action_part).relu_()
+        values = torch.matmul(hidden, q.weight2.t()).add_(q.bias2)
+        return values.view(*actions.shape[:-1], 1)
 
 
 def target_copy(module: nn.Module) -> nn.Module:
