@@ -26,12 +26,12 @@ if [ "$QUICK" = 1 ]; then
     agents_args=(--updates 2 --collect-episodes 2 --parallel 1 2)
     group_args=(--seeds 1 2 --updates 2 --warmup 1 --rounds 1 --episodes 20)
     rankers_args=(--steps 3 --repeats 1 --mf-users 2000 --mf-steps 5)
-    offline_args=(--steps 2 --warmup 1 --episodes 20)
+    offline_args=(--repeats 2 --episodes 20)
 else
     agents_args=(--updates 20 --collect-episodes 10 --parallel 1 10 100)
     group_args=(--seeds 1 10 20 50 --updates 8 --warmup 2 --rounds 2 --episodes 20)
     rankers_args=(--steps 100 --repeats 2 --mf-steps 200)
-    offline_args=(--steps 100 --warmup 10)
+    offline_args=(--repeats 30 --episodes 200)
 fi
 
 summary=()
@@ -55,7 +55,7 @@ step d_seed_group_sac_topk_ideal 75 "$PYTHON" benchmarks/seed_group_update.py --
 step d_seed_group_sac_gems 75 "$PYTHON" benchmarks/seed_group_update.py --device "$DEVICE" --method sac_gems \
     "${group_args[@]}"
 step e_bench_rankers 75 "$PYTHON" benchmarks/bench_rankers.py --device "$DEVICE" "${rankers_args[@]}"
-step f_bench_offline 40 "$PYTHON" benchmarks/bench_offline.py --device "$DEVICE" "${offline_args[@]}"
+step f_bench_offline 90 "$PYTHON" benchmarks/bench_offline.py --device "$DEVICE" "${offline_args[@]}"
 rm -r "$nomlflow"
 
 set +x

@@ -112,7 +112,7 @@ class BeliefEncoders(nn.Module):
         gi = slot_input_gates(self._tables(names), w_ih, b_ih, slates, clicks)
         workspace = None
         if torch.is_grad_enabled():
-            key = (*gi.shape, gi.dtype)
+            key = (names, *gi.shape, gi.dtype)
             workspace = self._workspaces.get(key)
             if workspace is None:
                 workspace = self._workspaces[key] = GRUWorkspace(

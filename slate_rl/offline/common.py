@@ -8,9 +8,10 @@ whole episodes, o_0 .. o_T, and the label of a_t is read from the slate of o_{t+
 
 Each algorithm owns named belief streams: `actor` (every algorithm) and `critic` (those with value functions); the
 streams are trained end to end through their own losses. An update is written as losses and differentiated by
-autograd: a critic phase (one encoding of every stream over o_0..o_T; the critic losses reach the critic stream and
-the value heads) followed by an actor phase (one encoding of the actor stream over o_0..o_{T-1}). Next states are
-the online encoders' states at t + 1, detached (as in the online agents); only the heads have target copies.
+autograd: a critic phase (the critic losses reach the critic stream and the value heads) followed by an actor
+phase; each stream is encoded once per update (the critic step leaves the actor stream as it was, so the actor loss
+reuses the states the targets were computed from). Next states are the online encoders' states at t + 1, detached
+(as in the online agents); only the heads have target copies.
 """
 
 from __future__ import annotations
@@ -92,7 +93,12 @@ class OfflineBatch:
 
 
 class TwinCritic(nn.Module):
-    """Two critics Q_k(state, action) (one hidden layer each); `forward` returns (..., 2)."""
+    """Two critics Q_k(state, action) (one hidden layer each); `forward` returns (..., 2).
+
+    The first layer W [s; a] + b is computed as (W_s s + b) + W_a a: states (..., H) broadcast against actions
+    (J, ..., A), so that J actions per state (CQL's sampled actions) share one state projection, and no gradient
+    is formed for an input that does not need one.
+    """
 
     def __init__(
         self,
@@ -107,9 +113,20 @@ class TwinCritic(nn.Module):
         self.q2 = MLP(state_dim + action_dim, hidden, 1, generator, device)
 
     def forward(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        inputs = torch.cat([states, actions], -1).flatten(0, -2)
-        values = torch.cat([self.q1(inputs), self.q2(inputs)], 1)
-        return values.view(*actions.shape[:-1], 2)
+        return torch.cat([self.head(self.q1, states, actions), self.head(self.q2, states, actions)], -1)
+
+    @staticmethod
+    def head(q: MLP, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Q(states, actions) (..., 1) of one critic: the J actions per state as a batch of J products, each added
+        to the shared state part in the same pass."""
+        state_dim = states.shape[-1]
+        projected = torch.addmm(q.bias1, states.reshape(-1, state_dim), q.weight1[:, :state_dim].t())
+        per_state = actions.reshape(-1, *projected.shape[:1], actions.shape[-1])  # (J, states, A)
+        count = per_state.shape[0]
+        action_part = q.weight1[:, state_dim:].t().expand(count, -1, -1)
+        hidden = torch.baddbmm(projected.expand(count, -1, -1), per_state, action_part).relu_()
+        values = torch.matmul(hidden, q.weight2.t()).add_(q.bias2)
+        return values.view(*actions.shape[:-1], 1)
 
 
 def target_copy(module: nn.Module) -> nn.Module:
@@ -211,10 +228,12 @@ class OfflineAgent(BeliefAgent):
     # ---------------------------------------------------------------- learning
     def encode(self, batch: OfflineBatch, names: tuple[str, ...], last: bool = True) -> dict[str, torch.Tensor]:
         """Belief states of the named streams, (B, T+1, H) over o_0..o_T (or (B, T, H) over o_0..o_{T-1} with
-        `last=False`): entry t encodes o_0..o_t. Consume them (back-propagate) before the next encode of the
-        same shape, or clone them."""
+        `last=False`): entry t encodes o_0..o_t. On the CPU the encoders run as fused kernels with a hand-written
+        backward pass (the same equations; `BeliefEncoders.encode_fused`), whose output lives in a reused buffer:
+        consume it (back-propagate) before the next encode of the same shape, or clone it."""
         stop = None if last else -1
-        encoded = self.beliefs.encode(batch.slates[:, :stop], batch.clicks[:, :stop], names)
+        encode = self.beliefs.encode_fused if self.device.type == "cpu" else self.beliefs.encode
+        encoded = encode(batch.slates[:, :stop], batch.clicks[:, :stop], names)
         return dict(zip(names, encoded.unbind(0), strict=True))
 
     def update(self, batch: OfflineBatch) -> Diagnostics:  # type: ignore[override]

@@ -75,24 +75,26 @@ class CQLAgent(OfflineAgent):
 
     def update(self, batch: OfflineBatch) -> Diagnostics:  # type: ignore[override]
         cfg = self.config
-        states = self.encode(batch, ("actor", "critic"))
-        critic_states = states["critic"][:, :-1]
+        # one encoding of each stream: the critic step leaves the actor stream as it was, so the actor loss can
+        # reuse the states its targets were computed from
+        critic_all = self.encode(batch, ("critic",))["critic"]
+        actor_all = self.encode(batch, ("actor",))["actor"]
+        critic_states = critic_all[:, :-1]
         with torch.no_grad():
-            next_actions = self.policy(states["actor"][:, 1:])
-            next_q = self.critic_target(states["critic"][:, 1:], next_actions).min(-1).values
+            next_actions = self.policy(actor_all[:, 1:])
+            next_q = self.critic_target(critic_all[:, 1:], next_actions).min(-1).values
             target = td_target(batch.rewards, batch.not_done, next_q, cfg.gamma)
-            policy_now = self.policy(states["actor"][:, :-1])
+            policy_now = self.policy(actor_all[:, :-1])
             shape = (cfg.n_actions, *batch.actions.shape)
             uniform = draw(torch.rand, shape, generator=self.generator, device=self.device) * 2 - 1
             sampled = torch.cat([uniform, policy_now.unsqueeze(0)])
         q = self.critic(critic_states, batch.actions)
         td_loss = (q - target.unsqueeze(-1)).pow(2).mean(dim=(0, 1)).sum()
-        q_sampled = self.critic(critic_states.expand(sampled.shape[0], *critic_states.shape), sampled)
+        q_sampled = self.critic(critic_states, sampled)
         penalty = conservative_penalty(q_sampled, q).sum()
         critic_norm = step(self.critic_optimizer, td_loss + cfg.alpha * penalty, cfg.grad_clip)
-        actor_states = self.encode(batch, ("actor",), last=False)["actor"]
         with frozen(self.critic):
-            q_policy = self.critic(critic_states.detach(), self.policy(actor_states)).min(-1).values
+            q_policy = self.critic(critic_states.detach(), self.policy(actor_all[:, :-1])).min(-1).values
         actor_loss = -q_policy.mean()
         actor_norm = step(self.actor_optimizer, actor_loss, cfg.grad_clip)
         polyak(self.critic_target, self.critic, cfg.tau)

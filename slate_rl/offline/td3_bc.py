@@ -93,10 +93,15 @@ class TD3BCAgent(OfflineAgent):
 
     def update(self, batch: OfflineBatch) -> Diagnostics:  # type: ignore[override]
         cfg = self.config
-        states = self.encode(batch, ("actor", "critic"))
-        critic_states = states["critic"][:, :-1]
+        critic_all = self.encode(batch, ("critic",))["critic"]
+        critic_states = critic_all[:, :-1]
+        # one encoding of the actor stream, with gradient when the actor learns at this update: the critic step
+        # leaves the actor stream as it was
+        learns = (self.updates + 1) % cfg.policy_freq == 0
+        with torch.set_grad_enabled(learns):
+            actor_all = self.encode(batch, ("actor",))["actor"]
         with torch.no_grad():
-            next_actor, next_critic = states["actor"][:, 1:], states["critic"][:, 1:]
+            next_actor, next_critic = actor_all[:, 1:], critic_all[:, 1:]
             noise = (
                 draw(torch.randn, batch.actions.shape, generator=self.generator, device=self.device) * cfg.policy_noise
             )
@@ -110,9 +115,8 @@ class TD3BCAgent(OfflineAgent):
         critic_loss = (q - target.unsqueeze(-1)).pow(2).mean(dim=(0, 1)).sum()
         critic_norm = step(self.critic_optimizer, critic_loss, cfg.grad_clip)
         self.updates += 1
-        if self.updates % cfg.policy_freq == 0:
-            actor_states = self.encode(batch, ("actor",), last=False)["actor"]
-            policy = self.policy(actor_states)
+        if learns:
+            policy = self.policy(actor_all[:, :-1])
             with frozen(self.critic):
                 q_policy = self.critic(critic_states.detach(), policy)[..., 0]
             rl_term, bc_term = td3_actor_terms(q_policy, policy, batch.actions, cfg.alpha)
