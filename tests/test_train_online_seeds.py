@@ -51,6 +51,10 @@ def test_a_group_logs_for_each_seed_what_its_single_seed_run_logs(tracking_store
         child = client.get_run(result.runs[seed])
         assert child.info.status == "FINISHED"
         assert child.data.tags["mlflow.parentRunId"] == result.group_run and child.data.tags["seed"] == str(seed)
+    first, second = (_history(result.runs[seed]) for seed in SEEDS)
+    assert {k: [s for s, _ in v] for k, v in first.items()} == {k: [s for s, _ in v] for k, v in second.items()}
+    for seed in SEEDS[1:]:  # the second seed of the group against its single-seed run
+        child = client.get_run(result.runs[seed])
         single_id = train_online.run(_config(seed=seed, register=False))
         single = client.get_run(single_id)
         assert {**child.data.params, "register": "false"} == single.data.params
@@ -126,3 +130,31 @@ def test_a_group_run_is_not_resumed_as_one(tracking_store):
     client.set_terminated(group, "FAILED")
     with pytest.raises(SlateRLError, match=r"is a seed group.*resume each unfinished seed run alone.*abc"):
         train_online.resumable(group)
+
+
+def test_a_killed_groups_seeds_resume_alone_to_the_single_seed_results(tracking_store, monkeypatch):
+    block = GroupTrainer._block
+
+    def dies_at_30(self):
+        block(self)
+        if self.episode == 30:
+            raise SlateRLError("the machine went away")
+
+    monkeypatch.setattr(GroupTrainer, "_block", dies_at_30)
+    with pytest.raises(SlateRLError, match="went away"):
+        train_online.run_seeds(_config(register=False), SEEDS)
+    monkeypatch.setattr(GroupTrainer, "_block", block)
+    client = MlflowClient()
+    (parent,) = client.search_runs(["0"], "tags.stage = 'train_online_group'")
+    assert parent.info.status == "FAILED"
+    for seed in SEEDS:
+        assert client.get_run(parent.data.tags[f"run.{seed}"].removeprefix("runs:/")).info.status == "FAILED"
+    for seed in SEEDS[1:]:  # the second seed's run, resumed alone, against its single-seed run
+        child_id = parent.data.tags[f"run.{seed}"].removeprefix("runs:/")
+        train_online.run(train_online.resumable(child_id), resume_run=child_id)
+        single_id = train_online.run(_config(seed=seed, register=False))
+        resumed, alone = _history(child_id), _history(single_id)
+        assert client.get_run(child_id).info.status == "FINISHED"
+        assert [step for step, _ in resumed["val_return"]] == [10, 20, 30, 40]
+        for key in ("val_return", "test_return", "best_val_return"):
+            assert resumed[key] == alone[key], key
