@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
+from agents_helpers import single_thread  # noqa: F401 (autouse fixture: one intra-op thread, reproducible sums)
 from slate_rl.agents.group_training import GroupTrainer
 from slate_rl.cli import main
 from slate_rl.errors import SlateRLError
