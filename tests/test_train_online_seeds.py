@@ -24,8 +24,9 @@ SMALL = {"hidden": 32, "batch_size": 4}
 
 
 def _config(method="sac_topk_ideal", **values):
-    values = {**TINY, "env_params": {"episode_length": 10}, **values}
-    return TrainOnlineConfig.resolve("focused_mix", "quick", method=method, agent=SMALL, **values)
+    agent = SMALL if method.startswith("sac") else None
+    values = {**TINY, "env_params": {"episode_length": 10}, "agent": agent, **values}
+    return TrainOnlineConfig.resolve("focused_mix", "quick", method=method, **values)
 
 
 def _history(run_id: str) -> dict[str, list[tuple[int, float]]]:
@@ -159,3 +160,21 @@ def test_a_killed_groups_seeds_resume_alone_to_the_single_seed_results(tracking_
         assert [step for step, _ in resumed["val_return"]] == [10, 20, 30, 40]
         for key in ("val_return", "test_return", "best_val_return"):
             assert resumed[key] == alone[key], key
+
+
+def test_a_failing_seed_of_a_sequential_method_fails_alone(tracking_store, monkeypatch):
+    finish = train_online._Session.finish
+
+    def fails_for_seed_5(self, trainer, test_returns):
+        if self.cfg.seed == 5:
+            raise SlateRLError("seed 5 broke")
+        finish(self, trainer, test_returns)
+
+    monkeypatch.setattr(train_online._Session, "finish", fails_for_seed_5)
+    result = train_online.run_seeds(_config(method="random", register=False), [5, 58407201])
+    assert result.failed == {5: "seed 5 broke"}
+    client = MlflowClient()
+    statuses = {seed: client.get_run(run_id).info.status for seed, run_id in result.runs.items()}
+    assert statuses == {5: "FAILED", 58407201: "FINISHED"}
+    assert client.get_run(result.runs[5]).data.tags["seed"] == "5"
+    assert client.get_run(result.group_run).data.tags["failed_seeds"] == "5"
