@@ -129,8 +129,9 @@ def run_seeds(
     """Train `cfg` for each of `seeds` (its own seed is replaced) under a parent run of stage `train_online_group`
     that records them (param seeds_resolved, method, env; tags run.<seed>): each seed has its child run, which logs
     what a single-seed run logs and is resumable alone (`--resume <its run id>`). The methods of `GROUPED_METHODS`
-    train all seeds together (`GroupTrainer`); the others one seed after another. A seed that fails (a training
-    that diverges; any error of one seed's run for the others) ends its run FAILED; the other seeds go on."""
+    train all seeds together (`GroupTrainer`); the others one seed after another. A seed that fails ends its run
+    FAILED and the other seeds go on: in a group, a seed whose training diverges; one after another, a seed whose
+    run raises a SlateRLError. An error while a group starts (an upstream run not found or not made) fails them all."""
     grouped = cfg.method in GROUPED_METHODS
     if grouped and cfg.agent.get("fused_update"):
         raise SlateRLError(
