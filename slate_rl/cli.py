@@ -349,10 +349,18 @@ def train_mf_command(
     help="Override a hyper-parameter of the method, e.g. --set gamma=0.9 --set pi_lr=0.001 (repeatable).",
 )
 @option(
+    "seeds",
+    default="",
+    help="Seeds, replacing --seed: a count in [1, 10] (the paper's first N seeds), one seed above 10, or a "
+    "comma-separated list. A parent run records them, each seed has its child run; SAC+TopK and SAC+GeMS train "
+    "them together as one seed group, other methods one seed after another.",
+)
+@option(
     "resume",
     default=None,
     metavar="RUN_ID",
-    help="Continue a killed or failed train_online run from its last checkpoint, in the same MLflow run.",
+    help="Continue a killed or failed train_online run from its last checkpoint, in the same MLflow run (a seed "
+    "group: each seed's run, one by one).",
 )
 @env_param_option
 @device_option
@@ -363,6 +371,7 @@ def train_online_command(
     experiment_name: str | None,
     parent_run: str | None,
     assignments: tuple[str, ...],
+    seeds: str,
     resume: str | None,
     env_param: tuple[str, ...],
     device: str,
@@ -370,9 +379,27 @@ def train_online_command(
 ) -> None:
     """Train one of the paper's methods with validation and test; register its best policy."""
     from slate_rl.agents import configure_cpu
+    from slate_rl.seeds import parse_seeds
     from slate_rl.stages import train_online
 
     configure_cpu()  # one intra-op thread per loop thread: the fast setting for many small kernels
+    seed_list = parse_seeds(seeds) if seeds.strip() not in ("", "''", '""') else []
+    if resume and seed_list:
+        raise SlateRLError(
+            "--resume continues one run; the seeds of a --seeds run are resumed one by one: --resume <seed run id> "
+            "without --seeds"
+        )
+    if seed_list:
+        cfg = stage_configs.TrainOnlineConfig.resolve(
+            env,
+            preset,
+            agent=config.parse_assignments(assignments, "--set") or None,
+            env_params=config.parse_env_params(env_param) or None,
+            **{**overrides, "seed": seed_list[0]},
+        )
+        result = train_online.run_seeds(cfg, seed_list, **placement(experiment_name, parent_run), device=device)
+        _report_seeds(cfg, result)
+        return
     if resume:
         cfg = train_online.resumable(resume)
         run_id = train_online.run(cfg, resume_run=resume, device=device)
@@ -395,6 +422,24 @@ def train_online_command(
             f"registered as version {version} of slate-rl.{cfg.env} (`slate-rl registry list --env {cfg.env}` "
             "lists the versions)"
         )
+
+
+def _report_seeds(cfg: stage_configs.TrainOnlineConfig, result: Any) -> None:
+    """The end lines of a several-seed train-online: each seed's run and result; exit status 1 if one failed."""
+    from mlflow.tracking import MlflowClient
+
+    from slate_rl.stages import train_online
+
+    if result.group_run:
+        click.echo(f"parent run: runs:/{result.group_run}")
+    for seed, run_id in result.runs.items():
+        if seed in result.failed:
+            click.echo(f"seed {seed}: runs:/{run_id} FAILED: {result.failed[seed]}")
+            continue
+        metrics = MlflowClient().get_run(run_id).data.metrics
+        click.echo(f"seed {seed}: runs:/{run_id}; {train_online.result_line(metrics, cfg.test_episodes)}")
+    if result.failed:
+        raise click.ClickException(f"{len(result.failed)} of {len(result.runs)} seeds failed (see above)")
 
 
 @main.command("train-offline")

@@ -226,3 +226,18 @@ def test_env_param_through_mlflow_run(tracking_store):
     )
     assert params["sim.boredom_threshold"] == "3" and params["env_param"] == "boredom_threshold=3,diversity_penalty=5.0"
     assert load_from_run(run.info.run_id).meta["env_params"]["diversity_penalty"] == 5.0
+
+
+def test_seeds_through_mlflow_run(tracking_store):
+    """-P seeds=2: the mlflow run is the group's parent run, the paper's first two seeds its child runs."""
+    tiny = dict(episodes="10", warmup_episodes="5", val_every="5", val_episodes="5", test_episodes="5", save_every="10")
+    result = mlflow_run(
+        tracking_store, "train_online", method="sac_topk_ideal", preset="quick", seeds="2", register="false", **tiny
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (parent,) = MlflowClient().search_runs(["0"], "tags.stage = 'train_online_group'")
+    assert parent.data.tags["mlflow.project.entryPoint"] == "train_online"
+    assert parent.data.params["seeds_resolved"] == "58407201,496912423"
+    children = MlflowClient().search_runs(["0"], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(run.data.tags["seed"] for run in children) == ["496912423", "58407201"]
+    assert all(run.info.status == "FINISHED" and "test_return" in run.data.metrics for run in children)

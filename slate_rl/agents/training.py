@@ -84,10 +84,12 @@ class _Meter:
             self.sums += stacked
         self.updates += 1
 
-    def emit(self) -> dict[str, float]:
+    def emit(self, column: int | None = None) -> dict[str, float]:
+        """The metrics since the last emission; `column`: that seed's, of a group's (names, S) sums."""
         out: dict[str, float] = {}
         if self.sums is not None:
-            means = (self.sums / self.updates).tolist()
+            sums = self.sums if column is None else self.sums[:, column]
+            means = (sums / self.updates).tolist()
             out.update({f"train/{name}": value for name, value in zip(self.names, means, strict=True)})
         elapsed = time.perf_counter() - self.since
         out.update(
@@ -101,8 +103,9 @@ class _Meter:
         out.update({f"time/{phase}_s": value for phase, value in self.seconds.items()})
         return out
 
-    def state_dict(self) -> dict[str, Any]:
-        sums = {} if self.sums is None else dict(zip(self.names, self.sums.clone().unbind(), strict=True))
+    def state_dict(self, column: int | None = None) -> dict[str, Any]:
+        values = self.sums if self.sums is None or column is None else self.sums[:, column]
+        sums = {} if values is None else dict(zip(self.names, values.clone().unbind(), strict=True))
         return {"sums": sums, "updates": self.updates, "episodes": self.episodes}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -200,9 +203,7 @@ class Trainer:
 
     def block_size(self, start: int) -> int:
         """Episodes in the block starting at episode `start` (K, cut at the warm-up end and validation points)."""
-        p = self.protocol
-        size = min(p.parallel_episodes, p.episodes - start, p.val_every - start % p.val_every)
-        return min(size, p.warmup_episodes - start) if start < p.warmup_episodes else size
+        return block_size(self.protocol, start)
 
     def _collect(self, start: int, actor: Agent) -> Trajectories:
         mode = RANDOM if start < self.protocol.warmup_episodes else EXPLORE
@@ -328,6 +329,12 @@ class Trainer:
         self.validations = [(int(e), float(v)) for e, v in state["validations"]]
         self._meter = _Meter()
         self._meter.load_state_dict(state["meter"])
+
+
+def block_size(p: Protocol, start: int) -> int:
+    """Episodes in the block starting at episode `start` (K, cut at the warm-up end and validation points)."""
+    size = min(p.parallel_episodes, p.episodes - start, p.val_every - start % p.val_every)
+    return min(size, p.warmup_episodes - start) if start < p.warmup_episodes else size
 
 
 def _to_device(fields: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -3,6 +3,7 @@ its checkpoints logged, its best policy registered; resumable into the same run 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -14,6 +15,7 @@ import torch
 
 from slate_rl import atomic, envs
 from slate_rl.agents.export import policy_payload
+from slate_rl.agents.group_training import GroupTrainer, SeedRecord
 from slate_rl.agents.methods import build_agent
 from slate_rl.agents.rollout import evaluate_policy
 from slate_rl.agents.training import Hooks, Trainer
@@ -25,6 +27,7 @@ from slate_rl.progress import Progress
 from slate_rl.rankers.decoders import GeMSDecoder
 from slate_rl.reporting.figures import plot_run_curve
 from slate_rl.safe_load import torch_load
+from slate_rl.seeds import describe
 from slate_rl.stage_configs import PretrainGemsConfig, TrainMFConfig, TrainOnlineConfig
 from slate_rl.stages import environment, generate_dataset, pretrain_gems, train_mf
 from slate_rl.tracking import models
@@ -41,6 +44,8 @@ from slate_rl.tracking.runs import RESUME_FILE, RESUME_PATH, StageRun, stage_run
 STAGE = "train_online"
 CONTEXT_METRICS = {"random": "test_return_random", "short_term_oracle": "test_return_oracle"}
 CONFIG_FILE = "config.json"
+GROUP_STAGE = "train_online_group"  # the parent run of a seed group (its seeds' runs are train_online runs)
+GROUPED_METHODS = ("sac_topk_ideal", "sac_topk_mf", "sac_gems")  # the methods a SeedGroup trains
 REFERENCE_TAGS = ("reference_bugs", "reference_parity")  # the umbrellas, also as run tags (true / false)
 log = logging.getLogger("slate_rl")
 
@@ -68,47 +73,162 @@ def run(
     device: where the simulator, the replay buffer and the agent live ('cpu', 'cuda' or 'cuda:K'; tag `device`);
         upstream GeMS / MF runs it has to produce run there too.
     """
-    name = f"{cfg.method}/{cfg.env}/seed{cfg.seed}"
     on = resolve_device(device)
-    with stage_run(
-        STAGE,
-        run_name=name,
-        parent=parent,
-        experiment_name=experiment_name,
-        run_id=resume_run,
-        tags={
-            "env": cfg.env,
-            "method": cfg.method,
-            "seed": cfg.seed,
-            "preset": cfg.preset,
-            DEVICE_TAG: str(on),
-            **{name: getattr(cfg, name) for name in REFERENCE_TAGS},
-        },
-    ) as mlrun:
-        if resume_run is None:
-            mlrun.log_params(cfg.as_params())
-            environment.log_spec(mlrun, environment.spec_of(cfg))
-            mlrun.set_tags({LINEAGE_TAG: lineage_key(STAGE, identity(cfg))})
+    with _seed_run(cfg, str(on), parent, experiment_name, resume_run) as mlrun:
         env = environment.make_env(cfg, device=on)
-        upstream = resolve_upstream(cfg, mlrun, str(on))
-        mlrun.set_tags({f"upstream.{k}": f"runs:/{v}" for k, v in dataclasses.asdict(upstream).items() if v})
-        mf_table = train_mf.load_item_table(upstream.mf) if upstream.mf else None
-        gems_decoder = load_gems(cfg, upstream.gems) if upstream.gems else None
-        agent = build_agent(
-            cfg.method, env, cfg.seed, gems_decoder=gems_decoder, mf_table=mf_table, overrides=cfg.agent or None
-        )
-        session = _Session(cfg, mlrun, env, agent, mf_table)
+        session = _Session.open(cfg, mlrun, env, str(on), fresh=resume_run is None)
+        agent = session.agent
         trainer = Trainer(agent, env, cfg.protocol(), session.hooks())
         if resume_run is not None:
             session.resume(trainer)
-        else:
-            _log_json(mlrun, {"config": dataclasses.asdict(cfg), "upstream": dataclasses.asdict(upstream)}, CONFIG_FILE)
         if agent.learns:
             with session.progress(trainer):
                 trainer.fit()
         test_returns = trainer.test()
         session.finish(trainer, test_returns)
         return mlrun.run_id
+
+
+def _seed_run(
+    cfg: TrainOnlineConfig, device: str, parent: StageRun | None, experiment_name: str | None, run_id: str | None
+) -> contextlib.AbstractContextManager[StageRun]:
+    """The MLflow run of one seed (see `stage_run`)."""
+    return stage_run(
+        STAGE,
+        run_name=f"{cfg.method}/{cfg.env}/seed{cfg.seed}",
+        parent=parent,
+        experiment_name=experiment_name,
+        run_id=run_id,
+        tags={
+            "env": cfg.env,
+            "method": cfg.method,
+            "seed": cfg.seed,
+            "preset": cfg.preset,
+            DEVICE_TAG: device,
+            **{name: getattr(cfg, name) for name in REFERENCE_TAGS},
+        },
+    )
+
+
+@dataclasses.dataclass
+class SeedsResult:
+    """The runs of several seeds: run id by seed, and why each failed seed failed."""
+
+    runs: dict[int, str]
+    failed: dict[int, str]
+    group_run: str | None = None  # the parent run of a seed group
+
+
+def run_seeds(
+    cfg: TrainOnlineConfig,
+    seeds: list[int],
+    parent: StageRun | None = None,
+    experiment_name: str | None = None,
+    device: str = "cpu",
+) -> SeedsResult:
+    """Train `cfg` for each of `seeds` (its own seed is replaced) under a parent run of stage `train_online_group`
+    that records them (param seeds_resolved, method, env; tags run.<seed>): each seed has its child run, which logs
+    what a single-seed run logs and is resumable alone (`--resume <its run id>`). The methods of `GROUPED_METHODS`
+    train all seeds together (`GroupTrainer`); the others one seed after another. A seed that fails ends its run
+    FAILED and the other seeds go on: in a group, a seed whose training diverges; one after another, a seed whose
+    run raises a SlateRLError. An error while a group starts (an upstream run not found or not made) fails them all."""
+    grouped = cfg.method in GROUPED_METHODS
+    if grouped and cfg.agent.get("fused_update"):
+        raise SlateRLError(
+            "a seed group runs the plain SAC update stacked over its seeds, not fused_update; drop "
+            "fused_update=true, or train the seeds one by one (one train-online --seed each)"
+        )
+    on = resolve_device(device)
+    tags = {"env": cfg.env, "method": cfg.method, "seeds": describe(seeds), "preset": cfg.preset, DEVICE_TAG: str(on)}
+    name = f"{cfg.method}/{cfg.env}/seeds {describe(seeds)}"
+    with stage_run(GROUP_STAGE, name, tags, parent=parent, experiment_name=experiment_name) as group_run:
+        group_run.log_params(
+            {"method": cfg.method, "env": cfg.env, "preset": cfg.preset, "seeds_resolved": describe(seeds)}
+        )
+        result = SeedsResult({}, {}, group_run.run_id)
+        if grouped:
+            _train_group(cfg, seeds, group_run, on, result)
+        else:
+            for seed in seeds:
+                try:
+                    result.runs[seed] = run(dataclasses.replace(cfg, seed=seed), parent=group_run, device=str(on))
+                except SlateRLError as exc:
+                    result.failed[seed] = str(exc)
+                    result.runs[seed] = _last_child(group_run, seed)
+                group_run.set_tags({f"run.{seed}": f"runs:/{result.runs[seed]}"})
+        if result.failed:
+            group_run.set_tags({"failed_seeds": describe(sorted(result.failed))})
+        return result
+
+
+def _train_group(
+    cfg: TrainOnlineConfig, seeds: list[int], group_run: StageRun, on: torch.device, result: SeedsResult
+) -> None:
+    """The seeds of a SAC method trained as one `GroupTrainer`, each in its child run of `group_run`."""
+    env = environment.make_env(cfg, device=on)
+    members: dict[int, _Member] = {}
+    try:
+        for seed in seeds:
+            members[seed] = _Member.open(dataclasses.replace(cfg, seed=seed), group_run, env, str(on))
+            result.runs[seed] = members[seed].session.mlrun.run_id
+            group_run.set_tags({f"run.{seed}": f"runs:/{result.runs[seed]}"})
+
+        def diverged(seed: int, message: str) -> None:
+            result.failed[seed] = message
+            members[seed].close(SlateRLError(message))
+
+        hooks = [m.session.hooks() for m in members.values()]
+        trainer = GroupTrainer([m.session.agent for m in members.values()], env, cfg.protocol(), hooks, diverged)
+        with Progress(cfg.episodes, f"{STAGE} {cfg.method}/{cfg.env} x{len(seeds)} seeds", "episodes") as bar:
+            for hook in hooks:
+                hook.on_progress = lambda episode, total: bar.advance(episode - bar.done)
+            trainer.fit()
+        for seed in trainer.seeds:
+            members[seed].session.finish(trainer.records[seed], trainer.test(seed))
+            members[seed].close()
+    except BaseException as exc:
+        for member in members.values():
+            member.close(exc)
+        raise
+
+
+def _last_child(group_run: StageRun, seed: int) -> str:
+    """The run id of the latest child run of `group_run` for `seed` ('' when none was created)."""
+    runs = group_run.client.search_runs(
+        [group_run.client.get_run(group_run.run_id).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{group_run.run_id}' and tags.seed = '{seed}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else ""
+
+
+class _Member:
+    """One seed's child run of a group, entered and left by the group (its end: FINISHED, or FAILED with the
+    error that ended it)."""
+
+    def __init__(self, manager: contextlib.AbstractContextManager[StageRun], session: _Session) -> None:
+        self.manager, self.session, self.open = manager, session, True
+
+    @classmethod
+    def open(cls, cfg: TrainOnlineConfig, group_run: StageRun, env: envs.TopicRec, device: str) -> _Member:
+        manager = _seed_run(cfg, device, group_run, None, None)
+        mlrun = manager.__enter__()
+        try:
+            return cls(manager, _Session.open(cfg, mlrun, env, device, fresh=True))
+        except BaseException as exc:
+            manager.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    def close(self, error: BaseException | None = None) -> None:
+        """End the run: FINISHED, or with `error` FAILED (KILLED for Ctrl-C); a second call does nothing."""
+        if not self.open:
+            return
+        self.open = False
+        if error is None:
+            self.manager.__exit__(None, None, None)
+        else:
+            self.manager.__exit__(type(error), error, error.__traceback__)
 
 
 # Fields that do not change a run's outcome (the table's path neither: the spec holds its fingerprint).
@@ -174,7 +294,9 @@ def result_line(metrics: dict[str, float], test_episodes: int) -> str:
 
 
 def resumable(run_id: str) -> TrainOnlineConfig:
-    """The configuration of a train_online run that can be resumed (it exists and did not finish)."""
+    """The configuration of a train_online run that can be resumed (it exists and did not finish); a seed group's
+    parent run is refused, naming its seeds' runs (each resumes alone)."""
+    _refuse_group(run_id)
     run = get_unfinished_run(run_id, STAGE)
     try:
         saved = json.loads((artifact_dir(run, CONFIG_FILE)).read_text())
@@ -184,6 +306,23 @@ def resumable(run_id: str) -> TrainOnlineConfig:
         ) from exc
     config = saved["config"]
     return TrainOnlineConfig.resolve(config.pop("env"), config.pop("preset"), **config)
+
+
+def _refuse_group(run_id: str) -> None:
+    """Refuse to resume a seed group's parent run: its seeds' runs are resumed one by one."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        tags = MlflowClient().get_run(run_id).data.tags
+    except MlflowException:
+        return  # get_unfinished_run says there is no such run
+    if tags.get("stage") == GROUP_STAGE:
+        children = sorted(value.removeprefix("runs:/") for key, value in tags.items() if key.startswith("run."))
+        raise SlateRLError(
+            f"run {run_id} is a seed group; a group is not resumed as one: resume each unfinished seed run "
+            f"alone (slate-rl train-online --resume <run id>; its seeds' runs: {', '.join(children) or 'none'})"
+        )
 
 
 def resolve_upstream(cfg: TrainOnlineConfig, mlrun: StageRun, device: str = "cpu") -> Upstream:
@@ -248,6 +387,25 @@ class _Session:
         self.cfg, self.mlrun, self.env, self.agent, self.mf_table = cfg, mlrun, env, agent, mf_table
         self._progress: Progress | None = None
 
+    @classmethod
+    def open(cls, cfg: TrainOnlineConfig, mlrun: StageRun, env: envs.TopicRec, device: str, fresh: bool) -> _Session:
+        """A run's start: its params, spec and lineage (`fresh`: a new run, also its configuration file), the
+        upstream runs its method needs (found or produced on `device`) and its agent, built for `env`."""
+        if fresh:
+            mlrun.log_params(cfg.as_params())
+            environment.log_spec(mlrun, environment.spec_of(cfg))
+            mlrun.set_tags({LINEAGE_TAG: lineage_key(STAGE, identity(cfg))})
+        upstream = resolve_upstream(cfg, mlrun, device)
+        mlrun.set_tags({f"upstream.{k}": f"runs:/{v}" for k, v in dataclasses.asdict(upstream).items() if v})
+        mf_table = train_mf.load_item_table(upstream.mf) if upstream.mf else None
+        gems_decoder = load_gems(cfg, upstream.gems) if upstream.gems else None
+        agent = build_agent(
+            cfg.method, env, cfg.seed, gems_decoder=gems_decoder, mf_table=mf_table, overrides=cfg.agent or None
+        )
+        if fresh:
+            _log_json(mlrun, {"config": dataclasses.asdict(cfg), "upstream": dataclasses.asdict(upstream)}, CONFIG_FILE)
+        return cls(cfg, mlrun, env, agent, mf_table)
+
     def hooks(self) -> Hooks:
         return Hooks(
             on_metrics=self.on_metrics,
@@ -308,7 +466,7 @@ class _Session:
         trainer.load_state_dict(torch_load(path, "resume state", map_location=self.env.device))
         log.info("%s: resumed run %s at episode %d", STAGE, self.mlrun.run_id, trainer.episode)
 
-    def finish(self, trainer: Trainer, test_returns: torch.Tensor) -> None:
+    def finish(self, trainer: Trainer | SeedRecord, test_returns: torch.Tensor) -> None:
         cfg, mlrun = self.cfg, self.mlrun
         mean, std = float(test_returns.mean()), float(test_returns.std())
         stderr = std / len(test_returns) ** 0.5
