@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
+from agents_helpers import single_thread  # noqa: F401 (autouse: one intra-op thread, as the CLI sets)
 from slate_rl.agents.training import Trainer
 from slate_rl.cli import main
 from slate_rl.errors import SlateRLError

@@ -13,8 +13,10 @@ best-validation weights on the test users as one batch.
 
 The stage drives the loop through `Hooks` and saves what it is handed; `Trainer.state_dict()` is a complete,
 detached snapshot (agent, optimisers, buffer, generators, simulator stream, counters, best weights, history, the
-block collected ahead) from which `load_state_dict` continues bit for bit (with the same intra-op thread count;
-`slate_rl.agents.runtime.configure_cpu` sets one thread, the fast setting).
+block collected ahead) from which `load_state_dict` continues bit for bit with one intra-op thread
+(`slate_rl.agents.runtime.configure_cpu`, which the CLI calls). With several intra-op threads and overlap_collection,
+the two loop threads compete for the thread pool and a kernel's rounding can depend on how many threads it got, so
+runs are then reproducible only up to float rounding.
 """
 
 from __future__ import annotations
