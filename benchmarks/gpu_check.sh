@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/gpu_check.sh                      # on a CUDA machine, from the repository root (~3-4 min)
 #   DEVICE=cpu QUICK=1 bash benchmarks/gpu_check.sh   # the same steps on the CPU with tiny counts (a dry run)
+#   STEPS='b_.*|g_.*' bash benchmarks/gpu_check.sh     # only the steps whose names match
 #
 # Needs $PYTHON (default python3) with torch, numpy, pytest, pytorch-lightning. No MLflow: every step runs with an
 # `mlflow` package that refuses to import, so a step that imports MLflow fails. The steps' timeouts add up to under
@@ -14,6 +15,7 @@ OUT="${OUT:-./gpu-out}"
 DEVICE="${DEVICE:-cuda}"
 QUICK="${QUICK:-0}"
 PYTHON="${PYTHON:-python3}"
+STEPS="${STEPS:-.*}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 nomlflow="$(mktemp -d)"
@@ -27,17 +29,22 @@ if [ "$QUICK" = 1 ]; then
     group_args=(--seeds 1 2 --updates 2 --warmup 1 --rounds 1 --episodes 20)
     rankers_args=(--steps 3 --repeats 1 --mf-users 2000 --mf-steps 5)
     offline_args=(--repeats 2 --episodes 20)
+    group_training_one="--seeds 1 --episodes 30"
+    group_training_ten="--seeds 2 --episodes 30 --ways group"
 else
     agents_args=(--updates 20 --collect-episodes 10 --parallel 1 10 100)
     group_args=(--seeds 1 10 20 50 --updates 8 --warmup 2 --rounds 2 --episodes 20)
     rankers_args=(--steps 100 --repeats 2 --mf-steps 200)
     offline_args=(--repeats 30 --episodes 200)
+    group_training_one="--seeds 1 --episodes 300"
+    group_training_ten="--seeds 10 --episodes 300 --ways group"
 fi
 
 summary=()
 step() {  # step NAME TIMEOUT_S COMMAND...: run COMMAND under `timeout`, its output tee'd to $OUT/NAME.log
     local name="$1" limit="$2" start rc
     shift 2
+    [[ "$name" =~ ^(${STEPS})$ ]] || return 0  # STEPS: a regex of the steps to run (default all)
     start=$(date +%s)
     timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
     rc=${PIPESTATUS[0]}
@@ -56,6 +63,8 @@ step d_seed_group_sac_gems 75 "$PYTHON" benchmarks/seed_group_update.py --device
     "${group_args[@]}"
 step e_bench_rankers 75 "$PYTHON" benchmarks/bench_rankers.py --device "$DEVICE" "${rankers_args[@]}"
 step f_bench_offline 90 "$PYTHON" benchmarks/bench_offline.py --device "$DEVICE" "${offline_args[@]}"
+step g_group_training 150 bash -c "$PYTHON benchmarks/seed_group_training.py --device $DEVICE ${group_training_one} && \
+    $PYTHON benchmarks/seed_group_training.py --device $DEVICE ${group_training_ten}"
 rm -r "$nomlflow"
 
 set +x

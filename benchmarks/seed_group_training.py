@@ -6,6 +6,7 @@ thread. Reports wall and CPU seconds of each way, and the speed-up of the group.
 
     python benchmarks/seed_group_training.py                   # 4 seeds, 300 episodes
     python benchmarks/seed_group_training.py --seeds 10 --episodes 200 --method sac_gems
+    python benchmarks/seed_group_training.py --device cuda --seeds 10 --ways group   # the group alone, on a GPU
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from slate_rl.agents.runtime import configure_cpu
 from slate_rl.protocol import Protocol
 from slate_rl.rankers.decoders import GeMSDecoder
 from slate_rl.rankers.gems import GeMS
+from timing import add_device_option, synchronize
 
 
 def agent(method: str, env: envs.TopicRec, seed: int):
@@ -30,7 +32,7 @@ def agent(method: str, env: envs.TopicRec, seed: int):
         return build_agent(method, env, seed)
     vae = GeMS(num_items=env.num_items, slate_size=env.slate_size, latent_dim=32, seed=seed)
     decoder = GeMSDecoder(vae.decoder, vae.slate_head, vae.item_embeddings.weight, torch.zeros(32), torch.ones(32))
-    return build_agent(method, env, seed, gems_decoder=decoder)
+    return build_agent(method, env, seed, gems_decoder=decoder.to(env.device))
 
 
 def main() -> None:
@@ -38,6 +40,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--method", default="sac_topk_ideal", choices=["sac_topk_ideal", "sac_gems"])
+    parser.add_argument("--ways", nargs="+", default=["alone", "group"], choices=["alone", "group"])
+    add_device_option(parser)
     args = parser.parse_args()
     configure_cpu()
     episodes = args.episodes
@@ -53,19 +57,23 @@ def main() -> None:
     )
     seeds = list(range(1, args.seeds + 1))
     times = {}
-    for way in ("alone", "group"):
+    for way in args.ways:
         wall, cpu = time.perf_counter(), time.process_time()
         if way == "alone":
             for seed in seeds:
-                env = envs.make("focused_topdown")
+                env = envs.make("focused_topdown", device=args.device)
                 Trainer(agent(args.method, env, seed), env, protocol).fit()
         else:
-            env = envs.make("focused_topdown")
+            env = envs.make("focused_topdown", device=args.device)
             GroupTrainer([agent(args.method, env, seed) for seed in seeds], env, protocol).fit()
+        synchronize(args.device)
         times[way] = (time.perf_counter() - wall, time.process_time() - cpu)
-        print(f"{way}: {times[way][0]:.1f} s wall, {times[way][1]:.1f} s CPU", flush=True)
-    ratio = times["alone"][1] / times["group"][1]
-    print(f"{args.method}, {len(seeds)} seeds, {episodes} episodes: the group uses {ratio:.2f}x less CPU time")
+        rate = len(seeds) * episodes / times[way][0]
+        print(f"{way}: {times[way][0]:.1f} s wall, {times[way][1]:.1f} s CPU, {rate:.1f} seed-episodes/s", flush=True)
+    if len(times) == 2:
+        clock = 1 if args.device.type == "cpu" else 0  # CPU time on a (shared) CPU, wall time on a GPU
+        ratio = times["alone"][clock] / times["group"][clock]
+        print(f"{args.method}, {len(seeds)} seeds, {episodes} episodes: the group is {ratio:.2f}x faster")
 
 
 if __name__ == "__main__":
