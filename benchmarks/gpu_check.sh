@@ -21,7 +21,7 @@ OUT="$(cd "$OUT" && pwd)"
 nomlflow="$(mktemp -d)"
 mkdir -p "$nomlflow/mlflow"
 echo 'raise ImportError("this check runs without MLflow: a step imported it")' >"$nomlflow/mlflow/__init__.py"
-export PYTHONPATH="$nomlflow:$PWD"
+export PYTHONPATH="$nomlflow:$PWD:${PYTHONPATH:-}"
 export PYTHONUNBUFFERED=1
 
 if [ "$QUICK" = 1 ]; then
