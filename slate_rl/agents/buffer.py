@@ -86,6 +86,19 @@ class TrajectoryBuffer:
         self.size = 0
         self.position = 0
 
+    @classmethod
+    def for_agent(cls, agent: Any, env: Any, capacity: int) -> TrajectoryBuffer:
+        """A buffer of `capacity` trajectories of `env`'s shapes holding what `agent` stores, on the agent's device."""
+        return cls(
+            capacity,
+            env.episode_length,
+            env.slate_size,
+            env.num_items,
+            agent.stored_action_dim,
+            agent.privileged_dim,
+            agent.device,
+        )
+
     def __len__(self) -> int:
         return self.size
 

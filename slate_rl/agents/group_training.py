@@ -101,16 +101,7 @@ class GroupTrainer:
         self._meter = _Meter()
 
     def _buffer(self, agent: SACAgent) -> TrajectoryBuffer:
-        env = self.env
-        return TrajectoryBuffer(
-            agent.buffer_capacity,
-            env.episode_length,
-            env.slate_size,
-            env.num_items,
-            agent.stored_action_dim,
-            agent.privileged_dim,
-            agent.device,
-        )
+        return TrajectoryBuffer.for_agent(agent, self.env, agent.buffer_capacity)
 
     @property
     def seeds(self) -> list[int]:

@@ -167,19 +167,7 @@ class Trainer:
         self.agent, self.env, self.protocol = agent, env, protocol
         self.hooks = hooks or Hooks()
         capacity = protocol.parallel_episodes if agent.on_policy else agent.buffer_capacity
-        self.buffer = (
-            TrajectoryBuffer(
-                capacity,
-                env.episode_length,
-                env.slate_size,
-                env.num_items,
-                agent.stored_action_dim,
-                agent.privileged_dim,
-                agent.device,
-            )
-            if agent.learns
-            else None
-        )
+        self.buffer = TrajectoryBuffer.for_agent(agent, env, capacity) if agent.learns else None
         self.episode = 0
         self.best_return = -math.inf
         self.best_episode: int | None = None
