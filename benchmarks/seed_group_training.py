@@ -1,18 +1,28 @@
-"""The whole training loop of S seeds: one `GroupTrainer` against S `Trainer`s one after another.
+"""The whole training loop of S seeds: one `GroupTrainer` against today's ways of training them.
 
 SAC (TopK ideal by default) at the paper's shapes on focused_topdown (episodes of 100 steps, hidden 256, belief 20,
-batch 20, 1,000 items), a short protocol (warm-up, K = 10, validations, no test); one torch thread, no overlap
-thread. Reports wall and CPU seconds of each way, and the speed-up of the group.
+batch 20, 1,000 items), K = 10, validations of 50 users, no test. Each way first plays its warm-up (random episodes,
+untimed) and is then timed over the episodes after it (updates every episode), so the figures are post-warm-up
+seed-episodes per second. The ways:
 
-    python benchmarks/seed_group_training.py                   # 4 seeds, 300 episodes
-    python benchmarks/seed_group_training.py --seeds 10 --episodes 200 --method sac_gems
+    alone     S `Trainer`s one after another, plain update, one thread, no overlap thread
+    fused     today's single-seed `train-online` run, one after another: fused update, one torch thread, the next
+              block collected on a second thread (overlap_collection)
+    workers2  `fused` in two processes at once, the seeds split between them (today's `pipeline --workers 2`)
+    group     one `GroupTrainer` for all S seeds (plain update stacked over the seeds), --group-threads threads
+
+    python benchmarks/seed_group_training.py                   # 4 seeds, 300 episodes, alone vs group
+    python benchmarks/seed_group_training.py --seeds 10 --episodes 300 --ways fused workers2 group
+    python benchmarks/seed_group_training.py --seeds 10 --method sac_gems --ways fused workers2 group
     python benchmarks/seed_group_training.py --device cuda --seeds 10 --ways group   # the group alone, on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -26,54 +36,104 @@ from slate_rl.rankers.gems import GeMS
 from timing import add_device_option, synchronize
 
 
-def agent(method: str, env: envs.TopicRec, seed: int):
+def agent(method: str, env: envs.TopicRec, seed: int, fused: bool = False):
     """The seed's agent; SAC+GeMS acts through an untrained GeMS decoder of the paper's shape (seeded like it)."""
+    overrides = {"fused_update": True} if fused else None
     if method != "sac_gems":
-        return build_agent(method, env, seed)
+        return build_agent(method, env, seed, overrides=overrides)
     vae = GeMS(num_items=env.num_items, slate_size=env.slate_size, latent_dim=32, seed=seed)
     decoder = GeMSDecoder(vae.decoder, vae.slate_head, vae.item_embeddings.weight, torch.zeros(32), torch.ones(32))
-    return build_agent(method, env, seed, gems_decoder=decoder.to(env.device))
+    return build_agent(method, env, seed, gems_decoder=decoder.to(env.device), overrides=overrides)
+
+
+def protocol(episodes: int, warmup: int, overlap: bool) -> Protocol:
+    return Protocol(
+        episodes=warmup + episodes,
+        warmup_episodes=warmup,
+        val_every=max(1, episodes // 3),
+        val_episodes=50,
+        test_episodes=1,
+        save_every=warmup + episodes,
+        parallel_episodes=10,
+        overlap_collection=overlap,
+    )
+
+
+def timed_after_warmup(trainer: Trainer | GroupTrainer, warmup: int, device: torch.device) -> tuple[float, float]:
+    """Wall and CPU seconds of `trainer`'s episodes after its (untimed) warm-up."""
+    trainer.fit(max_episodes=warmup)
+    synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    trainer.fit()
+    synchronize(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def one_by_one(args: argparse.Namespace, seeds: list[int], fused: bool) -> tuple[float, float]:
+    """Seconds (wall, CPU) of `seeds` trained one after another by `Trainer`, post-warm-up parts summed."""
+    configure_cpu(1)
+    total = [0.0, 0.0]
+    for seed in seeds:
+        env = envs.make("focused_topdown", device=args.device)
+        trainer = Trainer(agent(args.method, env, seed, fused), env, protocol(args.episodes, args.warmup, fused))
+        for i, seconds in enumerate(timed_after_warmup(trainer, args.warmup, args.device)):
+            total[i] += seconds
+    return total[0], total[1]
+
+
+def _worker(args: argparse.Namespace, seeds: list[int], out: multiprocessing.Queue) -> None:
+    out.put(one_by_one(args, seeds, fused=True))
+
+
+def two_workers(args: argparse.Namespace, seeds: list[int]) -> tuple[float, float]:
+    """`fused` in two processes at once over halves of `seeds`: (the slower worker's wall, the summed CPU)."""
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    workers = [context.Process(target=_worker, args=(args, part, out)) for part in (seeds[0::2], seeds[1::2])]
+    for worker in workers:
+        worker.start()
+    results = [out.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    return max(wall for wall, _ in results), sum(cpu for _, cpu in results)
+
+
+def group(args: argparse.Namespace, seeds: list[int]) -> tuple[float, float]:
+    configure_cpu(args.group_threads)
+    env = envs.make("focused_topdown", device=args.device)
+    members = [agent(args.method, env, seed) for seed in seeds]
+    return timed_after_warmup(
+        GroupTrainer(members, env, protocol(args.episodes, args.warmup, False)), args.warmup, args.device
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=4)
-    parser.add_argument("--episodes", type=int, default=300)
+    parser.add_argument("--episodes", type=int, default=300, help="timed episodes per seed, after the warm-up")
+    parser.add_argument("--warmup", type=int, default=100, help="untimed random episodes per seed first")
     parser.add_argument("--method", default="sac_topk_ideal", choices=["sac_topk_ideal", "sac_gems"])
-    parser.add_argument("--ways", nargs="+", default=["alone", "group"], choices=["alone", "group"])
+    parser.add_argument(
+        "--ways", nargs="+", default=["alone", "group"], choices=["alone", "fused", "workers2", "group"]
+    )
+    parser.add_argument("--group-threads", type=int, default=1, help="torch threads of the group (default 1)")
     add_device_option(parser)
     args = parser.parse_args()
-    configure_cpu()
-    episodes = args.episodes
-    protocol = Protocol(
-        episodes=episodes,
-        warmup_episodes=episodes // 3,
-        val_every=episodes // 3,
-        val_episodes=50,
-        test_episodes=1,
-        save_every=episodes,
-        parallel_episodes=10,
-        overlap_collection=False,
-    )
     seeds = list(range(1, args.seeds + 1))
-    times = {}
+    ways: dict[str, Callable[[], tuple[float, float]]] = {
+        "alone": lambda: one_by_one(args, seeds, fused=False),
+        "fused": lambda: one_by_one(args, seeds, fused=True),
+        "workers2": lambda: two_workers(args, seeds),
+        "group": lambda: group(args, seeds),
+    }
+    rates = {}
     for way in args.ways:
-        wall, cpu = time.perf_counter(), time.process_time()
-        if way == "alone":
-            for seed in seeds:
-                env = envs.make("focused_topdown", device=args.device)
-                Trainer(agent(args.method, env, seed), env, protocol).fit()
-        else:
-            env = envs.make("focused_topdown", device=args.device)
-            GroupTrainer([agent(args.method, env, seed) for seed in seeds], env, protocol).fit()
-        synchronize(args.device)
-        times[way] = (time.perf_counter() - wall, time.process_time() - cpu)
-        rate = len(seeds) * episodes / times[way][0]
-        print(f"{way}: {times[way][0]:.1f} s wall, {times[way][1]:.1f} s CPU, {rate:.1f} seed-episodes/s", flush=True)
-    if len(times) == 2:
-        clock = 1 if args.device.type == "cpu" else 0  # CPU time on a (shared) CPU, wall time on a GPU
-        ratio = times["alone"][clock] / times["group"][clock]
-        print(f"{args.method}, {len(seeds)} seeds, {episodes} episodes: the group is {ratio:.2f}x faster")
+        wall, cpu = ways[way]()
+        rates[way] = len(seeds) * args.episodes / wall
+        print(f"{way}: {wall:.1f} s wall, {cpu:.1f} s CPU, {rates[way]:.1f} seed-episodes/s", flush=True)
+    for way in args.ways:
+        ratios = ", ".join(f"{rates[way] / rates[base]:.2f}x {base}" for base in args.ways if base != way)
+        print(f"{args.method}, {len(seeds)} seeds x {args.episodes} episodes, {way}: {ratios}")
 
 
 if __name__ == "__main__":
