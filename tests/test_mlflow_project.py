@@ -180,6 +180,29 @@ def test_pipeline_dry_run_with_all_its_defaults_prints_the_plan(workflow):
     assert not MlflowClient().search_runs(["0"], "tags.stage = 'pipeline'")  # planned, nothing run
 
 
+def test_pipeline_offline_grid_parameters_reach_the_plan(workflow):
+    output = mlflow_run(
+        workflow["store"],
+        "pipeline",
+        envs="focused_topdown",
+        methods="sac_topk_ideal",
+        seeds="1",
+        preset="quick",
+        dry_run="true",
+        select_policies="0.5",
+        offline_algorithms="bc,iql",
+        qualities="expert,half",
+        offline_seeds="2",
+        offline_set="ranker=topk_ideal",
+        offline_mix="half=expert:0.5,random:0.5",
+    )
+    assert output.returncode == 0, output.stderr[-3000:]
+    text = output.stdout + output.stderr
+    assert "registry select --medium 0.5 on the sac_topk_ideal run" in text
+    assert "phase 6/6 (offline training): 8 jobs" in text  # 2 algorithms x 2 datasets x 2 seeds
+    assert "iql/focused_topdown/half/seed" in text
+
+
 def test_pipeline_runs_one_seed_with_overrides(workflow):
     run_id = _run_entry_point(
         workflow,
