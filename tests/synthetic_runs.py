@@ -62,9 +62,11 @@ def add_train_offline_run(
     params: dict | None = None,
     preset: str = "paper",
     status: str = "FINISHED",
+    val_returns: tuple[tuple[int, float], ...] = (),
 ) -> str:
     """A run shaped like a finished train_offline run on the dataset of `dataset_run` (env and quality from its
-    tags): normalised scores of the best and last weights, and the reference returns (random, expert) behind them."""
+    tags): normalised scores of the best and last weights, the reference returns (random, expert) behind them, and
+    `val_returns` as its val_return history (step, value)."""
     client = MlflowClient()
     dataset = client.get_run(dataset_run).data.tags
     env, quality = dataset["env"], dataset["quality"]
@@ -90,7 +92,8 @@ def add_train_offline_run(
     metrics |= {"reference_return_expert": high}
     client.log_batch(
         run_id,
-        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        + [Metric("val_return", float(v), now, step) for step, v in val_returns],
         params=[Param(k, str(v)) for k, v in {"dataset": dataset_run, **(params or {})}.items()],
         tags=[RunTag(k, v) for k, v in tags.items()],
     )

@@ -10,11 +10,12 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
 from scipy import stats as sps
 
 from slate_rl.cli import main
 from slate_rl.errors import SlateRLError
-from slate_rl.stages import compare
+from slate_rl.stages import compare, compare_offline
 from synthetic_runs import add_collect_run, add_train_offline_run, add_train_online_run
 
 BC_BEST = [60.0, 88.0, 89.0, 95.0, 99.0]  # IQM: the middle three, (88 + 89 + 95) / 3; median 89
@@ -154,3 +155,16 @@ def test_offline_only_with_no_offline_run_says_what_exists(tracking_store):
     cfg = compare.CompareConfig.resolve("focused_mix", "all", algorithms="awac", offline_only=True)
     with pytest.raises(SlateRLError, match=r"algorithms=awac .*the store has: bc/diffuse_mix/expert/paper \(2 runs\)"):
         compare.run(cfg)
+
+
+def test_the_validation_curves_are_drawn_on_the_normalised_scale(tracking_store):
+    dataset = add_collect_run("focused_mix", "expert", 120.0)
+    curve = ((100, 30.0), (200, 80.0), (300, 130.0))  # references 30 and 130: 0, 50 and 100 normalised
+    run_id = add_train_offline_run("bc", dataset, 0, 100.0, 100.0, val_returns=curve)
+    (result,) = compare_offline.to_results([MlflowClient().get_run(run_id)], with_curve=True)
+    assert result.val_curve == ((100, 0.0), (200, 50.0), (300, 100.0))
+    add_train_offline_run("iql", dataset, 0, 90.0, 80.0, val_returns=((100, 55.0), (300, 105.0)))
+    out = tracking_store / "report"
+    compare.run(compare.CompareConfig.resolve("focused_mix", "all", offline_only=True, out=str(out)))
+    assert (out / "offline_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![offline_curves](offline_curves.png)" in (out / "report.md").read_text()

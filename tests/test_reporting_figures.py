@@ -4,7 +4,15 @@ import matplotlib.image
 import pytest
 
 from slate_rl.errors import SlateRLError
-from slate_rl.reporting import RunResult, plot_learning_curves, plot_tradeoff, tradeoff_points, write_figures
+from slate_rl.reporting import (
+    RunResult,
+    plot_learning_curves,
+    plot_offline_curves,
+    plot_tradeoff,
+    tradeoff_points,
+    write_figures,
+)
+from slate_rl.reporting.offline import BehaviourScore, OfflineResult
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -91,3 +99,19 @@ def test_write_figures_writes_what_the_records_allow(tmp_path):
     for path in paths:
         assert_png(path)
     assert write_figures([RunResult("random", "focused_mix", 0, 1.0, "quick")], tmp_path / "empty") == []
+
+
+def test_offline_curves_one_panel_per_dataset_and_only_with_curves(tmp_path):
+    results = [
+        OfflineResult(
+            algorithm, "focused_mix", quality, seed, "paper", 50.0, 40.0, val_curve=((100, 10.0), (200, 40.0 + seed))
+        )
+        for algorithm in ("bc", "iql")
+        for quality in ("expert", "medium", "random")
+        for seed in range(2)
+    ]
+    behaviour = [BehaviourScore("focused_mix", "expert", "run", 100.0)]
+    assert_png(plot_offline_curves(results, behaviour, tmp_path / "curves.png"))
+    without = [OfflineResult("bc", "focused_mix", "expert", 0, "paper", 50.0, 40.0)]
+    assert plot_offline_curves(without, behaviour, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()

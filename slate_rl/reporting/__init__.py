@@ -7,6 +7,7 @@ from slate_rl.reporting.aggregate import AggregateScore, aggregate_scores, norma
 from slate_rl.reporting.figures import (
     TradeoffPoint,
     plot_learning_curves,
+    plot_offline_curves,
     plot_tradeoff,
     tradeoff_points,
     write_figures,
@@ -37,6 +38,7 @@ __all__ = [
     "method_name",
     "normalised_scores",
     "plot_learning_curves",
+    "plot_offline_curves",
     "plot_tradeoff",
     "row_order",
     "summarise",

@@ -14,6 +14,7 @@ import numpy as np
 
 from slate_rl.errors import SlateRLError
 from slate_rl.reporting.names import ENV_NAMES, GEMS, env_name, method_name, paper_order, row_order
+from slate_rl.reporting.offline import BehaviourScore, OfflineResult, column_order
 from slate_rl.reporting.records import RunResult, group_cells, group_runs
 from slate_rl.reporting.stats import Summary, curve_band, summarise
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 TradeoffAxis = Literal["beta", "lambda_click"]
+BEHAVIOUR_LINE = "behaviour policy"  # the legend entry of the dataset's own score in the offline curves
 # The GeMS hyper-parameters the trade-off figure reads from RunResult.params, and the paper's values of β and λ.
 TRADEOFF_PARAMS = ("latent_dim", "beta", "lambda_click")
 PAPER_GEMS_PARAMS = {"beta": 1.0, "lambda_click": 0.5}
@@ -133,6 +135,66 @@ def plot_learning_curves(
     labels = [method_name(m) for m in ordered]
     fig.legend([handles[m] for m in ordered], labels, loc="lower center", ncols=min(4, len(ordered)), frameon=False)
     fig.suptitle(f"Mean validation return over seeds, {confidence:.0%} t-band")
+    return _save(fig, path)
+
+
+def plot_offline_curves(
+    results: Iterable[OfflineResult],
+    behaviour: Iterable[BehaviourScore],
+    path: str | os.PathLike,
+    confidence: float = 0.95,
+) -> Path | None:
+    """One panel per dataset (environment x quality): mean normalised validation score over seeds vs gradient step
+    with its t-band, a line per algorithm (or variant), and the behaviour policy's own score as a dashed line.
+
+    Runs without a curve are left out; returns None, writing nothing, if no run has one."""
+    groups: dict[tuple[str, tuple[str, str]], list[OfflineResult]] = {}
+    for result in results:
+        if result.val_curve:
+            groups.setdefault((result.row, result.column), []).append(result)
+    if not groups:
+        return None
+    rows = row_order(row for row, _ in groups)
+    columns = column_order(column for _, column in groups)
+    scores = {(b.env, b.quality): b.score for b in behaviour}
+    ncols = min(4, len(columns))
+    nrows = math.ceil(len(columns) / ncols)
+    legend_rows = math.ceil((len(rows) + 1) / 4)
+    top, bottom, width = 0.8, 0.75 + 0.25 * legend_rows, 4.0 * ncols
+    height = 3.0 * nrows + top + bottom
+    fig = _figure(figsize=(width, height))
+    fig.subplots_adjust(
+        left=0.8 / width, right=1 - 0.2 / width, top=1 - top / height, bottom=bottom / height, hspace=0.35, wspace=0.2
+    )
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
+    _episodes_axis(axes[0])
+    colours = {row: f"C{i % 10}" for i, row in enumerate(rows)}
+    handles: dict[str, Any] = {}
+    for ax, column in zip(axes, columns, strict=False):
+        seeds = set()
+        for row in rows:
+            runs = groups.get((row, column))
+            if runs is None:
+                continue
+            seeds.add(len(runs))
+            band = curve_band([run.val_curve for run in runs], confidence)
+            (handles[row],) = ax.plot(band.episodes, band.mean, color=colours[row])
+            low, high = band.mean - band.half_width, band.mean + band.half_width
+            ax.fill_between(band.episodes, low, high, color=colours[row], alpha=0.2)
+        if column in scores:
+            handles[BEHAVIOUR_LINE] = ax.axhline(scores[column], color="0.4", linestyle="--", linewidth=1)
+        counts = "–".join(str(n) for n in sorted({min(seeds), max(seeds)}))
+        ax.set_title(f"{env_name(column[0])}, {column[1]} ({counts} seeds)", fontsize=10)
+        ax.grid(alpha=0.3)
+    for index in range(len(columns), len(axes)):
+        axes[index].set_visible(False)
+        axes[index - ncols].tick_params(labelbottom=True)
+    fig.supxlabel("Gradient step", y=(0.3 + 0.25 * legend_rows) / height, va="bottom")
+    fig.supylabel("Normalised validation score", x=0.1 / width, ha="left")
+    ordered = [row for row in (*rows, BEHAVIOUR_LINE) if row in handles]
+    labels = [row if row == BEHAVIOUR_LINE else method_name(row) for row in ordered]
+    fig.legend([handles[r] for r in ordered], labels, loc="lower center", ncols=min(4, len(ordered)), frameon=False)
+    fig.suptitle(f"Offline runs: mean normalised validation score over seeds, {confidence:.0%} t-band")
     return _save(fig, path)
 
 

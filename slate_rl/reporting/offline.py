@@ -47,6 +47,7 @@ class OfflineResult:
     dataset_run: str = ""
     variant: tuple[tuple[str, str], ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
+    val_curve: tuple[tuple[int, float], ...] = ()  # normalised validation score by gradient step (empty: not read)
 
     def __post_init__(self) -> None:
         where = f"offline run {self.algorithm}/{self.env}/{self.quality}/seed{self.seed}"

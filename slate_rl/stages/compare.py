@@ -23,6 +23,7 @@ from slate_rl.reporting import (
     aggregates_to_markdown,
     build_table,
     plot_learning_curves,
+    plot_offline_curves,
     plot_tradeoff,
     to_csv,
     to_latex,
@@ -331,7 +332,9 @@ def write_report(
     if offline is not None and offline.results:
         tables = compare_offline.write_tables(offline, folder, cfg.allow_mixed_presets)
         sections += ["\n## Offline RL: normalised scores per dataset\n", tables]
-    if results:
+        curves = plot_offline_curves(offline.results, offline.behaviour, folder / "offline_curves.png")
+        figures += [curves] if curves is not None else []
+    if figures:
         sections += ["\n## Figures\n"] + [f"![{p.stem}]({p.name})\n" for p in figures]
     atomic.write_text(folder / "report.md", "\n".join(sections))
     return sorted(p.name for p in folder.iterdir() if p.is_file())

@@ -24,7 +24,7 @@ from slate_rl.reporting.offline import (
     offline_to_csv,
     offline_to_markdown,
 )
-from slate_rl.tracking.results import search_finished_runs
+from slate_rl.tracking.results import metric_curve, search_finished_runs
 from slate_rl.tracking.runs import normal_param
 
 SOURCE_STAGE = "train_offline"
@@ -48,9 +48,10 @@ class OfflineInputs:
 
 
 def gather(envs: Sequence[str], preset: str, filter_string: str = "", algorithms: Sequence[str] = ()) -> OfflineInputs:
-    """The results and behaviour scores of the finished train_offline runs that `select_runs` keeps."""
+    """The results (with their validation curves) and behaviour scores of the finished train_offline runs that
+    `select_runs` keeps."""
     runs = select_runs(envs, preset, filter_string, algorithms)
-    return OfflineInputs(to_results(runs), behaviour_scores(runs))
+    return OfflineInputs(to_results(runs, with_curve=True), behaviour_scores(runs))
 
 
 def _algorithm(r: Run) -> str:
@@ -111,7 +112,18 @@ def identity(r: Run) -> dict[str, str]:
     return {name: normal_param(value) or "" for name, value in _configuration(r).items()}
 
 
-def to_results(runs: Sequence[Run]) -> list[OfflineResult]:
+def normalised_curve(r: Run) -> tuple[tuple[int, float], ...]:
+    """The run's validation returns by gradient step on the normalised scale of its scores (empty without its
+    reference returns)."""
+    low, high = (r.data.metrics.get(name) for name in REFERENCES)
+    if low is None or high is None or high == low:
+        return ()
+    return tuple(
+        (step, 100.0 * (value - low) / (high - low)) for step, value in metric_curve(r.info.run_id, "val_return")
+    )
+
+
+def to_results(runs: Sequence[Run], with_curve: bool = False) -> list[OfflineResult]:
     """The runs as results, each with its variant: the params on which runs of its algorithm on one dataset differ
     (a param a run did not log shows as 'default'; a param that names an upstream run in any run never counts, even
     where it is empty); no variant for an algorithm run in one configuration."""
@@ -141,6 +153,7 @@ def to_results(runs: Sequence[Run]) -> list[OfflineResult]:
                 dataset_run=tags.get("dataset_run", ""),
                 variant=tuple((name, shown.get(name, "default")) for name in sorted(fields[_algorithm(r)])),
                 params=shown,
+                val_curve=normalised_curve(r) if with_curve else (),
             )
         )
     return results
