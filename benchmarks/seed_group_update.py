@@ -40,13 +40,13 @@ def median_ms(fn: Callable[[], object], warmup: int, repeats: int, device: torch
     return {"wall_ms": 1e3 * statistics.median(wall), "cpu_ms": 1e3 * statistics.median(cpu)}
 
 
-def make_agent(method: str, env: envs.TopicRec, seed: int, fused: bool) -> SACAgent:
+def make_agent(method: str, env: envs.TopicRec, seed: int, fused: bool, precision: str = "fp32") -> SACAgent:
     inputs = {}
     if method == "sac_gems":
         vae = GeMS(num_items=env.num_items, slate_size=env.slate_size, latent_dim=32, seed=seed)
         decoder = GeMSDecoder(vae.decoder, vae.slate_head, vae.item_embeddings.weight, torch.zeros(32), torch.ones(32))
         inputs["gems_decoder"] = decoder
-    agent = build_agent(method, env, seed, **inputs, overrides={"fused_update": fused})
+    agent = build_agent(method, env, seed, **inputs, overrides={"fused_update": fused, "precision": precision})
     assert isinstance(agent, SACAgent)
     return agent
 

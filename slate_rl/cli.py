@@ -232,6 +232,8 @@ def generate_dataset_command(
         "loss_convention": "'reference' (std = exp(logvar), KL averaged over dimensions) or 'standard' VAE.",
         "shuffle": "Shuffle training slates every epoch (the reference does not).",
         "bound_sessions": "Logged sessions whose encodings define the action bounds.",
+        "precision": "fp32, or bf16: the forward passes and losses of training under bfloat16 autocast (parameters "
+        "and optimiser state stay fp32).",
     },
 )
 @env_param_option

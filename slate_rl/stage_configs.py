@@ -18,6 +18,7 @@ from slate_rl import config
 from slate_rl.config import StageConfig
 from slate_rl.errors import SlateRLError
 from slate_rl.methods import ONLINE_FAMILIES, get_method, method_ids
+from slate_rl.precision import check_precision
 from slate_rl.protocol import Protocol
 
 
@@ -66,8 +67,10 @@ class PretrainGemsConfig(StageConfig):
     loss_convention: str = "reference"
     shuffle: bool = True
     bound_sessions: int = 1000
+    precision: str = "fp32"  # or 'bf16': training's forward passes under bfloat16 autocast (slate_rl.precision)
 
     def validate(self) -> None:
+        check_precision(self.precision)
         if int(self.latent_dim) < 1:
             raise SlateRLError(f"latent_dim must be >= 1 (got {self.latent_dim})")
         for name in ("lambda_kl", "lambda_click", "lambda_prior"):

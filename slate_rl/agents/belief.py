@@ -141,13 +141,14 @@ def input_gates(
     tables: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor, slates: torch.Tensor, clicks: torch.Tensor
 ) -> torch.Tensor:
     """W_ih [E(s_r), c_r]_r + b_ih of G encoders, directly: tables (G, N, D), w_ih (G, 3H, R(D + 1)), b_ih (G, 3H),
-    observations slates, clicks (G or 1, M, R) -> (G, M, 3H). Used while acting and by the plain encode; the fused
-    encode computes them from per-slot projections of the tables."""
+    observations slates, clicks (G or 1, M, R) -> (G, M, 3H), in the parameters' dtype (also under bf16 autocast:
+    the recurrence runs in fp32). Used while acting and by the plain encode; the fused encode computes them from
+    per-slot projections of the tables."""
     groups = torch.arange(tables.shape[0], device=tables.device).view(-1, 1, 1)
     embedded = tables[groups, slates.long()]  # (G, M, R, D)
     clicks = clicks.to(w_ih.dtype).unsqueeze(-1).expand(*embedded.shape[:-1], 1)
     x = torch.cat([embedded, clicks], -1).flatten(2)
-    return torch.baddbmm(b_ih.unsqueeze(1), x, w_ih.transpose(1, 2))
+    return torch.baddbmm(b_ih.unsqueeze(1), x, w_ih.transpose(1, 2)).to(w_ih.dtype)
 
 
 def encode_stacked(

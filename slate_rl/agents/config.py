@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from slate_rl.errors import SlateRLError
+from slate_rl.precision import check_precision
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -37,6 +38,9 @@ class BeliefConfig:
 
 # fused_update: run the update on the fused CPU kernels with hand-derived gradients (faster on CPU, the same results
 # up to float rounding) instead of the plain autograd update; refused on other devices.
+# precision (SAC family): 'fp32' (default) or 'bf16': the update's forward passes (belief GRUs, critic and actor
+# losses) under bfloat16 autocast, parameters, optimiser states and losses in fp32 (`slate_rl.precision`); acting
+# and evaluation stay fp32. Not with fused_update (its kernels are fp32).
 # REFERENCE_SWITCHES: the bool fields of a config whose True reproduces a behaviour of the reference code (what
 # train_online's reference_bugs turns on; a new switch joins it by being listed there).
 # reference_pairing (B1): True credits transition t with the first click of obs_t as the reference does; False
@@ -68,9 +72,18 @@ class SACConfig:
     reference_temperature: bool = True
     reference_terminal_end: bool = False
     fused_update: bool = False
+    precision: str = "fp32"
     belief: BeliefConfig = BeliefConfig()
 
     REFERENCE_SWITCHES: ClassVar[tuple[str, ...]] = ("reference_temperature", "reference_terminal_end")
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
+        if self.fused_update and self.precision != "fp32":
+            raise SlateRLError(
+                f"fused_update=true runs fp32 kernels and cannot train in precision={self.precision}; drop "
+                "fused_update (the plain update runs under bf16 autocast) or use precision=fp32"
+            )
 
 
 @dataclass(frozen=True)

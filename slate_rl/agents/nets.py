@@ -45,8 +45,9 @@ class MLP(nn.Module):
         self.bias2 = nn.Parameter(default_init((out_dim,), hidden, generator, device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The output in the parameters' dtype (also under bf16 autocast, which runs the matmuls in bfloat16)."""
         hidden = torch.addmm(self.bias1, x, self.weight1.t()).relu_()
-        return torch.addmm(self.bias2, hidden, self.weight2.t())
+        return torch.addmm(self.bias2, hidden, self.weight2.t()).to(self.bias2.dtype)
 
 
 class TwinQ(nn.Module):
@@ -91,9 +92,10 @@ def twin_q(params: list[torch.Tensor], state_dim: int, state: torch.Tensor, acti
     """Evaluate packed twin critics with explicit parameters [weight1, bias1, weight2, bias2] -> (N, 2).
 
     The first layer is split into its state and action columns so that no gradient is formed for an input that
-    does not need one (the stored actions, or a detached state).
+    does not need one (the stored actions, or a detached state). Under bf16 autocast the first layer runs in
+    bfloat16; the output layer (a product with weight2) in the parameters' dtype.
     """
     weight1, bias1, weight2, bias2 = params
-    hidden = torch.addmm(bias1, state, weight1[:, :state_dim].t()).addmm_(action, weight1[:, state_dim:].t())
+    hidden = torch.addmm(torch.addmm(bias1, state, weight1[:, :state_dim].t()), action, weight1[:, state_dim:].t())
     hidden = hidden.relu_().view(state.shape[0], 2, -1)
     return (hidden * weight2).sum(-1) + bias2

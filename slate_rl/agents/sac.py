@@ -5,7 +5,8 @@ temperature step, Polyak averaging of the two target critics (targets cover only
 critic encoder; the next states come from the online encoders, detached: Q15). The last transition of an episode
 bootstraps from the belief after the final observation (a time-limit truncation) unless `reference_terminal_end`.
 `fused_update=true` runs the same update with hand-derived gradients on fused CPU kernels instead
-(`slate_rl.agents.fused_sac`; same random draws, same results up to float rounding, tested).
+(`slate_rl.agents.fused_sac`; same random draws, same results up to float rounding, tested). `precision=bf16` runs
+the forward passes of the plain update under bfloat16 autocast (`slate_rl.precision`); acting stays fp32.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from slate_rl.agents.buffer import Trajectories
 from slate_rl.agents.config import SACConfig
 from slate_rl.agents.nets import MLP, TwinQ, adam, twin_q
 from slate_rl.errors import SlateRLError
+from slate_rl.precision import autocast
 from slate_rl.rankers.base import SlateDecoder
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -161,35 +163,38 @@ class SACBase(BeliefAgent):
 
             return fused_sac_update(self, batch)
         rewards = batch.rewards.reshape(-1)
-        # belief states h_0 .. h_H of obs_0 .. obs_H: transition t (B * H rows) has the state h_t and the next
-        # state h_{t+1}, detached (for the last transition the belief after the episode's final observation)
-        actor, next_actor = transition_states(self.beliefs.encode(batch.slates, batch.clicks, ("actor",))[0])
-        critic, next_critic = transition_states(self.beliefs.encode(batch.slates, batch.clicks, ("critic",))[0])
         not_done = batch.bootstrap_mask(cfg.reference_terminal_end)
         alpha = self.temperature.alpha.clone()
-        # noise[0]: the actor's draw at h_t, noise[1]: the target's draw at h_{t+1}
-        noise = draw_normal(self.generator, actor, 2, actor.shape[0], self.action_dim)
+        with autocast(cfg.precision, self.device):  # the forward passes; a no-op in fp32
+            # belief states h_0 .. h_H of obs_0 .. obs_H: transition t (B * H rows) has the state h_t and the next
+            # state h_{t+1}, detached (for the last transition the belief after the episode's final observation)
+            actor, next_actor = transition_states(self.beliefs.encode(batch.slates, batch.clicks, ("actor",))[0])
+            critic, next_critic = transition_states(self.beliefs.encode(batch.slates, batch.clicks, ("critic",))[0])
+            # noise[0]: the actor's draw at h_t, noise[1]: the target's draw at h_{t+1}
+            noise = draw_normal(self.generator, actor, 2, actor.shape[0], self.action_dim)
 
-        # critic: L_Q = 1/2 sum_k mean_t (Q_k(h^C_t, a_t) - y_t)^2, a_t the stored action, with the target
-        # y_t = r_t + gamma (1 - d_t) [min_k Qtarget_k(h^C_{t+1}, a') - alpha log pi(a' | h^A_{t+1})],
-        # a' ~ pi(. | h^A_{t+1}), d_t = 1 only at an episode's last step with reference_terminal_end
-        with torch.no_grad():
-            next_actions, next_log_prob = self.sample(next_actor, noise[1])
-            soft_value = self.target_values(next_critic, next_actions, next_actor) - alpha * next_log_prob
-            target = rewards + cfg.gamma * not_done.reshape(-1) * soft_value
-        q = self.q(critic, self.critic_actions(batch))
-        q_loss = 0.5 * (q - target.unsqueeze(1)).pow(2).mean(0).sum()
+            # critic: L_Q = 1/2 sum_k mean_t (Q_k(h^C_t, a_t) - y_t)^2, a_t the stored action, with the target
+            # y_t = r_t + gamma (1 - d_t) [min_k Qtarget_k(h^C_{t+1}, a') - alpha log pi(a' | h^A_{t+1})],
+            # a' ~ pi(. | h^A_{t+1}), d_t = 1 only at an episode's last step with reference_terminal_end
+            with torch.no_grad():
+                next_actions, next_log_prob = self.sample(next_actor, noise[1])
+                soft_value = self.target_values(next_critic, next_actions, next_actor) - alpha * next_log_prob
+                target = rewards + cfg.gamma * not_done.reshape(-1) * soft_value
+            q = self.q(critic, self.critic_actions(batch))
+            q_loss = 0.5 * (q - target.unsqueeze(1)).pow(2).mean(0).sum()
         q_loss.backward()
         self.q_optimizer.step()  # the Q heads; the critic encoder's gradient waits for the step below
         self.q_optimizer.zero_grad(set_to_none=True)
 
-        # actor: L_pi = mean_t [alpha log pi(a~ | h^A_t) - min_k Q_k(sg h^C_t, a~)], a~ ~ pi(.|h^A_t), stepped critics
-        actions, log_prob = self.sample(actor, noise[0])
-        frozen_q = [p.detach() for p in self.q.params()]  # the actor loss trains the actor only
-        q_new = twin_q(frozen_q, critic.shape[1], critic.detach(), actions).min(1).values
-        pi_loss = (alpha * log_prob - q_new).mean()
-        # temperature: L_alpha on the same log-probabilities, detached
-        alpha_loss = self.temperature.loss(log_prob) if cfg.auto_entropy else torch.zeros_like(pi_loss)
+        with autocast(cfg.precision, self.device):
+            # actor: L_pi = mean_t [alpha log pi(a~ | h^A_t) - min_k Q_k(sg h^C_t, a~)], a~ ~ pi(.|h^A_t), stepped
+            # critics
+            actions, log_prob = self.sample(actor, noise[0])
+            frozen_q = [p.detach() for p in self.q.params()]  # the actor loss trains the actor only
+            q_new = twin_q(frozen_q, critic.shape[1], critic.detach(), actions).min(1).values
+            pi_loss = (alpha * log_prob - q_new).mean()
+            # temperature: L_alpha on the same log-probabilities, detached
+            alpha_loss = self.temperature.loss(log_prob) if cfg.auto_entropy else torch.zeros_like(pi_loss)
         (pi_loss + alpha_loss).backward()
         # one step of the policy and actor encoder (pi_lr), the critic encoder (q_lr: its gradient is the critic
         # loss's; no loss reads it after the critic step) and log alpha

@@ -37,6 +37,7 @@ from slate_rl.agents.nets import adam
 from slate_rl.agents.sac import SACAgent, draw_normal, tanh_gaussian, temperature_loss, transition_states
 from slate_rl.envs.topicrec import TopicRec
 from slate_rl.errors import SlateRLError
+from slate_rl.precision import autocast
 
 ENCODER_KEYS = ("items", "weight_ih_l0", "bias_ih_l0", "weight_hh_l0", "bias_hh_l0")
 STACKED_BUFFERS: tuple[str, ...] = ("action_center", "action_scale", "temperature.alpha")
@@ -57,6 +58,7 @@ class SeedGroup:
         self.agents = agents
         self.config = agents[0].config
         self.size = len(agents)
+        self.device = agents[0].device
         self.action_dim = agents[0].action_dim
         self.hidden_dim = self.config.belief.hidden_dim
         named = [dict(agent.named_parameters()) for agent in agents]
@@ -133,46 +135,49 @@ class SeedGroup:
         rows = num * steps
         flat = Trajectories(batch.slates.flatten(0, 1), batch.clicks.flatten(0, 1))
         rewards = flat.rewards.view(size, rows)
-        # belief states h_0 .. h_H of both encoders of every seed in one GRU stack of 2S cells; transition t has the
-        # state h_t and the next state h_{t+1}, detached (see SACBase.update)
-        tables, w_ih, b_ih, w_hh, b_hh = (
-            torch.cat([self._encoder("actor", key), self._encoder("critic", key)]) for key in ENCODER_KEYS
-        )
-        slates, clicks = (x.repeat(2, 1, 1, 1) for x in (batch.slates, batch.clicks))
-        encoded = encode_stacked(tables, w_ih, b_ih, w_hh, b_hh, slates, clicks).view(2, size * num, steps + 1, -1)
-        actor, next_actor = (x.view(size, rows, hidden) for x in transition_states(encoded[0]))
-        critic, next_critic = (x.view(size, rows, hidden) for x in transition_states(encoded[1]))
-        # the critic loss reads critic states through `critic_in`: its gradient there is taken before the critic
-        # step and sent through the GRUs with the actor loss's (one backward pass, at the pre-step critic, as in the
-        # agent's update)
-        critic_in = critic.detach().requires_grad_()
         not_done = flat.bootstrap_mask(cfg.reference_terminal_end).view(size, rows)
         alpha = self.buffers["temperature.alpha"].clone()
-        # noise[0]: the actor's draw at h_t, noise[1]: the target's draw at h_{t+1}, from each seed's generator
-        noise = torch.stack([draw_normal(a.generator, actor, 2, rows, self.action_dim) for a in self.agents], 1)
+        with autocast(cfg.precision, self.device):  # the forward passes; a no-op in fp32
+            # belief states h_0 .. h_H of both encoders of every seed in one GRU stack of 2S cells; transition t has
+            # the state h_t and the next state h_{t+1}, detached (see SACBase.update)
+            tables, w_ih, b_ih, w_hh, b_hh = (
+                torch.cat([self._encoder("actor", key), self._encoder("critic", key)]) for key in ENCODER_KEYS
+            )
+            slates, clicks = (x.repeat(2, 1, 1, 1) for x in (batch.slates, batch.clicks))
+            encoded = encode_stacked(tables, w_ih, b_ih, w_hh, b_hh, slates, clicks)
+            encoded = encoded.view(2, size * num, steps + 1, -1)
+            actor, next_actor = (x.view(size, rows, hidden) for x in transition_states(encoded[0]))
+            critic, next_critic = (x.view(size, rows, hidden) for x in transition_states(encoded[1]))
+            # the critic loss reads critic states through `critic_in`: its gradient there is taken before the
+            # critic step and sent through the GRUs with the actor loss's (one backward pass, at the pre-step
+            # critic, as in the agent's update)
+            critic_in = critic.detach().requires_grad_()
+            # noise[0]: the actor's draw at h_t, noise[1]: the target's draw at h_{t+1}, from each seed's generator
+            noise = torch.stack([draw_normal(a.generator, actor, 2, rows, self.action_dim) for a in self.agents], 1)
 
-        # critic: L_Q = 1/2 sum_k mean_t (Q_k(h^C_t, a_t) - y_t)^2 per seed (see SACBase.update)
-        with torch.no_grad():
-            next_actions, next_log_prob = self._sample(next_actor, noise[1])
-            next_q = twin_q_stacked(self.target_params(), hidden, next_critic, next_actions).min(-1).values
-            target = rewards + cfg.gamma * not_done * (next_q - alpha.unsqueeze(1) * next_log_prob)
-        q = twin_q_stacked(self.q_params(), hidden, critic_in, batch.actions.reshape(size, rows, -1))
-        q_loss = 0.5 * (q - target.unsqueeze(-1)).pow(2).mean(1).sum(-1)
+            # critic: L_Q = 1/2 sum_k mean_t (Q_k(h^C_t, a_t) - y_t)^2 per seed (see SACBase.update)
+            with torch.no_grad():
+                next_actions, next_log_prob = self._sample(next_actor, noise[1])
+                next_q = twin_q_stacked(self.target_params(), hidden, next_critic, next_actions).min(-1).values
+                target = rewards + cfg.gamma * not_done * (next_q - alpha.unsqueeze(1) * next_log_prob)
+            q = twin_q_stacked(self.q_params(), hidden, critic_in, batch.actions.reshape(size, rows, -1))
+            q_loss = 0.5 * (q - target.unsqueeze(-1)).pow(2).mean(1).sum(-1)
         *q_grads, d_critic = torch.autograd.grad(q_loss.sum(), [*self.q_params(), critic_in])
         _step(self.optimizers["q_optimizer"], self.q_params(), q_grads)
 
-        # actor: L_pi = mean_t [alpha log pi(a~ | h^A_t) - min_k Q_k(sg h^C_t, a~)] per seed, stepped critics
-        actions, log_prob = self._sample(actor, noise[0])
-        frozen_q = [p.detach() for p in self.q_params()]
-        q_new = twin_q_stacked(frozen_q, hidden, critic_in.detach(), actions).min(-1).values
-        pi_loss = (alpha.unsqueeze(1) * log_prob - q_new).mean(1)
-        log_alpha = self.params["temperature.log_alpha"]
-        target_entropy, reference = -float(self.action_dim), cfg.reference_temperature
-        alpha_loss = (
-            temperature_loss(log_alpha, log_prob, target_entropy, reference)
-            if cfg.auto_entropy
-            else torch.zeros_like(pi_loss)
-        )
+        with autocast(cfg.precision, self.device):
+            # actor: L_pi = mean_t [alpha log pi(a~ | h^A_t) - min_k Q_k(sg h^C_t, a~)] per seed, stepped critics
+            actions, log_prob = self._sample(actor, noise[0])
+            frozen_q = [p.detach() for p in self.q_params()]
+            q_new = twin_q_stacked(frozen_q, hidden, critic_in.detach(), actions).min(-1).values
+            pi_loss = (alpha.unsqueeze(1) * log_prob - q_new).mean(1)
+            log_alpha = self.params["temperature.log_alpha"]
+            target_entropy, reference = -float(self.action_dim), cfg.reference_temperature
+            alpha_loss = (
+                temperature_loss(log_alpha, log_prob, target_entropy, reference)
+                if cfg.auto_entropy
+                else torch.zeros_like(pi_loss)
+            )
         torch.autograd.backward([(pi_loss + alpha_loss).sum(), critic], [None, d_critic])
         optimizer = self.optimizers["optimizer"]
         optimizer.step()
@@ -295,7 +300,8 @@ def play_group(env: TopicRec, group: SeedGroup, num_users: int, mode: str) -> Tr
 def mlp(
     weight1: torch.Tensor, bias1: torch.Tensor, weight2: torch.Tensor, bias2: torch.Tensor, x: torch.Tensor
 ) -> torch.Tensor:
-    """`nets.MLP` of S stacked networks (weights (S, out, in), biases (S, out)) at inputs (S, n, in)."""
+    """`nets.MLP` of S stacked networks (weights (S, out, in), biases (S, out)) at inputs (S, n, in); the output in
+    the parameters' dtype (also under bf16 autocast)."""
     hidden = torch.baddbmm(bias1.unsqueeze(1), x, weight1.transpose(1, 2)).relu_()
     return torch.baddbmm(bias2.unsqueeze(1), hidden, weight2.transpose(1, 2))
 
@@ -306,7 +312,7 @@ def twin_q_stacked(
     """`nets.twin_q` of S stacked packed twin critics at states (S, n, state_dim) and actions (S, n, A): (S, n, 2)."""
     weight1, bias1, weight2, bias2 = params
     hidden = torch.baddbmm(bias1.unsqueeze(1), state, weight1[..., :state_dim].transpose(1, 2))
-    hidden = hidden.baddbmm_(action, weight1[..., state_dim:].transpose(1, 2)).relu_()
+    hidden = torch.baddbmm(hidden, action, weight1[..., state_dim:].transpose(1, 2)).relu_()
     hidden = hidden.view(*state.shape[:2], 2, -1)
     return (hidden * weight2.unsqueeze(1)).sum(-1) + bias2.unsqueeze(1)
 

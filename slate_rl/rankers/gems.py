@@ -156,16 +156,17 @@ class GeMS(pl.LightningModule):
 
     # ------------------------------------------------------------------ model
     def encode(self, slates: torch.Tensor, clicks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mu, logvar), each (B, d), of q(z | slates (B, R) int64, clicks (B, R) float)."""
+        """(mu, logvar), each (B, d), of q(z | slates (B, R) int64, clicks (B, R) float), in the parameters' dtype
+        (also under bf16 autocast, which runs the layers in bfloat16)."""
         x = torch.cat([self.item_embeddings(slates).flatten(1), clicks], dim=1)
-        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        mu, logvar = self.encoder(x).to(self.dtype).chunk(2, dim=1)
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(slot vectors (B, R, D), click logits (B, R)) for latent codes z (B, d)."""
+        """(slot vectors (B, R, D), click logits (B, R)) for latent codes z (B, d), in the parameters' dtype."""
         hidden = self.decoder(z)
         slot_vectors = self.slate_head(hidden).view(z.shape[0], self.hp.slate_size, self.hp.item_dim)
-        return slot_vectors, self.click_head(hidden)
+        return slot_vectors.to(self.dtype), self.click_head(hidden).to(self.dtype)
 
     def item_logits(self, slot_vectors: torch.Tensor) -> torch.Tensor:
         """Logits (..., N) of every item for slot vectors (..., D), against the detached item table (G5)."""

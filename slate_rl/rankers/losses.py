@@ -62,7 +62,7 @@ class _ItemCrossEntropy(torch.autograd.Function):
         grad = slot_vectors.new_empty(slot_vectors.shape) if ctx.needs_input_grad[0] else None
         for start in range(0, slot_vectors.shape[0], CE_ROWS):
             rows = slice(start, start + CE_ROWS)
-            logits = slot_vectors[rows] @ table.T
+            logits = (slot_vectors[rows] @ table.T).to(table.dtype)  # bf16 product under bf16 autocast, fp32 sums
             target_logits = logits.gather(1, targets[rows, None])
             peak = logits.amax(dim=1, keepdim=True)
             weights = logits.sub_(peak).clamp_(min=EXP_FLOOR).exp_()

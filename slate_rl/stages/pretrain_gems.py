@@ -15,6 +15,7 @@ import torch
 from slate_rl import atomic
 from slate_rl.devices import DEVICE_TAG, resolve_device
 from slate_rl.errors import SlateRLError
+from slate_rl.precision import LIGHTNING_PRECISION
 from slate_rl.rankers.bounds import gems_action_bounds
 from slate_rl.rankers.decoders import GeMSDecoder
 from slate_rl.safe_load import torch_load
@@ -81,7 +82,7 @@ def run(
         )
         datamodule = SlateDataModule(slates, clicks, batch_size=cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed)
         with tempfile.TemporaryDirectory(prefix="slate-rl-gems-") as tmp:
-            best = fit(vae, datamodule, cfg.epochs, mlrun, Path(tmp), config, state, on)
+            best = fit(vae, datamodule, cfg.epochs, mlrun, Path(tmp), config, state, on, cfg.precision)
             bounds = gems_action_bounds(best, slates, clicks, num_sessions=cfg.bound_sessions)
             decoder = GeMSDecoder.from_vae(best, bounds)
             payload = {
@@ -116,10 +117,12 @@ def fit(
     config: dict[str, Any],
     state: dict[str, Any] | None = None,
     device: torch.device | None = None,
+    precision: str = "fp32",
 ) -> GeMS:
     """Train with Lightning on `device` (default: the CPU; metrics per epoch into the run, the resume state after
     every epoch) and return the best-validation model, on the CPU; with `state` (a resume state), continue from
-    where it was taken."""
+    where it was taken. precision 'bf16': forward passes and losses under bfloat16 autocast (Lightning's
+    'bf16-mixed'; parameters and optimiser state stay fp32)."""
     import pytorch_lightning as pl
 
     from slate_rl.rankers.gems import GeMS
@@ -138,6 +141,7 @@ def fit(
         max_epochs=int(epochs),
         logger=run_logger(mlrun, resumed=state is not None),
         **lightning_device(device),
+        precision=LIGHTNING_PRECISION[precision],
         num_sanity_val_steps=0,
         log_every_n_steps=50,
         callbacks=[best, saver, *options.pop("callbacks")],
