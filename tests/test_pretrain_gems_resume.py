@@ -3,6 +3,7 @@ no metric step logged twice, and refusals of runs that cannot be resumed."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -108,3 +109,11 @@ def test_cli_resume_of_an_unknown_run(tracking_store):
     result = CliRunner().invoke(main, ["pretrain-gems", "--resume", "0123456789abcdef0123456789abcdef"])
     assert result.exit_code == 1, result.output
     assert "no run 0123456789abcdef0123456789abcdef to resume" in result.output
+
+
+def test_a_resume_state_saved_before_a_field_existed_gives_that_field_its_default():
+    cfg = PretrainGemsConfig.resolve("focused_mix", "quick", dataset="runs:/0123/dataset", epochs=3)
+    older = {name: value for name, value in dataclasses.asdict(cfg).items() if name != "precision"}
+    assert pretrain_gems.config_of({"config": older}) == cfg
+    changed = {**older, "epochs": 4}
+    assert pretrain_gems.config_of({"config": changed}) != cfg

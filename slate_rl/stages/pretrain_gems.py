@@ -60,7 +60,7 @@ def run(
     state = None
     if resume_run is not None:  # checked before the run is touched
         state = load_resume_state(get_unfinished_run(resume_run, STAGE))
-        if state["config"] != dataclasses.asdict(cfg):
+        if config_of(state) != cfg:
             raise SlateRLError(
                 f"run {resume_run} was started with another configuration; resume it with "
                 f"pretrain_gems.resumable({resume_run!r})"
@@ -193,11 +193,16 @@ def load_resume_state(run: Run) -> dict[str, Any]:
     return state
 
 
+def config_of(state: dict[str, Any]) -> PretrainGemsConfig:
+    """The configuration a resume state was saved with; fields added since it was saved take their defaults."""
+    config = dict(state["config"])
+    return PretrainGemsConfig.resolve(config.pop("env"), config.pop("preset"), **config)
+
+
 def resumable(run_id: str) -> PretrainGemsConfig:
     """The configuration of a pretrain_gems run that can be resumed (it exists, did not finish, and saved a resume
     state after at least one epoch)."""
-    config = dict(load_resume_state(get_unfinished_run(run_id, STAGE))["config"])
-    return PretrainGemsConfig.resolve(config.pop("env"), config.pop("preset"), **config)
+    return config_of(load_resume_state(get_unfinished_run(run_id, STAGE)))
 
 
 def load_payload(run_ref: str) -> dict[str, Any]:
