@@ -6,7 +6,9 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
+from slate_rl import envs
 from slate_rl.cli import main
+from slate_rl.envs.spec import EnvSpec
 from slate_rl.stage_configs import TrainOnlineConfig
 from slate_rl.stages import registry, train_online
 from slate_rl.tracking import models
@@ -56,6 +58,21 @@ def test_select_again_reuses_versions_and_keeps_a_set_random_alias(trained):
     assert models.aliases(ENV)["medium"] == selection.medium_version
     registry.select_policies(trained, 0.99)  # a checkpoint registered before is reused: one version per checkpoint
     assert len(models.versions(ENV)) == len({(v.tags["run_id"], v.tags["checkpoint"]) for v in models.versions(ENV)})
+
+
+def test_select_moves_a_random_alias_that_plays_another_simulator(trained):
+    other = registry.register_random(ENV, seed=0, preset="quick", simulator=envs.make(ENV, boredom_threshold=7))
+    models.set_alias(ENV, other, "random")
+    selection = registry.select_policies(trained, 0.5)
+    moved = models.get_version(ENV, models.aliases(ENV)["random"])
+    assert selection.random_version == str(moved.version) != other
+    assert (moved.tags["method"], moved.tags["checkpoint"]) == ("random", "builtin")
+    expert_simulator = registry.load_policy(ENV, selection.expert_version)[1]
+    assert not EnvSpec.of(registry.load_policy(ENV, "random")[1]).differences(EnvSpec.of(expert_simulator))
+    assert f"version {other}, which the alias held, plays another simulator: boredom_threshold 7" in (
+        selection.describe()
+    )
+    assert registry.select_policies(trained, 0.5).random_version is None  # now on the run's simulator: kept
 
 
 @pytest.mark.parametrize("fraction", ["0", "1", "1.5", "-0.2"])

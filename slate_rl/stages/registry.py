@@ -108,9 +108,16 @@ def register_checkpoint(run_ref: str, checkpoint: str = "best") -> str:
     return str(models.register(payload["env"], run_id, path, tags).version)
 
 
-def register_random(env: str, seed: int, preset: str = "paper", experiment_name: str | None = None) -> str:
-    """Register the built-in uniform-random policy (R distinct items per step) for `env`; returns the version."""
-    simulator = make_env(GenerateDatasetConfig.resolve(env, preset))
+def register_random(
+    env: str,
+    seed: int,
+    preset: str = "paper",
+    experiment_name: str | None = None,
+    simulator: TopicRec | None = None,
+) -> str:
+    """Register the built-in uniform-random policy (R distinct items per step) for `env`, playing `simulator`
+    (default: the preset's); returns the version."""
+    simulator = simulator or make_env(GenerateDatasetConfig.resolve(env, preset))
     agent = build_agent("random", simulator, seed)
     with stage_run(
         BUILTIN_STAGE,
@@ -165,6 +172,7 @@ class Selection:
     expert_version: str
     medium_version: str
     random_version: str | None  # None: the alias `random` was already set and stays as it is
+    random_reason: str = ""  # why the alias `random` was (re)pointed
 
     @property
     def target(self) -> float:
@@ -184,9 +192,9 @@ class Selection:
             + ", ".join(f"{episode}: {value:.2f}" for episode, value in self.candidates),
         ]
         lines.append(
-            f"  random: the built-in uniform-random policy -> version {self.random_version}"
+            f"  random: the built-in uniform-random policy -> version {self.random_version} ({self.random_reason})"
             if self.random_version is not None
-            else "  random: alias already set, left as it is"
+            else "  random: alias already set on this simulator, left as it is"
         )
         return "\n".join(lines)
 
@@ -203,8 +211,9 @@ def check_fraction(medium: float) -> None:
 def select_policies(run_ref: str, medium: float) -> Selection:
     """Choose collection policies from a finished train_online run by rule, and point the aliases at them:
     `expert` = its best checkpoint, `medium` = the periodic checkpoint whose validation return is closest to
-    `medium` x the best validation return (the earliest on a tie), `random` = the built-in random policy when that
-    alias is unset. A checkpoint registered before (by the run itself or an earlier selection) is reused."""
+    `medium` x the best validation return (the earliest on a tie), `random` = the built-in random policy on the
+    run's simulator, unless the alias already points at one on that simulator. A version registered before (by the
+    run itself or an earlier selection) is reused."""
     check_fraction(medium)
     run_id, _ = parse_run_uri(run_ref)
     run = get_finished_run(run_id, "train_online")
@@ -238,20 +247,52 @@ def select_policies(run_ref: str, medium: float) -> Selection:
     medium_version = _registered(env, run_id, checkpoint) or register_checkpoint(run_id, checkpoint)
     models.set_alias(env, expert_version, "expert")
     models.set_alias(env, medium_version, "medium")
-    random_version = None
-    if "random" not in models.aliases(env):
-        preset = run.data.tags.get("preset", "paper")
-        random_version = _registered(env, None, "builtin", method="random", preset=preset) or register_random(
-            env, seed=0, preset=preset
-        )
-        models.set_alias(env, random_version, "random")
+    _, simulator, _ = load_policy(env, expert_version)
+    random_version, reason = _random_on(env, simulator, run.data.tags.get("preset", "paper"))
     return Selection(
-        env, run_id, medium, best_episode, best, candidates, chosen, expert_version, medium_version, random_version
+        env,
+        run_id,
+        medium,
+        best_episode,
+        best,
+        candidates,
+        chosen,
+        expert_version,
+        medium_version,
+        random_version,
+        reason,
     )
 
 
-def _registered(env: str, run_id: str | None, checkpoint: str, **tags: str) -> str | None:
-    """The newest version of `env`'s model with these tags (`run_id`: any run when None), or None."""
-    wanted = {"checkpoint": checkpoint, **tags} | ({"run_id": run_id} if run_id is not None else {})
-    found = [v for v in models.versions(env) if all(v.tags.get(k) == value for k, value in wanted.items())]
+def _random_on(env: str, simulator: TopicRec, preset: str) -> tuple[str | None, str]:
+    """Point the alias `random` at a built-in random policy playing `simulator` (one registered before if any):
+    (the version, why), or (None, '') when the alias already points at one on that simulator."""
+    spec = EnvSpec.of(simulator)
+    current = models.aliases(env).get("random")
+    if current is None:
+        reason = "the alias was unset"
+    else:
+        differences = spec.differences(EnvSpec.of(load_policy(env, current)[1]))
+        if not differences:
+            return None, ""
+        what, mine, theirs = differences[0]
+        reason = f"version {current}, which the alias held, plays another simulator: {what} {theirs} vs {mine} here"
+    same = [
+        str(v.version)
+        for v in models.versions(env)
+        if v.tags.get("checkpoint") == "builtin"
+        and v.tags.get("method") == "random"
+        and (logged := EnvSpec.from_params(v.tags)) is not None
+        and not spec.differences(logged)
+    ]
+    version = same[-1] if same else register_random(env, seed=0, preset=preset, simulator=simulator)
+    models.set_alias(env, version, "random")
+    return version, reason
+
+
+def _registered(env: str, run_id: str, checkpoint: str) -> str | None:
+    """The newest version of `env`'s model registered from checkpoint `checkpoint` of run `run_id`, or None."""
+    found = [
+        v for v in models.versions(env) if v.tags.get("checkpoint") == checkpoint and v.tags.get("run_id") == run_id
+    ]
     return str(found[-1].version) if found else None
