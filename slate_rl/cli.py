@@ -815,6 +815,16 @@ def compare_command(
     help="Print the plan (every job, finished, to run, to resume or running) and run nothing.",
 )
 @option(
+    "group_seeds",
+    type=click.BOOL,
+    is_flag=False,
+    flag_value=True,
+    default=True,
+    show_default=True,
+    help="One job per SAC method (SAC+TopK, SAC+GeMS), environment and variant trains all its seeds as one seed "
+    "group (train-online --seeds); false: one job per seed. Either way a seed's finished run is not trained again.",
+)
+@option(
     "select_policies",
     type=float,
     default=0.0,

@@ -466,7 +466,7 @@ def check_group_memory(cfg: TrainOnlineConfig, seeds: int, device: torch.device)
     raise SlateRLError(
         f"a group of {seeds} seeds of {cfg.method} on {cfg.env} needs about {_size(need)} ({_size(per_seed)} per "
         f"seed: a replay buffer of {capacity} trajectories), but {device} has {_size(free)} free; train at most "
-        f"{free // per_seed} seeds per group (several --seeds runs; the pipeline: --no-group-seeds), or "
+        f"{free // per_seed} seeds per group (several --seeds runs; the pipeline: --group-seeds false), or "
         "lower --set capacity=..."
     )
 
