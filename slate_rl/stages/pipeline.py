@@ -681,7 +681,7 @@ def status(run_id: str | None = None) -> str:
         assignments=(params.get("set", ""),),
         preset=params.get("preset", "paper"),
         item_embeddings=params.get("item_embeddings", ""),
-        group_seeds=params.get("group_seeds", "False") == "True",  # a pipeline from before groups: one job a seed
+        group_seeds=params.get("group_seeds", "false").lower() == "true",  # before groups: one job per seed
     )
     cfg.offline = pipeline_offline.OfflineGrid.from_params(cfg, params)
     store = _Store()
