@@ -361,8 +361,8 @@ def train_mf_command(
     "resume",
     default=None,
     metavar="RUN_ID",
-    help="Continue a killed or failed train_online run from its last checkpoint, in the same MLflow run (a seed "
-    "group: each seed's run, one by one).",
+    help="Continue a killed or failed train_online run from its last checkpoint, in the same MLflow run; a seed "
+    "group's parent run continues its unfinished seeds as one group (finished and diverged seeds stay as they are).",
 )
 @env_param_option
 @device_option
@@ -386,10 +386,14 @@ def train_online_command(
 
     configure_cpu()  # one intra-op thread per loop thread: the fast setting for many small kernels
     seed_list = parse_seeds(seeds) if seeds.strip() not in ("", "''", '""') else []
+    if resume and train_online.is_group(resume):
+        result = train_online.resume_group(resume, seed_list or None, device=device)
+        _report_seeds(result)
+        return
     if resume and seed_list:
         raise SlateRLError(
-            "--resume continues one run; the seeds of a --seeds run are resumed one by one: --resume <seed run id> "
-            "without --seeds"
+            f"--resume {resume} continues one seed's run; --seeds goes with --resume only for a seed group's parent "
+            "run: drop --seeds"
         )
     if seed_list:
         cfg = stage_configs.TrainOnlineConfig.resolve(
@@ -400,7 +404,7 @@ def train_online_command(
             **{**overrides, "seed": seed_list[0]},
         )
         result = train_online.run_seeds(cfg, seed_list, **placement(experiment_name, parent_run), device=device)
-        _report_seeds(cfg, result)
+        _report_seeds(result)
         return
     if resume:
         cfg = train_online.resumable(resume)
@@ -426,7 +430,7 @@ def train_online_command(
         )
 
 
-def _report_seeds(cfg: stage_configs.TrainOnlineConfig, result: Any) -> None:
+def _report_seeds(result: Any) -> None:
     """The end lines of a several-seed train-online: each seed's run and result; exit status 1 if one failed."""
     from mlflow.tracking import MlflowClient
 
@@ -439,7 +443,7 @@ def _report_seeds(cfg: stage_configs.TrainOnlineConfig, result: Any) -> None:
             click.echo(f"seed {seed}: runs:/{run_id} FAILED: {result.failed[seed]}")
             continue
         metrics = MlflowClient().get_run(run_id).data.metrics
-        click.echo(f"seed {seed}: runs:/{run_id}; {train_online.result_line(metrics, cfg.test_episodes)}")
+        click.echo(f"seed {seed}: runs:/{run_id}; {train_online.result_line(metrics, result.config.test_episodes)}")
     if result.failed:
         raise click.ClickException(f"{len(result.failed)} of {len(result.runs)} seeds failed (see above)")
 
@@ -809,6 +813,16 @@ def compare_command(
     flag_value=True,
     default=False,
     help="Print the plan (every job, finished, to run, to resume or running) and run nothing.",
+)
+@option(
+    "group_seeds",
+    type=click.BOOL,
+    is_flag=False,
+    flag_value=True,
+    default=True,
+    show_default=True,
+    help="One job per SAC method (SAC+TopK, SAC+GeMS), environment and variant trains all its seeds as one seed "
+    "group (train-online --seeds); false: one job per seed. Either way a seed's finished run is not trained again.",
 )
 @option(
     "select_policies",

@@ -215,3 +215,61 @@ def test_concurrent_jobs_do_not_corrupt_the_store(tracking_store):
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent
         assert len(client.get_metric_history(run_id, "a")) == 300 and len(run.data.params) == 20
+
+
+def test_the_seeds_of_a_sac_method_are_one_group_job_resumed_as_a_group_after_a_kill(tracking_store):
+    client = MlflowClient()
+    grid = [*ONE_JOB[:5], "2", *ONE_JOB[6:]]  # seeds 58407201 and 496912423
+    name = "sac_topk_ideal/focused_mix/seeds 58407201,496912423"
+    process = _pipeline(tracking_store, grid)
+    killed: list[str] = []
+    deadline = time.monotonic() + 300
+    while not killed and time.monotonic() < deadline and process.poll() is None:
+        runs = client.search_runs(["0"], "tags.stage = 'train_online' and attributes.status = 'RUNNING'")
+        saved = [
+            r for r in runs if any(f.path == "resume/state.pt" for f in client.list_artifacts(r.info.run_id, "resume"))
+        ]
+        if len(saved) == 2:  # both seeds' first checkpoint: kill the group's process
+            (job,) = [p for p in _children(process.pid) if b"train-online" in Path(f"/proc/{p}/cmdline").read_bytes()]
+            os.kill(job, signal.SIGKILL)
+            killed = sorted(r.info.run_id for r in saved)
+        time.sleep(0.2)
+    assert killed, "the group job never reached its first checkpoint"
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 1 and f"{name} FAILED (killed by SIGKILL)" in output, output
+    (group,) = client.search_runs(["0"], "tags.stage = 'train_online_group'")
+    assert (group.info.status, group.data.tags["exit_signal"]) == ("KILLED", "SIGKILL")
+
+    rerun = _pipeline(tracking_store, grid)
+    output, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, output
+    assert (
+        "1 jobs, 0 already finished, 0 to run, 1 to resume" in output and f"resuming run {group.info.run_id}" in output
+    )
+    runs = client.search_runs(["0"], "tags.stage = 'train_online'")
+    assert sorted(r.info.run_id for r in runs) == killed and {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {group.info.run_id}
+    assert client.get_run(group.info.run_id).info.status == "FINISHED"
+
+    again = _pipeline(tracking_store, grid).communicate(timeout=300)[0]
+    assert "1 jobs, 1 already finished, 0 to run" in again, again
+    rows = list(csv.DictReader(io.StringIO((tracking_store / "reports" / "pipeline" / "results.csv").read_text())))
+    assert [(row["method"], row["n"]) for row in rows] == [("sac_topk_ideal", "2")]
+
+    # each seed ends as in an uninterrupted group
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    options = [a for item in SIZES.split(",") for a in (f"--{item.split('=')[0]}", item.split("=")[1])]
+    command = [sys.executable, "-m", "slate_rl.cli", "train-online", "--env", "focused_mix", "--preset", "quick"]
+    command += ["--method", "sac_topk_ideal", "--seeds", "2", "--register", "false", *options]
+    subprocess.run(command, cwd=tracking_store, env=env, check=True, capture_output=True, timeout=600)
+
+    def curve(run_id: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in client.get_metric_history(run_id, "val_return")]
+
+    for seed in ("58407201", "496912423"):
+        seed_runs = client.search_runs(["0"], f"tags.stage = 'train_online' and tags.seed = '{seed}'")
+        (resumed,) = [r for r in seed_runs if r.info.run_id in killed]
+        (uninterrupted,) = [r for r in seed_runs if r.info.run_id not in killed]
+        assert curve(resumed.info.run_id) == curve(uninterrupted.info.run_id)
+        assert len(curve(resumed.info.run_id)) == 4
+        assert resumed.data.metrics["test_return"] == uninterrupted.data.metrics["test_return"]

@@ -119,7 +119,7 @@ def test_sweeps_and_overrides_reach_the_jobs_that_take_them(tracking_store):
         "finished, 1 to run, 0 to resume\n  to run     dataset/focused_mix\n"
     )
     assert "  to run     gems/focused_mix/seed496912423 [lambda_kl=0.5] (after its dataset)" in result.output
-    assert "  to run     sac_gems/focused_mix/seed496912423 [lambda_kl=1.0]" in result.output
+    assert "  to run     sac_gems/focused_mix/seeds 58407201,496912423 [lambda_kl=1.0]\n" in result.output
     assert not MlflowClient().search_runs(["0"])  # a dry run starts no run
 
 
@@ -197,6 +197,52 @@ def test_job_state_follows_the_runs_of_its_key(tracking_store):
     assert (job.state, job.run_id) == ("resume", run_id)
     finished, job = newest_run("FINISHED")
     assert (job.state, job.run_id) == ("finished", finished)
+
+
+def test_the_seeds_of_a_sac_method_are_one_job_whose_state_follows_their_runs(tracking_store):
+    seeds = [58407201, 496912423]
+    cfg = pipeline.PipelineConfig.resolve("focused_mix", "sac_topk_ideal,random", "2", preset="quick")
+    group, *others = pipeline.plan(cfg)[2]
+    assert group.name == "sac_topk_ideal/focused_mix/seeds 58407201,496912423" and list(group.members) == seeds
+    assert [job.name for job in others] == ["random/focused_mix/seed58407201", "random/focused_mix/seed496912423"]
+    base = ["train-online", "--env", "focused_mix", "--preset", "quick", "--method", "sac_topk_ideal"]
+    assert (group.state, group.command()) == ("run", [*base, "--seeds", "58407201,496912423"])
+    per_seed = dataclasses.replace(cfg, group_seeds=False)
+    assert [job.name for job in pipeline.plan(per_seed)[2][:2]] == [
+        "sac_topk_ideal/focused_mix/seed58407201",
+        "sac_topk_ideal/focused_mix/seed496912423",
+    ]
+    client = MlflowClient()
+
+    def seed_run(seed, status, **tags):
+        key = group.members[seed].keys[0]
+        run_id = client.create_run("0", tags={"stage": "train_online", LINEAGE_TAG: key, **tags}).info.run_id
+        client.set_terminated(run_id, status)
+        return run_id
+
+    def located():
+        (job,) = [job for job in pipeline.plan(cfg)[2] if job.members]
+        return job
+
+    seed_run(seeds[0], "FINISHED")  # trained alone by an earlier, per-seed grid
+    job = located()
+    assert (job.state, job.note) == ("run", "seeds 58407201 finished; runs the others")
+    assert job.command() == [*base, "--seeds", "496912423,"]  # one seed, not a count
+    parent = client.create_run("0", tags={"stage": "train_online_group"}).info.run_id
+    client.log_param(parent, "seeds_resolved", "58407201,496912423")
+    client.set_terminated(parent, "FAILED")
+    child = seed_run(seeds[1], "FAILED", **{"mlflow.parentRunId": parent})
+    assert located().state == "run"  # a group that failed on an error starts anew
+    client.set_tag(parent, "exit_signal", "SIGKILL")  # ... one that was killed resumes
+    job = located()
+    assert (job.state, job.run_id, job.note) == ("resume", parent, "FAILED by SIGKILL")
+    assert job.command() == ["train-online", "--resume", parent]
+    assert {run.info.run_id for run in pipeline.job_runs(job)} >= {parent, child}
+    client.set_tag(parent, "failed_seeds", str(seeds[1]))  # its unfinished seed diverged there: a new group
+    assert located().state == "run"
+    seed_run(seeds[1], "FINISHED")
+    assert located().state == "finished"
+    assert "phase 3/3 (training): 3 jobs, 1 already finished, 2 to run" in pipeline.describe_plan(cfg)
 
 
 def test_status_shows_each_job_of_a_past_pipeline_with_its_newest_run(tracking_store):

@@ -114,7 +114,7 @@ def test_cli_seeds_of_other_methods_run_one_after_another(tracking_store):
         (["--seeds", "5,-3"], "-3 is not a seed"),
         (["--seeds", ","], "has an empty entry"),
         (["--seeds", "2", "--set", "fused_update=true"], "not fused_update; drop fused_update=true"),
-        (["--seeds", "2", "--resume", "0123456789abcdef0123456789abcdef"], "resumed one by one"),
+        (["--seeds", "2", "--resume", "0123456789abcdef0123456789abcdef"], "for a seed group's parent run"),
     ],
 )
 def test_cli_bad_seeds(tracking_store, args, message):
@@ -126,55 +126,97 @@ def test_cli_bad_seeds(tracking_store, args, message):
     assert MlflowClient().search_runs(["0"]) == []  # refused before any run
 
 
-def test_a_group_run_is_not_resumed_as_one(tracking_store):
-    client = MlflowClient()
-    group = client.create_run("0", tags={"stage": "train_online_group", "run.5": "runs:/abc"}).info.run_id
-    client.set_terminated(group, "FAILED")
-    with pytest.raises(SlateRLError, match=r"is a seed group.*resume each unfinished seed run alone.*abc"):
-        train_online.resumable(group)
-
-
-def test_a_killed_groups_seeds_resume_alone_to_the_single_seed_results(tracking_store, monkeypatch):
+def _kill_group_at(monkeypatch, episode, seeds=SEEDS, **values):
+    """Run a group that dies after `episode` (its runs left FAILED, as an exception leaves them); its parent run."""
     block = GroupTrainer._block
 
-    def dies_at_30(self):
+    def dies(self):
         block(self)
-        if self.episode == 30:
+        if self.episode == episode:
             raise SlateRLError("the machine went away")
 
-    monkeypatch.setattr(GroupTrainer, "_block", dies_at_30)
+    monkeypatch.setattr(GroupTrainer, "_block", dies)
     with pytest.raises(SlateRLError, match="went away"):
-        train_online.run_seeds(_config(register=False), SEEDS)
+        train_online.run_seeds(_config(register=False, **values), seeds)
     monkeypatch.setattr(GroupTrainer, "_block", block)
+    (parent,) = MlflowClient().search_runs(["0"], "tags.stage = 'train_online_group'")
+    return parent
+
+
+def _child(parent, seed):
+    return parent.data.tags[f"run.{seed}"].removeprefix("runs:/")
+
+
+def test_a_killed_group_resumes_as_a_group_to_the_uninterrupted_results(tracking_store, monkeypatch):
+    parent = _kill_group_at(monkeypatch, 30)  # its last checkpoint: episode 20
+    result = CliRunner().invoke(main, ["train-online", "--resume", parent.info.run_id])
+    assert result.exit_code == 0, result.output
+    assert [line.split(":")[0] for line in result.output.splitlines() if line.startswith("seed ")] == [
+        f"seed {seed}" for seed in SEEDS
+    ]
     client = MlflowClient()
-    (parent,) = client.search_runs(["0"], "tags.stage = 'train_online_group'")
-    assert parent.info.status == "FAILED"
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    resumed = {seed: _history(_child(parent, seed)) for seed in SEEDS}
+    uninterrupted = train_online.run_seeds(_config(register=False), SEEDS)
     for seed in SEEDS:
-        assert client.get_run(parent.data.tags[f"run.{seed}"].removeprefix("runs:/")).info.status == "FAILED"
-    for seed in SEEDS[1:]:  # the second seed's run, resumed alone, against its single-seed run
-        child_id = parent.data.tags[f"run.{seed}"].removeprefix("runs:/")
-        train_online.run(train_online.resumable(child_id), resume_run=child_id)
-        single_id = train_online.run(_config(seed=seed, register=False))
-        resumed, alone = _history(child_id), _history(single_id)
-        assert client.get_run(child_id).info.status == "FINISHED"
-        assert [step for step, _ in resumed["val_return"]] == [10, 20, 30, 40]
-        for key in ("val_return", "test_return", "best_val_return"):
-            assert resumed[key] == alone[key], key
+        assert client.get_run(_child(parent, seed)).info.status == "FINISHED"
+        alone = _history(uninterrupted.runs[seed])
+        assert [step for step, _ in resumed[seed]["val_return"]] == [10, 20, 30, 40]
+        for key in ("val_return", "test_return", "test_return_std", "best_val_return", "train/q_loss"):
+            assert resumed[seed][key] == alone[key], (seed, key)
 
 
-def test_a_failing_seed_of_a_sequential_method_fails_alone(tracking_store, monkeypatch):
-    finish = train_online._Session.finish
-
-    def fails_for_seed_5(self, trainer, test_returns):
-        if self.cfg.seed == 5:
-            raise SlateRLError("seed 5 broke")
-        finish(self, trainer, test_returns)
-
-    monkeypatch.setattr(train_online._Session, "finish", fails_for_seed_5)
-    result = train_online.run_seeds(_config(method="random", register=False), [5, 58407201])
-    assert result.failed == {5: "seed 5 broke"}
+def test_a_resumed_group_keeps_finished_and_failed_seeds(tracking_store, monkeypatch):
+    seeds = [*SEEDS, 5]
+    parent = _kill_group_at(monkeypatch, 30, seeds)
     client = MlflowClient()
-    statuses = {seed: client.get_run(run_id).info.status for seed, run_id in result.runs.items()}
-    assert statuses == {5: "FAILED", 58407201: "FINISHED"}
-    assert client.get_run(result.runs[5]).data.tags["seed"] == "5"
-    assert client.get_run(result.group_run).data.tags["failed_seeds"] == "5"
+    finished = _child(parent, seeds[0])
+    client.set_terminated(finished, "FINISHED")  # as if it had finished (its test logged) before the others
+    client.set_tag(parent.info.run_id, "failed_seeds", str(seeds[1]))  # as a diverged seed leaves it
+    with pytest.raises(
+        SlateRLError, match=f"seed group of seeds {seeds[0]},{seeds[1]},5; it resumes with those seeds only"
+    ):
+        train_online.resume_group(parent.info.run_id, [seeds[0], 5])
+    result = train_online.resume_group(parent.info.run_id, seeds)
+    assert result.runs == {seed: _child(parent, seed) for seed in seeds}
+    assert list(result.failed) == [seeds[1]] and "failed before the group was resumed" in result.failed[seeds[1]]
+    statuses = {seed: client.get_run(_child(parent, seed)).info.status for seed in seeds}
+    assert statuses == {seeds[0]: "FINISHED", seeds[1]: "FAILED", 5: "FINISHED"}
+    assert "test_return" not in client.get_run(finished).data.metrics  # not retrained
+    assert "test_return" in client.get_run(_child(parent, 5)).data.metrics
+    assert client.get_run(parent.info.run_id).data.tags["failed_seeds"] == str(seeds[1])
+
+
+def test_a_group_whose_seeds_stopped_at_different_checkpoints_is_refused(tracking_store, monkeypatch):
+    parent = _kill_group_at(monkeypatch, 30)
+    first, second = (_child(parent, seed) for seed in SEEDS)
+    # the second seed's run, resumed alone up to its episode-40 checkpoint, and killed there
+    monkeypatch.setattr(train_online._Session, "finish", lambda *args: (_ for _ in ()).throw(SlateRLError("killed")))
+    with pytest.raises(SlateRLError, match="killed"):
+        train_online.run(train_online.resumable(second), resume_run=second)
+    with pytest.raises(
+        SlateRLError,
+        match=rf"different checkpoints \(seed {SEEDS[0]} at episode 20 \(run {first}\); "
+        rf"seed {SEEDS[1]} at episode 40 \(run {second}\)\).*train-online --resume {first}",
+    ):
+        train_online.resume_group(parent.info.run_id)
+
+
+def test_a_group_killed_before_its_first_checkpoint_starts_again_in_its_runs(tracking_store, monkeypatch):
+    parent = _kill_group_at(monkeypatch, 10)
+    result = train_online.resume_group(parent.info.run_id)
+    assert result.failed == {} and result.runs == {seed: _child(parent, seed) for seed in SEEDS}
+    val = [step for step, _ in _history(result.runs[SEEDS[0]])["val_return"]]
+    assert val == [10, 20, 30, 40]  # the points logged before the kill are not logged twice
+
+
+def test_a_group_that_would_not_fit_in_memory_is_refused_before_any_run(tracking_store, monkeypatch):
+    monkeypatch.setattr(train_online, "available_memory", lambda device: 20 * 2**20)
+    cfg = _config()  # capacity 10000 trajectories of 11 x 10 ids and clicks (3 bytes) and 10 x 20-dim actions
+    per_seed = 1.25 * 10_000 * (11 * 10 * 3 + 10 * 20 * 4)  # 14.1 MB, a quarter more than the buffer
+    assert train_online.group_memory(cfg, 2) == 2 * per_seed
+    message = r"needs about 27 MiB \(13 MiB per seed.*cpu has 20 MiB free; train at most 1 seeds per group"
+    with pytest.raises(SlateRLError, match=message):
+        train_online.run_seeds(cfg, SEEDS)
+    assert MlflowClient().search_runs(["0"]) == []
+    assert train_online.run_seeds(_config(method="random", register=False, test_episodes=5), SEEDS).failed == {}

@@ -10,7 +10,7 @@ best weights, periodic checkpoints and test. Differences from `Trainer`:
 - A seed whose update diagnostics become non-finite leaves the group at the end of that block (`on_diverged`);
   the others go on with a group rebuilt from their agents (the stacked state copied back and re-stacked, exactly).
 - The periodic state of seed s (`seed_state`) is the state a `Trainer` of that seed alone would save, so a
-  seed's run can be continued alone with `Trainer.load_state_dict`.
+  seed's run can be continued alone with `Trainer.load_state_dict`, or the seeds together with `load_seed_states`.
 
     trainer = GroupTrainer([build_agent("sac_topk_ideal", env, seed) for seed in seeds], env, protocol, hooks)
     trainer.fit()
@@ -33,8 +33,8 @@ from slate_rl.agents.base import EXPLORE, GREEDY, RANDOM
 from slate_rl.agents.buffer import Trajectories, TrajectoryBuffer
 from slate_rl.agents.rollout import evaluate_policy
 from slate_rl.agents.sac import SACAgent
-from slate_rl.agents.seed_group import SeedGroup, play_group
-from slate_rl.agents.training import Hooks, _Meter, block_size
+from slate_rl.agents.seed_group import SeedGroup, play_group, stack_trajectories
+from slate_rl.agents.training import Hooks, _Meter, _to_device, block_size, check_state
 from slate_rl.envs.topicrec import TopicRec
 from slate_rl.errors import SlateRLError
 from slate_rl.protocol import Protocol
@@ -254,6 +254,41 @@ class GroupTrainer:
             "meter": self._meter.state_dict(index),
         }
         return copy.deepcopy(state)
+
+    def load_seed_states(self, states: Sequence[dict[str, Any]]) -> None:
+        """Continue from one `seed_state` (or `Trainer.state_dict`) per seed, in the group's order: states of one
+        episode, as the group saves them together. The simulator's state is the first one's: at one episode every
+        seed's stream stands at the same point (each seed meets the users it would meet alone)."""
+        records = self.records_training
+        if len(states) != len(records):
+            raise SlateRLError(f"one state per seed: got {len(states)} for {len(records)} seeds")
+        episodes = sorted({int(state["episode"]) for state in states})
+        if len(episodes) > 1:
+            raise SlateRLError(
+                f"the seeds' states are of episodes {episodes}; a group continues from states of one episode"
+            )
+        for state, record in zip(states, records, strict=True):
+            check_state(state, record.agent.method, self.protocol)
+            state = copy.deepcopy(state)
+            record.agent.load_training_state_dict(state["agent"])
+            record.buffer.load_state_dict(state["buffer"])
+            record.episode = episodes[0]
+            record.best_return, record.best_episode = state["best_return"], state["best_episode"]
+            record.best_weights = state["best_weights"]
+            record.validations = [(int(e), float(v)) for e, v in state["validations"]]
+        self.group = SeedGroup([record.agent for record in records])  # the loaded weights and optimiser states
+        self.env.load_state_dict(copy.deepcopy(states[0]["env"]))
+        self.episode = episodes[0]
+        pending = [state["pending"] for state in states]
+        self._pending = (
+            None
+            if pending[0] is None
+            else stack_trajectories([Trajectories(**_to_device(p, self.env.device)) for p in pending])
+        )
+        self._meter = _Meter()
+        self._meter.load_state_dict(states[0]["meter"])
+        if self._meter.sums is not None:  # (names, S): each seed's sums in its column
+            self._meter.sums = torch.stack([torch.stack(tuple(s["meter"]["sums"].values())) for s in states], 1)
 
 
 def _seed_of(episodes: Trajectories, index: int) -> Trajectories:

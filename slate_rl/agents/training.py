@@ -298,14 +298,7 @@ class Trainer:
         return copy.deepcopy(state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["method"] != self.agent.method:
-            raise SlateRLError(f"checkpoint is of method {state['method']!r}, this trainer runs {self.agent.method!r}")
-        saved = {**dataclasses.asdict(Protocol()), **state["protocol"]}  # a field added later: its default
-        if saved != dataclasses.asdict(self.protocol):
-            raise SlateRLError(
-                f"checkpoint protocol {saved} differs from this trainer's "
-                f"{dataclasses.asdict(self.protocol)}; resume with the same protocol"
-            )
+        check_state(state, self.agent.method, self.protocol)
         state = copy.deepcopy(state)
         self.agent.load_training_state_dict(state["agent"])
         if self.buffer is not None:
@@ -319,6 +312,18 @@ class Trainer:
         self.validations = [(int(e), float(v)) for e, v in state["validations"]]
         self._meter = _Meter()
         self._meter.load_state_dict(state["meter"])
+
+
+def check_state(state: dict[str, Any], method: str, protocol: Protocol) -> None:
+    """A saved training state may continue a loop of `method` under `protocol` (else a SlateRLError)."""
+    if state["method"] != method:
+        raise SlateRLError(f"checkpoint is of method {state['method']!r}, this trainer runs {method!r}")
+    saved = {**dataclasses.asdict(Protocol()), **state["protocol"]}  # a field added later: its default
+    if saved != dataclasses.asdict(protocol):
+        raise SlateRLError(
+            f"checkpoint protocol {saved} differs from this trainer's "
+            f"{dataclasses.asdict(protocol)}; resume with the same protocol"
+        )
 
 
 def block_size(p: Protocol, start: int) -> int:

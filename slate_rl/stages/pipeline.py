@@ -9,6 +9,11 @@ because its process died (killed by a signal, or RUNNING without a fresh heartbe
 last checkpoint in the same run when its stage can resume. Jobs run in phases (datasets, then MF and GeMS, then
 training) so that two jobs never produce the same upstream output at once.
 
+Seed groups (`group_seeds`, on by default): the seeds of a SAC method (`train_online.GROUPED_METHODS`) in one
+environment and variant are one job, `train-online --seeds ...` (one GroupTrainer, a parent run with a child run
+per seed). It is finished when every seed has a finished run of its lineage (however it was trained); otherwise it
+trains its unfinished seeds as a group, or resumes the killed group that holds them (`--resume <its parent run>`).
+
 Variants: `env_params` and `overrides` map a name to a list of values; every combination of values is one variant
 of the grid, with its own jobs (a sweep).
 
@@ -36,6 +41,7 @@ from typing import Any
 import yaml
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from slate_rl import config
 from slate_rl.errors import SlateRLError
@@ -107,6 +113,7 @@ class PipelineConfig:
     select_policies: float = 0.0  # after training, choose collection policies by this medium fraction (0: no)
     select_method: str = ""  # ... from the best run of this method (default: the grid's first online method)
     offline: pipeline_offline.OfflineGrid | None = None  # then collect datasets and train offline algorithms on them
+    group_seeds: bool = True  # the seeds of a SAC method (GROUPED_METHODS) in one job, trained as one group
 
     @classmethod
     def resolve(
@@ -166,6 +173,7 @@ class PipelineConfig:
             "select_policies": self.select_policies,
             "select_method": self.select_method,
             "backend": self.backend,
+            "group_seeds": self.group_seeds,
             **(
                 {"address": self.address, "cpus_per_job": self.cpus_per_job, "gpus_per_job": self.gpus_per_job}
                 if self.backend == "ray"
@@ -302,10 +310,29 @@ class Job:
     state: str = "run"
     run_id: str = ""
     note: str = ""
+    members: dict[int, Job] = dataclasses.field(default_factory=dict)  # a seed group: each seed's job, by seed
 
     def command(self) -> list[str]:
-        """The slate-rl arguments that do what the state asks (a resumed run keeps its configuration and parent)."""
-        return [self.args[0], "--resume", self.run_id] if self.state == "resume" else self.args
+        """The slate-rl arguments that do what the state asks (a resumed run keeps its configuration and parent; a
+        seed group trains its unfinished seeds)."""
+        if self.state == "resume":
+            return [self.args[0], "--resume", self.run_id]
+        if self.members:
+            return [*self.args, "--seeds", seeds_option(self.unfinished())]
+        return self.args
+
+    def unfinished(self) -> list[int]:
+        """The seeds of a seed group whose run has not finished."""
+        return [seed for seed, member in self.members.items() if member.state != "finished"]
+
+    def seed_jobs(self) -> list[Job]:
+        """The jobs of each seed: a group's members, else the job itself."""
+        return list(self.members.values()) or [self]
+
+
+def seeds_option(seeds: list[int]) -> str:
+    """`seeds` as --seeds takes them ('7,' for the single seed 7: '7' alone is a count)."""
+    return describe(seeds) + ("," if len(seeds) == 1 else "")
 
 
 class _Store:
@@ -358,6 +385,8 @@ class _Store:
 
     def locate(self, job: Job) -> Job:
         """Set the job's state from the runs of its key: finished, resume, running, or run (a new run)."""
+        if job.members:
+            return self._locate_group(job)
         runs = self.runs(job.stage, job.keys)
         done = self.finished(job.stage, job.keys)
         if done is not None:
@@ -376,6 +405,48 @@ class _Store:
                 return dataclasses.replace(job, state="resume", run_id=run_id, note=why)
             return dataclasses.replace(job, note=f"run {run_id} {why} before its first checkpoint")
         return dataclasses.replace(job, note=f"run {run_id} {why}")
+
+    def _locate_group(self, job: Job) -> Job:
+        """A seed group's state: finished when every seed's run finished; running while one of its runs lives;
+        resume the killed group whose unfinished seeds are exactly this job's; else run the unfinished seeds."""
+        members = {
+            seed: self.locate(dataclasses.replace(member, state="run", run_id="", note=""))
+            for seed, member in job.members.items()
+        }
+        job = dataclasses.replace(job, members=members, state="run", run_id="", note="")
+        todo = job.unfinished()
+        if not todo:
+            return dataclasses.replace(job, state="finished", note="")
+        running = next((members[seed] for seed in todo if members[seed].state == "running"), None)
+        if running is not None:
+            return dataclasses.replace(job, state="running", run_id=running.run_id, note=running.note)
+        group = self._killed_group(members, todo)
+        if group is not None:
+            return dataclasses.replace(job, state="resume", run_id=group[0], note=group[1])
+        done = [seed for seed in members if seed not in todo]
+        return dataclasses.replace(job, note=f"seeds {describe(done)} finished; runs the others" if done else "")
+
+    def _killed_group(self, members: dict[int, Job], todo: list[int]) -> tuple[str, str] | None:
+        """(parent run id, how it ended) of the seed group that died (killed, not failed by an error) leaving the
+        runs of exactly the seeds `todo` unfinished, with every other seed of it finished; None when there is
+        none."""
+        latest = [self.runs(members[seed].stage, members[seed].keys) for seed in todo]
+        parents = {runs[0].data.tags.get(MLFLOW_PARENT_RUN_ID) if runs else None for runs in latest}
+        if len(parents) != 1 or None in parents:
+            return None
+        group = self.client.get_run(str(parents.pop()))
+        status, tags = group.info.status, group.data.tags
+        if tags.get("stage") != train_online.GROUP_STAGE or status == "FINISHED":
+            return None
+        died = (status == "RUNNING" and _alive(group) is False) or status == "KILLED"
+        if not (died or (status == "FAILED" and SIGNAL_TAG in tags)):
+            return None
+        recorded = {int(seed) for seed in group.data.params.get("seeds_resolved", "").split(",") if seed}
+        failed = {int(seed) for seed in tags.get("failed_seeds", "").split(",") if seed}
+        finished = {seed for seed, member in members.items() if member.state == "finished"}
+        if recorded - set(members) or recorded - failed - finished != set(todo):
+            return None
+        return group.info.run_id, status + (f" by {tags[SIGNAL_TAG]}" if SIGNAL_TAG in tags else "")
 
 
 def _alive(run: Run) -> bool | None:
@@ -421,8 +492,14 @@ def locate(job: Job) -> Job:
 
 
 def job_runs(job: Job) -> list[Run]:
-    """The runs of the job's lineage keys, newest first."""
-    return _Store(job).runs(job.stage, job.keys)
+    """The runs of the job's lineage keys, newest first; for a seed group, then the group runs that hold them."""
+    store = _Store(job)
+    runs = store.runs(job.stage, job.keys)
+    if not job.members:
+        return runs
+    parents = {run.data.tags.get(MLFLOW_PARENT_RUN_ID) for run in runs} - {None}
+    groups = [store.client.get_run(str(parent)) for parent in sorted(parents, key=str)]
+    return runs + [group for group in groups if group.data.tags.get("stage") == train_online.GROUP_STAGE]
 
 
 def plan(cfg: PipelineConfig, store: _Store | None = None) -> list[list[Job]]:
@@ -475,6 +552,9 @@ def plan(cfg: PipelineConfig, store: _Store | None = None) -> list[list[Job]]:
             )
         for method in cfg.methods:
             options, agent = _method_overrides(cfg, method)
+            grouped = cfg.group_seeds and method in train_online.GROUPED_METHODS and len(cfg.seeds) > 1
+            groups: dict[str, dict[int, Job]] = {}  # a seed group's jobs by variant (its name's label)
+            group_args: dict[str, list[str]] = {}  # and its train-online arguments but --seeds
             for seed in [ORACLE_SEED] if method == "short_term_oracle" else cfg.seeds:
                 for chosen, hyper in itertools.product(_combinations(options), _combinations(agent)):
                     name = f"{method}/{env}/seed{seed}{label({**env_params, **chosen, **hyper})}"
@@ -512,28 +592,24 @@ def plan(cfg: PipelineConfig, store: _Store | None = None) -> list[list[Job]]:
                         **chosen,
                         **_env_values(cfg, TrainOnlineConfig, env_params),
                     )
-                    add(
-                        2,
-                        Job(
-                            train_online.STAGE,
-                            name,
-                            [
-                                "train-online",
-                                "--env",
-                                env,
-                                "--preset",
-                                cfg.preset,
-                                "--method",
-                                method,
-                                "--seed",
-                                str(seed),
-                                *_option_args(chosen),
-                                *[a for k, v in hyper.items() for a in ("--set", f"{k}={json.dumps(v)}")],
-                                *_env_args(cfg, TrainOnlineConfig, env_params),
-                            ],
-                            train_online.lookup_keys(run_cfg),
-                        ),
-                    )
+                    head = ["train-online", "--env", env, "--preset", cfg.preset, "--method", method]
+                    tail = [
+                        *_option_args(chosen),
+                        *[a for k, v in hyper.items() for a in ("--set", f"{k}={json.dumps(v)}")],
+                        *_env_args(cfg, TrainOnlineConfig, env_params),
+                    ]
+                    keys = train_online.lookup_keys(run_cfg)
+                    job = Job(train_online.STAGE, name, [*head, "--seed", str(seed), *tail], keys)
+                    if not grouped:
+                        add(2, job)
+                        continue
+                    variant_label = label({**env_params, **chosen, **hyper})
+                    groups.setdefault(variant_label, {})[seed] = job
+                    group_args[variant_label] = [*head, *tail]
+            for variant_label, members in groups.items():
+                keys = tuple(key for member in members.values() for key in member.keys)
+                name = f"{method}/{env}/seeds {describe(list(members))}{variant_label}"
+                add(2, Job(train_online.STAGE, name, group_args[variant_label], keys, members=members))
     return [list(jobs.values()) for jobs in phases]
 
 
@@ -605,6 +681,7 @@ def status(run_id: str | None = None) -> str:
         assignments=(params.get("set", ""),),
         preset=params.get("preset", "paper"),
         item_embeddings=params.get("item_embeddings", ""),
+        group_seeds=params.get("group_seeds", "false").lower() == "true",  # before groups: one job per seed
     )
     cfg.offline = pipeline_offline.OfflineGrid.from_params(cfg, params)
     store = _Store()
@@ -769,7 +846,7 @@ def select_policies(cfg: PipelineConfig, jobs: list[Job]) -> list[str]:
     """Per environment, `registry select` on the finished run of `cfg.select_method` with the best test return among
     `jobs`; returns 'select/<env>' for each environment where that failed (the reason is logged)."""
     client = MlflowClient()
-    runs = [client.get_run(job.run_id) for job in jobs if job.state == "finished"]
+    runs = [client.get_run(seed.run_id) for job in jobs for seed in job.seed_jobs() if seed.state == "finished"]
     failures = []
     for env in cfg.envs:
         mine = [

@@ -7,11 +7,15 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from slate_rl import atomic, envs
 from slate_rl.agents.export import policy_payload
@@ -28,7 +32,7 @@ from slate_rl.rankers.decoders import GeMSDecoder
 from slate_rl.reporting.figures import plot_run_curve
 from slate_rl.safe_load import torch_load
 from slate_rl.seeds import describe
-from slate_rl.stage_configs import PretrainGemsConfig, TrainMFConfig, TrainOnlineConfig
+from slate_rl.stage_configs import PretrainGemsConfig, TrainMFConfig, TrainOnlineConfig, agent_defaults
 from slate_rl.stages import environment, generate_dataset, pretrain_gems, train_mf
 from slate_rl.tracking import models
 from slate_rl.tracking.lineage import (
@@ -117,6 +121,7 @@ class SeedsResult:
     runs: dict[int, str]
     failed: dict[int, str]
     group_run: str | None = None  # the parent run of a seed group
+    config: TrainOnlineConfig | None = None  # the configuration (of the first seed)
 
 
 def run_seeds(
@@ -139,15 +144,15 @@ def run_seeds(
             "fused_update=true, or train the seeds one by one (one train-online --seed each)"
         )
     on = resolve_device(device)
-    tags = {"env": cfg.env, "method": cfg.method, "seeds": describe(seeds), "preset": cfg.preset, DEVICE_TAG: str(on)}
-    name = f"{cfg.method}/{cfg.env}/seeds {describe(seeds)}"
-    with stage_run(GROUP_STAGE, name, tags, parent=parent, experiment_name=experiment_name) as group_run:
+    if grouped:
+        check_group_memory(cfg, len(seeds), on)
+    with _group_run(cfg, seeds, str(on), parent, experiment_name) as group_run:
         group_run.log_params(
             {"method": cfg.method, "env": cfg.env, "preset": cfg.preset, "seeds_resolved": describe(seeds)}
         )
-        result = SeedsResult({}, {}, group_run.run_id)
+        result = SeedsResult({}, {}, group_run.run_id, cfg)
         if grouped:
-            _train_group(cfg, seeds, group_run, on, result)
+            _train_group({seed: dataclasses.replace(cfg, seed=seed) for seed in seeds}, group_run, on, result)
         else:
             for seed in seeds:
                 try:
@@ -161,25 +166,52 @@ def run_seeds(
         return result
 
 
+def _group_run(
+    cfg: TrainOnlineConfig,
+    seeds: list[int],
+    device: str,
+    parent: StageRun | None,
+    experiment_name: str | None,
+    run_id: str | None = None,
+) -> contextlib.AbstractContextManager[StageRun]:
+    """The parent run of several seeds (see `stage_run`; `run_id`: a resumed one)."""
+    tags = {"env": cfg.env, "method": cfg.method, "seeds": describe(seeds), "preset": cfg.preset, DEVICE_TAG: device}
+    name = f"{cfg.method}/{cfg.env}/seeds {describe(seeds)}"
+    return stage_run(GROUP_STAGE, name, tags, parent=parent, experiment_name=experiment_name, run_id=run_id)
+
+
 def _train_group(
-    cfg: TrainOnlineConfig, seeds: list[int], group_run: StageRun, on: torch.device, result: SeedsResult
+    configs: dict[int, TrainOnlineConfig],
+    group_run: StageRun,
+    on: torch.device,
+    result: SeedsResult,
+    resume: dict[int, str] | None = None,
+    states: list[dict[str, Any]] | None = None,
 ) -> None:
-    """The seeds of a SAC method trained as one `GroupTrainer`, each in its child run of `group_run`."""
+    """The seeds of a SAC method (`configs`, by seed) trained as one `GroupTrainer`, each in its child run of
+    `group_run`: new runs, or the runs `resume` names by seed, continued from `states` (one per seed, in the order
+    of `configs`; None: from the start)."""
+    cfg = next(iter(configs.values()))
     env = environment.make_env(cfg, device=on)
     members: dict[int, _Member] = {}
     try:
-        for seed in seeds:
-            members[seed] = _Member.open(dataclasses.replace(cfg, seed=seed), group_run, env, str(on))
+        for seed, seed_cfg in configs.items():
+            members[seed] = _Member.open(seed_cfg, group_run, env, str(on), (resume or {}).get(seed))
             result.runs[seed] = members[seed].session.mlrun.run_id
             group_run.set_tags({f"run.{seed}": f"runs:/{result.runs[seed]}"})
 
         def diverged(seed: int, message: str) -> None:
             result.failed[seed] = message
+            group_run.set_tags({"failed_seeds": describe(sorted(result.failed))})  # at once: a resume keeps them
             members[seed].close(SlateRLError(message))
 
         hooks = [m.session.hooks() for m in members.values()]
         trainer = GroupTrainer([m.session.agent for m in members.values()], env, cfg.protocol(), hooks, diverged)
-        with Progress(cfg.episodes, f"{STAGE} {cfg.method}/{cfg.env} x{len(seeds)} seeds", "episodes") as bar:
+        if states is not None:
+            trainer.load_seed_states(states)
+            log.info("%s: resumed the seeds %s at episode %d", STAGE, describe(list(configs)), trainer.episode)
+        with Progress(cfg.episodes, f"{STAGE} {cfg.method}/{cfg.env} x{len(configs)} seeds", "episodes") as bar:
+            bar.done = trainer.episode
             for hook in hooks:
                 hook.on_progress = lambda episode, total: bar.advance(episode - bar.done)
             trainer.fit()
@@ -211,11 +243,14 @@ class _Member:
         self.manager, self.session, self.open = manager, session, True
 
     @classmethod
-    def open(cls, cfg: TrainOnlineConfig, group_run: StageRun, env: envs.TopicRec, device: str) -> _Member:
-        manager = _seed_run(cfg, device, group_run, None, None)
+    def open(
+        cls, cfg: TrainOnlineConfig, group_run: StageRun, env: envs.TopicRec, device: str, run_id: str | None = None
+    ) -> _Member:
+        """A new child run of `group_run`, or the existing run `run_id` continued."""
+        manager = _seed_run(cfg, device, None if run_id else group_run, None, run_id)
         mlrun = manager.__enter__()
         try:
-            return cls(manager, _Session.open(cfg, mlrun, env, device, fresh=True))
+            return cls(manager, _Session.open(cfg, mlrun, env, device, fresh=run_id is None))
         except BaseException as exc:
             manager.__exit__(type(exc), exc, exc.__traceback__)
             raise
@@ -294,35 +329,150 @@ def result_line(metrics: dict[str, float], test_episodes: int) -> str:
 
 
 def resumable(run_id: str) -> TrainOnlineConfig:
-    """The configuration of a train_online run that can be resumed (it exists and did not finish); a seed group's
-    parent run is refused, naming its seeds' runs (each resumes alone)."""
-    _refuse_group(run_id)
-    run = get_unfinished_run(run_id, STAGE)
+    """The configuration of a train_online run that can be resumed (it exists and did not finish)."""
+    return _saved_config(get_unfinished_run(run_id, STAGE))
+
+
+def _saved_config(run: Run) -> TrainOnlineConfig:
     try:
         saved = json.loads((artifact_dir(run, CONFIG_FILE)).read_text())
     except SlateRLError as exc:
         raise SlateRLError(
-            f"run {run_id} has no {CONFIG_FILE}: it stopped before its configuration was saved; start a new run"
+            f"run {run.info.run_id} has no {CONFIG_FILE}: it stopped before its configuration was saved; start a "
+            "new run"
         ) from exc
     config = saved["config"]
     return TrainOnlineConfig.resolve(config.pop("env"), config.pop("preset"), **config)
 
 
-def _refuse_group(run_id: str) -> None:
-    """Refuse to resume a seed group's parent run: its seeds' runs are resumed one by one."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
+def is_group(run_id: str) -> bool:
+    """Whether `run_id` is the parent run of several seeds (`run_seeds`); False when there is no such run."""
     try:
-        tags = MlflowClient().get_run(run_id).data.tags
+        return MlflowClient().get_run(run_id).data.tags.get("stage") == GROUP_STAGE
     except MlflowException:
-        return  # get_unfinished_run says there is no such run
-    if tags.get("stage") == GROUP_STAGE:
-        children = sorted(value.removeprefix("runs:/") for key, value in tags.items() if key.startswith("run."))
+        return False
+
+
+def resume_group(group_id: str, seeds: list[int] | None = None, device: str = "cpu") -> SeedsResult:
+    """Continue the seed group of parent run `group_id` (killed, failed or stopped) in its runs: its unfinished
+    seeds as one `GroupTrainer`, each from its run's last checkpoint; finished seeds stay finished, and the seeds
+    the group recorded as failed (diverged) stay FAILED. The seeds go on from one episode: their checkpoints'
+    when they are of one; the start when a seed has none yet (an exact replay); otherwise refused, naming where
+    each seed is and how to resume it alone. `seeds`, when given, must be the seeds the group recorded."""
+    group = get_unfinished_run(group_id, GROUP_STAGE)
+    params, tags = group.data.params, group.data.tags
+    recorded = [int(seed) for seed in params["seeds_resolved"].split(",")]
+    if seeds is not None and sorted(seeds) != sorted(recorded):
         raise SlateRLError(
-            f"run {run_id} is a seed group; a group is not resumed as one: resume each unfinished seed run "
-            f"alone (slate-rl train-online --resume <run id>; its seeds' runs: {', '.join(children) or 'none'})"
+            f"run {group_id} is the seed group of seeds {describe(recorded)}; it resumes with those seeds only "
+            f"(got --seeds {describe(seeds)}): drop --seeds, or start a new group with --seeds {describe(seeds)}"
         )
+    if params["method"] not in GROUPED_METHODS:
+        raise SlateRLError(
+            f"run {group_id} trained {params['method']} seed after seed; resume each unfinished seed's run alone "
+            f"(slate-rl train-online --resume <run id>; its runs: {', '.join(_children(group).values()) or 'none'})"
+        )
+    children = _children(group)
+    missing = [seed for seed in recorded if seed not in children]
+    if missing:
+        raise SlateRLError(
+            f"seed(s) {describe(missing)} of group {group_id} have no run (it stopped while creating its runs); "
+            f"start the group anew: slate-rl train-online --seeds {describe(recorded)} ..."
+        )
+    client = MlflowClient()
+    runs = {seed: client.get_run(run_id) for seed, run_id in children.items()}
+    failed = {int(seed) for seed in tags.get("failed_seeds", "").split(",") if seed}
+    result = SeedsResult({seed: children[seed] for seed in recorded}, {}, group_id, _saved_config(runs[recorded[0]]))
+    for seed in sorted(failed):
+        result.failed[seed] = f"failed before the group was resumed (run {children[seed]})"
+        log.warning("%s: seed %d failed in the group before (run %s); it stays FAILED", STAGE, seed, children[seed])
+    todo = [seed for seed in recorded if seed not in failed and runs[seed].info.status != "FINISHED"]
+    configs = {seed: _saved_config(runs[seed]) for seed in todo}
+    on = resolve_device(device)
+    states = {seed: _checkpoint(runs[seed], on) for seed in todo}
+    episodes = {seed: 0 if state is None else int(state["episode"]) for seed, state in states.items()}
+    if len(set(episodes.values())) > 1 and min(episodes.values()) > 0:
+        where = "; ".join(f"seed {seed} at episode {episodes[seed]} (run {children[seed]})" for seed in todo)
+        alone = "; ".join(f"slate-rl train-online --resume {children[seed]}" for seed in todo)
+        raise SlateRLError(
+            f"the seeds of group {group_id} stopped at different checkpoints ({where}); a group goes on from one "
+            f"episode and each run keeps only its last checkpoint: resume each seed alone ({alone})"
+        )
+    if todo:
+        check_group_memory(configs[todo[0]], len(todo), on)
+    with _group_run(result.config, recorded, str(on), None, None, run_id=group_id) as group_run:
+        if todo:
+            start = None if min(episodes.values()) == 0 else [states[seed] for seed in todo]
+            if start is None and max(episodes.values()) > 0:
+                log.info("%s: seed(s) without a checkpoint yet: the group starts again from episode 0", STAGE)
+            _train_group(configs, group_run, on, result, {seed: children[seed] for seed in todo}, start)
+        if result.failed:
+            group_run.set_tags({"failed_seeds": describe(sorted(result.failed))})
+    return result
+
+
+def _children(group: Run) -> dict[int, str]:
+    """The run id of each seed of a group's parent run (tags run.<seed>)."""
+    runs = {key.removeprefix("run."): value for key, value in group.data.tags.items() if key.startswith("run.")}
+    return {int(seed): value.removeprefix("runs:/") for seed, value in runs.items() if seed.isdigit()}
+
+
+def _checkpoint(run: Run, device: torch.device) -> dict[str, Any] | None:
+    """A run's last periodic checkpoint (the state its `Trainer` saved), None before its first."""
+    try:
+        path = artifact_dir(run, f"{RESUME_PATH}/{RESUME_FILE}")
+    except SlateRLError:
+        return None
+    return torch_load(path, "resume state", map_location=device)
+
+
+def group_memory(cfg: TrainOnlineConfig, seeds: int) -> int:
+    """Bytes a group of `seeds` seeds of `cfg` holds, roughly: each seed's full replay buffer (its slates, clicks
+    and latent actions) and a quarter more for the agents, their optimiser states and the batches."""
+    params = envs.env_params(cfg.env, **cfg.env_params)
+    capacity = int({**agent_defaults(cfg.method), **(cfg.agent or {})}["capacity"])
+    action_dim = cfg.latent_dim if Need.GEMS in get_method(cfg.method).needs else params.embedding_dim
+    id_bytes = 2 if params.num_items <= torch.iinfo(torch.int16).max else 8
+    per_trajectory = (params.episode_length + 1) * params.slate_size * (id_bytes + 1)
+    per_trajectory += params.episode_length * action_dim * 4
+    return int(1.25 * seeds * capacity * per_trajectory)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes where a run on `device` keeps its buffers: the GPU's, or the machine's available memory (None
+    when unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        meminfo = ""
+    for line in meminfo.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_group_memory(cfg: TrainOnlineConfig, seeds: int, device: torch.device) -> None:
+    """Refuse a group whose buffers would not fit in the memory free on `device` (before any run is created)."""
+    need, free = group_memory(cfg, seeds), available_memory(device)
+    if free is None or need <= free:
+        return
+    per_seed = group_memory(cfg, 1)
+    capacity = int({**agent_defaults(cfg.method), **(cfg.agent or {})}["capacity"])
+    raise SlateRLError(
+        f"a group of {seeds} seeds of {cfg.method} on {cfg.env} needs about {_size(need)} ({_size(per_seed)} per "
+        f"seed: a replay buffer of {capacity} trajectories), but {device} has {_size(free)} free; train at most "
+        f"{free // per_seed} seeds per group (several --seeds runs; the pipeline: --group-seeds false), or "
+        "lower --set capacity=..."
+    )
+
+
+def _size(size: float) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
 
 
 def resolve_upstream(cfg: TrainOnlineConfig, mlrun: StageRun, device: str = "cpu") -> Upstream:
@@ -455,15 +605,13 @@ class _Session:
         return self._progress
 
     def resume(self, trainer: Trainer) -> None:
-        run = self.mlrun.client.get_run(self.mlrun.run_id)
-        try:
-            path = artifact_dir(run, f"{RESUME_PATH}/{RESUME_FILE}")
-        except SlateRLError as exc:
+        state = _checkpoint(self.mlrun.client.get_run(self.mlrun.run_id), self.env.device)
+        if state is None:
             raise SlateRLError(
                 f"run {self.mlrun.run_id} has no checkpoint to resume from (none was saved before "
                 f"it stopped; checkpoints come every save_every={self.cfg.save_every} episodes)"
-            ) from exc
-        trainer.load_state_dict(torch_load(path, "resume state", map_location=self.env.device))
+            )
+        trainer.load_state_dict(state)
         log.info("%s: resumed run %s at episode %d", STAGE, self.mlrun.run_id, trainer.episode)
 
     def finish(self, trainer: Trainer | SeedRecord, test_returns: torch.Tensor) -> None:
