@@ -35,6 +35,10 @@ class SlateSamples:
         width = slates.shape[-1]
         return cls(slates.contiguous().view(-1, width), clicks.contiguous().view(-1, width))
 
+    def to(self, device: torch.device | str) -> SlateSamples:
+        """The samples on `device`."""
+        return SlateSamples(self.slates.to(device), self.clicks.to(device))
+
     def batch(self, index: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows `index` as (int64 ids, float32 clicks)."""
         return self.slates[index].long(), self.clicks[index].float()
