@@ -232,7 +232,7 @@ class GeMS(pl.LightningModule):
         in `training_terms`)."""
         hp = self.hp
         mu, logvar, slot_vectors, click_logits = outputs
-        logits = slot_vectors @ item_table.detach().mT  # (..., B, R, N)
+        logits = slot_vectors @ item_table.detach().mT.unsqueeze(-3)  # (..., B, R, N)
         slate_loss = -logits.log_softmax(dim=-1).gather(-1, slates[..., None]).mean(dim=(-3, -2, -1))
         click_loss = F.binary_cross_entropy_with_logits(click_logits, clicks, reduction="none").mean(dim=(-2, -1))
         kl_loss = kl_to_standard_normal(mu, logvar, hp.loss_convention)
