@@ -238,6 +238,13 @@ def generate_dataset_command(
 )
 @env_param_option
 @option(
+    "seeds",
+    default="",
+    help="Seeds, replacing --seed: a count in [1, 10] (the paper's first N seeds), one seed above 10, or a "
+    "comma-separated list. Their GeMS train together, stacked (one pass over the data per epoch for all seeds); a "
+    "parent run records them and each seed has its child run, as its single-seed run would be (not resumable).",
+)
+@option(
     "resume",
     default=None,
     metavar="RUN_ID",
@@ -252,13 +259,33 @@ def pretrain_gems_command(
     experiment_name: str | None,
     parent_run: str | None,
     env_param: tuple[str, ...],
+    seeds: str,
     resume: str | None,
     device: str,
     **overrides: Any,
 ) -> None:
     """Pretrain the GeMS slate VAE; logs the best-validation model with its action bounds (artifact 'gems')."""
+    from slate_rl.seeds import parse_seeds
     from slate_rl.stages import pretrain_gems
 
+    seed_list = parse_seeds(seeds) if seeds.strip() not in ("", "''", '""') else []
+    if resume and seed_list:
+        raise SlateRLError(
+            "--resume continues one pretrain_gems run and a --seeds group is not resumable: drop --seeds to resume "
+            "a single-seed run, or run the --seeds group again"
+        )
+    if seed_list:
+        cfg = stage_configs.PretrainGemsConfig.resolve(
+            env,
+            preset,
+            env_params=config.parse_env_params(env_param) or None,
+            **{**overrides, "seed": seed_list[0]},
+        )
+        result = pretrain_gems.run_seeds(cfg, seed_list, **placement(experiment_name, parent_run), device=device)
+        click.echo(f"parent run: runs:/{result.group_run}")
+        for seed, run_id in result.runs.items():
+            click.echo(f"seed {seed}: gems: runs:/{run_id}/{pretrain_gems.ARTIFACT}")
+        return
     if resume:
         run_id = pretrain_gems.run(pretrain_gems.resumable(resume), resume_run=resume, device=device)
     else:

@@ -94,7 +94,7 @@ def test_mlproject_fixed_defaults_equal_the_stage_defaults(entry_point, config_c
     assert declared.pop("env_param") == {"type": "string", "default": ""} and cfg.env_params == {}
     assert "--env-param {env_param}" in spec["command"]
     # the device is where the run computes, recorded as a tag, not a param of its configuration
-    if entry_point == "train_online":  # empty: one run of `seed`; a list or count: a group of seed runs
+    if entry_point in ("train_online", "pretrain_gems"):  # empty: one run of `seed`; a list or count: a group
         assert declared.pop("seeds") == {"type": "string", "default": ""} and "--seeds {seeds}" in spec["command"]
     if entry_point != "generate_dataset":
         assert declared.pop("device") == {"type": "string", "default": "cpu"}

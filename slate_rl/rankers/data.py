@@ -7,7 +7,7 @@ converted to int64 ids and float clicks one batch at a time (no per-slate Python
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,10 @@ class SlateSamples:
         check_logged(slates, clicks)
         width = slates.shape[-1]
         return cls(slates.contiguous().view(-1, width), clicks.contiguous().view(-1, width))
+
+    def to(self, device: torch.device | str) -> SlateSamples:
+        """The samples on `device`."""
+        return SlateSamples(self.slates.to(device), self.clicks.to(device))
 
     def batch(self, index: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows `index` as (int64 ids, float32 clicks)."""
@@ -92,6 +96,29 @@ class SliceBatches:
         order = order.to(self.samples.slates.device)
         for start in range(0, n, size):
             yield self.samples.batch(order[start : start + size])
+
+
+class SeedBatches(SliceBatches):
+    """Batches of S seeds at once, (int64 slates (S, B, R), float32 clicks (S, B, R)) over `samples`: seed s's
+    batches are those `SliceBatches` gives with `generators[s]` (its own order when shuffled), gathered from the
+    samples in one indexing per batch, so that one pass over the data serves every seed."""
+
+    def __init__(
+        self, samples: SlateSamples, batch_size: int, shuffle: bool, generators: Sequence[torch.Generator]
+    ) -> None:
+        super().__init__(samples, batch_size, shuffle=False)
+        if not generators:
+            raise SlateRLError("seed batches need one torch.Generator per seed")
+        self.shuffle, self.generators = shuffle, list(generators)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, size, device = len(self.samples), self.batch_size, self.samples.slates.device
+        if self.shuffle:
+            orders = torch.stack([torch.randperm(n, generator=g, device=g.device).to(device) for g in self.generators])
+        else:
+            orders = torch.arange(n, device=device).expand(len(self.generators), n)
+        for start in range(0, n, size):
+            yield self.samples.batch(orders[:, start : start + size])
 
 
 class SlateDataModule(pl.LightningDataModule):

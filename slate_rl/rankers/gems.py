@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 import pytorch_lightning as pl
@@ -59,6 +59,11 @@ def _check_hyperparameters(
             raise SlateRLError(f"{name} must be a non-negative loss weight (got {weight})")
     if not float(lr) > 0.0:
         raise SlateRLError(f"lr must be > 0 (got {lr})")
+
+
+def adam(parameters: Iterable[torch.Tensor], lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """GeMS's optimiser: Adam at `lr` (default betas, no weight decay), with the fused kernel on CPU / CUDA."""
+    return torch.optim.Adam(parameters, lr=lr, fused=device.type in ("cpu", "cuda"))
 
 
 class GeMS(pl.LightningModule):
@@ -168,57 +173,77 @@ class GeMS(pl.LightningModule):
         slot_vectors = self.slate_head(hidden).view(z.shape[0], self.hp.slate_size, self.hp.item_dim)
         return slot_vectors.to(self.dtype), self.click_head(hidden).to(self.dtype)
 
+    def forward(
+        self, slates: torch.Tensor, clicks: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mu, logvar, slot vectors (B, R, D), click logits (B, R)) of a batch, decoded from the sample
+        z = mu + noise * std (noise (B, d), see `reparameterise`), or from z = mu when `noise` is None."""
+        mu, logvar = self.encode(slates, clicks)
+        z = mu if noise is None else reparameterise(mu, logvar, noise, self.hp.loss_convention)
+        return (mu, logvar, *self.decode(z))
+
     def item_logits(self, slot_vectors: torch.Tensor) -> torch.Tensor:
         """Logits (..., N) of every item for slot vectors (..., D), against the detached item table (G5)."""
         return slot_vectors @ self.item_embeddings.weight.detach().T
 
-    def sample_noise(self, like: torch.Tensor) -> torch.Tensor:
-        """Standard normal noise shaped like `like`, from the module's own generator (seeded by `seed`)."""
-        if self._noise is None or self._noise.device != like.device:
-            self._noise = torch.Generator(device=like.device).manual_seed(self.hp.seed)
+    def sample_noise(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """Standard normal noise (batch_size, d) on `device`, from the module's own generator (seeded by `seed`)."""
+        if self._noise is None or self._noise.device != device:
+            self._noise = torch.Generator(device=device).manual_seed(self.hp.seed)
             saved, self._saved_noise = self._saved_noise, None
-            if saved is not None and saved["device"] == like.device.type:
+            if saved is not None and saved["device"] == device.type:
                 self._noise.set_state(saved["state"])
             elif saved is not None:
                 log.warning(
                     "GeMS resumed on %s after training on %s: the noise generator restarts from its seed, "
                     "so the run will differ from an uninterrupted one",
-                    like.device.type,
+                    device.type,
                     saved["device"],
                 )
-        return torch.randn(like.shape, generator=self._noise, device=like.device, dtype=like.dtype)
+        shape = (batch_size, self.hp.latent_dim)
+        return torch.randn(shape, generator=self._noise, device=device, dtype=self.item_embeddings.weight.dtype)
 
     # ------------------------------------------------------------------ objective
     def loss_terms(self, slates: torch.Tensor, clicks: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training loss and its terms for one batch (z sampled with the reparameterisation trick)."""
+        outputs = self(slates, clicks, self.sample_noise(slates.shape[0], slates.device))
+        return self.training_terms(slates, clicks, outputs, self.item_embeddings.weight)
+
+    def evaluation_terms(self, slates: torch.Tensor, clicks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Validation terms decoding from z = mu, plus slot and click accuracy."""
+        return self.validation_terms(slates, clicks, self(slates, clicks), self.item_embeddings.weight)
+
+    def training_terms(
+        self, slates: torch.Tensor, clicks: torch.Tensor, outputs: Sequence[torch.Tensor], item_table: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The training loss and its terms from `forward`'s outputs on a batch. With a leading dimension on every
+        tensor (S stacked models, `item_table` (S, N, D)), each term has one value per model."""
         hp = self.hp
-        mu, logvar = self.encode(slates, clicks)
-        z = reparameterise(mu, logvar, self.sample_noise(mu), hp.loss_convention)
-        slot_vectors, click_logits = self.decode(z)
-        slate_loss = item_cross_entropy(
-            slot_vectors.view(-1, hp.item_dim), self.item_embeddings.weight, slates.view(-1)
-        )
-        click_loss = F.binary_cross_entropy_with_logits(click_logits, clicks)
+        mu, logvar, slot_vectors, click_logits = outputs
+        slate_loss = item_cross_entropy(slot_vectors.flatten(-3, -2), item_table, slates.flatten(-2))
+        click_loss = F.binary_cross_entropy_with_logits(click_logits, clicks, reduction="none").mean(dim=(-2, -1))
         kl_loss = kl_to_standard_normal(mu, logvar, hp.loss_convention)
         loss = slate_loss + hp.lambda_click * click_loss + hp.lambda_kl * kl_loss
         return dict(loss=loss, slate_loss=slate_loss, click_loss=click_loss, kl_loss=kl_loss)
 
-    def evaluation_terms(self, slates: torch.Tensor, clicks: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Validation terms decoding from z = mu, plus slot and click accuracy."""
+    def validation_terms(
+        self, slates: torch.Tensor, clicks: torch.Tensor, outputs: Sequence[torch.Tensor], item_table: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The validation terms and accuracies from `forward`'s outputs decoded from z = mu (leading dimensions as
+        in `training_terms`)."""
         hp = self.hp
-        mu, logvar = self.encode(slates, clicks)
-        slot_vectors, click_logits = self.decode(mu)
-        logits = self.item_logits(slot_vectors).view(-1, hp.num_items)
-        slate_loss = F.cross_entropy(logits, slates.view(-1))
-        click_loss = F.binary_cross_entropy_with_logits(click_logits, clicks)
+        mu, logvar, slot_vectors, click_logits = outputs
+        logits = slot_vectors @ item_table.detach().mT.unsqueeze(-3)  # (..., B, R, N)
+        slate_loss = -logits.log_softmax(dim=-1).gather(-1, slates[..., None]).mean(dim=(-3, -2, -1))
+        click_loss = F.binary_cross_entropy_with_logits(click_logits, clicks, reduction="none").mean(dim=(-2, -1))
         kl_loss = kl_to_standard_normal(mu, logvar, hp.loss_convention)
         return dict(
             loss=slate_loss + hp.lambda_click * click_loss + hp.lambda_kl * kl_loss,
             slate_loss=slate_loss,
             click_loss=click_loss,
             kl_loss=kl_loss,
-            slot_accuracy=(logits.argmax(dim=1) == slates.view(-1)).float().mean(),
-            click_accuracy=((click_logits > 0) == (clicks > 0.5)).float().mean(),
+            slot_accuracy=(logits.argmax(dim=-1) == slates).float().mean(dim=(-2, -1)),
+            click_accuracy=((click_logits > 0) == (clicks > 0.5)).float().mean(dim=(-2, -1)),
         )
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -245,8 +270,7 @@ class GeMS(pl.LightningModule):
         self._noise, self._saved_noise = None, checkpoint.get("gems_noise")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        fused = self.device.type in ("cpu", "cuda")
-        return torch.optim.Adam(self.parameters(), lr=self.hp.lr, fused=fused)
+        return adam(self.parameters(), self.hp.lr, self.device)
 
     def _accumulate(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
         """Add the batch's terms, weighted by its size, to the epoch's running sums (one tensor op per step

@@ -3,6 +3,7 @@ into the same run after a kill, from its last finished epoch."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -19,23 +20,34 @@ from slate_rl.precision import LIGHTNING_PRECISION
 from slate_rl.rankers.bounds import gems_action_bounds
 from slate_rl.rankers.decoders import GeMSDecoder
 from slate_rl.safe_load import torch_load
+from slate_rl.seeds import describe
 from slate_rl.stage_configs import PretrainGemsConfig
 from slate_rl.stages import environment, generate_dataset, on_dataset
 from slate_rl.stages.on_dataset import dataset_stage_run
-from slate_rl.tracking.lineage import artifact_dir, get_finished_run, get_unfinished_run, parse_run_uri
-from slate_rl.tracking.runs import RESUME_FILE, RESUME_PATH, StageRun
+from slate_rl.tracking.lineage import (
+    artifact_dir,
+    find_finished_run,
+    get_finished_run,
+    get_unfinished_run,
+    parse_run_uri,
+)
+from slate_rl.tracking.runs import RESUME_FILE, RESUME_PATH, StageRun, stage_run
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
+    from slate_rl.data.logged import LoggedSessions
     from slate_rl.rankers.data import SlateDataModule
     from slate_rl.rankers.gems import GeMS
+    from slate_rl.rankers.gems_group import Best
 
 STAGE = "pretrain_gems"
 ARTIFACT = "gems"
 MODEL_FILE = "gems.pt"
 FORMAT = "slate-rl/gems"
 RESUME_FORMAT = "slate-rl/gems-resume"
+GROUP_STAGE = "pretrain_gems_group"  # the parent run of a seed group (its seeds' runs are pretrain_gems runs)
+SEED_GROUP_TAG = "seed_group"  # on a seed's run trained in a group: the group's run id
 log = logging.getLogger("slate_rl")
 
 
@@ -55,7 +67,6 @@ def run(
     """
     on = resolve_device(device)
     from slate_rl.rankers.data import SlateDataModule  # Lightning loads only to train (seconds of start-up)
-    from slate_rl.rankers.gems import GeMS
 
     state = None
     if resume_run is not None:  # checked before the run is touched
@@ -69,43 +80,132 @@ def run(
         mlrun.set_tags({DEVICE_TAG: str(on)})
         config = saved_config(cfg, dataset_run)
         slates, clicks = data.tensors()
-        vae = GeMS(
-            num_items=int(data.meta["num_items"]),
-            slate_size=int(data.meta["slate_size"]),
-            latent_dim=cfg.latent_dim,
-            lambda_kl=cfg.lambda_kl,
-            lambda_click=cfg.lambda_click,
-            lambda_prior=cfg.lambda_prior,
-            lr=cfg.lr,
-            loss_convention=cfg.loss_convention,
-            seed=cfg.seed,
-        )
         datamodule = SlateDataModule(slates, clicks, batch_size=cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed)
         with tempfile.TemporaryDirectory(prefix="slate-rl-gems-") as tmp:
-            best = fit(vae, datamodule, cfg.epochs, mlrun, Path(tmp), config, state, on, cfg.precision)
-            bounds = gems_action_bounds(best, slates, clicks, num_sessions=cfg.bound_sessions)
-            decoder = GeMSDecoder.from_vae(best, bounds)
-            payload = {
-                "format": FORMAT,
-                "env": cfg.env,
-                "env_spec": environment.spec_of(cfg).as_dict(),
-                "dataset_run": dataset_run,
-                "hparams": dict(best.hparams),
-                "vae": best.state_dict(),
-                "decoder": decoder.save_payload(),
-            }
-            folder = Path(tmp) / ARTIFACT
-            folder.mkdir()
-            atomic.torch_save(payload, folder / MODEL_FILE)
-            mlrun.log_artifacts(folder, ARTIFACT)
-        mlrun.log_metrics(
-            {
-                "bounds/mean_half_range": float(bounds.scale.mean()),
-                "bounds/mean_center_abs": float(bounds.center.abs().mean()),
-            }
-        )
-        log.info("%s: done; decoder with bounds in runs:/%s/%s/%s", STAGE, mlrun.run_id, ARTIFACT, MODEL_FILE)
+            best = fit(new_vae(cfg, data), datamodule, cfg.epochs, mlrun, Path(tmp), config, state, on, cfg.precision)
+            log_model(mlrun, cfg, dataset_run, best, slates, clicks)
         return mlrun.run_id
+
+
+def new_vae(cfg: PretrainGemsConfig, data: LoggedSessions) -> GeMS:
+    """The untrained GeMS of `cfg` (its seed's initialisation) for the catalogue of `data`."""
+    from slate_rl.rankers.gems import GeMS
+
+    return GeMS(
+        num_items=int(data.meta["num_items"]),
+        slate_size=int(data.meta["slate_size"]),
+        latent_dim=cfg.latent_dim,
+        lambda_kl=cfg.lambda_kl,
+        lambda_click=cfg.lambda_click,
+        lambda_prior=cfg.lambda_prior,
+        lr=cfg.lr,
+        loss_convention=cfg.loss_convention,
+        seed=cfg.seed,
+    )
+
+
+def log_model(
+    mlrun: StageRun, cfg: PretrainGemsConfig, dataset_run: str, best: GeMS, slates: torch.Tensor, clicks: torch.Tensor
+) -> None:
+    """Log the trained VAE with its decoder and action bounds (from the logged sessions `slates`, `clicks`) as the
+    artifact `gems/gems.pt` (`load_decoder`), and the bounds' summary metrics."""
+    bounds = gems_action_bounds(best, slates, clicks, num_sessions=cfg.bound_sessions)
+    decoder = GeMSDecoder.from_vae(best, bounds)
+    payload = {
+        "format": FORMAT,
+        "env": cfg.env,
+        "env_spec": environment.spec_of(cfg).as_dict(),
+        "dataset_run": dataset_run,
+        "hparams": dict(best.hparams),
+        "vae": best.state_dict(),
+        "decoder": decoder.save_payload(),
+    }
+    with tempfile.TemporaryDirectory(prefix="slate-rl-gems-") as tmp:
+        folder = Path(tmp) / ARTIFACT
+        folder.mkdir()
+        atomic.torch_save(payload, folder / MODEL_FILE)
+        mlrun.log_artifacts(folder, ARTIFACT)
+    mlrun.log_metrics(
+        {
+            "bounds/mean_half_range": float(bounds.scale.mean()),
+            "bounds/mean_center_abs": float(bounds.center.abs().mean()),
+        }
+    )
+    log.info("%s: done; decoder with bounds in runs:/%s/%s/%s", STAGE, mlrun.run_id, ARTIFACT, MODEL_FILE)
+
+
+@dataclasses.dataclass
+class SeedRuns:
+    """The runs of a seed group: its parent run and each seed's pretrain_gems run, by seed."""
+
+    group_run: str
+    runs: dict[int, str]
+
+
+def run_seeds(
+    cfg: PretrainGemsConfig,
+    seeds: list[int],
+    parent: StageRun | None = None,
+    experiment_name: str | None = None,
+    device: str = "cpu",
+) -> SeedRuns:
+    """Pretrain `cfg` for each of `seeds` (its own seed is replaced) as one stacked training (`GeMSGroup`: one pass
+    over the data per epoch, every batch through all seeds' models at once), under a parent run of stage
+    `pretrain_gems_group` that records them (params seeds_resolved, env, preset; tags run.<seed>; the dataset they
+    share is its upstream). Each seed has its child run, holding what a single-seed run given that dataset holds
+    (params, per-epoch metrics at the same steps, `checkpoint/`, `gems/gems.pt`, lineage key: `find_or_pretrain`
+    finds it), except the resume state: a group is not resumable, and an error fails every seed's run."""
+    from slate_rl.rankers.data import split_sessions
+    from slate_rl.rankers.gems_group import GeMSGroup
+
+    on = resolve_device(device)
+    tags = {"env": cfg.env, "preset": cfg.preset, "seeds": describe(seeds), DEVICE_TAG: str(on)}
+    name = f"{STAGE}/{cfg.env}/seeds {describe(seeds)}"
+    with stage_run(GROUP_STAGE, name, tags, parent=parent, experiment_name=experiment_name) as group_run:
+        group_run.log_params({"env": cfg.env, "preset": cfg.preset, "seeds_resolved": describe(seeds)})
+        dataset_run, data = generate_dataset.resolve_dataset(cfg, group_run)
+        dataset = f"runs:/{dataset_run}/{generate_dataset.ARTIFACT}"
+        group_run.set_tags({"upstream.dataset": dataset})
+        configs = [dataclasses.replace(cfg, seed=seed, dataset=dataset) for seed in seeds]
+        with contextlib.ExitStack() as members:
+            runs = [members.enter_context(dataset_stage_run(STAGE, c, group_run, None, data=data))[0] for c in configs]
+            for seed, mlrun in zip(seeds, runs, strict=True):
+                mlrun.set_tags({DEVICE_TAG: str(on), SEED_GROUP_TAG: group_run.run_id})
+                group_run.set_tags({f"run.{seed}": f"runs:/{mlrun.run_id}"})
+            vaes = [new_vae(c, data) for c in configs]
+            for vae, mlrun in zip(vaes, runs, strict=True):
+                mlrun.log_params(dict(vae.hparams))  # as Lightning's logger logs them in a single-seed run
+            slates, clicks = data.tensors()
+            train, val = (part.to(on) for part in split_sessions(slates, clicks))
+
+            def on_epoch(epoch: int, step: int, metrics: list[dict[str, float]]) -> None:
+                for mlrun, values in zip(runs, metrics, strict=True):
+                    mlrun.log_metrics(values, step=step)
+                    mlrun.flush()
+                log.info("%s: epoch %d/%d of %d seeds done", GROUP_STAGE, epoch + 1, cfg.epochs, len(seeds))
+
+            group = GeMSGroup(vaes, on, cfg.precision)
+            best = group.fit(train, val, cfg.batch_size, cfg.shuffle, cfg.epochs, on_epoch)
+            for c, mlrun, chosen in zip(configs, runs, best, strict=True):
+                log_checkpoint(mlrun, chosen)
+                log_model(mlrun, c, dataset_run, chosen.model, slates, clicks)
+        return SeedRuns(group_run.run_id, {seed: mlrun.run_id for seed, mlrun in zip(seeds, runs, strict=True)})
+
+
+def log_checkpoint(mlrun: StageRun, best: Best) -> None:
+    """Log a group seed's best-validation model as the Lightning checkpoint `checkpoint/best.ckpt` a single-seed
+    run logs (weights, hyperparameters, epoch and step; `GeMS.load_from_checkpoint` reads it)."""
+    import pytorch_lightning as pl
+
+    checkpoint = {
+        "epoch": best.epoch,
+        "global_step": best.step,
+        "pytorch-lightning_version": pl.__version__,
+        "state_dict": best.model.state_dict(),
+        "hyper_parameters": dict(best.model.hparams),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        mlrun.log_artifact(atomic.torch_save(checkpoint, Path(tmp) / "best.ckpt"), "checkpoint")
 
 
 def fit(
@@ -177,7 +277,13 @@ def saved_config(cfg: PretrainGemsConfig, dataset_run: str) -> dict[str, Any]:
 
 
 def load_resume_state(run: Run) -> dict[str, Any]:
-    """The resume state of a pretrain_gems run (saved after each of its epochs)."""
+    """The resume state of a pretrain_gems run (saved after each of its epochs); a seed's run of a group has none."""
+    group = run.data.tags.get(SEED_GROUP_TAG)
+    if group:
+        raise SlateRLError(
+            f"run {run.info.run_id} was trained in the seed group {group} (pretrain-gems --seeds), which keeps no "
+            f"resume state; train its seed again (pretrain-gems --seed {run.data.tags.get('seed')} or --seeds)"
+        )
     try:
         path = artifact_dir(run, f"{RESUME_PATH}/{RESUME_FILE}")
     except SlateRLError as exc:
@@ -230,3 +336,25 @@ def find_or_pretrain(cfg: PretrainGemsConfig, dataset_run: str, parent: StageRun
     """Run id of a FINISHED GeMS run for this dataset and configuration; pretrains one (on `device`) as a child run
     if none."""
     return on_dataset.find_or_train(STAGE, cfg, dataset_run, parent, functools.partial(run, device=device))
+
+
+def find_or_pretrain_seeds(
+    cfg: PretrainGemsConfig, seeds: list[int], dataset_run: str, parent: StageRun | None, device: str = "cpu"
+) -> dict[int, str]:
+    """`find_or_pretrain` for each of `seeds` (`cfg`'s seed replaced), by seed: the seeds without a finished run
+    are pretrained together (`run_seeds`, a group under `parent`; a single missing seed as one run)."""
+    explicit = dataclasses.replace(cfg, dataset=f"runs:/{dataset_run}/{generate_dataset.ARTIFACT}")
+    found: dict[int, str] = {}
+    for seed in seeds:
+        keys = on_dataset.lookup_keys(STAGE, dataclasses.replace(cfg, seed=seed), dataset_run)
+        existing = find_finished_run(STAGE, keys)
+        if existing is not None:
+            log.info("%s: reusing finished run %s for seed %d", STAGE, existing.info.run_id, seed)
+            found[seed] = existing.info.run_id
+    missing = [seed for seed in seeds if seed not in found]
+    if len(missing) == 1:
+        found[missing[0]] = run(dataclasses.replace(explicit, seed=missing[0]), parent=parent, device=device)
+    elif missing:
+        log.info("%s: pretraining seeds %s together", STAGE, describe(missing))
+        found.update(run_seeds(explicit, missing, parent=parent, device=device).runs)
+    return {seed: found[seed] for seed in seeds}

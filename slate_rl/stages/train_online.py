@@ -193,6 +193,7 @@ def _train_group(
     of `configs`; None: from the start)."""
     cfg = next(iter(configs.values()))
     env = environment.make_env(cfg, device=on)
+    _pretrain_gems_together(cfg, list(configs), group_run, str(on))
     members: dict[int, _Member] = {}
     try:
         for seed, seed_cfg in configs.items():
@@ -222,6 +223,15 @@ def _train_group(
         for member in members.values():
             member.close(exc)
         raise
+
+
+def _pretrain_gems_together(cfg: TrainOnlineConfig, seeds: list[int], group_run: StageRun, device: str) -> None:
+    """The GeMS of each seed of a group that acts through GeMS and is given none: the seeds without one are
+    pretrained together, stacked, under `group_run` (each seed's run then finds its GeMS by lineage)."""
+    if Need.GEMS not in get_method(cfg.method).needs or cfg.gems:
+        return
+    dataset_run, _ = generate_dataset.resolve_dataset(cfg, group_run)
+    pretrain_gems.find_or_pretrain_seeds(gems_config(cfg), seeds, dataset_run, group_run, device)
 
 
 def _last_child(group_run: StageRun, seed: int) -> str:
@@ -484,30 +494,38 @@ def resolve_upstream(cfg: TrainOnlineConfig, mlrun: StageRun, device: str = "cpu
     )
     if not all(getattr(upstream, need.value) for need in needs):
         upstream.dataset, _ = generate_dataset.resolve_dataset(cfg, mlrun)  # GeMS and MF learn from logged data
-        environment_fields = {
-            "env_params": cfg.env_params or None,
-            "item_embeddings": cfg.item_embeddings or None,
-            "allow_env_mismatch": cfg.allow_env_mismatch or None,
-        }
         if Need.GEMS in needs and not upstream.gems:
-            gems_cfg = PretrainGemsConfig.resolve(
-                cfg.env,
-                cfg.preset,
-                seed=cfg.seed,
-                latent_dim=cfg.latent_dim,
-                lambda_kl=cfg.lambda_kl,
-                lambda_click=cfg.lambda_click,
-                **environment_fields,
-            )
-            upstream.gems = pretrain_gems.find_or_pretrain(gems_cfg, upstream.dataset, mlrun, device)
+            upstream.gems = pretrain_gems.find_or_pretrain(gems_config(cfg), upstream.dataset, mlrun, device)
         if Need.MF in needs and not upstream.mf:
-            mf_cfg = TrainMFConfig.resolve(cfg.env, cfg.preset, **environment_fields)
+            mf_cfg = TrainMFConfig.resolve(cfg.env, cfg.preset, **_environment_fields(cfg))
             upstream.mf = train_mf.find_or_train(mf_cfg, upstream.dataset, mlrun, device)
     spec = environment.spec_of(cfg)
     for what, run_id in (("gems", upstream.gems), ("mf", upstream.mf)):
         if run_id:
             environment.check_upstream(spec, run_id, what, cfg.allow_env_mismatch, mlrun)
     return upstream
+
+
+def _environment_fields(cfg: TrainOnlineConfig) -> dict[str, Any]:
+    """The fields an upstream GeMS / MF configuration shares with `cfg` (its simulator; None: the default)."""
+    return {
+        "env_params": cfg.env_params or None,
+        "item_embeddings": cfg.item_embeddings or None,
+        "allow_env_mismatch": cfg.allow_env_mismatch or None,
+    }
+
+
+def gems_config(cfg: TrainOnlineConfig) -> PretrainGemsConfig:
+    """The GeMS pretraining the run of `cfg` acts through when none is given: its seed and GeMS setting."""
+    return PretrainGemsConfig.resolve(
+        cfg.env,
+        cfg.preset,
+        seed=cfg.seed,
+        latent_dim=cfg.latent_dim,
+        lambda_kl=cfg.lambda_kl,
+        lambda_click=cfg.lambda_click,
+        **_environment_fields(cfg),
+    )
 
 
 def load_gems(cfg: TrainOnlineConfig, gems_run: str):
