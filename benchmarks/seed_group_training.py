@@ -9,7 +9,8 @@ seed-episodes per second. The ways:
     fused     today's single-seed `train-online` run, one after another: fused update, one torch thread, the next
               block collected on a second thread (overlap_collection)
     workers2  `fused` in two processes at once, the seeds split between them (today's `pipeline --workers 2`)
-    group     one `GroupTrainer` for all S seeds (plain update stacked over the seeds), --group-threads threads
+    group     one `GroupTrainer` for all S seeds (plain update stacked over the seeds), --group-threads threads,
+              --group-precision fp32 or bf16
 
     python benchmarks/seed_group_training.py                   # 4 seeds, 300 episodes, alone vs group
     python benchmarks/seed_group_training.py --seeds 10 --episodes 300 --ways fused workers2 group
@@ -36,9 +37,9 @@ from slate_rl.rankers.gems import GeMS
 from timing import add_device_option, synchronize
 
 
-def agent(method: str, env: envs.TopicRec, seed: int, fused: bool = False):
+def agent(method: str, env: envs.TopicRec, seed: int, fused: bool = False, precision: str = "fp32"):
     """The seed's agent; SAC+GeMS acts through an untrained GeMS decoder of the paper's shape (seeded like it)."""
-    overrides = {"fused_update": True} if fused else None
+    overrides = {"fused_update": True} if fused else {"precision": precision}
     if method != "sac_gems":
         return build_agent(method, env, seed, overrides=overrides)
     vae = GeMS(num_items=env.num_items, slate_size=env.slate_size, latent_dim=32, seed=seed)
@@ -101,7 +102,7 @@ def two_workers(args: argparse.Namespace, seeds: list[int]) -> tuple[float, floa
 def group(args: argparse.Namespace, seeds: list[int]) -> tuple[float, float]:
     configure_cpu(args.group_threads)
     env = envs.make("focused_topdown", device=args.device)
-    members = [agent(args.method, env, seed) for seed in seeds]
+    members = [agent(args.method, env, seed, precision=args.group_precision) for seed in seeds]
     return timed_after_warmup(
         GroupTrainer(members, env, protocol(args.episodes, args.warmup, False)), args.warmup, args.device
     )
@@ -117,6 +118,7 @@ def main() -> None:
         "--ways", nargs="+", default=["alone", "group"], choices=["alone", "fused", "workers2", "group"]
     )
     parser.add_argument("--group-threads", type=int, default=1, help="torch threads of the group (default 1)")
+    parser.add_argument("--group-precision", default="fp32", choices=["fp32", "bf16"], help="the group's updates")
     add_device_option(parser)
     args = parser.parse_args()
     seeds = list(range(1, args.seeds + 1))
