@@ -59,6 +59,27 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
+def _panels(count: int, ncols: int, legend_entries: int, panel: tuple[float, float], hspace: float):
+    """A figure of `count` panels in rows of `ncols` (shared x axis), with fixed margins in inches (constrained
+    layout would double the drawing time) for the title, the x label and a legend of `legend_entries` in rows of 4:
+    (figure, axes, height in inches, legend rows)."""
+    ncols = min(ncols, count)
+    nrows = math.ceil(count / ncols)
+    legend_rows = math.ceil(legend_entries / 4)
+    top, bottom, width = 0.8, 0.75 + 0.25 * legend_rows, panel[0] * ncols
+    height = panel[1] * nrows + top + bottom
+    fig = _figure(figsize=(width, height))
+    fig.subplots_adjust(
+        left=0.8 / width, right=1 - 0.2 / width, top=1 - top / height, bottom=bottom / height, hspace=hspace, wspace=0.2
+    )
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
+    _episodes_axis(axes[0])  # shared by all panels
+    for index in range(count, len(axes)):  # empty panels of the last row: show the x ticks of those above
+        axes[index].set_visible(False)
+        axes[index - ncols].tick_params(labelbottom=True)
+    return fig, axes, height, legend_rows
+
+
 def plot_run_curve(
     validations: Sequence[tuple[int, float]], path: str | os.PathLike, title: str, xlabel: str = "training episode"
 ) -> Path:
@@ -94,18 +115,8 @@ def plot_learning_curves(
         return None
     methods = tuple(methods) if methods is not None else row_order(m for m, _ in groups)
     envs = tuple(envs) if envs is not None else paper_order((e for _, e in groups), tuple(ENV_NAMES))
-    ncols = min(3, len(envs))
-    nrows = math.ceil(len(envs) / ncols)
-    legend_rows = math.ceil(len(methods) / 4)
-    # Fixed margins in inches (constrained layout would double the drawing time): title, x label, legend rows.
-    top, bottom, width = 0.8, 0.75 + 0.25 * legend_rows, 4.5 * ncols
-    height = 3.2 * nrows + top + bottom
-    fig = _figure(figsize=(width, height))
-    fig.subplots_adjust(
-        left=0.8 / width, right=1 - 0.2 / width, top=1 - top / height, bottom=bottom / height, hspace=0.3, wspace=0.2
-    )
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
-    _episodes_axis(axes[0])  # shared by all panels
+    fig, axes, height, legend_rows = _panels(len(envs), 3, len(methods), (4.5, 3.2), hspace=0.3)
+    width = fig.get_figwidth()
     colours = {method: f"C{i % 10}" for i, method in enumerate(methods)}
     handles = {}
     for ax, env in zip(axes, envs, strict=False):  # the grid may have spare panels
@@ -126,9 +137,6 @@ def plot_learning_curves(
             )
         counts = "–".join(str(n) for n in sorted({min(seeds), max(seeds)})) if seeds else "no"
         ax.set_title(f"{env_name(env)} ({counts} seeds)")
-    for index in range(len(envs), len(axes)):  # empty panels of the last row: show the x ticks of those above
-        axes[index].set_visible(False)
-        axes[index - ncols].tick_params(labelbottom=True)
     fig.supxlabel("Training episode", y=(0.3 + 0.25 * legend_rows) / height, va="bottom")
     fig.supylabel("Validation return", x=0.1 / width, ha="left")
     ordered = [method for method in methods if method in handles]
@@ -157,17 +165,8 @@ def plot_offline_curves(
     rows = row_order(row for row, _ in groups)
     columns = column_order(column for _, column in groups)
     scores = {(b.env, b.quality): b.score for b in behaviour}
-    ncols = min(4, len(columns))
-    nrows = math.ceil(len(columns) / ncols)
-    legend_rows = math.ceil((len(rows) + 1) / 4)
-    top, bottom, width = 0.8, 0.75 + 0.25 * legend_rows, 4.0 * ncols
-    height = 3.0 * nrows + top + bottom
-    fig = _figure(figsize=(width, height))
-    fig.subplots_adjust(
-        left=0.8 / width, right=1 - 0.2 / width, top=1 - top / height, bottom=bottom / height, hspace=0.35, wspace=0.2
-    )
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
-    _episodes_axis(axes[0])
+    fig, axes, height, legend_rows = _panels(len(columns), 4, len(rows) + 1, (4.0, 3.0), hspace=0.35)
+    width = fig.get_figwidth()
     colours = {row: f"C{i % 10}" for i, row in enumerate(rows)}
     handles: dict[str, Any] = {}
     for ax, column in zip(axes, columns, strict=False):
@@ -186,9 +185,6 @@ def plot_offline_curves(
         counts = "–".join(str(n) for n in sorted({min(seeds), max(seeds)}))
         ax.set_title(f"{env_name(column[0])}, {column[1]} ({counts} seeds)", fontsize=10)
         ax.grid(alpha=0.3)
-    for index in range(len(columns), len(axes)):
-        axes[index].set_visible(False)
-        axes[index - ncols].tick_params(labelbottom=True)
     fig.supxlabel("Gradient step", y=(0.3 + 0.25 * legend_rows) / height, va="bottom")
     fig.supylabel("Normalised validation score", x=0.1 / width, ha="left")
     ordered = [row for row in (*rows, BEHAVIOUR_LINE) if row in handles]
