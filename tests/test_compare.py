@@ -121,6 +121,14 @@ def test_variants_of_a_method_are_kept_apart_and_labelled(tracking_store):
     assert variant["welch_p"] != ""  # tested against the plain row, the reference
     markdown = (out / "results.md").read_text()
     assert "| SAC+TopK (ideal) [gamma=0.9] |" in markdown and "A row with [...] is a variant" in markdown
+    contrasts = {(r["row"], r["against"]): r for r in csv.DictReader(io.StringIO((out / "contrasts.csv").read_text()))}
+    assert set(contrasts) == {
+        ("sac_topk_ideal [gamma=0.9]", "sac_topk_ideal"),  # once, although the plain row is also the reference
+        ("random", "sac_topk_ideal"),
+    }
+    assert float(contrasts[("sac_topk_ideal [gamma=0.9]", "sac_topk_ideal")]["difference"]) == -60.0
+    assert contrasts[("random", "sac_topk_ideal")]["verdict"] == "undefined"  # one random seed
+    assert "## Contrasts" in (out / "report.md").read_text()
 
 
 def test_a_filter_selects_one_variant_shown_as_the_plain_row(tracking_store):

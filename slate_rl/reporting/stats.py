@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import stdtr, stdtrit  # Student-t CDF and quantile (scipy.stats takes a second to import)
+
+# Student-t CDF and quantile, noncentral-t noncentrality (scipy.stats takes a second to import)
+from scipy.special import nctdtrinc, stdtr, stdtrit
 
 from slate_rl.errors import SlateRLError
 
@@ -57,17 +59,61 @@ class WelchTest:
     p_value: float
 
 
-def welch_test(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> WelchTest | None:
-    """Welch's two-sample t-test; None when it is undefined (a side with < 2 values, or both without variance)."""
+def _welch_parts(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> tuple[float, float, float] | None:
+    """mean(a) − mean(b), its standard error and the Welch–Satterthwaite dof; None where Welch's test is undefined."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.size < 2 or y.size < 2:
         return None
     vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
     if vx + vy == 0.0:
         return None
-    statistic = (x.mean() - y.mean()) / math.sqrt(vx + vy)
     dof = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
-    return WelchTest(statistic=float(statistic), dof=float(dof), p_value=float(2 * stdtr(dof, -abs(statistic))))
+    return float(x.mean() - y.mean()), math.sqrt(vx + vy), float(dof)
+
+
+def welch_test(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> WelchTest | None:
+    """Welch's two-sample t-test; None when it is undefined (a side with < 2 values, or both without variance)."""
+    parts = _welch_parts(a, b)
+    if parts is None:
+        return None
+    difference, standard_error, dof = parts
+    statistic = difference / standard_error
+    return WelchTest(statistic=statistic, dof=dof, p_value=float(2 * stdtr(dof, -abs(statistic))))
+
+
+@dataclass(frozen=True)
+class Difference:
+    """mean(a) − mean(b) with Welch's test: the `confidence` interval's half-width on Welch's dof, and the smallest
+    difference the seeds could detect, `detectable`: the true difference at which the two-sided test at level
+    alpha = 1 − confidence rejects with probability `power`, i.e. the noncentrality δ of a noncentral t on Welch's dof
+    with P(T > t(1 − alpha/2)) = power, times the standard error (the spreads taken as measured)."""
+
+    difference: float
+    standard_error: float
+    welch: WelchTest
+    half_width: float
+    detectable: float
+
+
+def difference_test(
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, confidence: float = 0.95, power: float = 0.8
+) -> Difference | None:
+    """mean(a) − mean(b), its interval and the smallest detectable difference; None where Welch's test is undefined."""
+    _check_confidence(confidence)
+    if not 0.0 < power < 1.0:
+        raise SlateRLError(f"power must lie strictly between 0 and 1 (e.g. 0.8), got {power}")
+    parts, welch = _welch_parts(a, b), welch_test(a, b)
+    if parts is None or welch is None:
+        return None
+    difference, standard_error, dof = parts
+    critical = float(stdtrit(dof, 0.5 + confidence / 2))
+    return Difference(
+        difference=difference,
+        standard_error=standard_error,
+        welch=welch,
+        half_width=critical * standard_error,
+        detectable=float(nctdtrinc(dof, 1.0 - power, critical)) * standard_error,
+    )
 
 
 def iqm(values: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -21,7 +21,10 @@ from slate_rl.reporting import (
     RunResult,
     aggregate_scores,
     aggregates_to_markdown,
+    build_contrasts,
     build_table,
+    contrasts_to_csv,
+    contrasts_to_markdown,
     plot_learning_curves,
     plot_offline_curves,
     plot_tradeoff,
@@ -355,6 +358,17 @@ def _online_report(results: list[RunResult], cfg: CompareConfig, folder: Path) -
     for env in table.envs:
         atomic.write_text(folder / f"per_seed_{env}.csv", to_per_seed_csv(table, env))
     sections = [markdown]
+    contrasts = build_contrasts(table)
+    if contrasts:
+        atomic.write_text(folder / "contrasts.md", contrasts_to_markdown(contrasts, table.confidence))
+        atomic.write_text(folder / "contrasts.csv", contrasts_to_csv(contrasts))
+        sections += [
+            "\n## Contrasts\n",
+            "Each variant against its method's plain row, each row against the reference method: the difference of "
+            "mean test returns with its interval on Welch's dof, Welch's test, and the smallest difference these seeds "
+            "could have detected; 'not resolved' where the test does not reject.\n",
+            contrasts_to_markdown(contrasts, table.confidence),
+        ]
     if _complete_for_aggregates(table_runs):
         aggregates = aggregates_to_markdown(_aggregate(table_runs, cfg))
         atomic.write_text(folder / "aggregates.md", aggregates)
