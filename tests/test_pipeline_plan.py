@@ -212,6 +212,15 @@ def test_the_seeds_of_a_sac_method_are_one_job_whose_state_follows_their_runs(tr
         "sac_topk_ideal/focused_mix/seed58407201",
         "sac_topk_ideal/focused_mix/seed496912423",
     ]
+    fused = pipeline.PipelineConfig.resolve(
+        "focused_mix", "sac_topk_ideal", "2", preset="quick", assignments=("fused_update=true,false",)
+    )
+    # a group has no fused update: the fused variant keeps one job a seed, the plain one is a group
+    assert [(job.name, bool(job.members)) for job in pipeline.plan(fused)[2]] == [
+        ("sac_topk_ideal/focused_mix/seed58407201 [fused_update=true]", False),
+        ("sac_topk_ideal/focused_mix/seed496912423 [fused_update=true]", False),
+        ("sac_topk_ideal/focused_mix/seeds 58407201,496912423 [fused_update=false]", True),
+    ]
     client = MlflowClient()
 
     def seed_run(seed, status, **tags):

@@ -13,6 +13,7 @@ Seed groups (`group_seeds`, on by default): the seeds of a SAC method (`train_on
 environment and variant are one job, `train-online --seeds ...` (one GroupTrainer, a parent run with a child run
 per seed). It is finished when every seed has a finished run of its lineage (however it was trained); otherwise it
 trains its unfinished seeds as a group, or resumes the killed group that holds them (`--resume <its parent run>`).
+A variant with `fused_update=true` keeps one job per seed: the fused update is a single-seed kernel.
 
 Variants: `env_params` and `overrides` map a name to a list of values; every combination of values is one variant
 of the grid, with its own jobs (a sweep).
@@ -600,7 +601,7 @@ def plan(cfg: PipelineConfig, store: _Store | None = None) -> list[list[Job]]:
                     ]
                     keys = train_online.lookup_keys(run_cfg)
                     job = Job(train_online.STAGE, name, [*head, "--seed", str(seed), *tail], keys)
-                    if not grouped:
+                    if not grouped or run_cfg.agent.get("fused_update"):  # a group has no fused update: one job a seed
                         add(2, job)
                         continue
                     variant_label = label({**env_params, **chosen, **hyper})
