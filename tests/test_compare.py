@@ -131,6 +131,30 @@ def test_variants_of_a_method_are_kept_apart_and_labelled(tracking_store):
     assert "## Contrasts" in (out / "report.md").read_text()
 
 
+def test_settings_shared_by_every_run_leave_a_plain_row_and_go_to_the_legend(tracking_store):
+    """A measurement run with a non-preset length: the rows differ in the protocol switch only, so the default
+    ordering is the plain row, the switch (not the fields it implies) labels the other, and the shared length is
+    stated once in the legend; the switch is contrasted with the plain row."""
+    shared = {"episodes": "20000"}
+    reference = {**shared, "reference_protocol": "true", "parallel_episodes": "1", "overlap_collection": "false"}
+    for seed, value in enumerate([300.0, 310.0, 320.0]):
+        add_train_online_run("sac_topk_ideal", "focused_mix", seed, value, params=shared)
+        add_train_online_run("sac_topk_ideal", "focused_mix", seed, value - 100, params=reference)
+    out = tracking_store / "report"
+    compare.run(
+        compare.CompareConfig.resolve("focused_mix", "sac_topk_ideal", reference="sac_topk_ideal", out=str(out))
+    )
+    labels = {row["method_name"] for row in csv.DictReader(io.StringIO((out / "results.csv").read_text()))}
+    assert labels == {"SAC+TopK (ideal)", "SAC+TopK (ideal) [reference_protocol=true]"}
+    assert (
+        "Set in every run of the method, unlike the preset: SAC+TopK (ideal): episodes=20000."
+        in (out / "results.md").read_text()
+    )
+    (contrast,) = csv.DictReader(io.StringIO((out / "contrasts.csv").read_text()))
+    assert (contrast["row"], contrast["against"]) == ("sac_topk_ideal [reference_protocol=true]", "sac_topk_ideal")
+    assert float(contrast["difference"]) == -100.0 and contrast["verdict"] == "lower"
+
+
 def test_a_filter_selects_one_variant_shown_as_the_plain_row(tracking_store):
     for seed in range(2):
         add_train_online_run("sac_topk_ideal", "focused_mix", seed, 100.0 + seed)
@@ -143,6 +167,7 @@ def test_a_filter_selects_one_variant_shown_as_the_plain_row(tracking_store):
     )
     (row,) = csv.DictReader(io.StringIO((out / "results.csv").read_text()))
     assert (row["method_name"], row["n"], float(row["mean"]), row["variant"]) == ("SAC+TopK (ideal)", "2", 50.5, "")
+    assert "unlike the preset: SAC+TopK (ideal): gamma=0.9." in (out / "results.md").read_text()
 
 
 def test_defaults_in_any_spelling_are_one_configuration(tracking_store):

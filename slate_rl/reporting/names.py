@@ -47,8 +47,13 @@ def base_method(row: str) -> str:
 def variant_row(method: str, variant: Iterable[tuple[str, str]]) -> str:
     """The row of a variant of `method`, e.g. 'sac_gems [gamma=0.9]' for (('agent.gamma', '0.9'),): parameters by
     their last name part; the method id alone for no variant."""
-    fields = ", ".join(f"{name.rpartition('.')[2]}={value}" for name, value in variant)
+    fields = param_list(variant)
     return f"{method} [{fields}]" if fields else method
+
+
+def param_list(pairs: Iterable[tuple[str, str]]) -> str:
+    """(param, value) pairs as a label shows them, by the params' last name part: 'gamma=0.9, episodes=20000'."""
+    return ", ".join(f"{name.rpartition('.')[2]}={value}" for name, value in pairs)
 
 
 def row_order(rows: Iterable[str]) -> tuple[str, ...]:

@@ -34,7 +34,9 @@ class RunResult:
     `params` carries what distinguishes runs of a sweep; the trade-off figure reads `latent_dim`, `beta` and
     `lambda_click` from it (numbers or numeric strings, as MLflow stores params).
     `variant` names the configuration when runs of the method differ in more than the seed: (param, value) pairs,
-    e.g. (("agent.gamma", "0.9"),); each variant is a row of its own (`row`), empty for the method's only one.
+    e.g. (("agent.gamma", "0.9"),); each variant is a row of its own (`row`), empty for the method's plain row.
+    `settings` are the params every compared run of the method sets apart from the preset, all to the same value
+    (e.g. (("episodes", "20000"),)): they apply to all its rows, so no label shows them; the table's legend does.
     """
 
     method: str
@@ -45,6 +47,7 @@ class RunResult:
     val_curve: list[tuple[int, float]] | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     variant: tuple[tuple[str, str], ...] = ()
+    settings: tuple[tuple[str, str], ...] = ()
 
     @property
     def row(self) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from slate_rl.reporting.aggregate import STATISTICS, AggregateScore
-from slate_rl.reporting.names import base_method, env_name, is_privileged, method_name
+from slate_rl.reporting.names import base_method, env_name, is_privileged, method_name, param_list
 from slate_rl.reporting.table import ResultsTable, TableCell
 
 _LATEX_SPECIALS = {c: "\\" + c for c in "&%$#_{}"} | {
@@ -80,8 +80,11 @@ def _legend(table: ResultsTable, style: _Style) -> str:
     if table.variants:
         text += style.escape(
             "A row with [...] is a variant of its method: the params its runs set apart from the method's other rows "
-            "(the plain row runs the preset's configuration). "
+            "(the plain row keeps their defaults). "
         )
+    if table.settings:
+        shared = "; ".join(f"{method_name(m)}: {param_list(pairs)}" for m, pairs in sorted(table.settings.items()))
+        text += style.escape(f"Set in every run of the method, unlike the preset: {shared}. ")
     presets = table.presets
     label = "Presets" if len(presets) > 1 else "Preset"
     return text + style.missing + style.escape(f": not run. {label}: {', '.join(presets)}.")

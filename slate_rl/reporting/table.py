@@ -34,7 +34,8 @@ class TableCell:
 @dataclass(frozen=True)
 class ResultsTable:
     """Rows `methods` (method ids, or rows of variants such as 'sac_gems [gamma=0.9]'), columns `envs`, the
-    settings the marks were computed with, and the (param, value) pairs of each variant row."""
+    settings the marks were computed with, the (param, value) pairs of each variant row and those every run of a
+    method shares apart from the preset (`settings`, by method id)."""
 
     methods: tuple[str, ...]
     envs: tuple[str, ...]
@@ -43,6 +44,7 @@ class ResultsTable:
     alpha: float
     confidence: float
     variants: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    settings: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     def cell(self, method: str, env: str) -> TableCell:
         """The cell of `method` on `env`."""
@@ -102,4 +104,5 @@ def build_table(
                 values=tuple(returns.get((method, env), ())),
             )
     variants = {row: runs[0].variant for (row, _), runs in groups.items() if runs[0].variant}
-    return ResultsTable(methods, envs, cells, reference, alpha, confidence, variants)
+    settings = {runs[0].method: runs[0].settings for runs in groups.values() if runs[0].settings}
+    return ResultsTable(methods, envs, cells, reference, alpha, confidence, variants, settings)

@@ -47,6 +47,8 @@ PAPER_GEMS = {"latent_dim": 32.0, "lambda_kl": 1.0, "lambda_click": 0.5}
 # upstream run of that seed, and what happens after training (registration).
 NOT_IDENTITY = ("env", "method", "preset", "seed", "gems", "register")
 UMBRELLAS = ("reference_parity", "reference_bugs")  # train_online's reference umbrellas (filters, row labels)
+# Row labels show these switches alone, not the fields they imply (the umbrellas, then the protocol ordering).
+LABEL_SWITCHES = (*UMBRELLAS, "reference_protocol")
 log = logging.getLogger("slate_rl")
 
 
@@ -223,40 +225,41 @@ def _default(method: str, env: str, preset: str, name: str) -> str | None:
 
 
 def to_results(runs: Sequence[Run], with_curve: bool) -> list[RunResult]:
-    """The runs as results, each with its variant: the params on which the configurations of its method differ.
-    None for a method with one configuration, nor for the runs of the preset's configuration (the plain row, which
-    Welch's tests compare against); the GeMS setting is left to the trade-off figures."""
+    """The runs as results, each with its variant: the params on which the configurations of its method differ,
+    empty for the runs that keep those params at their defaults (the plain row, which the contrasts compare against);
+    and the method's settings: the params all its runs set to one value other than the preset's. The GeMS setting is
+    left to the trade-off figures."""
     identities = {r.info.run_id: {k: v for k, v in identity(r).items() if k not in PAPER_GEMS} for r in runs}
     fields: dict[str, list[str]] = {}
+    settings: dict[str, tuple[tuple[str, str], ...]] = {}
     for method in {r.data.tags["method"] for r in runs}:
         mine = [(r, identities[r.info.run_id]) for r in runs if r.data.tags["method"] == method]
         names = sorted({name for _, ident in mine for name in ident})
         varying = [name for name in names if len({_shown(r, ident, name) for r, ident in mine}) > 1]
         fields[method] = [name for name in varying if not _set_by_umbrellas(name, method, mine)]
-    return [
-        to_result(
-            r,
-            with_curve,
-            tuple(
-                (name, _shown(r, identities[r.info.run_id], name))
-                for name in fields[r.data.tags["method"]]
-                if identities[r.info.run_id]
-            ),
+        shared = sorted(set.intersection(*(set(ident.items()) for _, ident in mine)))
+        settings[method] = tuple((name, _shown(*mine[0], name)) for name, _ in shared)
+    results = []
+    for r in runs:
+        method, ident = r.data.tags["method"], identities[r.info.run_id]
+        variant = tuple((name, _shown(r, ident, name)) for name in fields[method])
+        plain = not any(name in ident for name in fields[method])
+        results.append(
+            dataclasses.replace(to_result(r, with_curve, () if plain else variant), settings=settings[method])
         )
-        for r in runs
-    ]
+    return results
 
 
 def _set_by_umbrellas(name: str, method: str, runs: list[tuple[Run, dict[str, str]]]) -> bool:
-    """Whether param `name` is one the reference umbrellas set (their protocol fields, the method's reference
-    switches, reference_bugs under reference_parity) and, among `runs`, follows from the umbrellas' values: a row
-    label then shows the umbrella alone ('reference_parity=true', not every field it sets)."""
+    """Whether param `name` is one the reference switches set (the protocol's fields, the method's reference
+    switches, reference_bugs under reference_parity) and, among `runs`, follows from the switches' values: a row
+    label then shows the switch alone ('reference_protocol=true', not every field it sets)."""
     implied = {"reference_bugs", *REFERENCE_PROTOCOL, *(f"agent.{s}" for s in reference_switches(method))}
     if name not in implied:
         return False
     seen: dict[tuple[str, ...], str] = {}
     for r, ident in runs:
-        key = tuple(_shown(r, ident, other) for other in UMBRELLAS if other != name)
+        key = tuple(_shown(r, ident, other) for other in LABEL_SWITCHES if other != name)
         if seen.setdefault(key, _shown(r, ident, name)) != _shown(r, ident, name):
             return False
     return True
