@@ -59,14 +59,18 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
-def _panels(count: int, ncols: int, legend_entries: int, panel: tuple[float, float], hspace: float):
+def _panels(count: int, ncols: int, legend_labels: Sequence[str], panel: tuple[float, float], hspace: float):
     """A figure of `count` panels in rows of `ncols` (shared x axis), with fixed margins in inches (constrained
-    layout would double the drawing time) for the title, the x label and a legend of `legend_entries` in rows of 4:
-    (figure, axes, height in inches, legend rows)."""
+    layout would double the drawing time) for the title, the x label and a legend of `legend_labels` in rows of up
+    to 4 entries, fewer where long labels would overflow the figure's width:
+    (figure, axes, height in inches, legend rows, legend entries per row)."""
     ncols = min(ncols, count)
     nrows = math.ceil(count / ncols)
-    legend_rows = math.ceil(legend_entries / 4)
-    top, bottom, width = 0.8, 0.75 + 0.25 * legend_rows, panel[0] * ncols
+    width = panel[0] * ncols
+    entry = 0.6 + 0.075 * max((len(label) for label in legend_labels), default=0)  # inches: line + text at 10 pt
+    legend_cols = max(1, min(4, len(legend_labels), int(width // entry)))
+    legend_rows = math.ceil(len(legend_labels) / legend_cols)
+    top, bottom = 0.8, 0.75 + 0.25 * legend_rows
     height = panel[1] * nrows + top + bottom
     fig = _figure(figsize=(width, height))
     fig.subplots_adjust(
@@ -77,7 +81,7 @@ def _panels(count: int, ncols: int, legend_entries: int, panel: tuple[float, flo
     for index in range(count, len(axes)):  # empty panels of the last row: show the x ticks of those above
         axes[index].set_visible(False)
         axes[index - ncols].tick_params(labelbottom=True)
-    return fig, axes, height, legend_rows
+    return fig, axes, height, legend_rows, legend_cols
 
 
 def plot_run_curve(
@@ -115,7 +119,9 @@ def plot_learning_curves(
         return None
     methods = tuple(methods) if methods is not None else row_order(m for m, _ in groups)
     envs = tuple(envs) if envs is not None else paper_order((e for _, e in groups), tuple(ENV_NAMES))
-    fig, axes, height, legend_rows = _panels(len(envs), 3, len(methods), (4.5, 3.2), hspace=0.3)
+    fig, axes, height, legend_rows, legend_cols = _panels(
+        len(envs), 3, [method_name(m) for m in methods], (4.5, 3.2), hspace=0.3
+    )
     width = fig.get_figwidth()
     colours = {method: f"C{i % 10}" for i, method in enumerate(methods)}
     handles = {}
@@ -141,7 +147,7 @@ def plot_learning_curves(
     fig.supylabel("Validation return", x=0.1 / width, ha="left")
     ordered = [method for method in methods if method in handles]
     labels = [method_name(m) for m in ordered]
-    fig.legend([handles[m] for m in ordered], labels, loc="lower center", ncols=min(4, len(ordered)), frameon=False)
+    fig.legend([handles[m] for m in ordered], labels, loc="lower center", ncols=legend_cols, frameon=False)
     fig.suptitle(f"Mean validation return over seeds, {confidence:.0%} t-band")
     return _save(fig, path)
 
@@ -165,7 +171,8 @@ def plot_offline_curves(
     rows = row_order(row for row, _ in groups)
     columns = column_order(column for _, column in groups)
     scores = {(b.env, b.quality): b.score for b in behaviour}
-    fig, axes, height, legend_rows = _panels(len(columns), 4, len(rows) + 1, (4.0, 3.0), hspace=0.35)
+    legend_labels = [*(method_name(row) for row in rows), BEHAVIOUR_LINE]
+    fig, axes, height, legend_rows, legend_cols = _panels(len(columns), 4, legend_labels, (4.0, 3.0), hspace=0.35)
     width = fig.get_figwidth()
     colours = {row: f"C{i % 10}" for i, row in enumerate(rows)}
     handles: dict[str, Any] = {}
@@ -189,7 +196,7 @@ def plot_offline_curves(
     fig.supylabel("Normalised validation score", x=0.1 / width, ha="left")
     ordered = [row for row in (*rows, BEHAVIOUR_LINE) if row in handles]
     labels = [row if row == BEHAVIOUR_LINE else method_name(row) for row in ordered]
-    fig.legend([handles[r] for r in ordered], labels, loc="lower center", ncols=min(4, len(ordered)), frameon=False)
+    fig.legend([handles[r] for r in ordered], labels, loc="lower center", ncols=legend_cols, frameon=False)
     fig.suptitle(f"Offline runs: mean normalised validation score over seeds, {confidence:.0%} t-band")
     return _save(fig, path)
 
