@@ -614,8 +614,9 @@ def registry_register(run_ref: str, checkpoint: str) -> None:
 @user_errors
 def registry_select(run_ref: str, medium: float) -> None:
     """Choose collection policies by rule: the run's best checkpoint becomes `expert`, the periodic checkpoint whose
-    validation return is closest to MEDIUM x the best becomes `medium`, and the built-in random policy `random` when
-    that alias is unset. Prints the choice and the validation returns behind it."""
+    validation return is closest to MEDIUM x the best becomes `medium` (checkpoints taken before the first update
+    left out), and the built-in random policy `random` when that alias is unset. Prints the choice and the validation
+    returns behind it."""
     from slate_rl.stages import registry
 
     click.echo(registry.select_policies(run_ref, medium).describe())

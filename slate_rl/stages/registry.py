@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from mlflow.tracking import MlflowClient
@@ -173,6 +173,7 @@ class Selection:
     medium_version: str
     random_version: str | None  # None: the alias `random` was already set and stays as it is
     random_reason: str = ""  # why the alias `random` was (re)pointed
+    untrained: list[int] = field(default_factory=list)  # checkpoint episodes before the first update, left out
 
     @property
     def target(self) -> float:
@@ -191,6 +192,11 @@ class Selection:
             "    candidates (episode: validation return): "
             + ", ".join(f"{episode}: {value:.2f}" for episode, value in self.candidates),
         ]
+        if self.untrained:
+            lines.append(
+                "    left out, taken before the first update (the initial network): "
+                + ", ".join(map(str, self.untrained))
+            )
         lines.append(
             f"  random: the built-in uniform-random policy -> version {self.random_version} ({self.random_reason})"
             if self.random_version is not None
@@ -211,7 +217,8 @@ def check_fraction(medium: float) -> None:
 def select_policies(run_ref: str, medium: float) -> Selection:
     """Choose collection policies from a finished train_online run by rule, and point the aliases at them:
     `expert` = its best checkpoint, `medium` = the periodic checkpoint whose validation return is closest to
-    `medium` x the best validation return (the earliest on a tie), `random` = the built-in random policy on the
+    `medium` x the best validation return (the earliest on a tie; checkpoints taken before the first update are left
+    out), `random` = the built-in random policy on the
     run's simulator, unless the alias already points at one on that simulator. A version registered before (by the
     run itself or an earlier selection) is reused."""
     check_fraction(medium)
@@ -234,11 +241,13 @@ def select_policies(run_ref: str, medium: float) -> Selection:
             "train with --save-every below --episodes (a multiple of --val-every)"
         )
     curve = dict(metric_curve(run_id, "val_return"))
-    candidates = [(episode, curve[episode]) for episode in episodes if episode in curve]
+    untrained = _before_first_update(run_id, episodes)
+    candidates = [(episode, curve[episode]) for episode in episodes if episode in curve and episode not in untrained]
     if not candidates:
         raise SlateRLError(
             f"none of the periodic checkpoints of run {run_id} (episodes {', '.join(map(str, episodes))}) has a "
-            "validation return: train with --save-every a multiple of --val-every"
+            "validation return after the first update: train with --save-every a multiple of --val-every, beyond "
+            "the warm-up"
         )
     target = medium * best
     chosen = min(candidates, key=lambda item: (abs(item[1] - target), item[0]))[0]
@@ -261,7 +270,16 @@ def select_policies(run_ref: str, medium: float) -> Selection:
         medium_version,
         random_version,
         reason,
+        untrained,
     )
+
+
+def _before_first_update(run_id: str, episodes: list[int]) -> list[int]:
+    """The checkpoint episodes taken before the run's first update (during a warm-up without updates): their
+    policy is the initial network, not a partly trained one. From the updates counted at each validation
+    (`time/updates`); none for a run that did not log them."""
+    counts = metric_curve(run_id, "time/updates")
+    return [episode for episode in episodes if counts and sum(n for step, n in counts if step <= episode) == 0]
 
 
 def _random_on(env: str, simulator: TopicRec, preset: str) -> tuple[str | None, str]:
