@@ -115,3 +115,20 @@ def test_offline_curves_one_panel_per_dataset_and_only_with_curves(tmp_path):
     without = [OfflineResult("bc", "focused_mix", "expert", 0, "paper", 50.0, 40.0)]
     assert plot_offline_curves(without, behaviour, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_panel_titles_count_seeds_and_long_legend_labels_take_fewer_columns():
+    from slate_rl.reporting import figures
+
+    assert [figures._seed_counts(c) for c in ({1}, {3}, {2, 3}, set())] == [
+        "1 seed",
+        "3 seeds",
+        "2–3 seeds",
+        "no seeds",
+    ]
+    short = figures._panels(1, 3, ["BC", "IQL", "CQL", "TD3+BC"], (4.5, 3.2), hspace=0.3)
+    long = figures._panels(1, 3, ["SAC+TopK (ideal) [reference_protocol=true]"] * 4, (4.5, 3.2), hspace=0.3)
+    (rows_short, cols_short), (rows_long, cols_long) = short[3:], long[3:]
+    assert (rows_short, cols_short) == (1, 4)  # four short entries fit one row of a 4.5-inch figure
+    assert cols_long == 1 and rows_long == 4  # a 43-character label needs about 3.8 inches: one per row
+    assert long[2] > short[2]  # the figure grows by the legend rows

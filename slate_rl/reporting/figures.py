@@ -59,6 +59,14 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
+def _seed_counts(counts: set[int]) -> str:
+    """The seeds behind a panel's lines: '1 seed', '3 seeds', '2–3 seeds' (lines with different counts), 'no seeds'."""
+    if not counts:
+        return "no seeds"
+    low, high = min(counts), max(counts)
+    return f"{low}–{high} seeds" if low != high else f"{low} seed{'s' if low != 1 else ''}"
+
+
 def _panels(count: int, ncols: int, legend_labels: Sequence[str], panel: tuple[float, float], hspace: float):
     """A figure of `count` panels in rows of `ncols` (shared x axis), with fixed margins in inches (constrained
     layout would double the drawing time) for the title, the x label and a legend of `legend_labels` in rows of up
@@ -141,8 +149,7 @@ def plot_learning_curves(
                 color=colours[method],
                 alpha=0.2,
             )
-        counts = "–".join(str(n) for n in sorted({min(seeds), max(seeds)})) if seeds else "no"
-        ax.set_title(f"{env_name(env)} ({counts} seeds)")
+        ax.set_title(f"{env_name(env)} ({_seed_counts(seeds)})")
     fig.supxlabel("Training episode", y=(0.3 + 0.25 * legend_rows) / height, va="bottom")
     fig.supylabel("Validation return", x=0.1 / width, ha="left")
     ordered = [method for method in methods if method in handles]
@@ -189,8 +196,7 @@ def plot_offline_curves(
             ax.fill_between(band.episodes, low, high, color=colours[row], alpha=0.2)
         if column in scores:
             handles[BEHAVIOUR_LINE] = ax.axhline(scores[column], color="0.4", linestyle="--", linewidth=1)
-        counts = "–".join(str(n) for n in sorted({min(seeds), max(seeds)}))
-        ax.set_title(f"{env_name(column[0])}, {column[1]} ({counts} seeds)", fontsize=10)
+        ax.set_title(f"{env_name(column[0])}, {column[1]} ({_seed_counts(seeds)})", fontsize=10)
         ax.grid(alpha=0.3)
     fig.supxlabel("Gradient step", y=(0.3 + 0.25 * legend_rows) / height, va="bottom")
     fig.supylabel("Normalised validation score", x=0.1 / width, ha="left")
