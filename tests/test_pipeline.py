@@ -1,4 +1,5 @@
-"""The pipeline: a tiny grid with one job killed on purpose, re-run to completion; a killed training job resumed by
+"""The pipeline: a tiny grid with one job killed on purpose, re-run to completion; a run its dead pipeline left
+RUNNING, marked KILLED by the next; a killed training job resumed by
 the next pipeline into the same run; the store under concurrency."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import io
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +17,9 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from slate_rl.stages import pipeline
+from slate_rl.tracking.lineage import LINEAGE_TAG
 
 pytestmark = pytest.mark.slow
 GRID = [
@@ -107,6 +112,39 @@ def test_killed_job_is_reported_and_a_rerun_completes_the_table(tracking_store):
     assert "3 jobs, 2 already finished, 1 to run" in output, output
     rows = list(csv.DictReader(io.StringIO((tracking_store / "reports" / "pipeline" / "results.csv").read_text())))
     assert {(row["method"], row["n"]) for row in rows} == {("random", "2"), ("short_term_oracle", "1")}
+
+
+def test_a_run_left_running_when_its_pipeline_died_is_marked_killed_by_the_next_pipeline(tracking_store):
+    """A session that ends stops the pipeline with its jobs: nothing marks their runs KILLED. The next pipeline
+    does, as it replaces them, so that no status or later stage reads them as live."""
+    cfg = pipeline.PipelineConfig.resolve("focused_mix", "random", "58407201", preset="quick")
+    (job,) = pipeline.plan(cfg)[2]
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    client = MlflowClient()
+    lost = client.create_run(
+        "0",
+        tags={
+            "stage": "train_online",
+            LINEAGE_TAG: job.keys[0],
+            "host": socket.gethostname(),
+            "pid": str(gone.pid),
+            "heartbeat": str(time.time() - 200),
+            "heartbeat_interval": "30",
+        },
+    ).info.run_id
+    assert pipeline.locate(job).state == "run"
+
+    process = _pipeline(
+        tracking_store, ["--envs", "focused_mix", "--methods", "random", "--seeds", "58407201", "--preset", "quick"]
+    )
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    replaced = client.get_run(lost)
+    assert replaced.info.status == "KILLED", replaced.info
+    assert replaced.data.tags["lost"].startswith("its process stopped; taken over by pipeline run ")
+    (new,) = client.search_runs(["0"], "tags.stage = 'train_online' and attributes.status = 'FINISHED'")
+    assert new.info.run_id != lost
 
 
 SIZES = "episodes=160,warmup_episodes=20,val_every=40,save_every=40,val_episodes=20,test_episodes=50"

@@ -85,6 +85,7 @@ ORACLE_SEED = PAPER_SEEDS[0]  # the short-term oracle is deterministic given the
 GEMS_SETTINGS = ("latent_dim", "lambda_kl", "lambda_click")  # train_online options that also shape its GeMS
 SET_BY_PIPELINE = ("env", "preset", "method", "seed", "agent", "item_embeddings", "env_params", "dataset", "gems", "mf")
 PHASES = ("datasets", "MF and GeMS", "training")
+LOST_TAG = "lost"  # set on a run a dead process left RUNNING, when a later pipeline or Ray task takes its job over
 BACKENDS = ("local", "ray")
 # Stages whose unfinished runs continue with `--resume <run id>`, and how to tell that a run saved a state to do so.
 RESUMABLE = (
@@ -492,6 +493,17 @@ def locate(job: Job) -> Job:
     return _Store(job).locate(job)
 
 
+def retire_lost_runs(job: Job, by: str) -> None:
+    """Mark KILLED (tag `lost`, naming `by`) the runs of a job about to run or resume that a process which died
+    with its pipeline left RUNNING: no later stage or status reads them as live. Call it only on a job whose state
+    `locate` gave as 'run' or 'resume' (none of its runs lives)."""
+    client = MlflowClient()
+    for lost in job_runs(job):
+        if lost.info.status == "RUNNING":
+            client.set_tag(lost.info.run_id, LOST_TAG, f"its process stopped; taken over by {by}")
+            client.set_terminated(lost.info.run_id, "KILLED")
+
+
 def job_runs(job: Job) -> list[Run]:
     """The runs of the job's lineage keys, newest first; for a seed group, then the group runs that hold them."""
     store = _Store(job)
@@ -798,7 +810,10 @@ def run(cfg: PipelineConfig, experiment_name: str | None = None, out: str = "rep
                             job.run_id,
                             job.note,
                         )
-                failures += _run_jobs([job for job in jobs if job.state in ("run", "resume")], backend, mlrun.run_id)
+                todo = [job for job in jobs if job.state in ("run", "resume")]
+                for job in todo:
+                    retire_lost_runs(job, f"pipeline run {mlrun.run_id}")
+                failures += _run_jobs(todo, backend, mlrun.run_id)
                 if phase == len(PHASES) - 1 and cfg.select_policies:  # the training runs choose the policies
                     failures += select_policies(cfg, plan(cfg)[-1])
                 if phase < count - 1 and (failures or elsewhere):

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.tracking import MlflowClient
 
 from slate_rl.errors import SlateRLError
 from slate_rl.stages import pipeline
@@ -32,7 +31,6 @@ from slate_rl.tracking.runs import heartbeat_interval
 
 TASK_RETRIES = 3  # attempts after the first when a task's worker or node is lost
 CONNECT_TIMEOUT_S = 5.0
-LOST_TAG = "lost"  # set on a run a lost task attempt left RUNNING, when a later attempt takes the job over
 PASSED_ENV = ("MLFLOW_TRACKING_", "SLATE_RL_")  # the driver's settings every job needs (store, presets, heartbeat)
 log = logging.getLogger("slate_rl")
 
@@ -220,13 +218,7 @@ def _take_over(job: pipeline.Job) -> pipeline.Job:
     while (current := pipeline.locate(job)).state == "running":
         time.sleep(heartbeat_interval())
     if current.state in ("run", "resume"):
-        client = MlflowClient()
-        for run in pipeline.job_runs(job):
-            if run.info.status == "RUNNING":
-                client.set_tag(
-                    run.info.run_id, LOST_TAG, f"its process stopped; taken over from {socket.gethostname()}"
-                )
-                client.set_terminated(run.info.run_id, "KILLED")
+        pipeline.retire_lost_runs(job, f"a Ray task on {socket.gethostname()}")
     return current
 
 
