@@ -107,11 +107,13 @@ def run(
     ) as mlrun:
         spec = environment.spec_of(cfg)
         if resume_run is None:
-            mlrun.log_params(cfg.as_params())
             environment.log_spec(mlrun, spec)
         dataset_run = resolve_dataset(cfg, spec, mlrun)
-        cfg = dataclasses.replace(cfg, dataset=dataset_run)
         quality = MlflowClient().get_run(dataset_run).data.tags.get("quality", "")
+        # The params name the dataset learned from and what it collected, whether it was given or found.
+        cfg = dataclasses.replace(cfg, dataset=dataset_run, quality=quality or cfg.quality)
+        if resume_run is None:
+            mlrun.log_params(cfg.as_params())
         mlrun.set_tags(
             {
                 "dataset_run": dataset_run,
