@@ -1,6 +1,6 @@
 """The pipeline: a tiny grid with one job killed on purpose, re-run to completion; a run its dead pipeline left
-RUNNING, marked KILLED by the next; a killed training job resumed by
-the next pipeline into the same run; the store under concurrency."""
+RUNNING, marked KILLED by the next; a killed training job resumed by the next pipeline into the same run; the store
+under concurrency."""
 
 from __future__ import annotations
 
