@@ -107,13 +107,13 @@ def run(
     ) as mlrun:
         spec = environment.spec_of(cfg)
         if resume_run is None:
+            # The params are the inputs as given (as `mlflow run` logs them too); the tags dataset_run and
+            # dataset_quality name the dataset they resolved to and what it collected.
+            mlrun.log_params(cfg.as_params())
             environment.log_spec(mlrun, spec)
         dataset_run = resolve_dataset(cfg, spec, mlrun)
         quality = MlflowClient().get_run(dataset_run).data.tags.get("quality", "")
-        # The params name the dataset learned from and what it collected, whether it was given or found.
-        cfg = dataclasses.replace(cfg, dataset=dataset_run, quality=quality or cfg.quality)
-        if resume_run is None:
-            mlrun.log_params(cfg.as_params())
+        cfg = dataclasses.replace(cfg, dataset=dataset_run)
         mlrun.set_tags(
             {
                 "dataset_run": dataset_run,
