@@ -514,6 +514,15 @@ def _report_seeds(result: Any) -> None:
     metavar="RUN_ID",
     help="Continue a killed or failed train_offline run from its last checkpoint, in the same MLflow run.",
 )
+@option(
+    "threads",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="CPU threads of the run's tensor operations (tag `threads`). 0: every core this process may use, the "
+    "fast setting for a run alone on the machine (its updates batch whole episodes); 1 where other jobs share the "
+    "cores (the pipeline's jobs). A resumed run repeats an uninterrupted one exactly with the same thread count.",
+)
 @env_param_option
 @device_option
 @user_errors
@@ -526,13 +535,15 @@ def train_offline_command(
     resume: str | None,
     env_param: tuple[str, ...],
     device: str,
+    threads: int,
     **overrides: Any,
 ) -> None:
     """Train an offline algorithm on a collected dataset; validate, test and score it in the simulator; register it."""
     from slate_rl.agents import configure_cpu
+    from slate_rl.agents.runtime import usable_cores
     from slate_rl.stages import train_offline
 
-    configure_cpu()
+    configure_cpu(threads or usable_cores())
     if resume:
         cfg = train_offline.resumable(resume)
         run_id = train_offline.run(cfg, resume_run=resume, device=device)

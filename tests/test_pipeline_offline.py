@@ -200,6 +200,7 @@ def test_a_tiny_offline_grid_finishes_with_its_variants_and_table(tiny_grid, mod
         assert run.data.tags["dataset_run"] == dataset.info.run_id
         assert run.data.tags["upstream.gems"] == f"runs:/{gems.info.run_id}/gems"
         assert run.data.params["steps"] == "4" and run.data.params["ranker"] == "gems_offline"
+        assert run.data.tags["threads"] == "1"  # jobs side by side: one thread each
     table = (module_store / "reports" / "pipeline" / "offline_results.md").read_text()
     rows = [line.split(" |")[0] for line in table.splitlines() if line.startswith("| ")]
     assert rows[:5] == ["| Algorithm", "| *Behaviour policy*", "| BC", "| IQL [expectile=0.7]", "| IQL [expectile=0.8]"]

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
+from slate_rl.agents.runtime import usable_cores
 from slate_rl.cli import main
 from slate_rl.data import load_offline
 from slate_rl.errors import SlateRLError
@@ -58,8 +60,10 @@ def workflow(module_store):
 
 
 def offline(*args: str):
+    """The stage through its CLI, on one thread (the CLI sets torch's thread count for the whole test process)."""
+    given = ["--threads", "1", *args] if "--threads" not in args else list(args)
     return CliRunner().invoke(
-        main, ["train-offline", "--env", ENV, "--preset", "quick", *CLI_SCHEDULE, "--set", "batch_episodes=4", *args]
+        main, ["train-offline", "--env", ENV, "--preset", "quick", *CLI_SCHEDULE, "--set", "batch_episodes=4", *given]
     )
 
 
@@ -152,8 +156,19 @@ def test_a_mix_with_random_episodes_is_relabelled_and_the_ranker_is_reused(workf
 
 def test_topk_ideal_acts_through_the_true_item_embeddings(workflow):
     given = ("--dataset", workflow["mix"])
-    assert offline("--algorithm", "td3_bc", "--ranker", "topk_ideal", *given, "--register", "false").exit_code == 0
+    threads = torch.get_num_threads()
+    try:  # by default a run uses every core it may
+        assert (
+            offline(
+                "--algorithm", "td3_bc", "--ranker", "topk_ideal", *given, "--register", "false", "--threads", "0"
+            ).exit_code
+            == 0
+        )
+        assert torch.get_num_threads() == usable_cores()
+    finally:
+        torch.set_num_threads(threads)
     run = newest_offline_run()
+    assert run.data.tags["threads"] == str(usable_cores())
     assert run.data.tags["action_labels"] == "mean item embedding of the slate" and "upstream.gems" not in run.data.tags
     # A given dataset's tags say what it collected, whatever the (unused) --quality default is.
     assert run.data.tags["dataset_run"] == workflow["mix"] and run.data.tags["dataset_quality"] == "mix"

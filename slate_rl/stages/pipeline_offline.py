@@ -390,6 +390,8 @@ def plan(cfg: PipelineConfig, store: Any) -> list[tuple[str, list[Job]]]:
                                     *pipeline._option_args({**steps, **chosen}),
                                     *[a for k, v in agent.items() for a in ("--set", f"{k}={json.dumps(v)}")],
                                     *env_args,
+                                    "--threads",  # one per job: the pool runs jobs side by side
+                                    "1",
                                 ],
                                 train_offline.lookup_keys(run_cfg) if data_run else (),
                             ),

@@ -103,6 +103,7 @@ def run(
             "family": "offline",
             "ranker": cfg.ranker,
             DEVICE_TAG: str(on),
+            "threads": torch.get_num_threads(),
         },
     ) as mlrun:
         spec = environment.spec_of(cfg)
