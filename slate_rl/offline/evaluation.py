@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,6 @@ import torch
 
 from slate_rl.data.offline import OfflineEpisodes
 from slate_rl.data.quality import PREFIX, quality_metrics
-from slate_rl.errors import SlateRLError
 
 # The dataset-quality metrics that describe a policy's behaviour (the rest describe returns, already reported).
 BEHAVIOUR = (
@@ -24,9 +24,11 @@ BEHAVIOUR = (
 
 
 def normalised_score(value: float, random: float, expert: float) -> float:
-    """100 (R - R_random) / (R_expert - R_random): 0 is the random policy, 100 the expert (the D4RL convention)."""
-    if expert == random:
-        raise SlateRLError(f"the random and expert reference returns are equal ({random}); no score can be normalised")
+    """100 (R - R_random) / (R_expert - R_random): 0 is the random policy, 100 the expert (the D4RL convention).
+    NaN (undefined) when the expert reference does not exceed the random one, e.g. a random-only dataset with no
+    registered expert: any number would only measure noise between two near-equal references."""
+    if not expert > random:
+        return math.nan
     return 100.0 * (float(value) - float(random)) / (float(expert) - float(random))
 
 

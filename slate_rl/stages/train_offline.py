@@ -13,6 +13,7 @@ import collections
 import dataclasses
 import json
 import logging
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -349,16 +350,29 @@ def references(episodes: OfflineEpisodes, env: TopicRec, cfg: TrainOfflineConfig
             name = max(by_source, key=lambda key: by_source[key]["mean"])
             expert = by_source[name]["mean"]
             notes.append(f"expert: mean return of the dataset's best source, {name!r} (no expert reference exists)")
+    if not expert > random:
+        notes.append(
+            f"no normalised score: the expert reference ({expert:.2f}) does not exceed the random one ({random:.2f}); "
+            f"register an expert (`slate-rl registry promote {cfg.env} VERSION --as expert`) to score against it"
+        )
+        log.warning("%s: %s", STAGE, notes[-1])
     return References(float(random), float(expert), "; ".join(notes) or "recorded in the dataset")
 
 
 def result_line(metrics: dict[str, float], test_episodes: int) -> str:
     """The end-of-run summary."""
+    references = (
+        f"random {metrics['reference_return_random']:.2f} = 0, expert {metrics['reference_return_expert']:.2f} = 100"
+    )
+    score = (
+        f"normalised score undefined ({references}: the expert reference does not exceed the random one)"
+        if math.isnan(metrics["normalised_score_best"])
+        else f"normalised score {metrics['normalised_score_best']:.1f} (last {metrics['normalised_score_last']:.1f}; "
+        f"{references})"
+    )
     return (
         f"test return {metrics['test_return']:.2f} ± {metrics['test_return_stderr']:.2f} over {test_episodes} test "
-        f"users (best validation weights; last weights {metrics['test_return_last']:.2f}); normalised score "
-        f"{metrics['normalised_score_best']:.1f} (last {metrics['normalised_score_last']:.1f}; random "
-        f"{metrics['reference_return_random']:.2f} = 0, expert {metrics['reference_return_expert']:.2f} = 100)"
+        f"users (best validation weights; last weights {metrics['test_return_last']:.2f}); {score}"
     )
 
 
