@@ -28,7 +28,7 @@ lint: install
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=15
 
 test-fast: install
 	$(BIN)/pytest -m "not slow"
