@@ -521,7 +521,8 @@ def _report_seeds(result: Any) -> None:
     show_default=True,
     help="CPU threads of the run's tensor operations (tag `threads`). 0: every core this process may use, the "
     "fast setting for a run alone on the machine (its updates batch whole episodes); 1 where other jobs share the "
-    "cores (the pipeline's jobs). A resumed run repeats an uninterrupted one exactly with the same thread count.",
+    "cores (the pipeline's jobs). --resume keeps the killed run's count unless given, so that the resumed run "
+    "repeats an uninterrupted one exactly.",
 )
 @env_param_option
 @device_option
@@ -543,6 +544,8 @@ def train_offline_command(
     from slate_rl.agents.runtime import usable_cores
     from slate_rl.stages import train_offline
 
+    if resume and not threads:
+        threads = train_offline.recorded_threads(resume)  # the killed run's count: the resume is bit for bit
     configure_cpu(threads or usable_cores())
     if resume:
         cfg = train_offline.resumable(resume)

@@ -59,9 +59,10 @@ def workflow(module_store):
     return {"gems": gems, "online": online, "expert": expert, "mix": mixed}
 
 
-def offline(*args: str):
-    """The stage through its CLI, on one thread (the CLI sets torch's thread count for the whole test process)."""
-    given = ["--threads", "1", *args] if "--threads" not in args else list(args)
+def offline(*args: str, threads: str | None = "1"):
+    """The stage through its CLI, on one thread unless told (the CLI sets torch's thread count for the whole test
+    process); threads=None leaves the option at its default."""
+    given = [*args, *(("--threads", threads) if threads is not None else ())]
     return CliRunner().invoke(
         main, ["train-offline", "--env", ENV, "--preset", "quick", *CLI_SCHEDULE, "--set", "batch_episodes=4", *given]
     )
@@ -158,12 +159,8 @@ def test_topk_ideal_acts_through_the_true_item_embeddings(workflow):
     given = ("--dataset", workflow["mix"])
     threads = torch.get_num_threads()
     try:  # by default a run uses every core it may
-        assert (
-            offline(
-                "--algorithm", "td3_bc", "--ranker", "topk_ideal", *given, "--register", "false", "--threads", "0"
-            ).exit_code
-            == 0
-        )
+        args = ("--algorithm", "td3_bc", "--ranker", "topk_ideal", *given, "--register", "false")
+        assert offline(*args, threads=None).exit_code == 0
         assert torch.get_num_threads() == usable_cores()
     finally:
         torch.set_num_threads(threads)
@@ -175,7 +172,15 @@ def test_topk_ideal_acts_through_the_true_item_embeddings(workflow):
     assert run.data.params["dataset"] == workflow["mix"]
 
 
-def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one(workflow, monkeypatch):
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one(workflow, monkeypatch, one_thread):
     cfg = TrainOfflineConfig.resolve(
         ENV, "quick", algorithm="td3_bc", register=False, agent={"batch_episodes": 4}, **SCHEDULE
     )
@@ -192,9 +197,11 @@ def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one(workflow, mon
     (killed,) = MlflowClient().search_runs(["0"], "tags.stage = 'train_offline' and attributes.status = 'KILLED'")
     monkeypatch.setattr(train_offline._Session, "on_checkpoint", original)
     run_id = killed.info.run_id
-    train_offline.run(train_offline.resumable(run_id), resume_run=run_id)
+    torch.set_num_threads(usable_cores())  # what a plain --resume would take, were it not for the run's tag
+    assert CliRunner().invoke(main, ["train-offline", "--resume", run_id]).exit_code == 0
+    assert torch.get_num_threads() == 1  # the killed run's count
     resumed = MlflowClient().get_run(run_id)
-    assert resumed.info.status == "FINISHED"
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["threads"] == "1"
 
     def curves(run):
         client = MlflowClient()

@@ -188,6 +188,12 @@ def resumable(run_id: str) -> TrainOfflineConfig:
     return cfg
 
 
+def recorded_threads(run_id: str) -> int:
+    """The intra-op thread count a run trained with (its tag `threads`; 0 where it has none): a resumed run repeats
+    an uninterrupted one bit for bit only with the same count."""
+    return int(MlflowClient().get_run(run_id).data.tags.get("threads") or 0)
+
+
 # ---------------------------------------------------------------------------------------------------- the dataset
 def resolve_dataset(cfg: TrainOfflineConfig, spec: EnvSpec, mlrun: StageRun) -> str:
     """The collect run to learn from: `cfg.dataset` (checked to be a finished collect run of this simulator), or
