@@ -212,7 +212,7 @@ def test_wknn_refinement_equals_brute_force(fill):
                 filled = [table[i] for i in chosen] + [table[item]]
                 rest = range(slot + 1, 10)
                 filled += [table[item] if fill == "candidate" else proto[row, 20 * s : 20 * (s + 1)] for s in rest]
-                value = twin_q(params, 20, states[row : row + 1], torch.cat(filled).unsqueeze(0))[0, 0]  # Q1
+                value = twin_q(params, states[row : row + 1], torch.cat(filled).unsqueeze(0))[0, 0]  # Q1
                 if value > best_value:
                     best, best_value = item, value
             chosen.append(best)

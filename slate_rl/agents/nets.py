@@ -8,6 +8,7 @@ networks with autograd; the fused SAC update has hand-written derivatives of the
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -66,7 +67,7 @@ class TwinQ(nn.Module):
     ) -> None:
         super().__init__()
         in_dim = state_dim + action_dim
-        self.state_dim, self.hidden = state_dim, hidden
+        self.hidden = hidden
         nets = [
             [
                 default_init((hidden, in_dim), in_dim, generator, device),
@@ -82,20 +83,29 @@ class TwinQ(nn.Module):
         self.bias2 = nn.Parameter(torch.cat([nets[0][3], nets[1][3]]))
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return twin_q(self.params(), self.state_dim, state, action)
+        return twin_q(self.params(), state, action)
 
     def params(self) -> list[torch.Tensor]:
         return [self.weight1, self.bias1, self.weight2, self.bias2]
 
 
-def twin_q(params: list[torch.Tensor], state_dim: int, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """Evaluate packed twin critics with explicit parameters [weight1, bias1, weight2, bias2] -> (N, 2).
+def twin_q(params: list[torch.Tensor], state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """Evaluate packed twin critics with explicit parameters [weight1, bias1, weight2, bias2] -> (N, 2)."""
+    return twin_q_stacked([p.unsqueeze(0) for p in params], state.unsqueeze(0), action.unsqueeze(0))[0]
 
-    The first layer is split into its state and action columns so that no gradient is formed for an input that
-    does not need one (the stored actions, or a detached state). Under bf16 autocast the first layer runs in
-    bfloat16; the output layer (a product with weight2) in the parameters' dtype.
+
+def twin_q_stacked(params: Sequence[torch.Tensor], state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """Evaluate S stacked packed twin critics (each parameter of `TwinQ` with a leading seed dimension) at states
+    (S, N, state_dim) and actions (S, N, action_dim) -> (S, N, 2).
+
+    The first layer is one batched matmul over [state; action]: one pass over the hidden layer's memory, where
+    separate state and action products take two (the memory traffic of the hidden layer, not arithmetic, is what these
+    critics cost). Under bf16 autocast the first layer runs in bfloat16, the output layer (a product with weight2) in
+    the parameters' dtype. A seed's critics give the same float32 values alone (S = 1, `twin_q`) as stacked with other
+    seeds, so a seed trained in a group follows the seed trained alone bit for bit.
     """
     weight1, bias1, weight2, bias2 = params
-    hidden = torch.addmm(torch.addmm(bias1, state, weight1[:, :state_dim].t()), action, weight1[:, state_dim:].t())
-    hidden = hidden.relu_().view(state.shape[0], 2, -1)
-    return (hidden * weight2).sum(-1) + bias2
+    inputs = torch.cat([state, action], -1)
+    hidden = torch.baddbmm(bias1.unsqueeze(1), inputs, weight1.transpose(1, 2)).relu_()
+    hidden = hidden.view(*state.shape[:2], 2, -1)
+    return (hidden * weight2.unsqueeze(1)).sum(-1) + bias2.unsqueeze(1)

@@ -191,7 +191,7 @@ class SACBase(BeliefAgent):
             # critics
             actions, log_prob = self.sample(actor, noise[0])
             frozen_q = [p.detach() for p in self.q.params()]  # the actor loss trains the actor only
-            q_new = twin_q(frozen_q, critic.shape[1], critic.detach(), actions).min(1).values
+            q_new = twin_q(frozen_q, critic.detach(), actions).min(1).values
             pi_loss = (alpha * log_prob - q_new).mean()
             # temperature: L_alpha on the same log-probabilities, detached
             alpha_loss = self.temperature.loss(log_prob) if cfg.auto_entropy else torch.zeros_like(pi_loss)
@@ -315,4 +315,4 @@ class SACAgent(SACBase):
     def target_values(
         self, critic_states: torch.Tensor, actions: torch.Tensor, actor_states: torch.Tensor
     ) -> torch.Tensor:
-        return twin_q(self.target_params(), critic_states.shape[1], critic_states, actions).min(1).values
+        return twin_q(self.target_params(), critic_states, actions).min(1).values

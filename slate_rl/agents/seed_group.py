@@ -33,7 +33,7 @@ from slate_rl.agents.base import EXPLORE, GREEDY, MODES, RANDOM, Diagnostics, Ob
 from slate_rl.agents.belief import encode_stacked, input_gates
 from slate_rl.agents.buffer import Trajectories, TrajectoryBuffer
 from slate_rl.agents.gru import gru_cell
-from slate_rl.agents.nets import adam
+from slate_rl.agents.nets import adam, twin_q_stacked
 from slate_rl.agents.sac import SACAgent, draw_normal, tanh_gaussian, temperature_loss, transition_states
 from slate_rl.envs.topicrec import TopicRec
 from slate_rl.errors import SlateRLError
@@ -158,9 +158,9 @@ class SeedGroup:
             # critic: L_Q = 1/2 sum_k mean_t (Q_k(h^C_t, a_t) - y_t)^2 per seed (see SACBase.update)
             with torch.no_grad():
                 next_actions, next_log_prob = self._sample(next_actor, noise[1])
-                next_q = twin_q_stacked(self.target_params(), hidden, next_critic, next_actions).min(-1).values
+                next_q = twin_q_stacked(self.target_params(), next_critic, next_actions).min(-1).values
                 target = rewards + cfg.gamma * not_done * (next_q - alpha.unsqueeze(1) * next_log_prob)
-            q = twin_q_stacked(self.q_params(), hidden, critic_in, batch.actions.reshape(size, rows, -1))
+            q = twin_q_stacked(self.q_params(), critic_in, batch.actions.reshape(size, rows, -1))
             q_loss = 0.5 * (q - target.unsqueeze(-1)).pow(2).mean(1).sum(-1)
         *q_grads, d_critic = torch.autograd.grad(q_loss.sum(), [*self.q_params(), critic_in])
         _step(self.optimizers["q_optimizer"], self.q_params(), q_grads)
@@ -169,7 +169,7 @@ class SeedGroup:
             # actor: L_pi = mean_t [alpha log pi(a~ | h^A_t) - min_k Q_k(sg h^C_t, a~)] per seed, stepped critics
             actions, log_prob = self._sample(actor, noise[0])
             frozen_q = [p.detach() for p in self.q_params()]
-            q_new = twin_q_stacked(frozen_q, hidden, critic_in.detach(), actions).min(-1).values
+            q_new = twin_q_stacked(frozen_q, critic_in.detach(), actions).min(-1).values
             pi_loss = (alpha.unsqueeze(1) * log_prob - q_new).mean(1)
             log_alpha = self.params["temperature.log_alpha"]
             target_entropy, reference = -float(self.action_dim), cfg.reference_temperature
@@ -304,17 +304,6 @@ def mlp(
     the parameters' dtype (also under bf16 autocast)."""
     hidden = torch.baddbmm(bias1.unsqueeze(1), x, weight1.transpose(1, 2)).relu_()
     return torch.baddbmm(bias2.unsqueeze(1), hidden, weight2.transpose(1, 2))
-
-
-def twin_q_stacked(
-    params: Sequence[torch.Tensor], state_dim: int, state: torch.Tensor, action: torch.Tensor
-) -> torch.Tensor:
-    """`nets.twin_q` of S stacked packed twin critics at states (S, n, state_dim) and actions (S, n, A): (S, n, 2)."""
-    weight1, bias1, weight2, bias2 = params
-    hidden = torch.baddbmm(bias1.unsqueeze(1), state, weight1[..., :state_dim].transpose(1, 2))
-    hidden = torch.baddbmm(hidden, action, weight1[..., state_dim:].transpose(1, 2)).relu_()
-    hidden = hidden.view(*state.shape[:2], 2, -1)
-    return (hidden * weight2.unsqueeze(1)).sum(-1) + bias2.unsqueeze(1)
 
 
 def stack_trajectories(batches: Sequence[Trajectories]) -> Trajectories:

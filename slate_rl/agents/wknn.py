@@ -88,7 +88,7 @@ class WkNNAgent(SACBase):
         params = self.target_params()
         slates = self.refine(actor_states if self.config.reference_refinement else critic_states, actions, params)
         embedded = self.decoder.item_table[slates].flatten(1)
-        return twin_q(params, self.config.belief.hidden_dim, critic_states, embedded).min(1).values
+        return twin_q(params, critic_states, embedded).min(1).values
 
     @torch.no_grad()
     def refine(self, critic_states: torch.Tensor, proto: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
