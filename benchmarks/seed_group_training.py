@@ -11,10 +11,13 @@ seed-episodes per second. The ways:
     workers2  `fused` in two processes at once, the seeds split between them (today's `pipeline --workers 2`)
     group     one `GroupTrainer` for all S seeds (plain update stacked over the seeds), --group-threads threads,
               --group-precision fp32 or bf16
+    groups2   `group` in two processes at once, each a group of half the seeds (`pipeline --workers 2
+              --group-size S/2`)
 
     python benchmarks/seed_group_training.py                   # 4 seeds, 300 episodes, alone vs group
     python benchmarks/seed_group_training.py --seeds 10 --episodes 300 --ways fused workers2 group
     python benchmarks/seed_group_training.py --seeds 10 --method sac_gems --ways fused workers2 group
+    python benchmarks/seed_group_training.py --seeds 10 --ways workers2 groups2 --group-precision bf16
     python benchmarks/seed_group_training.py --device cuda --seeds 10 --ways group   # the group alone, on a GPU
 """
 
@@ -82,15 +85,17 @@ def one_by_one(args: argparse.Namespace, seeds: list[int], fused: bool) -> tuple
     return total[0], total[1]
 
 
-def _worker(args: argparse.Namespace, seeds: list[int], out: multiprocessing.Queue) -> None:
-    out.put(one_by_one(args, seeds, fused=True))
+def _worker(args: argparse.Namespace, seeds: list[int], grouped: bool, out: multiprocessing.Queue) -> None:
+    out.put(group(args, seeds) if grouped else one_by_one(args, seeds, fused=True))
 
 
-def two_workers(args: argparse.Namespace, seeds: list[int]) -> tuple[float, float]:
-    """`fused` in two processes at once over halves of `seeds`: (the slower worker's wall, the summed CPU)."""
+def two_workers(args: argparse.Namespace, seeds: list[int], grouped: bool) -> tuple[float, float]:
+    """`fused` (or `group`) in two processes at once over halves of `seeds`: (the slower worker's wall, the summed
+    CPU)."""
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
-    workers = [context.Process(target=_worker, args=(args, part, out)) for part in (seeds[0::2], seeds[1::2])]
+    halves = (seeds[0::2], seeds[1::2])
+    workers = [context.Process(target=_worker, args=(args, part, grouped, out)) for part in halves]
     for worker in workers:
         worker.start()
     results = [out.get() for _ in workers]
@@ -115,7 +120,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100, help="untimed random episodes per seed first")
     parser.add_argument("--method", default="sac_topk_ideal", choices=["sac_topk_ideal", "sac_gems"])
     parser.add_argument(
-        "--ways", nargs="+", default=["alone", "group"], choices=["alone", "fused", "workers2", "group"]
+        "--ways", nargs="+", default=["alone", "group"], choices=["alone", "fused", "workers2", "group", "groups2"]
     )
     parser.add_argument("--group-threads", type=int, default=1, help="torch threads of the group (default 1)")
     parser.add_argument("--group-precision", default="fp32", choices=["fp32", "bf16"], help="the group's updates")
@@ -125,8 +130,9 @@ def main() -> None:
     ways: dict[str, Callable[[], tuple[float, float]]] = {
         "alone": lambda: one_by_one(args, seeds, fused=False),
         "fused": lambda: one_by_one(args, seeds, fused=True),
-        "workers2": lambda: two_workers(args, seeds),
+        "workers2": lambda: two_workers(args, seeds, grouped=False),
         "group": lambda: group(args, seeds),
+        "groups2": lambda: two_workers(args, seeds, grouped=True),
     }
     rates = {}
     for way in args.ways:
