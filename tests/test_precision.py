@@ -179,3 +179,17 @@ def test_fused_update_with_bf16_and_unknown_precisions_are_refused():
         TrainOnlineConfig.resolve(
             "focused_topdown", "paper", method="sac_topk_ideal", agent={"precision": "bf16", "fused_update": True}
         )
+
+
+def test_a_seed_of_a_bf16_group_updates_as_it_does_alone_in_bf16():
+    """The group's networks cast their outputs back to fp32 as the agent's do, so sampling and losses see the same
+    values: the first seed's diagnostics and gradients equal its update alone."""
+    env = small_env("focused_divpen", episode_length=10, num_items=200)
+    buffers = [filled_buffer(env, "sac_topk_ideal", seed) for seed in SEEDS]
+    grouped, grouped_grads, _, _ = one_update(env, "sac_topk_ideal", "bf16", True, buffers)
+    alone, alone_grads, _, _ = one_update(env, "sac_topk_ideal", "bf16", False, buffers[:1])
+    for name, value in alone.items():
+        assert torch.equal(grouped[name][0], value), name
+    assert sorted(grouped_grads) == sorted(alone_grads)
+    for name, grad in alone_grads.items():
+        assert torch.equal(grouped_grads[name][0], grad), name

@@ -303,7 +303,7 @@ def mlp(
     """`nets.MLP` of S stacked networks (weights (S, out, in), biases (S, out)) at inputs (S, n, in); the output in
     the parameters' dtype (also under bf16 autocast)."""
     hidden = torch.baddbmm(bias1.unsqueeze(1), x, weight1.transpose(1, 2)).relu_()
-    return torch.baddbmm(bias2.unsqueeze(1), hidden, weight2.transpose(1, 2))
+    return torch.baddbmm(bias2.unsqueeze(1), hidden, weight2.transpose(1, 2)).to(bias2.dtype)
 
 
 def stack_trajectories(batches: Sequence[Trajectories]) -> Trajectories:
