@@ -9,6 +9,7 @@ Reports the median wall and CPU milliseconds per step after warm-up steps and th
     python benchmarks/gems_seed_group.py                        # 1 seed alone vs 10 stacked, 1 thread, 3 rounds
     python benchmarks/gems_seed_group.py --seeds 1 4 10 --steps 20 --rounds 3
     python benchmarks/gems_seed_group.py --device cuda --seeds 1 10 20
+    python benchmarks/gems_seed_group.py --precision bf16             # the group in bf16, the seed alone in fp32
 """
 
 from __future__ import annotations
@@ -51,9 +52,9 @@ def single_step(samples: SlateSamples, device: torch.device) -> Callable[[], obj
     return step
 
 
-def group_step(samples: SlateSamples, size: int, device: torch.device) -> Callable[[], object]:
+def group_step(samples: SlateSamples, size: int, device: torch.device, precision: str) -> Callable[[], object]:
     """One stacked step of `size` seeds, each on its own batch."""
-    group = GeMSGroup([GeMS(seed=seed) for seed in range(size)], device)
+    group = GeMSGroup([GeMS(seed=seed) for seed in range(size)], device, precision)
     orders = [torch.Generator().manual_seed(seed) for seed in range(size)]
     batch = next(iter(SeedBatches(samples, BATCH, True, orders)))
     return lambda: group.step(*batch)
@@ -66,14 +67,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all configurations (best kept)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="the group's (alone: fp32)")
     add_device_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     samples = synthetic_samples(BATCH * 4, args.device)
-    print(f"GeMS paper shapes, batch {BATCH}, {args.threads} thread(s), device {args.device}")
+    print(f"GeMS paper shapes, batch {BATCH}, {args.threads} thread(s), device {args.device}, group {args.precision}")
     print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     runs: dict[int, Callable[[], object]] = {0: single_step(samples, args.device)}  # 0: one seed alone
-    runs.update({size: group_step(samples, size, args.device) for size in args.seeds})
+    runs.update({size: group_step(samples, size, args.device, args.precision) for size in args.seeds})
     best: dict[int, dict[str, float]] = {}
     for _ in range(args.rounds):
         for size, run in runs.items():
