@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 ENV ?= focused_mix
+# test processes (pytest-xdist; each test file runs whole in one of them)
+TEST_WORKERS ?= 2
 BIN := $(VENV)/bin
 
 .PHONY: install quickstart lint test test-fast benchmarks ui
@@ -28,10 +30,10 @@ lint: install
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/pytest --durations=15
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-fast: install
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 benchmarks: install
 	$(BIN)/python benchmarks/run_all.py
