@@ -44,8 +44,10 @@ def main() -> None:
         artifact.write_bytes(os.urandom(1 << 20))
         one_run(artifact)  # the store's first run creates its tables and the experiment: not timed
         seconds = [one_run(artifact) for _ in range(args.runs)]
-    print(f"| {os.environ['MLFLOW_TRACKING_URI'].split(':')[0]} | {statistics.median(seconds):.2f} s per run "
-          f"(median of {args.runs}; {min(seconds):.2f}–{max(seconds):.2f}) |")
+    print(
+        f"| {os.environ['MLFLOW_TRACKING_URI'].split(':')[0]} | {statistics.median(seconds):.2f} s per run "
+        f"(median of {args.runs}; {min(seconds):.2f}–{max(seconds):.2f}) |"
+    )
 
 
 if __name__ == "__main__":
