@@ -199,3 +199,32 @@ def test_common_random_numbers_across_methods():
         users = record_resets(env)
         run(method, protocol, env=env).test()
         assert len(users) == 1 and torch.equal(users[0], reference[-1])
+
+
+def test_a_failing_update_waits_for_the_background_collection():
+    """An update that raises while the next block is being collected on the side must not leave that thread
+    running (a thread still inside torch when the interpreter exits aborts the process)."""
+    import threading
+    import time
+
+    from slate_rl.agents.training import _Collector
+
+    protocol = small_protocol(
+        episodes=60, warmup_episodes=20, val_every=20, parallel_episodes=5, overlap_collection=True
+    )
+    trainer = run("sac_topk_ideal", protocol)
+    collect = trainer._collect
+
+    def slow_collect(start, actor):
+        time.sleep(0.3)  # still collecting when the update fails
+        return collect(start, actor)
+
+    def failing_update(batch):
+        raise RuntimeError("update failed")
+
+    trainer._collect = slow_collect
+    trainer.agent.update = failing_update
+    with pytest.raises(RuntimeError, match="update failed"):
+        trainer.fit()
+    assert trainer.episode == 20  # the failure came in the first block with updates
+    assert not [t for t in threading.enumerate() if isinstance(t, _Collector) and t.is_alive()]

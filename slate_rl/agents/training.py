@@ -232,12 +232,17 @@ class Trainer:
             collector = _Collector(self._collect, end, agent.acting_copy())
             collector.start()
         tic = time.perf_counter()
-        for i in range(size):
-            if not self._updates_at(start + i):
-                continue
-            batch = prefetched if p.reference_protocol else self._replay(buffer, slots[i : i + 1])
-            if batch is not None:
-                self._meter.add(agent.update(batch))
+        try:
+            for i in range(size):
+                if not self._updates_at(start + i):
+                    continue
+                batch = prefetched if p.reference_protocol else self._replay(buffer, slots[i : i + 1])
+                if batch is not None:
+                    self._meter.add(agent.update(batch))
+        except BaseException:
+            if collector is not None:  # a thread still in torch when the interpreter exits aborts the process
+                collector.join()
+            raise
         self._meter.seconds["update"] += time.perf_counter() - tic
         if collector is not None:
             self._pending = collector.outcome()
