@@ -151,7 +151,11 @@ def test_resume_refuses_finished_runs_and_runs_without_checkpoint(tracking_store
         (["--method", "sac_gem"], "unknown method 'sac_gem'; choose one of: short_term_oracle, sac_topk_ideal"),
         (["--episodes", "0"], "episodes must be >= 1"),
         (["--seed", "-3"], "seed must lie in [0, 2**63)"),
-        (["--set", "gama=0.9"], "unknown SACConfig field(s) gama"),
+        (["--set", "gama=0.9"], "unknown hyper-parameter(s) gama (--set); valid ones: alpha, alpha_lr"),
+        (["--set", "gamma=abc"], "hyper-parameter gamma must be a number (got 'abc')"),
+        (["--set", "gamma=1.5"], "hyper-parameter gamma must lie in [0, 1] (got 1.5)"),
+        (["--set", "hidden=2.5"], "hyper-parameter hidden must be a whole number (got 2.5)"),
+        (["--set", "q_lr=0"], "hyper-parameter q_lr must be > 0 (got 0.0)"),
         (["--resume", "0123456789abcdef0123456789abcdef"], "no run 0123456789abcdef0123456789abcdef to resume"),
     ],
 )
@@ -162,6 +166,8 @@ def test_cli_bad_input(tracking_store, args, message):
     assert result.exit_code == 1, result.output
     assert message in result.output
     assert models.versions("focused_mix") == []
+    if args[0] == "--set":  # refused before any run is created
+        assert MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]) == []
 
 
 def test_gems_run_of_another_setting_is_refused(tracking_store):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -16,16 +19,63 @@ T = TypeVar("T", bound="DataclassInstance")
 
 
 def with_overrides(config: T, overrides: dict[str, Any] | None) -> T:
-    """A copy of a config dataclass with `overrides` applied; unknown keys are named in the error."""
+    """A copy of a config dataclass with `overrides` applied, each value checked against its field's type (an int
+    is taken for a float) and the common ranges; unknown keys are named in the error with the valid ones."""
     if not overrides:
         return config
+    types = typing.get_type_hints(type(config))
     known = {f.name for f in dataclasses.fields(config)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise SlateRLError(
-            f"unknown {type(config).__name__} field(s) {', '.join(unknown)}; valid ones: {', '.join(sorted(known))}"
+            f"unknown hyper-parameter(s) {', '.join(unknown)} (--set); valid ones: {', '.join(sorted(known))}"
         )
-    return dataclasses.replace(config, **overrides)
+    checked = {name: _typed(name, value, types[name]) for name, value in overrides.items()}
+    for name, value in checked.items():
+        _check_range(name, value)
+    return dataclasses.replace(config, **checked)
+
+
+def _typed(name: str, value: Any, kind: Any) -> Any:
+    """`value` as a value of the field type `kind`, or SlateRLError naming the field, the value and the type."""
+    if kind is float and isinstance(value, str):  # YAML reads '1e-3' as a string
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind in (bool, str) and isinstance(value, kind):
+        return value
+    if kind not in (float, int, bool, str):  # a nested config (belief): checked by its own class
+        return value
+    expected = {float: "a number", int: "a whole number", bool: "true or false", str: "text"}[kind]
+    raise SlateRLError(f"hyper-parameter {name} must be {expected} (got {value!r}); e.g. --set {name}=<value>")
+
+
+# name -> (lowest, highest, whether the bounds are allowed) for the hyper-parameters every method names alike
+_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "gamma": (0.0, 1.0, True, True),
+    "tau": (0.0, 1.0, False, True),
+    "alpha": (0.0, math.inf, True, False),
+    "epsilon_start": (0.0, 1.0, True, True),
+    "epsilon_end": (0.0, 1.0, True, True),
+    "epsilon_decay": (0.0, math.inf, False, False),
+}
+_POSITIVE_INTS = ("hidden", "batch_size", "capacity", "k", "batch_episodes", "item_dim", "hidden_dim")
+
+
+def _check_range(name: str, value: Any) -> None:
+    """SlateRLError when a hyper-parameter that every method names alike lies outside its meaningful range."""
+    if name.endswith("lr") and isinstance(value, float) and not value > 0:
+        raise SlateRLError(f"hyper-parameter {name} must be > 0 (got {value})")
+    if name in _POSITIVE_INTS and isinstance(value, int) and value < 1:
+        raise SlateRLError(f"hyper-parameter {name} must be >= 1 (got {value})")
+    if name in _RANGES and isinstance(value, float):
+        low, high, low_in, high_in = _RANGES[name]
+        if not ((low <= value if low_in else low < value) and (value <= high if high_in else value < high)):
+            bounds = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+            raise SlateRLError(f"hyper-parameter {name} must lie in {bounds} (got {value})")
 
 
 @dataclass(frozen=True)
