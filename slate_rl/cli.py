@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -127,6 +128,13 @@ def main(log_level: str) -> None:
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     setup_logging(getattr(logging, log_level.upper()))
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (kill, timeout, a batch scheduler) ends a stage as Ctrl-C does: its run is marked KILLED, not left
+    RUNNING."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def config_options(config_class: type, helps: dict[str, str]) -> Callable:

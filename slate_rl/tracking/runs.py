@@ -271,6 +271,16 @@ def latest_runs_page(ui_address: str) -> str | None:
     return f"{ui_address.rstrip('/')}/#/experiments/{runs[0].info.experiment_id}/runs"
 
 
+# stages whose command continues a KILLED run from its last checkpoint with --resume <run id>
+RESUMABLE_STAGES = ("pretrain_gems", "train_online", "train_offline")
+
+
+def _resume_hint(stage: str, run_id: str) -> str:
+    if stage not in RESUMABLE_STAGES:
+        return ""
+    return f"; continue it with: slate-rl {stage.replace('_', '-')} --resume {run_id}"
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -335,7 +345,7 @@ def stage_run(
             status = RunStatus.to_string(RunStatus.FINISHED)
         except KeyboardInterrupt:
             status = RunStatus.to_string(RunStatus.KILLED)
-            log.error("%s: interrupted; run %s marked KILLED", stage, run_id)
+            log.error("%s: interrupted; run %s marked KILLED%s", stage, run_id, _resume_hint(stage, run_id))
             raise
         except BaseException as exc:
             log.error("%s: failed: %s; run %s marked FAILED", stage, exc, run_id)
