@@ -83,6 +83,14 @@ def test_dataset_of_another_environment_or_kind_is_refused(small_dataset):
                 "focused_mix", "quick", epochs=1, dataset="runs:/0123456789abcdef0123456789abcdef"
             )
         )
+    with pytest.raises(
+        SlateRLError,
+        match=r"'runs:/deadbeef': a run id has 32 lower-case hexadecimal characters "
+        r"\('deadbeef' has 8\)",
+    ):
+        pretrain_gems.run(PretrainGemsConfig.resolve("focused_mix", "quick", epochs=1, dataset="runs:/deadbeef"))
+    with pytest.raises(SlateRLError, match="'gems.ckpt' is not a run reference"):
+        pretrain_gems.run(PretrainGemsConfig.resolve("focused_mix", "quick", epochs=1, dataset="gems.ckpt"))
     failed = MlflowClient().search_runs(["0"], "tags.stage = 'pretrain_gems'")
     assert failed and all(r.info.status == "FAILED" for r in failed)
     assert all(not MlflowClient().list_artifacts(r.info.run_id, "gems") for r in failed)

@@ -81,6 +81,12 @@ def parse_run_uri(uri: str) -> tuple[str, str]:
         return text, ""
     match = _RUN_URI.match(text)
     if not match:
+        run_part = text.removeprefix("runs:/").split("/")[0]
+        if re.fullmatch(r"[0-9a-fA-F]+", run_part):
+            raise SlateRLError(
+                f"{uri!r}: a run id has 32 lower-case hexadecimal characters ({run_part!r} has {len(run_part)}); "
+                "copy the whole id from the MLflow UI or the stage's log"
+            )
         raise SlateRLError(f"{uri!r} is not a run reference; give 'runs:/<run id>' or 'runs:/<run id>/<path>'")
     return match["run"], (match["path"] or "").strip("/")
 
