@@ -27,6 +27,8 @@ def torch_load(source: str | os.PathLike[str] | bytes, what: str, map_location: 
     """Load a torch file (a path, or the bytes of one kept inside another file) as tensors and plain values, onto
     the CPU or the device `map_location`; `what` names it in messages (e.g. "policy file")."""
     label = what if isinstance(source, bytes) else f"{what} {os.fspath(source)}"
+    if not _looks_like_torch_file(source):
+        raise SlateRLError(f"{label} is not a file written by torch.save (a zip archive or a pickle)")
     try:
         return torch.load(
             io.BytesIO(source) if isinstance(source, bytes) else source, map_location=map_location, weights_only=True
@@ -41,6 +43,20 @@ def torch_load(source: str | os.PathLike[str] | bytes, what: str, map_location: 
         raise SlateRLError(f"{label} does not exist") from exc
     except (RuntimeError, EOFError, OSError) as exc:
         raise SlateRLError(f"cannot read {label}: it is not a complete torch file ({exc})") from exc
+
+
+def _looks_like_torch_file(source: str | os.PathLike[str] | bytes) -> bool:
+    """Whether `source` starts as torch.save writes: a zip archive (the default) or a pickle (the legacy format).
+    A missing file passes, so that torch's own error names it."""
+    if isinstance(source, bytes):
+        head = source[:2]
+    else:
+        try:
+            with open(source, "rb") as handle:
+                head = handle.read(2)
+        except FileNotFoundError:
+            return True
+    return head == b"PK" or head[:1] == b"\x80"
 
 
 def _reason(message: str) -> str:

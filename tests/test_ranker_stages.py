@@ -89,7 +89,7 @@ def test_dataset_of_another_environment_or_kind_is_refused(small_dataset):
         r"\('deadbeef' has 8\)",
     ):
         pretrain_gems.run(PretrainGemsConfig.resolve("focused_mix", "quick", epochs=1, dataset="runs:/deadbeef"))
-    with pytest.raises(SlateRLError, match="'gems.ckpt' is not a run reference"):
+    with pytest.raises(SlateRLError, match=r"'gems\.ckpt' is not a run reference"):
         pretrain_gems.run(PretrainGemsConfig.resolve("focused_mix", "quick", epochs=1, dataset="gems.ckpt"))
     failed = MlflowClient().search_runs(["0"], "tags.stage = 'pretrain_gems'")
     assert failed and all(r.info.status == "FAILED" for r in failed)

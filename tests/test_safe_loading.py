@@ -74,6 +74,11 @@ def test_unreadable_files_are_named(tmp_path):
         torch_load(truncated, "GeMS model")
     with pytest.raises(SlateRLError, match=r"policy file .*missing\.pt does not exist"):
         torch_load(tmp_path / "missing.pt", "policy file")
+    text = tmp_path / "notes.pt"
+    text.write_text("hello world\n")
+    for source, label in ((text, r"item-embedding file .*notes\.pt"), (text.read_bytes(), "item-embedding file")):
+        with pytest.raises(SlateRLError, match=label + r" is not a file written by torch.save"):
+            torch_load(source, "item-embedding file")
     assert torch.equal(torch_load(good, "test file")["a"], torch.ones(3))
 
 
