@@ -152,7 +152,8 @@ def get_method(method_id: str, families: Collection[str] | None = None) -> Metho
     and the method is of another family (e.g. an offline algorithm given to train_online)."""
     spec = _REGISTRY.get(method_id)
     if spec is None:
-        raise SlateRLError(f"unknown method {method_id!r}; choose one of: {', '.join(_REGISTRY)}")
+        choices = _REGISTRY if families is None else method_ids(families)
+        raise SlateRLError(f"unknown method {method_id!r}; choose one of: {', '.join(choices)}")
     if families is not None and spec.family not in families:
         raise SlateRLError(
             f"method {method_id!r} is of the {spec.family} family, which does not run here; choose "

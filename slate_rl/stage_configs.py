@@ -396,7 +396,8 @@ class CollectConfig(StageConfig):
             )
         if self.quality and self.quality not in ("expert", "medium", "random"):
             raise SlateRLError(
-                f"quality is an alias: expert, medium or random (got {self.quality!r}); use policy= for another version"
+                f"quality is an alias: expert, medium or random (got {self.quality!r}); "
+                "give --policy for another version"
             )
         if int(self.episodes) < 1:
             raise SlateRLError(f"episodes must be >= 1 (got {self.episodes})")

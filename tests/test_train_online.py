@@ -148,7 +148,11 @@ def test_resume_refuses_finished_runs_and_runs_without_checkpoint(tracking_store
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--method", "sac_gem"], "unknown method 'sac_gem'; choose one of: short_term_oracle, sac_topk_ideal"),
+        (
+            ["--method", "sac_gem"],  # the online methods only: an offline algorithm is not a choice here
+            "unknown method 'sac_gem'; choose one of: short_term_oracle, sac_topk_ideal, slateq, random, "
+            "reinforce_softmax, sac_wknn, sac_topk_mf, sac_gems\n",
+        ),
         (["--episodes", "0"], "episodes must be >= 1"),
         (["--seed", "-3"], "seed must lie in [0, 2**63)"),
         (["--set", "gama=0.9"], "unknown hyper-parameter(s) gama (--set); valid ones: alpha, alpha_lr"),
