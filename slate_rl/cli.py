@@ -667,7 +667,8 @@ def registry_register_random(env: str, seed: int) -> None:
 )
 @user_errors
 def registry_promote(env: str, version: str, alias: str) -> None:
-    """Point alias expert / medium / random of ENV's registered model at VERSION."""
+    """Point alias expert / medium / random of ENV's registered model (e.g. focused_mix) at VERSION (a version
+    number, or an alias whose version it takes: `promote focused_mix medium --as expert`)."""
     from slate_rl.tracking import models
 
     target = models.set_alias(config.check_env_name(env), version, alias)
@@ -679,10 +680,10 @@ def registry_promote(env: str, version: str, alias: str) -> None:
 
 @registry_group.command("demote")
 @click.argument("env")
-@click.option("--alias", required=True, type=click.Choice(["expert", "medium", "random"]))
+@click.option("--alias", required=True, type=click.Choice(["expert", "medium", "random"]), help="The alias to remove.")
 @user_errors
 def registry_demote(env: str, alias: str) -> None:
-    """Remove an alias from ENV's registered model."""
+    """Remove an alias from ENV's registered model (e.g. focused_mix); its version stays registered."""
     from slate_rl.tracking import models
 
     models.remove_alias(config.check_env_name(env), alias)
@@ -814,7 +815,13 @@ def compare_command(
     help="A count in [1, 10] (the paper's first N seeds), one seed above 10, or a comma-separated list of seeds "
     "('7,' is the single seed 7).",
 )
-@option("preset", default="paper", show_default=True, type=click.Choice(["quick", "paper"]))
+@option(
+    "preset",
+    default="paper",
+    show_default=True,
+    type=click.Choice(["quick", "paper"]),
+    help="Parameter preset of every job: 'paper' reproduces the paper, 'quick' is a minutes-long smoke grid.",
+)
 @option("workers", type=int, default=1, show_default=True, help="Jobs run at once (each its own process).")
 @option(
     "devices",
@@ -997,7 +1004,7 @@ def envs_command() -> None:
 
 
 @main.command("ui", context_settings={"ignore_unknown_options": True})
-@click.option("--port", default=5000, show_default=True)
+@click.option("--port", default=5000, show_default=True, help="Port of the UI on 127.0.0.1.")
 @click.argument("mlflow_args", nargs=-1, type=click.UNPROCESSED)
 def ui_command(port: int, mlflow_args: tuple[str, ...]) -> None:
     """Open the MLflow UI on the project's tracking store (extra arguments go to `mlflow ui`)."""
@@ -1033,7 +1040,7 @@ DATABASE_HELP = (
     help="Folder the server keeps artifacts in; clients up- and download them through the server.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: every one).")
-@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--port", type=int, default=5000, show_default=True, help="Port the server listens on.")
 @click.option("--workers", type=int, default=4, show_default=True, help="Server processes answering requests.")
 @click.option(
     "--auth",

@@ -44,6 +44,9 @@ class GenerateDatasetConfig(StageConfig):
             )
         if int(self.chunk_size) <= 0:
             raise SlateRLError(f"chunk_size must be positive (got {self.chunk_size})")
+        for name in ("seed", "sim_seed"):
+            if not 0 <= int(getattr(self, name)) < 2**63:
+                raise SlateRLError(f"{name} must lie in [0, 2**63) (got {getattr(self, name)})")
         check_env_params(self)
 
 

@@ -72,6 +72,7 @@ def test_generated_logging_policy_matches_epsilon(tracking_store):
         (["--env", "nowhere"], "unknown environment 'nowhere'; choose one of: focused_topdown"),
         (["--n-sessions", "0"], "n_sessions must be a positive"),
         (["--epsilon", "1.5"], "epsilon is the probability of a random slot and must lie in [0, 1]"),
+        (["--seed", "-1"], "seed must lie in [0, 2**63) (got -1)"),
         (["--env-param", "boredom_treshold=3"], "unknown simulator parameter(s) boredom_treshold"),
     ],
 )
