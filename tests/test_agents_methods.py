@@ -266,7 +266,7 @@ def test_build_agent_requires_upstream_artifacts():
         build_agent("sac_topk_mf", env, 0)
     with pytest.raises(SlateRLError, match="unknown method"):
         build_agent("ddpg", env, 0)
-    with pytest.raises(SlateRLError, match="unknown SACConfig"):
+    with pytest.raises(SlateRLError, match=r"unknown hyper-parameter\(s\) lr \(--set\); valid ones: alpha, alpha_lr"):
         build_agent("sac_topk_ideal", env, 0, overrides={"lr": 1.0})
 
 
