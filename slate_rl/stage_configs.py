@@ -20,6 +20,7 @@ from slate_rl.errors import SlateRLError
 from slate_rl.methods import ONLINE_FAMILIES, get_method, method_ids
 from slate_rl.precision import check_precision
 from slate_rl.protocol import Protocol
+from slate_rl.seeds import MAX_SEED
 
 
 @dataclasses.dataclass
@@ -44,9 +45,8 @@ class GenerateDatasetConfig(StageConfig):
             )
         if int(self.chunk_size) <= 0:
             raise SlateRLError(f"chunk_size must be positive (got {self.chunk_size})")
-        for name in ("seed", "sim_seed"):
-            if not 0 <= int(getattr(self, name)) < 2**63:
-                raise SlateRLError(f"{name} must lie in [0, 2**63) (got {getattr(self, name)})")
+        check_seed(self, "seed")
+        check_seed(self, "sim_seed")
         check_env_params(self)
 
 
@@ -154,8 +154,7 @@ class TrainOnlineConfig(Protocol, StageConfig):
 
     def validate(self) -> None:
         get_method(self.method, ONLINE_FAMILIES)
-        if not 0 <= int(self.seed) < 2**63:
-            raise SlateRLError(f"seed must lie in [0, 2**63) (got {self.seed})")
+        check_seed(self, "seed")
         Protocol.validate(self)
         if int(self.latent_dim) < 1 or float(self.lambda_kl) < 0 or float(self.lambda_click) < 0:
             raise SlateRLError("latent_dim must be >= 1 and the GeMS loss weights >= 0")
@@ -293,8 +292,7 @@ class TrainOfflineConfig(StageConfig):
         algorithms = method_ids("offline")
         if self.algorithm not in algorithms:
             raise SlateRLError(f"unknown algorithm {self.algorithm!r}; choose one of: {', '.join(algorithms)}")
-        if not 0 <= int(self.seed) < 2**63:
-            raise SlateRLError(f"seed must lie in [0, 2**63) (got {self.seed})")
+        check_seed(self, "seed")
         for name in ("steps", "eval_every", "save_every", "val_episodes", "test_episodes"):
             if int(getattr(self, name)) < 1:
                 raise SlateRLError(f"{name} must be a positive number (got {getattr(self, name)})")
@@ -417,6 +415,12 @@ class CollectConfig(StageConfig):
             if int(getattr(self, name)) < 1:
                 raise SlateRLError(f"{name} must be >= 1 (got {getattr(self, name)})")
         check_env_params(self)
+
+
+def check_seed(cfg: Any, name: str) -> None:
+    """SlateRLError when the seed field `name` of a stage config lies outside [0, 2**63)."""
+    if not 0 <= int(getattr(cfg, name)) <= MAX_SEED:
+        raise SlateRLError(f"{name} must lie in [0, 2**63) (got {getattr(cfg, name)})")
 
 
 def check_env_params(cfg: Any) -> None:
