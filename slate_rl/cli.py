@@ -96,14 +96,19 @@ def placement(experiment_name: str | None, parent_run: str | None) -> dict[str, 
 
 def user_errors(func: Callable) -> Callable:
     """Turn SlateRLError into a one-line 'Error: ...' and exit status 1 (the run is already marked FAILED); first
-    refuse a tracking store that cannot work (a server that does not answer, a database driver not installed)."""
+    refuse a tracking store that cannot work (a server that does not answer, a database driver not installed), and
+    create a new SQLite store once even when several processes start on it together."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            import mlflow
+
+            from slate_rl.tracking import sqlite_store
             from slate_rl.tracking.server import check_tracking_store
 
             check_tracking_store(os.environ.get("MLFLOW_TRACKING_URI", ""))
+            sqlite_store.create_once(mlflow.get_tracking_uri())
             return func(*args, **kwargs)
         except SlateRLError as exc:
             raise click.ClickException(str(exc)) from exc

@@ -182,6 +182,8 @@ def test_sigterm_marks_the_run_killed_and_says_how_to_resume(tracking_store, tmp
     import sys
     import time
 
+    client = MlflowClient()
+    client.search_experiments()  # creates the store's tables before the process opens it: no race on creating them
     command = "from slate_rl.cli import main; main()"
     args = ["train-online", "--env", "focused_mix", "--preset", "quick", "--method", "reinforce_softmax"]
     process = subprocess.Popen(
@@ -192,7 +194,6 @@ def test_sigterm_marks_the_run_killed_and_says_how_to_resume(tracking_store, tmp
         stderr=subprocess.STDOUT,
         text=True,
     )
-    client = MlflowClient()
     deadline = time.monotonic() + 120
     while not _running_train_online(client) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.5)
@@ -200,8 +201,10 @@ def test_sigterm_marks_the_run_killed_and_says_how_to_resume(tracking_store, tmp
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=60)[0]
     assert process.returncode != 0, output
-    (run,) = client.search_runs(["0"], "tags.stage = 'train_online'")
-    assert run.info.status == "KILLED", output
+    runs = client.search_runs(["0"], "tags.stage = 'train_online'")
+    assert len(runs) == 1, output
+    (run,) = runs
+    assert run.info.status == "KILLED", (process.returncode, output)
     assert f"continue it with: slate-rl train-online --resume {run.info.run_id}" in output
 
 

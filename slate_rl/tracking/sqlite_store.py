@@ -1,0 +1,37 @@
+"""A new SQLite tracking store created once when several processes open it at the same moment (jobs started side by
+side, a second terminal): MLflow creates its tables in each process that finds them missing, and the second one fails
+half-way ("duplicate column name")."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+_SCHEME = "sqlite:///"
+
+
+def create_once(uri: str) -> None:
+    """Open the SQLite store `uri` (creating its tables if it is new) while holding a lock on its folder, so that
+    processes starting together create it one after the other (MLflow keeps the opened store for the process: later
+    calls cost nothing more). Other stores are left alone."""
+    if not uri.startswith(_SCHEME) or uri == _SCHEME:
+        return
+    database = Path(uri[len(_SCHEME) :].split("?")[0])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(database.parent):
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)

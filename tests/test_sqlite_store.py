@@ -1,0 +1,36 @@
+"""Processes that start together on a new SQLite store: it is created once, and every one of them goes on."""
+
+import subprocess
+import sys
+import time
+
+from mlflow import MlflowClient
+
+# Each process imports first, then waits for the same moment to open the store, so that they open it together.
+_OPEN_AT = """
+import sys, time
+from slate_rl.tracking import sqlite_store
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+sqlite_store.create_once(sys.argv[1])
+"""
+
+
+def test_processes_opening_a_new_store_together_all_succeed(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    start_at = time.time() + 8  # after every process has imported MLflow
+    processes = [
+        subprocess.Popen([sys.executable, "-c", _OPEN_AT, uri, str(start_at)], stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0], errors
+    assert [e.name for e in MlflowClient(tracking_uri=uri).search_experiments()] == ["Default"]
+
+
+def test_other_stores_are_left_alone(tmp_path, monkeypatch):
+    from slate_rl.tracking import sqlite_store
+
+    monkeypatch.chdir(tmp_path)
+    sqlite_store.create_once("http://127.0.0.1:1")  # a server: nothing to create here, and nothing is contacted
+    sqlite_store.create_once("postgresql://user@127.0.0.1:1/db")
+    assert list(tmp_path.iterdir()) == []
