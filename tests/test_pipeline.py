@@ -116,7 +116,8 @@ def test_killed_job_is_reported_and_a_rerun_completes_the_table(tracking_store):
 
 def test_a_run_left_running_when_its_pipeline_died_is_marked_killed_by_the_next_pipeline(tracking_store):
     """A session that ends stops the pipeline with its jobs: nothing marks their runs KILLED. The next pipeline
-    does, as it replaces them, so that no status or later stage reads them as live."""
+    does, as it replaces them (and the dead pipeline run itself), so that no status or later stage reads them as
+    live."""
     cfg = pipeline.PipelineConfig.resolve("focused_mix", "random", "58407201", preset="quick")
     (job,) = pipeline.plan(cfg)[2]
     gone = subprocess.Popen(["true"])
@@ -134,6 +135,18 @@ def test_a_run_left_running_when_its_pipeline_died_is_marked_killed_by_the_next_
         },
     ).info.run_id
     assert pipeline.locate(job).state == "run"
+    dead_pipeline, live_pipeline = (
+        client.create_run(
+            "0",
+            tags={
+                "stage": "pipeline",
+                "host": "elsewhere",
+                "heartbeat": str(time.time() - age),
+                "heartbeat_interval": "30",
+            },
+        ).info.run_id
+        for age in (200, 0)
+    )
 
     process = _pipeline(
         tracking_store, ["--envs", "focused_mix", "--methods", "random", "--seeds", "58407201", "--preset", "quick"]
@@ -145,6 +158,10 @@ def test_a_run_left_running_when_its_pipeline_died_is_marked_killed_by_the_next_
     assert replaced.data.tags["lost"].startswith("its process stopped; taken over by pipeline run ")
     (new,) = client.search_runs(["0"], "tags.stage = 'train_online' and attributes.status = 'FINISHED'")
     assert new.info.run_id != lost
+    # the pipeline run that died with them is marked too; one whose process still sends heartbeats is left alone
+    assert client.get_run(dead_pipeline).info.status == "KILLED"
+    assert client.get_run(dead_pipeline).data.tags["lost"].startswith("its process stopped; found by pipeline run ")
+    assert client.get_run(live_pipeline).info.status == "RUNNING"
 
 
 SIZES = "episodes=160,warmup_episodes=20,val_every=40,save_every=40,val_episodes=20,test_episodes=50"

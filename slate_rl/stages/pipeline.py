@@ -504,6 +504,18 @@ def retire_lost_runs(job: Job, by: str) -> None:
             client.set_terminated(lost.info.run_id, "KILLED")
 
 
+def retire_lost_pipelines(by: str) -> None:
+    """Mark KILLED (tag `lost`) the pipeline runs whose process died without ending them (a session or machine that
+    stopped): the runs list and the UI show only the pipelines that still run."""
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    for lost in client.search_runs(experiments, f"tags.stage = '{STAGE}' and attributes.status = 'RUNNING'"):
+        if lost.info.run_id != by and _alive(lost) is False:
+            log.info("%s: run %s lost its process; marked KILLED", STAGE, lost.info.run_id)
+            client.set_tag(lost.info.run_id, LOST_TAG, f"its process stopped; found by pipeline run {by}")
+            client.set_terminated(lost.info.run_id, "KILLED")
+
+
 def job_runs(job: Job) -> list[Run]:
     """The runs of the job's lineage keys, newest first; for a seed group, then the group runs that hold them."""
     store = _Store(job)
@@ -785,6 +797,7 @@ def run(cfg: PipelineConfig, experiment_name: str | None = None, out: str = "rep
             STAGE, run_name=f"{STAGE}/{cfg.preset}", experiment_name=experiment_name, tags={"preset": cfg.preset}
         ) as mlrun:
             mlrun.log_params(cfg.params())
+            retire_lost_pipelines(mlrun.run_id)
             log.info("%s: seeds %s -> %s", STAGE, cfg.given.get("seeds", ""), describe(cfg.seeds))
             failures: list[str] = []
             elsewhere: list[str] = []
