@@ -8,6 +8,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from slate_rl.tracking import sqlite_store
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # Test processes side by side (pytest-xdist) share the cores as pipeline jobs do: each, and every process it starts,
 # gets its share of intra-op threads (oversubscribed OpenMP threads spin, and run several times slower).
@@ -21,17 +23,19 @@ REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
 
 def use_store(folder: Path, monkeypatch: pytest.MonkeyPatch, uri: str | None = None) -> Path:
     """Point MLflow at a SQLite store in `folder` (also the working directory, so artifacts land there), or at the
-    tracking server `uri` from that (empty) working directory."""
+    tracking server `uri` from that (empty) working directory. A SQLite store is created at once: a test that starts
+    a process on it while itself reading it would otherwise create it twice at the same moment, which fails."""
     tmp_path = folder
     monkeypatch.chdir(tmp_path)
     uri = uri or f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)  # Lightning's MLflow logger sets this process-wide value: never keep an old store's
+    mlflow.set_tracking_uri(uri)  # Lightning's MLflow logger sets this process-wide value: never keep an old one
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    sqlite_store.create_once(uri)
     return tmp_path
 
 

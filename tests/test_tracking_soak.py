@@ -69,7 +69,6 @@ def test_soak_against_the_server(server_store, tmp_path):
 
 
 def test_soak_against_sqlite(tracking_store):
-    # SQLite breaks when several processes open a store that does not exist yet: each one runs MLflow's schema
-    # creation and all but one fail (alembic errors, "table ... already exists"). Once the file exists it holds.
-    MlflowClient().search_experiments()  # creates the store, as `pipeline` does before its jobs start
+    # the fixture creates the store first, as stage commands do under a lock (tests/test_sqlite_store.py): processes
+    # that open a store that does not exist yet at the same moment each create it, and all but one fail
     assert _check_store(_soak(os.environ["MLFLOW_TRACKING_URI"], tracking_store)) >= PROCESSES
