@@ -34,3 +34,23 @@ def test_other_stores_are_left_alone(tmp_path, monkeypatch):
     sqlite_store.create_once("http://127.0.0.1:1")  # a server: nothing to create here, and nothing is contacted
     sqlite_store.create_once("postgresql://user@127.0.0.1:1/db")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_command_on_a_new_store_prints_only_its_own_message(tmp_path, monkeypatch):
+    """MLflow's "Creating initial MLflow database tables..." lines stay out of a stage's output."""
+    import mlflow
+    from click.testing import CliRunner
+
+    from slate_rl.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        result = CliRunner().invoke(main, ["train-online", "--method", "ddpg"])
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: unknown method 'ddpg'"), result.output

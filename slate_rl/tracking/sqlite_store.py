@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ def create_once(uri: str) -> None:
         return
     database = Path(uri[len(_SCHEME) :].split("?")[0])
     database.parent.mkdir(parents=True, exist_ok=True)
-    with _folder_lock(database.parent):
+    with _folder_lock(database.parent), _quiet("mlflow.store.db.utils", "alembic"):
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
 
 
@@ -35,3 +36,18 @@ def _folder_lock(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(descriptor)
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Hide the INFO lines of these loggers (MLflow's "Creating initial MLflow database tables..." before a stage's
+    own output or error message)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
