@@ -500,8 +500,7 @@ def retire_lost_runs(job: Job, by: str) -> None:
     client = MlflowClient()
     for lost in job_runs(job):
         if lost.info.status == "RUNNING":
-            client.set_tag(lost.info.run_id, LOST_TAG, f"its process stopped; taken over by {by}")
-            client.set_terminated(lost.info.run_id, "KILLED")
+            _mark_lost(client, lost, f"taken over by {by}")
 
 
 def retire_lost_pipelines(by: str) -> None:
@@ -512,8 +511,12 @@ def retire_lost_pipelines(by: str) -> None:
     for lost in client.search_runs(experiments, f"tags.stage = '{STAGE}' and attributes.status = 'RUNNING'"):
         if lost.info.run_id != by and _alive(lost) is False:
             log.info("%s: run %s lost its process; marked KILLED", STAGE, lost.info.run_id)
-            client.set_tag(lost.info.run_id, LOST_TAG, f"its process stopped; found by pipeline run {by}")
-            client.set_terminated(lost.info.run_id, "KILLED")
+            _mark_lost(client, lost, f"found by pipeline run {by}")
+
+
+def _mark_lost(client: MlflowClient, run: Run, how: str) -> None:
+    client.set_tag(run.info.run_id, LOST_TAG, f"its process stopped; {how}")
+    client.set_terminated(run.info.run_id, "KILLED")
 
 
 def job_runs(job: Job) -> list[Run]:
