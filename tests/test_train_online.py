@@ -174,43 +174,6 @@ def test_cli_bad_input(tracking_store, args, message):
         assert MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]) == []
 
 
-def test_sigterm_marks_the_run_killed_and_says_how_to_resume(tracking_store, tmp_path):
-    """kill / timeout / a batch scheduler send SIGTERM: the run ends KILLED (not left RUNNING), resumable."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    client = MlflowClient()
-    command = "from slate_rl.cli import main; main()"
-    args = ["train-online", "--env", "focused_mix", "--preset", "quick", "--method", "reinforce_softmax"]
-    process = subprocess.Popen(
-        [sys.executable, "-c", command, *args, "--episodes", "100000", "--register", "false"],
-        cwd=tmp_path,
-        env=os.environ,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not _running_train_online(client) and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.5)
-    time.sleep(3)  # into the training loop
-    process.send_signal(signal.SIGTERM)
-    output = process.communicate(timeout=60)[0]
-    assert process.returncode != 0, output
-    runs = client.search_runs(["0"], "tags.stage = 'train_online'")
-    assert len(runs) == 1, output
-    (run,) = runs
-    assert run.info.status == "KILLED", (process.returncode, output)
-    assert f"continue it with: slate-rl train-online --resume {run.info.run_id}" in output
-
-
-def _running_train_online(client: MlflowClient) -> bool:
-    return bool(client.search_runs(["0"], "tags.stage = 'train_online' and attributes.status = 'RUNNING'"))
-
-
 def test_gems_run_of_another_setting_is_refused(tracking_store):
     with pytest.raises(SlateRLError, match="not a run reference"):
         train_online.run(_config(method="sac_gems", gems="gems.ckpt"))

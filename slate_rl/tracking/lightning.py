@@ -15,6 +15,7 @@ import mlflow
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from slate_rl.progress import interactive
 from slate_rl.tracking.runs import StageRun
@@ -155,6 +156,21 @@ class LogLinesProgress(pl.Callback):
             time.monotonic() - getattr(self, "_start", time.monotonic()),
             text,
         )
+
+
+def fit(trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+    """`trainer.fit(*args, **kwargs)`, where an interruption stays one. Lightning ends a fit stopped by Ctrl-C with
+    exit status 1, and one stopped by SIGTERM (without the CLI's handler) with status 0: the run would be marked
+    FAILED without its resume command, or a pipeline would count the job as finished. Both come out as
+    KeyboardInterrupt, so the run is marked KILLED and says how to continue."""
+    try:
+        trainer.fit(*args, **kwargs)
+    except SIGTERMException:
+        raise KeyboardInterrupt("SIGTERM") from None
+    except SystemExit as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):  # Lightning's exit after its graceful shutdown
+            raise KeyboardInterrupt(*exc.__context__.args) from None
+        raise
 
 
 def trainer_options(name: str) -> dict:
