@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, TensorDataset
 
-from slate_rl.tracking.lightning import fit
+from slate_rl.tracking.lightning import interruptible_fit
 
 STAGES = {
     "train_online": ["--method", "reinforce_softmax", "--episodes", "100000", "--register", "false"],
@@ -84,7 +84,8 @@ class _Regression(pl.LightningModule):
 
 @pytest.mark.parametrize("error", [SIGTERMException(), KeyboardInterrupt()], ids=["SIGTERM", "Ctrl-C"])
 def test_lightning_fit_stopped_by_an_interruption_raises_keyboard_interrupt(error, tmp_path):
-    """Lightning turns these into SystemExit (status 0 for SIGTERM, 1 for Ctrl-C); `fit` gives them back."""
+    """Lightning turns these into SystemExit (status 0 for SIGTERM, 1 for Ctrl-C); `interruptible_fit` gives them
+    back."""
     data = DataLoader(TensorDataset(torch.zeros(8, 2), torch.zeros(8, 1)), batch_size=4)
     trainer = pl.Trainer(
         max_epochs=1, callbacks=[_Interrupt(error)], default_root_dir=tmp_path, logger=False, enable_progress_bar=False
@@ -94,6 +95,6 @@ def test_lightning_fit_stopped_by_an_interruption_raises_keyboard_interrupt(erro
         with pytest.raises(SystemExit):
             trainer.fit(_Regression(), data)
         with pytest.raises(KeyboardInterrupt):
-            fit(trainer, _Regression(), data)
+            interruptible_fit(trainer, _Regression(), data)
     finally:
         signal.signal(signal.SIGINT, sigint)

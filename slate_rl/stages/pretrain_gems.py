@@ -226,7 +226,7 @@ def fit(
     import pytorch_lightning as pl
 
     from slate_rl.rankers.gems import GeMS
-    from slate_rl.tracking.lightning import BestCheckpoint, EpochState, fit, run_logger, trainer_options
+    from slate_rl.tracking.lightning import BestCheckpoint, EpochState, interruptible_fit, run_logger, trainer_options
 
     def publish(epoch_state: dict[str, Any]) -> None:
         resume = {"format": RESUME_FORMAT, "config": config, **epoch_state}
@@ -249,7 +249,7 @@ def fit(
     )
     if state is not None:
         log.info("%s: resuming run %s after epoch %d", STAGE, mlrun.run_id, state["epoch"])
-    fit(
+    interruptible_fit(
         trainer,
         vae,
         datamodule=datamodule,

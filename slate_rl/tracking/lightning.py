@@ -158,7 +158,7 @@ class LogLinesProgress(pl.Callback):
         )
 
 
-def fit(trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+def interruptible_fit(trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
     """`trainer.fit(*args, **kwargs)`, where an interruption stays one. Lightning ends a fit stopped by Ctrl-C with
     exit status 1, and one stopped by SIGTERM (without the CLI's handler) with status 0: the run would be marked
     FAILED without its resume command, or a pipeline would count the job as finished. Both come out as
