@@ -49,7 +49,7 @@ class FakeProcess:
         return self.returncode
 
 
-def test_the_local_pool_spreads_the_gpu_jobs_round_robin_and_reuses_a_freed_gpu(monkeypatch):
+def test_the_local_pool_spreads_the_gpu_jobs_round_robin_and_reuses_a_freed_gpu(tracking_store, monkeypatch):
     started: list[FakeProcess] = []
 
     def popen(command, **kwargs):

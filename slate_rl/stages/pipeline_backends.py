@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from mlflow.entities import ViewType
+from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
 from slate_rl.tracking.runs import HOST_TAG, PID_TAG
@@ -93,20 +93,39 @@ def log_tail(log_file: Path) -> list[str]:
     return log_file.read_text(errors="replace").strip().splitlines()[-LOG_TAIL_LINES:]
 
 
+def job_outcome(job: Job, process: subprocess.Popen, seconds: float, log_file: Path, note: str = "") -> Outcome:
+    """How a job's process that has exited ended. It finished only if it exited 0 with every run it ran in
+    FINISHED: a stage that exits 0 with its run FAILED or KILLED (as Lightning once made of a SIGTERM) has not, and
+    the jobs after it must not start. A process that died is recorded on its runs (`record_death`)."""
+    if process.returncode != 0:
+        record_death(job, process.pid, process.returncode)
+        return Outcome(job, seconds, exit_reason(process.returncode), log_tail(log_file), note)
+    unfinished = [r.info for r in _runs_of(job, process.pid) if r.info.status != "FINISHED"]
+    if unfinished:
+        error = f"exit 0, but its run {unfinished[0].run_id} ended {unfinished[0].status}"
+        return Outcome(job, seconds, error, log_tail(log_file), note)
+    return Outcome(job, seconds, note=note)
+
+
 def record_death(job: Job, pid: int, returncode: int) -> None:
     """A job process that died without ending its runs leaves them RUNNING: mark them KILLED; when a signal killed
     it, say so on its runs (tag `exit_signal`), so that the next pipeline resumes them. Runs where it ran."""
     client = MlflowClient()
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-    runs = client.search_runs(
-        experiments,
-        f"tags.{JOB_TAG} = '{job.name}' and tags.{PID_TAG} = '{pid}' and tags.{HOST_TAG} = '{socket.gethostname()}'",
-    )
-    for r in runs:
+    for r in _runs_of(job, pid):
         if returncode < 0:
             client.set_tag(r.info.run_id, SIGNAL_TAG, signal.Signals(-returncode).name)
         if r.info.status == "RUNNING":
             client.set_terminated(r.info.run_id, "KILLED")
+
+
+def _runs_of(job: Job, pid: int) -> list[Run]:
+    """The runs that the job's process `pid` on this machine ran in."""
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    return client.search_runs(
+        experiments,
+        f"tags.{JOB_TAG} = '{job.name}' and tags.{PID_TAG} = '{pid}' and tags.{HOST_TAG} = '{socket.gethostname()}'",
+    )
 
 
 class LocalBackend:
@@ -148,12 +167,7 @@ class LocalBackend:
                 continue
             del self._running[slot]
             self._gpus.pop(slot, None)
-            seconds = time.monotonic() - started
-            if process.returncode == 0:
-                outcomes.append(Outcome(job, seconds))
-                continue
-            record_death(job, process.pid, process.returncode)
-            outcomes.append(Outcome(job, seconds, exit_reason(process.returncode), log_tail(log_file)))
+            outcomes.append(job_outcome(job, process, time.monotonic() - started, log_file))
         return outcomes
 
     def close(self) -> None:

@@ -26,7 +26,7 @@ import mlflow
 
 from slate_rl.errors import SlateRLError
 from slate_rl.stages import pipeline
-from slate_rl.stages.pipeline_backends import Outcome, exit_reason, job_command, job_env, log_tail, record_death
+from slate_rl.stages.pipeline_backends import Outcome, job_command, job_env, job_outcome
 from slate_rl.tracking.runs import heartbeat_interval
 
 TASK_RETRIES = 3  # attempts after the first when a task's worker or node is lost
@@ -205,11 +205,7 @@ def run_task(
                 preexec_fn=_die_with_parent,
             )
             process.wait()
-        seconds = time.monotonic() - started
-        if process.returncode == 0:
-            return Outcome(current, seconds, note=note)
-        record_death(current, process.pid, process.returncode)
-        return Outcome(current, seconds, exit_reason(process.returncode), log_tail(log_file), note)
+        return job_outcome(current, process, time.monotonic() - started, log_file, note)
 
 
 def _take_over(job: pipeline.Job) -> pipeline.Job:
