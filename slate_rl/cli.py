@@ -982,7 +982,8 @@ def pipeline_command(
 @option("run", "run_id", default=None, help="The pipeline run (default: the newest in the tracking store).")
 @user_errors
 def pipeline_status_command(run_id: str | None) -> None:
-    """A running or past pipeline's jobs, as the store holds them now: state, newest run, duration."""
+    """A running or past pipeline's jobs, as the store holds them now: state, newest run, duration, and how far a
+    training run got (episodes or epochs, with the time left at its pace)."""
     from slate_rl.stages import pipeline
 
     click.echo(pipeline.status(run_id))

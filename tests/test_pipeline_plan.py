@@ -13,6 +13,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from slate_rl.cli import main
@@ -274,6 +275,8 @@ def test_status_shows_each_job_of_a_past_pipeline_with_its_newest_run(tracking_s
             "host": "another-machine",
         },
     ).info.run_id
+    client.log_param(lost, "episodes", "1000")
+    client.log_metric(lost, "time/episodes", 400.0)
 
     text = pipeline.status()
     assert text.startswith(f"pipeline run {parent} (FAILED): started "), text
@@ -281,12 +284,30 @@ def test_status_shows_each_job_of_a_past_pipeline_with_its_newest_run(tracking_s
     assert "phase 3/3 (training): 2 jobs: 1 finished, 1 lost\n" in text
     assert f"  finished  {first.name}  {done}  " in text
     assert f"  lost      {second.name}  {lost}  " in text
-    assert re.search(r"\(no heartbeat for 20\d s; the next pipeline starts a new run\)", text), text
+    progress = r"\(episode 400 of 1,000; no heartbeat for 20\d s; the next pipeline starts a new run\)"
+    assert re.search(progress, text), text
     result = CliRunner().invoke(main, ["pipeline", "status", "--run", parent])
     assert result.exit_code == 0 and result.output.splitlines()[1:4] == text.splitlines()[1:4]
 
     result = CliRunner().invoke(main, ["pipeline", "status", "--run", done])
     assert result.exit_code == 1 and f"run {done} is not a pipeline run (its stage: train_online)" in result.output
+
+
+def test_status_tells_how_far_a_training_run_got(tracking_store):
+    client = MlflowClient()
+    online = client.create_run("0", tags={"stage": "train_online"}).info.run_id
+    client.log_param(online, "episodes", "100000")
+    client.log_batch(online, [Metric("time/episodes", 42000.0, 0, 1), Metric("time/episodes_per_s", 20.0, 0, 1)])
+    gems = client.create_run("0", tags={"stage": "pretrain_gems"}).info.run_id
+    client.log_param(gems, "epochs", "15")
+    client.log_batch(gems, [Metric("val/loss", loss, 0, epoch) for epoch, loss in enumerate([3.8, 3.5, 3.4])])
+
+    left = "about 48 min 20 s left"  # (100,000 - 42,000) episodes at 20 per second
+    assert pipeline._progress(client.get_run(online), live=True) == f"episode 42,000 of 100,000, {left}; "
+    assert pipeline._progress(client.get_run(online), live=False) == "episode 42,000 of 100,000; "
+    assert pipeline._progress(client.get_run(gems), live=True) == "3 of 15 epochs done; "
+    dataset = client.create_run("0", tags={"stage": "generate_dataset"}).info.run_id  # says nothing of its progress
+    assert pipeline._progress(client.get_run(dataset), live=True) == ""
 
 
 def test_a_running_stage_refreshes_its_heartbeat_until_it_ends(tracking_store, monkeypatch):

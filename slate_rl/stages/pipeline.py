@@ -762,20 +762,39 @@ def _job_status(job: Job, store: _Store) -> tuple[str, Run | None, str]:
     if not runs:
         return "waiting", None, "" if job.keys else job.note or "after its dataset"
     latest = runs[0]
+    progress = _progress(latest, live=job.state == "running")
     next_time = "resumes from its checkpoint" if job.state == "resume" else "starts a new run"
     if job.state == "running":
-        return "running", latest, _where(latest, _alive(latest))
+        return "running", latest, progress + _where(latest, _alive(latest))
     if latest.info.status == "RUNNING":
         age = heartbeat_age(latest.data.tags)
         lost = f"no heartbeat for {age:.0f} s" if age is not None else "its process is gone"
-        return "lost", latest, f"{lost}; the next pipeline {next_time}"
-    return latest.info.status.lower(), latest, f"the next pipeline {next_time}"
+        return "lost", latest, f"{progress}{lost}; the next pipeline {next_time}"
+    return latest.info.status.lower(), latest, f"{progress}the next pipeline {next_time}"
+
+
+def _progress(run: Run, live: bool) -> str:
+    """How far a training run got, as 'episode 42,000 of 100,000; ' (when `live`, with the time left at the pace it
+    logged last: ', about 1 h 5 min left') or '3 of 15 epochs done; ' ('' for a stage or run that has not said)."""
+    metrics, params, stage = run.data.metrics, run.data.params, run.data.tags.get("stage")
+    if stage == "train_online" and "time/episodes" in metrics and "episodes" in params:
+        done, total = metrics["time/episodes"], float(params["episodes"])
+        rate = metrics.get("time/episodes_per_s", 0.0) if live else 0.0
+        left = f", about {_seconds_text((total - done) / rate)} left" if rate > 0 else ""
+        return f"episode {done:,.0f} of {total:,.0f}{left}; "
+    if stage == "pretrain_gems" and "epochs" in params:
+        done = len(MlflowClient().get_metric_history(run.info.run_id, "val/loss"))
+        return f"{done} of {params['epochs']} epochs done; "
+    return ""
 
 
 def _duration(run: Run) -> str:
     """How long a run ran (so far, when it still runs)."""
     end = run.info.end_time if run.info.status != "RUNNING" and run.info.end_time else time.time() * 1000
-    seconds = max(0.0, (end - run.info.start_time) / 1000)
+    return _seconds_text(max(0.0, (end - run.info.start_time) / 1000))
+
+
+def _seconds_text(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.0f} s"
     if seconds < 3600:
