@@ -458,10 +458,15 @@ def train_online_command(
             **overrides,
         )
         run_id = train_online.run(cfg, **placement(experiment_name, parent_run), device=device)
+    _report_trained("policy", run_id, cfg, train_online.result_line)
+
+
+def _report_trained(kind: str, run_id: str, cfg: Any, result_line: Callable[[dict[str, float], int], str]) -> None:
+    """The end lines of a train-online / train-offline run: its run and test result, and its registered version."""
     from mlflow.tracking import MlflowClient
 
     run = MlflowClient().get_run(run_id)
-    click.echo(f"policy run: runs:/{run_id}; {train_online.result_line(run.data.metrics, cfg.test_episodes)}")
+    click.echo(f"{kind} run: runs:/{run_id}; {result_line(run.data.metrics, cfg.test_episodes)}")
     version = run.data.tags.get("registered_version")
     if version:
         click.echo(
@@ -572,16 +577,7 @@ def train_offline_command(
             **overrides,
         )
         run_id = train_offline.run(cfg, **placement(experiment_name, parent_run), device=device)
-    from mlflow.tracking import MlflowClient
-
-    run = MlflowClient().get_run(run_id)
-    click.echo(f"offline run: runs:/{run_id}; {train_offline.result_line(run.data.metrics, cfg.test_episodes)}")
-    version = run.data.tags.get("registered_version")
-    if version:
-        click.echo(
-            f"registered as version {version} of slate-rl.{cfg.env} (`slate-rl registry list --env {cfg.env}` "
-            "lists the versions)"
-        )
+    _report_trained("offline", run_id, cfg, train_offline.result_line)
 
 
 @main.group("registry")
