@@ -156,7 +156,7 @@ class LocalBackend:
                 job_command(job, parent_run_id, device), stdout=handle, stderr=subprocess.STDOUT, env=env
             )
         resuming = f" (resuming run {job.run_id})" if job.state == "resume" else ""
-        log.info("pipeline: started %s%s", job.name, resuming)
+        log.info("pipeline: started %s%s; its output: %s", job.name, resuming, log_file)
         self._running[slot] = (job, process, log_file, time.monotonic())
 
     def finished(self) -> list[Outcome]:
