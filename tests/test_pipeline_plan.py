@@ -276,7 +276,7 @@ def test_status_shows_each_job_of_a_past_pipeline_with_its_newest_run(tracking_s
         },
     ).info.run_id
     client.log_param(lost, "episodes", "1000")
-    client.log_metric(lost, "time/episodes", 400.0)
+    client.log_metric(lost, "time/episodes", 100.0, step=400)
 
     text = pipeline.status()
     assert text.startswith(f"pipeline run {parent} (FAILED): started "), text
@@ -297,7 +297,10 @@ def test_status_tells_how_far_a_training_run_got(tracking_store):
     client = MlflowClient()
     online = client.create_run("0", tags={"stage": "train_online"}).info.run_id
     client.log_param(online, "episodes", "100000")
-    client.log_batch(online, [Metric("time/episodes", 42000.0, 0, 1), Metric("time/episodes_per_s", 20.0, 0, 1)])
+    for episode in (41000, 42000):  # as training logs them: the episodes of the window, at the episode reached
+        client.log_batch(
+            online, [Metric("time/episodes", 1000.0, 0, episode), Metric("time/episodes_per_s", 20.0, 0, episode)]
+        )
     gems = client.create_run("0", tags={"stage": "pretrain_gems"}).info.run_id
     client.log_param(gems, "epochs", "15")
     client.log_batch(gems, [Metric("val/loss", loss, 0, epoch) for epoch, loss in enumerate([3.8, 3.5, 3.4])])

@@ -778,7 +778,9 @@ def _progress(run: Run, live: bool) -> str:
     logged last: ', about 1 h 5 min left') or '3 of 15 epochs done; ' ('' for a stage or run that has not said)."""
     metrics, params, stage = run.data.metrics, run.data.params, run.data.tags.get("stage")
     if stage == "train_online" and "time/episodes" in metrics and "episodes" in params:
-        done, total = metrics["time/episodes"], float(params["episodes"])
+        # time/episodes counts the episodes of one logging window; the step it was logged at is the episode reached
+        history = MlflowClient().get_metric_history(run.info.run_id, "time/episodes")
+        done, total = float(max(metric.step for metric in history)), float(params["episodes"])
         rate = metrics.get("time/episodes_per_s", 0.0) if live else 0.0
         left = f", about {_seconds_text((total - done) / rate)} left" if rate > 0 else ""
         return f"episode {done:,.0f} of {total:,.0f}{left}; "
