@@ -1,6 +1,6 @@
 """The pipeline: a tiny grid with one job killed on purpose, re-run to completion; a run its dead pipeline left
 RUNNING, marked KILLED by the next; a killed training job resumed by the next pipeline into the same run; the store
-under concurrency."""
+under concurrency; training jobs that need no upstream output running beside the upstream jobs."""
 
 from __future__ import annotations
 
@@ -328,3 +328,30 @@ def test_the_seeds_of_a_sac_method_are_one_group_job_resumed_as_a_group_after_a_
         assert curve(resumed.info.run_id) == curve(uninterrupted.info.run_id)
         assert len(curve(resumed.info.run_id)) == 4
         assert resumed.data.metrics["test_return"] == uninterrupted.data.metrics["test_return"]
+
+
+TINY_PRESET = """\
+generate_dataset: {n_sessions: 200, chunk_size: 200}
+pretrain_gems: {epochs: 1}
+train_online: {episodes: 40, warmup_episodes: 10, val_every: 10, save_every: 20, val_episodes: 10, test_episodes: 10}
+"""
+
+
+def test_jobs_that_need_no_upstream_output_run_while_the_upstream_phases_do(tracking_store, monkeypatch, tmp_path):
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "quick.yaml").write_text(TINY_PRESET)
+    monkeypatch.setenv("SLATE_RL_PRESETS", str(tmp_path / "presets"))
+    grid = ["--envs", "focused_mix", "--methods", "sac_gems,random", "--seeds", "58407201", "--preset", "quick"]
+    planned, _ = _pipeline(tracking_store, [*grid, "--dry-run"]).communicate(timeout=300)
+    expected = "2 to run, 0 to resume; 1 needs no dataset, MF or GeMS and starts with the earlier phases\n"
+    assert f"phase 3/3 (training): 2 jobs, 0 already finished, {expected}" in planned, planned
+    output, _ = _pipeline(tracking_store, [*grid, "--workers", "2"]).communicate(timeout=600)
+    assert "all jobs finished" in output, output
+    started = [line.split("started ")[1].split(";")[0] for line in output.splitlines() if "pipeline: started " in line]
+    names = ["dataset/focused_mix", "gems/focused_mix/seed58407201", "sac_gems/focused_mix/seed58407201"]
+    assert started == [names[0], "random/focused_mix/seed58407201", *names[1:]], output
+    assert "phase 3/3: 2 jobs, 0 already finished, 2 to run, 0 to resume (1 of them started while the" in output
+    runs = MlflowClient().search_runs(["0"], "tags.stage != 'pipeline'")
+    assert len(runs) == 4 and {run.info.status for run in runs} == {"FINISHED"}
+    again, _ = _pipeline(tracking_store, [*grid, "--dry-run"]).communicate(timeout=300)
+    assert "phase 3/3 (training): 2 jobs, 2 already finished, 0 to run, 0 to resume\n" in again, again

@@ -7,7 +7,8 @@ nothing else down: the others go on, the failure is reported with the end of its
 again finishes only what is missing (finished runs are found by their lineage keys). A job whose run did not finish
 because its process died (killed by a signal, or RUNNING without a fresh heartbeat) is resumed from its
 last checkpoint in the same run when its stage can resume. Jobs run in phases (datasets, then MF and GeMS, then
-training) so that two jobs never produce the same upstream output at once.
+training) so that two jobs never produce the same upstream output at once; the training jobs of methods that need
+no dataset, MF or GeMS do not wait for those phases: they run on the workers the phases leave free.
 
 Seed groups (`group_seeds`, on by default): the seeds of a SAC method (`train_online.GROUPED_METHODS`) in one
 environment and variant are one job, `train-online --seeds ...` (one GroupTrainer, a parent run with a child run
@@ -69,6 +70,7 @@ from slate_rl.stages import (
     train_online,
 )
 from slate_rl.stages.pipeline_backends import SIGNAL_TAG, Backend, LocalBackend
+from slate_rl.stages.pipeline_scheduler import Scheduler
 from slate_rl.tracking.lineage import LINEAGE_TAG
 from slate_rl.tracking.runs import (
     HOST_TAG,
@@ -85,6 +87,7 @@ ORACLE_SEED = PAPER_SEEDS[0]  # the short-term oracle is deterministic given the
 GEMS_SETTINGS = ("latent_dim", "lambda_kl", "lambda_click")  # train_online options that also shape its GeMS
 SET_BY_PIPELINE = ("env", "preset", "method", "seed", "agent", "item_embeddings", "env_params", "dataset", "gems", "mf")
 PHASES = ("datasets", "MF and GeMS", "training")
+TRAINING = PHASES.index("training")
 LOST_TAG = "lost"  # set on a run a dead process left RUNNING, when a later pipeline or Ray task takes its job over
 BACKENDS = ("local", "ray")
 # Stages whose unfinished runs continue with `--resume <run id>`, and how to tell that a run saved a state to do so.
@@ -313,6 +316,7 @@ class Job:
     run_id: str = ""
     note: str = ""
     members: dict[int, Job] = dataclasses.field(default_factory=dict)  # a seed group: each seed's job, by seed
+    independent: bool = False  # a training job that needs no dataset, MF or GeMS: it may run while those do
 
     def command(self) -> list[str]:
         """The slate-rl arguments that do what the state asks (a resumed run keeps its configuration and parent; a
@@ -627,7 +631,10 @@ def plan(cfg: PipelineConfig, store: _Store | None = None) -> list[list[Job]]:
                         *_env_args(cfg, TrainOnlineConfig, env_params),
                     ]
                     keys = train_online.lookup_keys(run_cfg)
-                    job = Job(train_online.STAGE, name, [*head, "--seed", str(seed), *tail], keys)
+                    independent = not get_method(method).needs
+                    job = Job(
+                        train_online.STAGE, name, [*head, "--seed", str(seed), *tail], keys, independent=independent
+                    )
                     if not grouped or run_cfg.agent.get("fused_update"):  # a group has no fused update: one job a seed
                         add(2, job)
                         continue
@@ -637,7 +644,18 @@ def plan(cfg: PipelineConfig, store: _Store | None = None) -> list[list[Job]]:
             for variant_label, members in groups.items():
                 keys = tuple(key for member in members.values() for key in member.keys)
                 name = f"{method}/{env}/seeds {describe(list(members))}{variant_label}"
-                add(2, Job(train_online.STAGE, name, group_args[variant_label], keys, members=members))
+                independent = not get_method(method).needs
+                add(
+                    2,
+                    Job(
+                        train_online.STAGE,
+                        name,
+                        group_args[variant_label],
+                        keys,
+                        members=members,
+                        independent=independent,
+                    ),
+                )
     return [list(jobs.values()) for jobs in phases]
 
 
@@ -679,8 +697,14 @@ def describe_plan(cfg: PipelineConfig) -> str:
     lines = [f"seeds: {cfg.given.get('seeds', describe(cfg.seeds))} -> {describe(cfg.seeds)}"]
     words = {"finished": "finished", "run": "to run", "resume": "to resume", "running": "running"}
     titled = phases(cfg)
+    upstream = any(job.state in ("run", "resume") for _, jobs in titled[:TRAINING] for job in jobs)
     for number, (title, jobs) in enumerate(titled, start=1):
-        lines.append(f"phase {number}/{len(titled)} ({title}): {_counts(jobs)}")
+        early = sum(job.independent and job.state in ("run", "resume") for job in jobs) if upstream else 0
+        verb = "s" if early == 1 else ""
+        started = (
+            f"; {early} need{verb} no dataset, MF or GeMS and start{verb} with the earlier phases" if early else ""
+        )
+        lines.append(f"phase {number}/{len(titled)} ({title}): {_counts(jobs)}{started}")
         for job in jobs:
             detail = job.run_id if job.state in ("finished", "resume", "running") else ""
             note = f" ({job.note})" if job.note else ""
@@ -823,42 +847,35 @@ def run(cfg: PipelineConfig, experiment_name: str | None = None, out: str = "rep
             mlrun.log_params(cfg.params())
             retire_lost_pipelines(mlrun.run_id)
             log.info("%s: seeds %s -> %s", STAGE, cfg.given.get("seeds", ""), describe(cfg.seeds))
-            failures: list[str] = []
+            scheduler = Scheduler(backend, mlrun.run_id)
+            select_failures: list[str] = []
             elsewhere: list[str] = []
             count = len(PHASES) + (len(pipeline_offline.PHASES) if cfg.offline else 0)
             for phase in range(count):
-                jobs = phases(cfg)[phase][1]  # re-planned: later phases know the runs earlier phases produced
-                log.info("%s: phase %d/%d: %s", STAGE, phase + 1, count, _counts(jobs))
-                for job in jobs:
-                    if job.state == "running":
-                        log.warning(
-                            "%s: %s is running in another process (run %s, %s); not started again",
-                            STAGE,
-                            job.name,
-                            job.run_id,
-                            job.note,
-                        )
-                        elsewhere.append(job.name)
-                    elif job.state == "resume":
-                        log.info(
-                            "%s: %s: resuming run %s (%s) from its last checkpoint",
-                            STAGE,
-                            job.name,
-                            job.run_id,
-                            job.note,
-                        )
+                planned = phases(cfg)  # re-planned: later phases know the runs earlier phases produced
+                jobs = [job for job in planned[phase][1] if job.name not in scheduler.queued]
+                early = [scheduler.queued[job.name] for job in planned[phase][1] if job.name in scheduler.queued]
+                started = f" ({len(early)} of them started while the earlier phases ran)" if early else ""
+                log.info("%s: phase %d/%d: %s%s", STAGE, phase + 1, count, _counts(jobs + early), started)
+                elsewhere += _log_states(jobs)
                 todo = [job for job in jobs if job.state in ("run", "resume")]
-                for job in todo:
-                    retire_lost_runs(job, f"pipeline run {mlrun.run_id}")
-                failures += _run_jobs(todo, backend, mlrun.run_id)
-                if phase == len(PHASES) - 1 and cfg.select_policies:  # the training runs choose the policies
-                    failures += select_policies(cfg, plan(cfg)[-1])
-                if phase < count - 1 and (failures or elsewhere):
+                _queue(scheduler, todo, urgent=True)
+                if phase < TRAINING and todo:
+                    _queue_independent(scheduler, planned[TRAINING][1])
+                failed = scheduler.wait(todo if phase < TRAINING else None)
+                if phase == TRAINING and cfg.select_policies:  # the training runs choose the policies
+                    select_failures += select_policies(cfg, plan(cfg)[-1])
+                if phase < count - 1 and (failed or select_failures or elsewhere):  # later phases need them
+                    if scheduler.running:
+                        log.info("%s: waiting for the %d job(s) still running", STAGE, len(scheduler.running))
+                    scheduler.stop_starting()
+                    scheduler.wait()
+                    stopped = scheduler.failures + select_failures + elsewhere
                     raise SlateRLError(
-                        f"{len(failures) + len(elsewhere)} upstream job(s) failed or still running: "
-                        f"{', '.join(failures + elsewhere)}; run the pipeline again once they are fixed "
-                        "or done (finished jobs are skipped)"
+                        f"{len(stopped)} job(s) failed or still running: {', '.join(stopped)}; the later phases "
+                        "need them: run the pipeline again once they are fixed or done (finished jobs are skipped)"
                     )
+            failures = scheduler.failures + select_failures
             mlrun.log_metrics({"failed_jobs": len(failures)})
             report = compare.CompareConfig.resolve(
                 ",".join(cfg.envs), ",".join(cfg.methods), preset=cfg.preset, out=out
@@ -928,63 +945,43 @@ def _folder(path: str) -> Path:
     return folder
 
 
-def _run_jobs(jobs: list[Job], backend: Backend, parent_run_id: str) -> list[str]:
-    """Run `jobs` on `backend` as child runs of `parent_run_id`, reporting each as it ends; returns the names of
-    those that failed."""
-    pending, failures = list(jobs), []
-    running: dict[str, Job] = {}
-    durations: dict[str, list[float]] = {}
-    total, finished = len(jobs), 0
-    while pending or running:
-        while pending and backend.free():
-            job = pending.pop(0)
-            backend.submit(job, parent_run_id)
-            running[job.name] = job
-        for outcome in backend.finished():
-            job = running.pop(outcome.job.name)
-            finished += 1
-            durations.setdefault(job.stage, []).append(outcome.seconds)
-            left = len(pending) + len(running)
-            eta = _eta(pending, list(running.values()), durations, backend.parallel)
-            note = f" ({outcome.note})" if outcome.note else ""
-            if not outcome.error:
-                log.info(
-                    "%s: [%d/%d] %s finished in %.0f s%s; %d left, ETA %s",
-                    STAGE,
-                    finished,
-                    total,
-                    job.name,
-                    outcome.seconds,
-                    note,
-                    left,
-                    eta,
-                )
-                continue
-            failures.append(job.name)
-            log.error(
-                "%s: [%d/%d] %s FAILED (%s) after %.0f s%s; %d left, ETA %s; end of its log:\n  %s",
+def _log_states(jobs: list[Job]) -> list[str]:
+    """Say which jobs resume and which run in another process; returns the names of the latter."""
+    elsewhere = []
+    for job in jobs:
+        if job.state == "running":
+            log.warning(
+                "%s: %s is running in another process (run %s, %s); not started again",
                 STAGE,
-                finished,
-                total,
                 job.name,
-                outcome.error,
-                outcome.seconds,
-                note,
-                left,
-                eta,
-                "\n  ".join(outcome.log_tail),
+                job.run_id,
+                job.note,
             )
-    return failures
+            elsewhere.append(job.name)
+        elif job.state == "resume":
+            log.info("%s: %s: resuming run %s (%s) from its last checkpoint", STAGE, job.name, job.run_id, job.note)
+    return elsewhere
 
 
-def _eta(pending: list[Job], running: list[Job], durations: dict[str, list[float]], parallel: int) -> str:
-    """Remaining work / jobs at once, from the mean duration of finished jobs of each stage."""
-    known = [d for values in durations.values() for d in values]
+def _queue(scheduler: Scheduler, jobs: list[Job], urgent: bool = False) -> None:
+    """Queue `jobs`, after marking KILLED the runs of theirs that dead processes left RUNNING."""
+    for job in jobs:
+        retire_lost_runs(job, f"pipeline run {scheduler.parent_run_id}")
+    scheduler.add(jobs, urgent=urgent)
 
-    def mean(stage: str) -> float:
-        values = durations.get(stage, known)
-        return sum(values) / len(values)
 
-    seconds = sum(mean(job.stage) for job in pending) + sum(mean(job.stage) / 2 for job in running)
-    minutes = seconds / max(parallel, 1) / 60
-    return f"{minutes:.0f} min" if minutes >= 1 else "< 1 min"
+def _queue_independent(scheduler: Scheduler, training: list[Job]) -> None:
+    """Queue the training jobs that need no upstream output, to run on the workers the upstream phases leave free."""
+    jobs = [
+        job
+        for job in training
+        if job.independent and job.state in ("run", "resume") and job.name not in scheduler.queued
+    ]
+    if jobs:
+        log.info(
+            "%s: %d training job(s) need no dataset, MF or GeMS: they run on the workers this phase leaves free",
+            STAGE,
+            len(jobs),
+        )
+        _log_states(jobs)
+        _queue(scheduler, jobs)
