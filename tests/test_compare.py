@@ -9,6 +9,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from scipy import stats as sps
 
@@ -66,6 +67,26 @@ def test_table_statistics_match_hand_computed_values(tracking_store):
     artifacts = {f.path for f in MlflowClient().list_artifacts(run_id, "report")}
     assert {"report/results.md", "report/results.csv", "report/results.tex", "report/report.md"} <= artifacts
     assert "report/per_seed_focused_mix.csv" in artifacts  # one per-seed CSV per environment
+
+
+def test_runs_csv_names_each_run_with_its_test_error_and_training_time(tracking_store):
+    _fill_store()
+    client = MlflowClient()
+    (gems,) = client.search_runs(["0"], "tags.method = 'sac_gems' and tags.seed = '3' and params.latent_dim = '32'")
+    windows = [Metric("time/elapsed_s", seconds, 0, step) for step, seconds in ((1000, 30.0), (2000, 45.5))]
+    stderr = Metric("test_return_stderr", 1.25, 0, 0)
+    client.log_batch(gems.info.run_id, [*windows, stderr], tags=[RunTag("git_commit", "abc")])
+    out = tracking_store / "report"
+    compare.run(compare.CompareConfig.resolve("focused_mix", "sac_gems,random", out=str(out)))
+    rows = list(csv.DictReader(io.StringIO((out / "runs.csv").read_text())))
+    finished = client.search_runs(["0"], "tags.stage = 'train_online' and attributes.status = 'FINISHED'")
+    shown = [
+        r for r in finished if r.data.tags["method"] != "sac_topk_ideal" and r.data.params.get("latent_dim") != "16"
+    ]
+    assert sorted(row["run_id"] for row in rows) == sorted(r.info.run_id for r in shown)  # not the sweep run
+    (row,) = [row for row in rows if row["run_id"] == gems.info.run_id]
+    assert (row["seed"], float(row["test_return"]), float(row["best_val_return"])) == ("3", GEMS[3], GEMS[3])
+    assert (row["test_return_stderr"], row["train_seconds"], row["git_commit"]) == ("1.25", "75.5", "abc")
 
 
 def test_filter_matching_nothing_says_what_exists(tracking_store):

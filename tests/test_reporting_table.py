@@ -18,6 +18,7 @@ from slate_rl.reporting import (
     to_latex,
     to_markdown,
     to_per_seed_csv,
+    to_runs_csv,
 )
 
 PAPER_ROWS = [
@@ -215,3 +216,28 @@ def test_full_paper_table_has_eight_rows_and_six_columns():
     table_lines = [line for line in text.splitlines() if line.startswith("|")]
     assert [line.split(" | ")[0][2:] for line in table_lines[2:]] == PAPER_ROWS
     assert table_lines[0].count(" | ") == 6
+
+
+def test_runs_csv_says_which_run_gave_each_number():
+    curve = [(50 * k, float(k)) for k in range(1, 21)]  # 1, ..., 20 at episodes 50, ..., 1000
+    curve[5] = (300, 99.0)  # the best validation, early
+    source = {"run_id": "b", "test_stderr": 1.5, "train_seconds": 60.0, "commit": "abc"}
+    results = [
+        RunResult("sac_gems", "focused_mix", 7, 250.0, "paper", val_curve=curve, **source),
+        RunResult(
+            "sac_gems", "focused_mix", 3, 240.0, "paper", variant=(("agent.reference_bugs", "True"),), run_id="c"
+        ),
+        RunResult("random", "focused_mix", 3, 30.0, "paper", run_id="a"),
+    ]
+    rows = list(csv.DictReader(io.StringIO(to_runs_csv(results))))
+    assert [(row["method"], row["variant"], row["seed"], row["run_id"]) for row in rows] == [
+        ("random", "default", "3", "a"),
+        ("sac_gems", "default", "7", "b"),
+        ("sac_gems", "reference_bugs", "3", "c"),
+    ]
+    gems = rows[1]
+    assert (float(gems["test_return"]), float(gems["best_val_return"]), gems["best_val_episode"]) == (250, 99, "300")
+    assert float(gems["val_return_last_tenth"]) == (19 + 20) / 2  # the validations after episode 900
+    assert (gems["test_return_stderr"], gems["train_seconds"], gems["git_commit"]) == ("1.5", "60.0", "abc")
+    unknown = ("best_val_return", "best_val_episode", "val_return_last_tenth", "test_return_stderr", "train_seconds")
+    assert all(rows[0][name] == "" for name in unknown)

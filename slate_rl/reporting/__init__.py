@@ -15,7 +15,14 @@ from slate_rl.reporting.figures import (
 )
 from slate_rl.reporting.names import ENV_NAMES, env_name, is_privileged, method_name, row_order
 from slate_rl.reporting.records import RunResult
-from slate_rl.reporting.render import aggregates_to_markdown, to_csv, to_latex, to_markdown, to_per_seed_csv
+from slate_rl.reporting.render import (
+    aggregates_to_markdown,
+    to_csv,
+    to_latex,
+    to_markdown,
+    to_per_seed_csv,
+    to_runs_csv,
+)
 from slate_rl.reporting.stats import (
     CurveBand,
     Difference,
@@ -63,6 +70,7 @@ __all__ = [
     "to_latex",
     "to_markdown",
     "to_per_seed_csv",
+    "to_runs_csv",
     "tradeoff_points",
     "welch_test",
     "write_figures",

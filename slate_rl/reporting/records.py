@@ -37,6 +37,9 @@ class RunResult:
     e.g. (("agent.gamma", "0.9"),); each variant is a row of its own (`row`), empty for the method's plain row.
     `settings` are the params every compared run of the method sets apart from the preset, all to the same value
     (e.g. (("episodes", "20000"),)): they apply to all its rows, so no label shows them; the table's legend does.
+    `run_id`, `test_stderr` (the standard error of the test return over the test users), `train_seconds` (the time
+    training took, without the time the run was stopped) and `commit` say where the number comes from; None or ''
+    where unknown.
     """
 
     method: str
@@ -48,6 +51,10 @@ class RunResult:
     params: Mapping[str, Any] = field(default_factory=dict)
     variant: tuple[tuple[str, str], ...] = ()
     settings: tuple[tuple[str, str], ...] = ()
+    run_id: str = ""
+    test_stderr: float | None = None
+    train_seconds: float | None = None
+    commit: str = ""
 
     @property
     def row(self) -> str:

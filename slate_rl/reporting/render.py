@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from slate_rl.reporting.aggregate import STATISTICS, AggregateScore
 from slate_rl.reporting.names import base_method, env_name, is_privileged, method_name, param_list
+from slate_rl.reporting.records import RunResult
 from slate_rl.reporting.table import ResultsTable, TableCell
 
 _LATEX_SPECIALS = {c: "\\" + c for c in "&%$#_{}"} | {
@@ -182,6 +183,44 @@ def to_per_seed_csv(table: ResultsTable, env: str) -> str:
         writer.writerow(
             [base_method(method), variant_label(variant), cell.summary.n, cell.summary.mean, half_width, values]
         )
+    return buffer.getvalue()
+
+
+_RUNS_COLUMNS = (
+    "env",
+    "method",
+    "variant",
+    "seed",
+    "run_id",
+    "test_return",
+    "test_return_stderr",
+    "best_val_return",
+    "best_val_episode",
+    "val_return_last_tenth",
+    "train_seconds",
+    "git_commit",
+)
+
+
+def to_runs_csv(results: Sequence[RunResult]) -> str:
+    """One row per run, sorted by environment, method, variant and seed: where each number of the table comes from.
+    `best_val_return` and its episode, and `val_return_last_tenth` (the mean validation return over the last tenth
+    of training: the validations after 90% of the last validated episode) come from the validation curve; empty
+    fields mean unknown (a run without validation curve, a run that logged no test standard error)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(_RUNS_COLUMNS)
+    blank = lambda value: "" if value is None else value  # noqa: E731
+    labelled = [(variant_label({name.rpartition(".")[2]: value for name, value in r.variant}), r) for r in results]
+    for label, r in sorted(labelled, key=lambda item: (item[1].env, item[1].method, item[0], item[1].seed)):
+        best: tuple[float | str, int | str] = ("", "")
+        last: float | str = ""
+        if r.val_curve:
+            episode, value = max(r.val_curve, key=lambda point: point[1])
+            tail = [v for e, v in r.val_curve if e > 0.9 * r.val_curve[-1][0]]
+            best, last = (value, episode), sum(tail) / len(tail)
+        source = (r.run_id, r.test_return, blank(r.test_stderr), *best, last, blank(r.train_seconds), r.commit)
+        writer.writerow([r.env, r.method, label, r.seed, *source])
     return buffer.getvalue()
 
 

@@ -32,6 +32,7 @@ from slate_rl.reporting import (
     to_latex,
     to_markdown,
     to_per_seed_csv,
+    to_runs_csv,
 )
 from slate_rl.reporting.names import row_order
 from slate_rl.stage_configs import REFERENCE_PROTOCOL, TrainOnlineConfig, agent_defaults, reference_switches
@@ -301,6 +302,8 @@ def to_result(r: Run, with_curve: bool, variant: tuple[tuple[str, str], ...] = (
         "beta": params.get("lambda_kl"),
         "lambda_click": params.get("lambda_click"),
     }
+    # time/elapsed_s is the time of each logging window: their sum leaves out the time the run was stopped
+    windows = metric_curve(r.info.run_id, "time/elapsed_s") if with_curve else []
     return RunResult(
         method=tags["method"],
         env=tags["env"],
@@ -310,6 +313,10 @@ def to_result(r: Run, with_curve: bool, variant: tuple[tuple[str, str], ...] = (
         val_curve=(metric_curve(r.info.run_id, "val_return") or None) if with_curve else None,
         params={k: v for k, v in gems.items() if v is not None},
         variant=variant,
+        run_id=r.info.run_id,
+        test_stderr=r.data.metrics.get("test_return_stderr"),
+        train_seconds=sum(seconds for _, seconds in windows) if windows else None,
+        commit=tags.get("git_commit", ""),
     )
 
 
@@ -360,6 +367,7 @@ def _online_report(results: list[RunResult], cfg: CompareConfig, folder: Path) -
     atomic.write_text(folder / "results.tex", to_latex(table, label="tab:slate-rl-results"))
     for env in table.envs:
         atomic.write_text(folder / f"per_seed_{env}.csv", to_per_seed_csv(table, env))
+    atomic.write_text(folder / "runs.csv", to_runs_csv(table_runs))
     sections = [markdown]
     contrasts = build_contrasts(table)
     if contrasts:
