@@ -809,8 +809,12 @@ def _progress(run: Run, live: bool) -> str:
         left = f", about {_seconds_text((total - done) / rate)} left" if rate > 0 else ""
         return f"episode {done:,.0f} of {total:,.0f}{left}; "
     if stage == "pretrain_gems" and "epochs" in params:
-        done = len(MlflowClient().get_metric_history(run.info.run_id, "val/loss"))
-        return f"{done} of {params['epochs']} epochs done; "
+        ends = sorted(metric.timestamp for metric in MlflowClient().get_metric_history(run.info.run_id, "val/loss"))
+        total = int(params["epochs"])
+        # the pace of the last epoch (the first: since the run started), as a stop between epochs may have been long
+        last = (ends[-1] - (ends[-2] if len(ends) > 1 else run.info.start_time)) / 1000 if ends else 0.0
+        left = f", about {_seconds_text(last * (total - len(ends)))} left" if live and last > 0 else ""
+        return f"{len(ends)} of {total} epochs done{left}; "
     return ""
 
 
