@@ -584,6 +584,7 @@ def plan(cfg: PipelineConfig, store: _Store | None = None) -> list[list[Job]]:
             )
         for method in cfg.methods:
             options, agent = _method_overrides(cfg, method)
+            independent = not get_method(method).needs
             grouped = cfg.group_seeds and method in train_online.GROUPED_METHODS and len(cfg.seeds) > 1
             groups: dict[str, dict[int, Job]] = {}  # a seed group's jobs by variant (its name's label)
             group_args: dict[str, list[str]] = {}  # and its train-online arguments but --seeds
@@ -631,7 +632,6 @@ def plan(cfg: PipelineConfig, store: _Store | None = None) -> list[list[Job]]:
                         *_env_args(cfg, TrainOnlineConfig, env_params),
                     ]
                     keys = train_online.lookup_keys(run_cfg)
-                    independent = not get_method(method).needs
                     job = Job(
                         train_online.STAGE, name, [*head, "--seed", str(seed), *tail], keys, independent=independent
                     )
@@ -644,18 +644,8 @@ def plan(cfg: PipelineConfig, store: _Store | None = None) -> list[list[Job]]:
             for variant_label, members in groups.items():
                 keys = tuple(key for member in members.values() for key in member.keys)
                 name = f"{method}/{env}/seeds {describe(list(members))}{variant_label}"
-                independent = not get_method(method).needs
-                add(
-                    2,
-                    Job(
-                        train_online.STAGE,
-                        name,
-                        group_args[variant_label],
-                        keys,
-                        members=members,
-                        independent=independent,
-                    ),
-                )
+                args = group_args[variant_label]
+                add(2, Job(train_online.STAGE, name, args, keys, members=members, independent=independent))
     return [list(jobs.values()) for jobs in phases]
 
 
@@ -868,7 +858,7 @@ def run(cfg: PipelineConfig, experiment_name: str | None = None, out: str = "rep
                     _queue_independent(scheduler, planned[TRAINING][1])
                 failed = scheduler.wait(todo if phase < TRAINING else None)
                 if phase == TRAINING and cfg.select_policies:  # the training runs choose the policies
-                    select_failures += select_policies(cfg, plan(cfg)[-1])
+                    select_failures = select_policies(cfg, plan(cfg)[-1])
                 if phase < count - 1 and (failed or select_failures or elsewhere):  # later phases need them
                     if scheduler.running:
                         log.info("%s: waiting for the %d job(s) still running", STAGE, len(scheduler.running))
