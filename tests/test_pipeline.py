@@ -60,6 +60,21 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _training_jobs(pipeline_pid: int, method: str | None = None) -> list[int]:
+    """The pipeline's `train-online` processes (of `method` if given), read from their argument lists. A process the
+    pipeline has forked but not yet exec'd still shows the pipeline's own arguments, which name the methods too: only
+    the `train-online` argument tells a job apart."""
+    found = []
+    for pid in _children(pipeline_pid):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:  # it ended meanwhile
+            continue
+        if b"train-online" in args and (method is None or method.encode() in b" ".join(args)):
+            found.append(pid)
+    return found
+
+
 def _has_running_run(client: MlflowClient, method: str) -> bool:
     try:
         runs = client.search_runs(["0"], f"tags.stage = 'train_online' and tags.method = '{method}'")
@@ -91,7 +106,7 @@ def test_killed_job_is_reported_and_a_rerun_completes_the_table(tracking_store):
     victim = None
     deadline = time.monotonic() + 300
     while victim is None and time.monotonic() < deadline and process.poll() is None:
-        jobs = [p for p in _children(process.pid) if b"short_term_oracle" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        jobs = _training_jobs(process.pid, "short_term_oracle")
         victim = jobs[0] if jobs else None
         time.sleep(0.2)
     assert victim is not None, "the oracle job never started"
@@ -187,9 +202,7 @@ def test_a_killed_training_job_resumes_in_its_run_and_ends_like_an_uninterrupted
     while killed is None and time.monotonic() < deadline and process.poll() is None:
         for run in client.search_runs(["0"], "tags.stage = 'train_online' and attributes.status = 'RUNNING'"):
             if [f for f in client.list_artifacts(run.info.run_id, "resume") if f.path == "resume/state.pt"]:
-                (job,) = [
-                    p for p in _children(process.pid) if b"train-online" in Path(f"/proc/{p}/cmdline").read_bytes()
-                ]
+                (job,) = _training_jobs(process.pid)
                 os.kill(job, signal.SIGKILL)
                 killed = run.info.run_id
         time.sleep(0.2)
@@ -285,7 +298,7 @@ def test_the_seeds_of_a_sac_method_are_one_group_job_resumed_as_a_group_after_a_
             r for r in runs if any(f.path == "resume/state.pt" for f in client.list_artifacts(r.info.run_id, "resume"))
         ]
         if len(saved) == 2:  # both seeds' first checkpoint: kill the group's process
-            (job,) = [p for p in _children(process.pid) if b"train-online" in Path(f"/proc/{p}/cmdline").read_bytes()]
+            (job,) = _training_jobs(process.pid)
             os.kill(job, signal.SIGKILL)
             killed = sorted(r.info.run_id for r in saved)
         time.sleep(0.2)
