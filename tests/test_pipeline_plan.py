@@ -304,21 +304,22 @@ def test_status_tells_how_far_a_training_run_got(tracking_store):
     gems = client.create_run("0", tags={"stage": "pretrain_gems"}).info.run_id
     client.log_param(gems, "epochs", "15")
     start = client.get_run(gems).info.start_time
-    ends = [start + 400_000, start + 800_000, start + 1_100_000]  # epochs of 400, 400 and 300 s
+    # epochs of 400, 400, 300 and 2,800 s: the last was stopped half-way for 40 min, then resumed from its start
+    ends = [start + 400_000, start + 800_000, start + 1_100_000, start + 3_900_000]
     client.log_batch(
         gems,
         [
             Metric("val/loss", loss, end, epoch)
-            for epoch, (loss, end) in enumerate(zip([3.8, 3.5, 3.4], ends, strict=True))
+            for epoch, (loss, end) in enumerate(zip([3.8, 3.5, 3.4, 3.3], ends, strict=True))
         ],
     )
 
     left = "about 48 min 20 s left"  # (100,000 - 42,000) episodes at 20 per second
     assert pipeline._progress(client.get_run(online), live=True) == f"episode 42,000 of 100,000, {left}; "
     assert pipeline._progress(client.get_run(online), live=False) == "episode 42,000 of 100,000; "
-    left = "about 1 h 0 min left"  # 12 epochs at the pace of the last, 300 s
-    assert pipeline._progress(client.get_run(gems), live=True) == f"3 of 15 epochs done, {left}; "
-    assert pipeline._progress(client.get_run(gems), live=False) == "3 of 15 epochs done; "
+    left = "about 1 h 13 min left"  # 11 epochs at the median pace, 400 s (the last epoch's would say 8 h 33 min)
+    assert pipeline._progress(client.get_run(gems), live=True) == f"4 of 15 epochs done, {left}; "
+    assert pipeline._progress(client.get_run(gems), live=False) == "4 of 15 epochs done; "
     dataset = client.create_run("0", tags={"stage": "generate_dataset"}).info.run_id  # says nothing of its progress
     assert pipeline._progress(client.get_run(dataset), live=True) == ""
 

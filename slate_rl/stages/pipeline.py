@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import socket
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -801,9 +802,11 @@ def _progress(run: Run, live: bool) -> str:
     if stage == "pretrain_gems" and "epochs" in params:
         ends = sorted(metric.timestamp for metric in MlflowClient().get_metric_history(run.info.run_id, "val/loss"))
         total = int(params["epochs"])
-        # the pace of the last epoch (the first: since the run started), as a stop between epochs may have been long
-        last = (ends[-1] - (ends[-2] if len(ends) > 1 else run.info.start_time)) / 1000 if ends else 0.0
-        left = f", about {_seconds_text(last * (total - len(ends)))} left" if live and last > 0 else ""
+        # the median epoch (the first: since the run started): an epoch during which the run was stopped and resumed
+        # or paused lasts far longer than the others, and would say hours too many from the last epoch alone
+        starts = [run.info.start_time, *ends[:-1]]
+        pace = statistics.median((end - start) / 1000 for start, end in zip(starts, ends, strict=True)) if ends else 0
+        left = f", about {_seconds_text(pace * (total - len(ends)))} left" if live and pace > 0 else ""
         return f"{len(ends)} of {total} epochs done{left}; "
     return ""
 
