@@ -980,9 +980,9 @@ def pipeline_command(
 def pipeline_status_command(run_id: str | None) -> None:
     """A running or past pipeline's jobs, as the store holds them now: state, newest run, duration, and how far a
     training run got (episodes or epochs, with the time left at its pace)."""
-    from slate_rl.stages import pipeline
+    from slate_rl.stages import pipeline_status
 
-    click.echo(pipeline.status(run_id))
+    click.echo(pipeline_status.status(run_id))
 
 
 def compare_split(text: str) -> list[str]:

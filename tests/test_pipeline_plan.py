@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from slate_rl.cli import main
 from slate_rl.errors import SlateRLError
 from slate_rl.stage_configs import GenerateDatasetConfig
-from slate_rl.stages import pipeline
+from slate_rl.stages import pipeline, pipeline_status
 from slate_rl.tracking.lineage import LINEAGE_TAG
 
 
@@ -278,7 +278,7 @@ def test_status_shows_each_job_of_a_past_pipeline_with_its_newest_run(tracking_s
     client.log_param(lost, "episodes", "1000")
     client.log_metric(lost, "time/episodes", 100.0, step=400)
 
-    text = pipeline.status()
+    text = pipeline_status.status()
     assert text.startswith(f"pipeline run {parent} (FAILED): started "), text
     assert "; backend ray\nphase 1/3 (datasets): 0 jobs\nphase 2/3 (MF and GeMS): 0 jobs\n" in text
     assert "phase 3/3 (training): 2 jobs: 1 finished, 1 lost\n" in text
@@ -315,13 +315,13 @@ def test_status_tells_how_far_a_training_run_got(tracking_store):
     )
 
     left = "about 48 min 20 s left"  # (100,000 - 42,000) episodes at 20 per second
-    assert pipeline._progress(client.get_run(online), live=True) == f"episode 42,000 of 100,000, {left}; "
-    assert pipeline._progress(client.get_run(online), live=False) == "episode 42,000 of 100,000; "
+    assert pipeline_status._progress(client.get_run(online), live=True) == f"episode 42,000 of 100,000, {left}; "
+    assert pipeline_status._progress(client.get_run(online), live=False) == "episode 42,000 of 100,000; "
     left = "about 1 h 13 min left"  # 11 epochs at the median pace, 400 s (the last epoch's would say 8 h 33 min)
-    assert pipeline._progress(client.get_run(gems), live=True) == f"4 of 15 epochs done, {left}; "
-    assert pipeline._progress(client.get_run(gems), live=False) == "4 of 15 epochs done; "
+    assert pipeline_status._progress(client.get_run(gems), live=True) == f"4 of 15 epochs done, {left}; "
+    assert pipeline_status._progress(client.get_run(gems), live=False) == "4 of 15 epochs done; "
     dataset = client.create_run("0", tags={"stage": "generate_dataset"}).info.run_id  # says nothing of its progress
-    assert pipeline._progress(client.get_run(dataset), live=True) == ""
+    assert pipeline_status._progress(client.get_run(dataset), live=True) == ""
 
 
 def test_a_running_stage_refreshes_its_heartbeat_until_it_ends(tracking_store, monkeypatch):

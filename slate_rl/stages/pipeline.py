@@ -36,8 +36,6 @@ import logging
 import os
 import re
 import socket
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -342,7 +340,7 @@ def seeds_option(seeds: list[int]) -> str:
     return describe(seeds) + ("," if len(seeds) == 1 else "")
 
 
-class _Store:
+class Store:
     """The runs of the pipeline's stages in the tracking store, by lineage key (read once per plan); with `job`,
     only that job's runs."""
 
@@ -402,9 +400,11 @@ class _Store:
             return job
         latest = runs[0]  # newest first
         status, tags, run_id = latest.info.status, latest.data.tags, latest.info.run_id
-        alive = _alive(latest)
+        alive = run_alive(latest)
         if status == "RUNNING" and alive is not False:
-            return dataclasses.replace(job, state="running", run_id=run_id, note=f"RUNNING ({_where(latest, alive)})")
+            return dataclasses.replace(
+                job, state="running", run_id=run_id, note=f"RUNNING ({where_running(latest, alive)})"
+            )
         died = status in ("RUNNING", "KILLED") or (status == "FAILED" and SIGNAL_TAG in tags)
         why = f"{status}" + (f" by {tags[SIGNAL_TAG]}" if SIGNAL_TAG in tags else "")
         if died and job.stage in RESUMABLE:
@@ -445,7 +445,7 @@ class _Store:
         status, tags = group.info.status, group.data.tags
         if tags.get("stage") != train_online.GROUP_STAGE or status == "FINISHED":
             return None
-        died = (status == "RUNNING" and _alive(group) is False) or status == "KILLED"
+        died = (status == "RUNNING" and run_alive(group) is False) or status == "KILLED"
         if not (died or (status == "FAILED" and SIGNAL_TAG in tags)):
             return None
         recorded = {int(seed) for seed in group.data.params.get("seeds_resolved", "").split(",") if seed}
@@ -456,7 +456,7 @@ class _Store:
         return group.info.run_id, status + (f" by {tags[SIGNAL_TAG]}" if SIGNAL_TAG in tags else "")
 
 
-def _alive(run: Run) -> bool | None:
+def run_alive(run: Run) -> bool | None:
     """Whether the process that runs `run` lives: by its heartbeat (fresh, and its process not gone from this
     machine); for a run without one (logged before heartbeats), by its process on this machine, None elsewhere."""
     tags = run.data.tags
@@ -479,7 +479,7 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
-def _where(run: Run, alive: bool | None) -> str:
+def where_running(run: Run, alive: bool | None) -> str:
     """Where a live RUNNING run runs, for the plan."""
     tags = run.data.tags
     age = heartbeat_age(tags)
@@ -495,7 +495,7 @@ def _where(run: Run, alive: bool | None) -> str:
 
 def locate(job: Job) -> Job:
     """The job's state now, from its runs in the store (what a Ray task that starts or restarts it runs)."""
-    return _Store(job).locate(job)
+    return Store(job).locate(job)
 
 
 def retire_lost_runs(job: Job, by: str) -> None:
@@ -514,7 +514,7 @@ def retire_lost_pipelines(by: str) -> None:
     client = MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
     for lost in client.search_runs(experiments, f"tags.stage = '{STAGE}' and attributes.status = 'RUNNING'"):
-        if lost.info.run_id != by and _alive(lost) is False:
+        if lost.info.run_id != by and run_alive(lost) is False:
             log.info("%s: run %s lost its process; marked KILLED", STAGE, lost.info.run_id)
             _mark_lost(client, lost, f"found by pipeline run {by}")
 
@@ -526,7 +526,7 @@ def _mark_lost(client: MlflowClient, run: Run, how: str) -> None:
 
 def job_runs(job: Job) -> list[Run]:
     """The runs of the job's lineage keys, newest first; for a seed group, then the group runs that hold them."""
-    store = _Store(job)
+    store = Store(job)
     runs = store.runs(job.stage, job.keys)
     if not job.members:
         return runs
@@ -535,9 +535,9 @@ def job_runs(job: Job) -> list[Run]:
     return runs + [group for group in groups if group.data.tags.get("stage") == train_online.GROUP_STAGE]
 
 
-def plan(cfg: PipelineConfig, store: _Store | None = None) -> list[list[Job]]:
+def plan(cfg: PipelineConfig, store: Store | None = None) -> list[list[Job]]:
     """The jobs of the grid in dependency phases (datasets; MF and GeMS; training runs), each with its state."""
-    store = store or _Store()
+    store = store or Store()
     phases: list[dict[str, Job]] = [{}, {}, {}]
 
     needs = {need for method in cfg.methods for need in get_method(method).needs}
@@ -650,9 +650,9 @@ def plan(cfg: PipelineConfig, store: _Store | None = None) -> list[list[Job]]:
     return [list(jobs.values()) for jobs in phases]
 
 
-def phases(cfg: PipelineConfig, store: _Store | None = None) -> list[tuple[str, list[Job]]]:
+def phases(cfg: PipelineConfig, store: Store | None = None) -> list[tuple[str, list[Job]]]:
     """Every phase of the grid as (title, jobs): those of `plan`, then those of the offline grid when it has one."""
-    store = store or _Store()
+    store = store or Store()
     titled = list(zip(PHASES, plan(cfg, store), strict=True))
     return titled + (pipeline_offline.plan(cfg, store) if cfg.offline else [])
 
@@ -708,121 +708,6 @@ def describe_plan(cfg: PipelineConfig) -> str:
                 f"{cfg.select_method} run with the best test return"
             )
     return "\n".join(lines)
-
-
-def status(run_id: str | None = None) -> str:
-    """A pipeline's jobs as the store holds them now (the newest pipeline run's unless `run_id` names one): each
-    job's state, newest run and its duration, phase by phase (what `pipeline status` prints)."""
-    client = MlflowClient()
-    parent = _pipeline_run(client, run_id)
-    params = {k: "" if v in ("''", '""') else v for k, v in parent.data.params.items()}
-    cfg = PipelineConfig.resolve(
-        params.get("envs", "all"),
-        params.get("methods", "all"),
-        params.get("seeds", "10"),
-        env_param=(params.get("env_param", ""),),
-        assignments=(params.get("set", ""),),
-        preset=params.get("preset", "paper"),
-        item_embeddings=params.get("item_embeddings", ""),
-        group_seeds=params.get("group_seeds", "false").lower() == "true",  # before groups: one job per seed
-    )
-    cfg.offline = pipeline_offline.OfflineGrid.from_params(cfg, params)
-    store = _Store()
-    alive = _alive(parent) if parent.info.status == "RUNNING" else None
-    state = parent.info.status + (", its process is gone" if alive is False else "")
-    lines = [
-        f"pipeline run {parent.info.run_id} ({state}): started "
-        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(parent.info.start_time / 1000))}, "
-        f"{_duration(parent)}; backend {params.get('backend', 'local')}"
-    ]
-    titled = phases(cfg, store)
-    for number, (title, jobs) in enumerate(titled, start=1):
-        rows = [_job_status(job, store) for job in jobs]
-        counts = {word: sum(row[0] == word for row in rows) for word in dict.fromkeys(row[0] for row in rows)}
-        summary = ", ".join(f"{n} {word}" for word, n in counts.items())
-        lines.append(f"phase {number}/{len(titled)} ({title}): {len(jobs)} jobs" + (f": {summary}" if jobs else ""))
-        for (word, job_run, detail), job in zip(rows, jobs, strict=True):
-            where = f"  {job_run.info.run_id}  {_duration(job_run)}" if job_run else ""
-            lines.append(f"  {word:9} {job.name}{where}" + (f" ({detail})" if detail else ""))
-    return "\n".join(lines)
-
-
-def _pipeline_run(client: MlflowClient, run_id: str | None) -> Run:
-    if run_id:
-        parent = client.get_run(run_id)
-        if parent.data.tags.get("stage") != STAGE:
-            raise SlateRLError(f"run {run_id} is not a pipeline run (its stage: {parent.data.tags.get('stage')})")
-        return parent
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-    runs = (
-        client.search_runs(
-            experiments, f"tags.stage = '{STAGE}'", order_by=["attributes.start_time DESC"], max_results=1
-        )
-        if experiments
-        else []
-    )
-    if not runs:
-        raise SlateRLError(
-            f"no pipeline run in the tracking store {client.tracking_uri}; start one with `slate-rl pipeline ...` "
-            "(or point MLFLOW_TRACKING_URI at the store that holds it)"
-        )
-    return runs[0]
-
-
-def _job_status(job: Job, store: _Store) -> tuple[str, Run | None, str]:
-    """A job's state word, its newest run (None when it has none yet) and a detail."""
-    if job.state == "finished":
-        return "finished", store.finished(job.stage, job.keys), ""
-    runs = store.runs(job.stage, job.keys)
-    if not runs:
-        return "waiting", None, "" if job.keys else job.note or "after its dataset"
-    latest = runs[0]
-    progress = _progress(latest, live=job.state == "running")
-    next_time = "resumes from its checkpoint" if job.state == "resume" else "starts a new run"
-    if job.state == "running":
-        return "running", latest, progress + _where(latest, _alive(latest))
-    if latest.info.status == "RUNNING":
-        age = heartbeat_age(latest.data.tags)
-        lost = f"no heartbeat for {age:.0f} s" if age is not None else "its process is gone"
-        return "lost", latest, f"{progress}{lost}; the next pipeline {next_time}"
-    return latest.info.status.lower(), latest, f"{progress}the next pipeline {next_time}"
-
-
-def _progress(run: Run, live: bool) -> str:
-    """How far a training run got, as 'episode 42,000 of 100,000; ' (when `live`, with the time left at the pace it
-    logged last: ', about 1 h 5 min left') or '3 of 15 epochs done; ' ('' for a stage or run that has not said)."""
-    metrics, params, stage = run.data.metrics, run.data.params, run.data.tags.get("stage")
-    if stage == "train_online" and "time/episodes" in metrics and "episodes" in params:
-        # time/episodes counts the episodes of one logging window; the step it was logged at is the episode reached
-        history = MlflowClient().get_metric_history(run.info.run_id, "time/episodes")
-        done, total = float(max(metric.step for metric in history)), float(params["episodes"])
-        rate = metrics.get("time/episodes_per_s", 0.0) if live else 0.0
-        left = f", about {_seconds_text((total - done) / rate)} left" if rate > 0 else ""
-        return f"episode {done:,.0f} of {total:,.0f}{left}; "
-    if stage == "pretrain_gems" and "epochs" in params:
-        ends = sorted(metric.timestamp for metric in MlflowClient().get_metric_history(run.info.run_id, "val/loss"))
-        total = int(params["epochs"])
-        # the median epoch (the first: since the run started): an epoch during which the run was stopped and resumed
-        # or paused lasts far longer than the others, and would say hours too many from the last epoch alone
-        starts = [run.info.start_time, *ends[:-1]]
-        pace = statistics.median((end - start) / 1000 for start, end in zip(starts, ends, strict=True)) if ends else 0
-        left = f", about {_seconds_text(pace * (total - len(ends)))} left" if live and pace > 0 else ""
-        return f"{len(ends)} of {total} epochs done{left}; "
-    return ""
-
-
-def _duration(run: Run) -> str:
-    """How long a run ran (so far, when it still runs)."""
-    end = run.info.end_time if run.info.status != "RUNNING" and run.info.end_time else time.time() * 1000
-    return _seconds_text(max(0.0, (end - run.info.start_time) / 1000))
-
-
-def _seconds_text(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f} min {seconds % 60:.0f} s"
-    return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
 
 
 def _counts(jobs: list[Job]) -> str:
