@@ -958,7 +958,8 @@ def pipeline_command(
     and offline runs) as child runs of one run, then compare.
 
     Finished jobs are skipped and killed ones resume from their last checkpoint: interrupt it and run it again to
-    finish only what is missing. `slate-rl pipeline status` shows a running or past pipeline's jobs."""
+    finish only what is missing. `slate-rl pipeline status` shows a running or past pipeline's jobs;
+    `slate-rl pipeline pause` and `pipeline continue` stop a running one and let it go on."""
     if ctx.invoked_subcommand is not None:
         return
     from slate_rl.stages import pipeline, pipeline_offline
@@ -983,6 +984,28 @@ def pipeline_status_command(run_id: str | None) -> None:
     from slate_rl.stages import pipeline_status
 
     click.echo(pipeline_status.status(run_id))
+
+
+@pipeline_command.command("pause")
+@option("run", "run_id", default=None, help="The pipeline run (default: the newest running one).")
+@user_errors
+def pipeline_pause_command(run_id: str | None) -> None:
+    """Stop a running pipeline and its jobs where they are (SIGSTOP), e.g. while you time something else on the
+    machine; `slate-rl pipeline continue` lets them go on. Paused runs are not taken for lost ones meanwhile. From the
+    machine the pipeline runs on; local backend only."""
+    from slate_rl.stages import pipeline_pause
+
+    click.echo(pipeline_pause.pause(run_id))
+
+
+@pipeline_command.command("continue")
+@option("run", "run_id", default=None, help="The pipeline run (default: the newest running one).")
+@user_errors
+def pipeline_continue_command(run_id: str | None) -> None:
+    """Let a pipeline stopped by `slate-rl pipeline pause` and its jobs go on."""
+    from slate_rl.stages import pipeline_pause
+
+    click.echo(pipeline_pause.carry_on(run_id))
 
 
 def compare_split(text: str) -> list[str]:

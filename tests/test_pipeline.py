@@ -1,6 +1,7 @@
 """The pipeline: a tiny grid with one job killed on purpose, re-run to completion; a run its dead pipeline left
 RUNNING, marked KILLED by the next; a killed training job resumed by the next pipeline into the same run; the store
-under concurrency; training jobs that need no upstream output running beside the upstream jobs."""
+under concurrency; training jobs that need no upstream output running beside the upstream jobs; a pipeline paused
+and continued."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from slate_rl.stages import pipeline
+from slate_rl.errors import SlateRLError
+from slate_rl.stages import pipeline, pipeline_pause, pipeline_status
 from slate_rl.tracking.lineage import LINEAGE_TAG
+from slate_rl.tracking.runs import HEARTBEAT_TAG, PAUSED_TAG
 
 pytestmark = pytest.mark.slow
 GRID = [
@@ -368,3 +371,43 @@ def test_jobs_that_need_no_upstream_output_run_while_the_upstream_phases_do(trac
     assert len(runs) == 4 and {run.info.status for run in runs} == {"FINISHED"}
     again, _ = _pipeline(tracking_store, [*grid, "--dry-run"]).communicate(timeout=300)
     assert "phase 3/3 (training): 2 jobs, 2 already finished, 0 to run, 0 to resume\n" in again, again
+
+
+def _stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped by a signal (state T in /proc)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_a_paused_pipeline_is_not_taken_for_lost_and_goes_on_when_continued(tracking_store):
+    grid = [*GRID, "--set", "test_episodes=10000"]  # the oracle then runs long enough to be paused mid-run
+    process = _pipeline(tracking_store, grid)
+    client = MlflowClient()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # until the oracle's run is RUNNING and names its job (its lineage)
+        assert process.poll() is None, process.communicate()[0]
+        runs = client.search_runs(["0"], "tags.method = 'short_term_oracle' and attributes.status = 'RUNNING'")
+        if runs and LINEAGE_TAG in runs[0].data.tags:
+            break
+        time.sleep(0.1)
+    said = pipeline_pause.pause()
+    (oracle,) = _training_jobs(process.pid, "short_term_oracle")
+    assert _stopped(process.pid) and _stopped(oracle)
+    assert "paused pipeline run" in said and "short_term_oracle/focused_mix/seed58407201" in said, said
+    running = client.search_runs(["0"], "attributes.status = 'RUNNING'")
+    assert {run.data.tags.get("stage") for run in running} >= {"pipeline", "train_online"}
+    for run in running:  # a pause longer than four heartbeats
+        assert PAUSED_TAG in run.data.tags
+        client.set_tag(run.info.run_id, HEARTBEAT_TAG, f"{time.time() - 1000:.1f}")
+    assert all(pipeline.run_alive(run) for run in client.search_runs(["0"], "attributes.status = 'RUNNING'"))
+    status = pipeline_status.status()
+    assert "(RUNNING, paused since" in status and "running   short_term_oracle" in status, status
+    with pytest.raises(SlateRLError, match="already paused"):
+        pipeline_pause.pause()
+
+    assert "goes on after" in pipeline_pause.carry_on()
+    assert not _stopped(process.pid)
+    for run in client.search_runs(["0"], "attributes.status = 'RUNNING'"):
+        assert PAUSED_TAG not in run.data.tags and pipeline.run_alive(run)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0 and "all jobs finished" in output, output
+    assert {r.info.status for r in client.search_runs(["0"])} == {"FINISHED"}

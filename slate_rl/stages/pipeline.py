@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ from slate_rl.stages.pipeline_scheduler import Scheduler
 from slate_rl.tracking.lineage import LINEAGE_TAG
 from slate_rl.tracking.runs import (
     HOST_TAG,
+    PAUSED_TAG,
     PID_TAG,
     format_param,
     has_resume_state,
@@ -458,11 +460,14 @@ class Store:
 
 def run_alive(run: Run) -> bool | None:
     """Whether the process that runs `run` lives: by its heartbeat (fresh, and its process not gone from this
-    machine); for a run without one (logged before heartbeats), by its process on this machine, None elsewhere."""
+    machine; a paused run's heartbeat waits for `pipeline continue`); for a run without one (logged before
+    heartbeats), by its process on this machine, None elsewhere."""
     tags = run.data.tags
     here = tags.get(HOST_TAG) == socket.gethostname() and tags.get(PID_TAG, "").isdigit()
     if here and not _process_exists(int(tags[PID_TAG])):
         return False
+    if PAUSED_TAG in tags:
+        return True
     fresh = heartbeat_fresh(tags)
     if fresh is not None:
         return fresh
@@ -483,6 +488,9 @@ def where_running(run: Run, alive: bool | None) -> str:
     """Where a live RUNNING run runs, for the plan."""
     tags = run.data.tags
     age = heartbeat_age(tags)
+    if PAUSED_TAG in tags:
+        since = time.strftime("%H:%M:%S", time.localtime(float(tags[PAUSED_TAG])))
+        return f"paused since {since} by `slate-rl pipeline pause`, host {tags.get(HOST_TAG, 'unknown')}"
     if age is not None:
         return f"heartbeat {age:.0f} s ago, host {tags.get(HOST_TAG, 'unknown')}, pid {tags.get(PID_TAG, 'unknown')}"
     if alive:

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from slate_rl.errors import SlateRLError
 from slate_rl.stages import pipeline_offline
 from slate_rl.stages.pipeline import STAGE, Job, PipelineConfig, Store, phases, run_alive, where_running
-from slate_rl.tracking.runs import heartbeat_age
+from slate_rl.tracking.runs import PAUSED_TAG, heartbeat_age
 
 
 def status(run_id: str | None = None) -> str:
@@ -36,9 +36,11 @@ def status(run_id: str | None = None) -> str:
     store = Store()
     alive = run_alive(parent) if parent.info.status == "RUNNING" else None
     state = parent.info.status + (", its process is gone" if alive is False else "")
+    if alive and PAUSED_TAG in parent.data.tags:
+        state += f", paused since {_clock(float(parent.data.tags[PAUSED_TAG]))}: `slate-rl pipeline continue`"
     lines = [
         f"pipeline run {parent.info.run_id} ({state}): started "
-        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(parent.info.start_time / 1000))}, "
+        f"{_clock(parent.info.start_time / 1000)}, "
         f"{_duration(parent)}; backend {params.get('backend', 'local')}"
     ]
     titled = phases(cfg, store)
@@ -129,3 +131,7 @@ def _seconds_text(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60:.0f} min {seconds % 60:.0f} s"
     return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
+
+
+def _clock(unix_time: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix_time))

@@ -36,6 +36,7 @@ HOST_TAG, PID_TAG = "host", "pid"  # where it runs (information; and a dead proc
 # intervals has lost its process.
 HEARTBEAT_TAG, HEARTBEAT_INTERVAL_TAG = "heartbeat", "heartbeat_interval"
 HEARTBEAT_ENV, HEARTBEAT_DEFAULT_S, HEARTBEAT_MISSES = "SLATE_RL_HEARTBEAT_S", 30.0, 4
+PAUSED_TAG = "paused"  # unix time a run's process was stopped by `pipeline pause`: alive without heartbeat until then
 RESUME_PATH, RESUME_FILE = "resume", "state.pt"  # where a resumable stage keeps the state `--resume` continues from
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by the MLflow UI to choose an experiment's default views
 MODEL_TRAINING_KIND = "custom_model_development"
