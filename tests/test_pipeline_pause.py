@@ -9,6 +9,7 @@ import socket
 import sqlite3
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -73,3 +74,21 @@ def test_a_store_locked_by_a_writer_is_not_free(tracking_store):
     assert sqlite_store.unlocked(uri)
     writer.close()
     assert sqlite_store.unlocked("http://localhost:5000")  # a server keeps its own transactions
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_store_that_stays_locked_leaves_nothing_paused(tracking_store, monkeypatch):
+    sleeper = subprocess.Popen(["sleep", "60"])  # stands for the pipeline's process
+    try:
+        run_id = _run(MlflowClient(), sleeper.pid).info.run_id
+        monkeypatch.setattr(pipeline_pause.sqlite_store, "unlocked", lambda uri: False)
+        with pytest.raises(SlateRLError, match=r"stayed locked .* nothing is paused: try again"):
+            pipeline_pause.pause(run_id)
+        assert _state(sleeper.pid) != "T"
+        assert PAUSED_TAG not in MlflowClient().get_run(run_id).data.tags
+    finally:
+        sleeper.kill()
+        sleeper.wait()

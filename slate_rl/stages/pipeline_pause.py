@@ -35,8 +35,13 @@ def pause(run_id: str | None = None) -> str:
             f"pipeline run {parent.info.run_id} is already paused (since {_clock(parent.data.tags[PAUSED_TAG])}); "
             "`slate-rl pipeline continue` lets it go on"
         )
-    stopped = _stop_with_the_store_free(int(parent.data.tags[PID_TAG]))
     now = f"{time.time():.1f}"
+    client.set_tag(parent.info.run_id, PAUSED_TAG, now)  # first: whatever fails next, `continue` lets them go on
+    try:
+        stopped = _stop_with_the_store_free(int(parent.data.tags[PID_TAG]))
+    except SlateRLError:
+        client.delete_tag(parent.info.run_id, PAUSED_TAG)
+        raise
     runs = _runs_of(client, stopped)
     for run in runs:
         client.set_tag(run.info.run_id, PAUSED_TAG, now)
