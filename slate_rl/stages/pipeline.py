@@ -487,10 +487,10 @@ def _process_exists(pid: int) -> bool:
 def where_running(run: Run, alive: bool | None) -> str:
     """Where a live RUNNING run runs, for the plan."""
     tags = run.data.tags
-    age = heartbeat_age(tags)
     if PAUSED_TAG in tags:
-        since = time.strftime("%H:%M:%S", time.localtime(float(tags[PAUSED_TAG])))
+        since = clock(float(tags[PAUSED_TAG]))
         return f"paused since {since} by `slate-rl pipeline pause`, host {tags.get(HOST_TAG, 'unknown')}"
+    age = heartbeat_age(tags)
     if age is not None:
         return f"heartbeat {age:.0f} s ago, host {tags.get(HOST_TAG, 'unknown')}, pid {tags.get(PID_TAG, 'unknown')}"
     if alive:
@@ -499,6 +499,11 @@ def where_running(run: Run, alive: bool | None) -> str:
         f"on host {tags.get(HOST_TAG, 'unknown')}, pid {tags.get(PID_TAG, 'unknown')}; mark it KILLED if that "
         "process is gone"
     )
+
+
+def clock(unix_time: float) -> str:
+    """A moment as local date and time, to the second."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix_time))
 
 
 def locate(job: Job) -> Job:

@@ -20,7 +20,7 @@ from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
 from slate_rl.errors import SlateRLError
-from slate_rl.stages.pipeline import STAGE
+from slate_rl.stages.pipeline import STAGE, clock
 from slate_rl.tracking import sqlite_store
 from slate_rl.tracking.runs import HEARTBEAT_TAG, HOST_TAG, PAUSED_TAG, PID_TAG, active_mlflow_uri
 
@@ -31,9 +31,10 @@ def pause(run_id: str | None = None) -> str:
     client = MlflowClient()
     parent = _running_pipeline(client, run_id)
     if PAUSED_TAG in parent.data.tags:
+        since = clock(float(parent.data.tags[PAUSED_TAG]))
         raise SlateRLError(
-            f"pipeline run {parent.info.run_id} is already paused (since {_clock(parent.data.tags[PAUSED_TAG])}); "
-            "`slate-rl pipeline continue` lets it go on"
+            f"pipeline run {parent.info.run_id} is already paused (since {since}); `slate-rl pipeline continue` lets "
+            "it go on"
         )
     now = f"{time.time():.1f}"
     client.set_tag(parent.info.run_id, PAUSED_TAG, now)  # first: whatever fails next, `continue` lets them go on
@@ -167,7 +168,3 @@ def _runs_of(client: MlflowClient, pids: list[int]) -> list[Run]:
         for run in client.search_runs(experiments, "attributes.status = 'RUNNING'")
         if run.data.tags.get(HOST_TAG) == host and run.data.tags.get(PID_TAG) in wanted
     ]
-
-
-def _clock(unix_time: str) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(unix_time)))

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from slate_rl.errors import SlateRLError
 from slate_rl.stages import pipeline_offline
-from slate_rl.stages.pipeline import STAGE, Job, PipelineConfig, Store, phases, run_alive, where_running
+from slate_rl.stages.pipeline import STAGE, Job, PipelineConfig, Store, clock, phases, run_alive, where_running
 from slate_rl.tracking.runs import PAUSED_TAG, heartbeat_age
 
 
@@ -37,10 +37,10 @@ def status(run_id: str | None = None) -> str:
     alive = run_alive(parent) if parent.info.status == "RUNNING" else None
     state = parent.info.status + (", its process is gone" if alive is False else "")
     if alive and PAUSED_TAG in parent.data.tags:
-        state += f", paused since {_clock(float(parent.data.tags[PAUSED_TAG]))}: `slate-rl pipeline continue`"
+        state += f", paused since {clock(float(parent.data.tags[PAUSED_TAG]))}: `slate-rl pipeline continue`"
     lines = [
         f"pipeline run {parent.info.run_id} ({state}): started "
-        f"{_clock(parent.info.start_time / 1000)}, "
+        f"{clock(parent.info.start_time / 1000)}, "
         f"{_duration(parent)}; backend {params.get('backend', 'local')}"
     ]
     titled = phases(cfg, store)
@@ -131,7 +131,3 @@ def _seconds_text(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60:.0f} min {seconds % 60:.0f} s"
     return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
-
-
-def _clock(unix_time: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix_time))
