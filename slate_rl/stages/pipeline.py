@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from mlflow.entities import Run, ViewType
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -76,6 +76,7 @@ from slate_rl.tracking.runs import (
     HOST_TAG,
     PAUSED_TAG,
     PID_TAG,
+    active_experiment_ids,
     format_param,
     has_resume_state,
     heartbeat_age,
@@ -357,7 +358,7 @@ class Store:
 
     def __init__(self, job: Job | None = None) -> None:
         self.client = MlflowClient()
-        self.experiments = [e.experiment_id for e in self.client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+        self.experiments = active_experiment_ids(self.client)
         self.by_key: dict[str, list[Run]] = {}
         if job is None:
             for stage in self.STAGES:
@@ -525,7 +526,7 @@ def retire_lost_pipelines(by: str) -> None:
     """Mark KILLED (tag `lost`) the pipeline runs whose process died without ending them (a session or machine that
     stopped): the runs list and the UI show only the pipelines that still run."""
     client = MlflowClient()
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    experiments = active_experiment_ids(client)
     for lost in client.search_runs(experiments, f"tags.stage = '{STAGE}' and attributes.status = 'RUNNING'"):
         if lost.info.run_id != by and run_alive(lost) is False:
             log.info("%s: run %s lost its process; marked KILLED", STAGE, lost.info.run_id)

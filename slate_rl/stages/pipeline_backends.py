@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from mlflow.entities import Run, ViewType
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from slate_rl.tracking.runs import HOST_TAG, PID_TAG
+from slate_rl.tracking.runs import HOST_TAG, PID_TAG, active_experiment_ids
 
 if TYPE_CHECKING:
     from slate_rl.stages.pipeline import Job, PipelineConfig
@@ -121,7 +121,7 @@ def record_death(job: Job, pid: int, returncode: int) -> None:
 def _runs_of(job: Job, pid: int) -> list[Run]:
     """The runs that the job's process `pid` on this machine ran in."""
     client = MlflowClient()
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    experiments = active_experiment_ids(client)
     return client.search_runs(
         experiments,
         f"tags.{JOB_TAG} = '{job.name}' and tags.{PID_TAG} = '{pid}' and tags.{HOST_TAG} = '{socket.gethostname()}'",

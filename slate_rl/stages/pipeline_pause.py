@@ -16,13 +16,20 @@ import socket
 import subprocess
 import time
 
-from mlflow.entities import Run, ViewType
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from slate_rl.errors import SlateRLError
 from slate_rl.stages.pipeline import STAGE, clock
 from slate_rl.tracking import sqlite_store
-from slate_rl.tracking.runs import HEARTBEAT_TAG, HOST_TAG, PAUSED_TAG, PID_TAG, active_mlflow_uri
+from slate_rl.tracking.runs import (
+    HEARTBEAT_TAG,
+    HOST_TAG,
+    PAUSED_TAG,
+    PID_TAG,
+    active_experiment_ids,
+    active_mlflow_uri,
+)
 
 
 def pause(run_id: str | None = None) -> str:
@@ -107,7 +114,7 @@ def _running_pipeline(client: MlflowClient, run_id: str | None) -> Run:
     if run_id:
         run = client.get_run(run_id)
     else:
-        experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+        experiments = active_experiment_ids(client)
         found = client.search_runs(
             experiments,
             f"tags.stage = '{STAGE}' and attributes.status = 'RUNNING'",
@@ -161,7 +168,7 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 
 def _runs_of(client: MlflowClient, pids: list[int]) -> list[Run]:
     """The RUNNING runs of these processes of this machine (a seed group's runs share its process)."""
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    experiments = active_experiment_ids(client)
     host, wanted = socket.gethostname(), {str(pid) for pid in pids}
     return [
         run

@@ -7,13 +7,13 @@ from __future__ import annotations
 import statistics
 import time
 
-from mlflow.entities import Run, ViewType
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from slate_rl.errors import SlateRLError
 from slate_rl.stages import pipeline_offline
 from slate_rl.stages.pipeline import STAGE, Job, PipelineConfig, Store, clock, phases, run_alive, where_running
-from slate_rl.tracking.runs import PAUSED_TAG, heartbeat_age
+from slate_rl.tracking.runs import PAUSED_TAG, active_experiment_ids, heartbeat_age
 
 
 def status(run_id: str | None = None) -> str:
@@ -61,7 +61,7 @@ def _pipeline_run(client: MlflowClient, run_id: str | None) -> Run:
         if parent.data.tags.get("stage") != STAGE:
             raise SlateRLError(f"run {run_id} is not a pipeline run (its stage: {parent.data.tags.get('stage')})")
         return parent
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    experiments = active_experiment_ids(client)
     runs = (
         client.search_runs(
             experiments, f"tags.stage = '{STAGE}'", order_by=["attributes.start_time DESC"], max_results=1

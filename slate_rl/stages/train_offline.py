@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from mlflow.entities import Run, ViewType
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from slate_rl import atomic
@@ -55,7 +55,7 @@ from slate_rl.tracking.lineage import (
     lineage_key,
     parse_run_uri,
 )
-from slate_rl.tracking.runs import RESUME_FILE, RESUME_PATH, StageRun, stage_run
+from slate_rl.tracking.runs import RESUME_FILE, RESUME_PATH, StageRun, active_experiment_ids, stage_run
 
 STAGE = "train_offline"
 COLLECT = "collect"
@@ -228,7 +228,7 @@ def resolve_dataset(cfg: TrainOfflineConfig, spec: EnvSpec, mlrun: StageRun) -> 
 def collect_runs(env: str) -> list[Run]:
     """The finished collect runs of `env` in every experiment, newest first."""
     client = MlflowClient()
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    experiments = active_experiment_ids(client)
     if not experiments:
         return []
     return list(

@@ -19,12 +19,12 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import mlflow
-from mlflow.entities import Run, RunStatus, ViewType
+from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from slate_rl.errors import SlateRLError
-from slate_rl.tracking.runs import format_param
+from slate_rl.tracking.runs import active_experiment_ids, format_param
 
 LINEAGE_TAG = "lineage_key"
 log = logging.getLogger("slate_rl")
@@ -48,7 +48,7 @@ def find_finished_run(stage: str, keys: str | Sequence[str]) -> Run | None:
     """The newest FINISHED run of `stage` with a lineage key of `keys` (tried in order: the current key, then a
     legacy one), in any experiment."""
     client = MlflowClient()
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    experiments = active_experiment_ids(client)
     if not experiments:
         return None
     for key in [keys] if isinstance(keys, str) else keys:

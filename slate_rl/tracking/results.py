@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from mlflow.entities import Run, ViewType
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from slate_rl.errors import SlateRLError
+from slate_rl.tracking.runs import active_experiment_ids
 
 
 def search_finished_runs(stage: str, filter_string: str = "", experiment_names: list[str] | None = None) -> list[Run]:
@@ -20,7 +21,7 @@ def search_finished_runs(stage: str, filter_string: str = "", experiment_names: 
                 raise SlateRLError(f"no MLflow experiment named {name!r}")
             experiments.append(experiment.experiment_id)
     else:
-        experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+        experiments = active_experiment_ids(client)
     if not experiments:
         return []
     query = f"tags.stage = '{stage}' and attributes.status = 'FINISHED'"

@@ -263,7 +263,7 @@ def latest_runs_page(ui_address: str) -> str | None:
     `ui_address` would otherwise open on its overview), or None when the store holds no run."""
     client = MlflowClient()
     try:
-        experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+        experiments = active_experiment_ids(client)
         runs = client.search_runs(experiments, order_by=["attributes.start_time DESC"], max_results=1)
     except MlflowException:
         return None
@@ -373,6 +373,11 @@ def _close_console_log(handler: logging.FileHandler) -> None:
     for name in (LOGGER_NAME, "pytorch_lightning", "lightning.pytorch"):
         logging.getLogger(name).removeHandler(handler)
     handler.close()
+
+
+def active_experiment_ids(client: MlflowClient) -> list[str]:
+    """The ids of the store's active (not deleted) experiments, where a search for runs looks."""
+    return [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
 
 
 def active_mlflow_uri() -> str:
