@@ -125,21 +125,33 @@ class _Heartbeat:
         self._thread.join()
 
 
-def git_commit() -> str:
-    """The project's current commit (with '-dirty' when the tree has changes), or 'unknown'."""
+def git_commit(project_dir: Path = _PROJECT_DIR) -> str:
+    """The project's current commit (with '-dirty' when the tree has changes), or 'unknown'.
+
+    'unknown' is expected for an installed package (no `.git`); for a git checkout whose commit cannot be read (a
+    worktree whose repository moved, git missing) a warning says so, since the run then records no commit.
+    """
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=_PROJECT_DIR, capture_output=True, text=True, timeout=5, check=True
+            ["git", "rev-parse", "HEAD"], cwd=project_dir, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=_PROJECT_DIR,
+            cwd=project_dir,
             capture_output=True,
             text=True,
             timeout=5,
         ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError) as exc:
+        if (project_dir / ".git").exists():
+            why = getattr(exc, "stderr", None) or str(exc)
+            log.warning(
+                "the git commit of %s cannot be read (%s); this run records git_commit=unknown. Fix the checkout "
+                "(for a worktree whose repository moved: `git worktree repair <this folder>` in the repository)",
+                project_dir,
+                why.strip(),
+            )
         return "unknown"
 
 
