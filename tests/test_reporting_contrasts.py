@@ -74,4 +74,7 @@ def test_renderings_carry_every_contrast():
     first = rows[0]
     assert float(first["difference"]) == pytest.approx(contrasts[0].test.difference, rel=1e-12)
     assert float(first["detectable_difference"]) == pytest.approx(contrasts[0].test.detectable, rel=1e-12)
-    assert rows[1]["p_value"] == "" and rows[1]["verdict"] == "undefined"
+    assert rows[1]["p_value"] == "" and rows[1]["verdict"] == "undefined" and rows[1]["seeds_to_detect"] == ""
+    seeds = contrasts[0].test.seeds_to_detect
+    assert int(first["seeds_to_detect"]) == seeds
+    assert markdown.splitlines()[2].endswith(f"| {contrasts[0].verdict} | {seeds} |")

@@ -7,7 +7,15 @@ import pytest
 from scipy import stats as sps
 
 from slate_rl.errors import SlateRLError
-from slate_rl.reporting.stats import curve_band, difference_test, iqm, summarise, welch_test
+from slate_rl.reporting.stats import (
+    MOST_SEEDS,
+    curve_band,
+    difference_test,
+    iqm,
+    seeds_to_detect,
+    summarise,
+    welch_test,
+)
 
 T_975_4DOF = 2.7764451051977987  # Student-t 0.975 quantile, 4 degrees of freedom (statistical tables: 2.776)
 
@@ -118,6 +126,34 @@ def test_a_difference_of_the_detectable_size_is_detected_at_the_stated_power():
     b = rng.normal(0.0, 1.0, (4000, n))
     rejected = np.mean([welch_test(x, y).p_value < 0.05 for x, y in zip(a, b, strict=True)])
     assert rejected == pytest.approx(0.8, abs=4 * math.sqrt(0.8 * 0.2 / 4000))
+
+
+def _power(var_a: float, var_b: float, n: int, difference: float) -> float:
+    """Welch's two-sided test at 5% with n seeds per side: the chance it rejects, from scipy's noncentral t."""
+    va, vb = var_a / n, var_b / n
+    dof = (va + vb) ** 2 / ((va**2 + vb**2) / (n - 1))
+    return float(sps.nct.sf(sps.t.ppf(0.975, dof), dof, abs(difference) / math.sqrt(va + vb)))
+
+
+def test_seeds_to_detect_is_the_fewest_seeds_per_side_with_the_stated_power():
+    # the campaign's REINFORCE+SoftMax (sd 36.0) against SAC+GeMS (sd 44.2), 74.9 apart
+    var_a, var_b, difference = 36.0**2, 44.2**2, 74.9
+    n = seeds_to_detect(var_a, var_b, difference)
+    assert n is not None and n > 3
+    assert _power(var_a, var_b, n, difference) >= 0.8 > _power(var_a, var_b, n - 1, difference)
+    assert seeds_to_detect(var_a, var_b, -difference) == n  # the sign does not matter
+    assert seeds_to_detect(var_a, var_b, 10 * difference) == 2
+    assert seeds_to_detect(var_a, var_b, 0.0) is None  # no difference is ever detected
+    assert seeds_to_detect(var_a, var_b, 1.0) is None  # it would need more than MOST_SEEDS
+    assert _power(var_a, var_b, MOST_SEEDS, 1.0) < 0.8
+
+
+def test_difference_test_gives_the_seeds_for_its_own_difference():
+    a, b = [1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 4.0, 6.0, 8.0, 10.0]
+    result = difference_test(a, b)
+    assert result.seeds_to_detect == seeds_to_detect(2.5, 10.0, -3.0)
+    n = result.seeds_to_detect
+    assert _power(2.5, 10.0, n, 3.0) >= 0.8 > _power(2.5, 10.0, n - 1, 3.0)
 
 
 def test_difference_test_is_undefined_where_welch_is_and_refuses_bad_power():

@@ -1,6 +1,7 @@
 """Contrasts of the results table: each variant row against its method's plain row, each row against the reference
 method; the difference of means with its interval, Welch's test, the smallest difference the seeds could detect and
-a verdict that says "not resolved" when the data cannot decide."""
+a verdict that says "not resolved" when the data cannot decide, and how many seeds per side would detect the
+difference measured."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import io
 from dataclasses import dataclass
 
 from slate_rl.reporting.names import base_method, env_name, method_name
-from slate_rl.reporting.stats import Difference, difference_test
+from slate_rl.reporting.stats import MOST_SEEDS, Difference, difference_test
 from slate_rl.reporting.table import ResultsTable
 
 
@@ -66,25 +67,27 @@ def build_contrasts(table: ResultsTable, power: float = 0.8) -> list[Contrast]:
 
 def contrasts_to_markdown(contrasts: list[Contrast], confidence: float = 0.95, power: float = 0.8) -> str:
     """One line per contrast: difference with its interval, Welch's t / dof / p, the smallest detectable
-    difference and the verdict."""
+    difference, the verdict and the seeds per side that would detect the difference measured."""
     level = round(100 * confidence)
     lines = [
         f"| Environment | Row | Against | n | Difference ± {level}% CI | Welch t (dof), p | "
-        f"Detectable at {100 - level}%, power {round(100 * power)}% | Verdict |",
-        "|---|---|---|---|---:|---|---:|---|",
+        f"Detectable at {100 - level}%, power {round(100 * power)}% | Verdict | Seeds per side to detect it |",
+        "|---|---|---|---|---:|---|---:|---|---:|",
     ]
     for c in contrasts:
         cells = [env_name(c.env), method_name(c.row), method_name(c.against), f"{c.n} vs {c.n_against}"]
         if c.test is None:
-            cells += ["—", "undefined (a side has < 2 seeds or no spread)", "—"]
+            cells += ["—", "undefined (a side has < 2 seeds or no spread)", "—", c.verdict, "—"]
         else:
-            w = c.test.welch
+            w, seeds = c.test.welch, c.test.seeds_to_detect
             cells += [
                 f"{c.test.difference:+.1f} ± {c.test.half_width:.1f}",
                 f"{w.statistic:.2f} ({w.dof:.1f}), p = {w.p_value:.3f}",
                 f"{c.test.detectable:.1f}",
+                c.verdict,
+                f"> {MOST_SEEDS}" if seeds is None else str(seeds),
             ]
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in [*cells, c.verdict]) + " |")
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -101,6 +104,7 @@ _CSV_COLUMNS = (
     "p_value",
     "detectable_difference",
     "verdict",
+    "seeds_to_detect",
 )
 
 
@@ -116,5 +120,6 @@ def contrasts_to_csv(contrasts: list[Contrast]) -> str:
             if t
             else [""] * 6
         )
-        writer.writerow([c.env, c.row, c.against, c.n, c.n_against, *numbers, c.verdict])
+        seeds = "" if t is None or t.seeds_to_detect is None else t.seeds_to_detect
+        writer.writerow([c.env, c.row, c.against, c.n, c.n_against, *numbers, c.verdict, seeds])
     return buffer.getvalue()

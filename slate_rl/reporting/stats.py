@@ -59,16 +59,27 @@ class WelchTest:
     p_value: float
 
 
+def _welch_error(var_a: float, n_a: int, var_b: float, n_b: int) -> tuple[float, float]:
+    """Standard error of mean(a) − mean(b) and the Welch–Satterthwaite dof, from the sample variances and sizes."""
+    va, vb = var_a / n_a, var_b / n_b
+    return math.sqrt(va + vb), (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+
+
 def _welch_parts(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> tuple[float, float, float] | None:
     """mean(a) − mean(b), its standard error and the Welch–Satterthwaite dof; None where Welch's test is undefined."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.size < 2 or y.size < 2:
         return None
-    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
-    if vx + vy == 0.0:
+    if x.var(ddof=1) + y.var(ddof=1) == 0.0:
         return None
-    dof = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
-    return float(x.mean() - y.mean()), math.sqrt(vx + vy), float(dof)
+    standard_error, dof = _welch_error(float(x.var(ddof=1)), x.size, float(y.var(ddof=1)), y.size)
+    return float(x.mean() - y.mean()), standard_error, float(dof)
+
+
+def _detectable(standard_error: float, dof: float, confidence: float, power: float) -> float:
+    """The true difference the two-sided test at level 1 − confidence detects with probability `power`."""
+    critical = float(stdtrit(dof, 0.5 + confidence / 2))
+    return float(nctdtrinc(dof, 1.0 - power, critical)) * standard_error
 
 
 def welch_test(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> WelchTest | None:
@@ -86,19 +97,38 @@ class Difference:
     """mean(a) − mean(b) with Welch's test: the `confidence` interval's half-width on Welch's dof, and the smallest
     difference the seeds could detect, `detectable`: the true difference at which the two-sided test at level
     alpha = 1 − confidence rejects with probability `power`, i.e. the noncentrality δ of a noncentral t on Welch's dof
-    with P(T > t(1 − alpha/2)) = power, times the standard error (the spreads taken as measured)."""
+    with P(T > t(1 − alpha/2)) = power, times the standard error (the spreads taken as measured).
+    `seeds_to_detect`: the fewest seeds per side (both sides alike) at which a true difference as large as the one
+    measured would be detected with `power`, the spreads taken as measured; None beyond MOST_SEEDS or for a
+    difference of zero. A planning figure for more seeds, not a test."""
 
     difference: float
     standard_error: float
     welch: WelchTest
     half_width: float
     detectable: float
+    seeds_to_detect: int | None
+
+
+MOST_SEEDS = 100  # seeds_to_detect looks no further
+
+
+def seeds_to_detect(
+    var_a: float, var_b: float, difference: float, confidence: float = 0.95, power: float = 0.8
+) -> int | None:
+    """The fewest seeds n per side at which `difference` is detectable, given per-seed variances var_a and var_b."""
+    for n in range(2, MOST_SEEDS + 1):
+        standard_error, dof = _welch_error(var_a, n, var_b, n)
+        if _detectable(standard_error, dof, confidence, power) <= abs(difference):
+            return n
+    return None
 
 
 def difference_test(
     a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, confidence: float = 0.95, power: float = 0.8
 ) -> Difference | None:
-    """mean(a) − mean(b), its interval and the smallest detectable difference; None where Welch's test is undefined."""
+    """mean(a) − mean(b), its interval, the smallest detectable difference and the seeds per side that would detect
+    the difference measured; None where Welch's test is undefined."""
     _check_confidence(confidence)
     if not 0.0 < power < 1.0:
         raise SlateRLError(f"power must lie strictly between 0 and 1 (e.g. 0.8), got {power}")
@@ -106,13 +136,14 @@ def difference_test(
     if parts is None or welch is None:
         return None
     difference, standard_error, dof = parts
-    critical = float(stdtrit(dof, 0.5 + confidence / 2))
+    variances = float(np.var(a, ddof=1)), float(np.var(b, ddof=1))
     return Difference(
         difference=difference,
         standard_error=standard_error,
         welch=welch,
-        half_width=critical * standard_error,
-        detectable=float(nctdtrinc(dof, 1.0 - power, critical)) * standard_error,
+        half_width=float(stdtrit(dof, 0.5 + confidence / 2)) * standard_error,
+        detectable=_detectable(standard_error, dof, confidence, power),
+        seeds_to_detect=seeds_to_detect(*variances, difference, confidence, power),
     )
 
 
