@@ -320,6 +320,12 @@ def test_status_tells_how_far_a_training_run_got(tracking_store):
     left = "about 1 h 13 min left"  # 11 epochs at the median pace, 400 s (the last epoch's would say 8 h 33 min)
     assert pipeline_status._progress(client.get_run(gems), live=True) == f"4 of 15 epochs done, {left}; "
     assert pipeline_status._progress(client.get_run(gems), live=False) == "4 of 15 epochs done; "
+    mf = client.create_run("0", tags={"stage": "train_mf"}).info.run_id  # early stopping: no total
+    assert pipeline_status._progress(client.get_run(mf), live=True) == ""  # nothing evaluated yet
+    client.log_batch(
+        mf, [Metric("val/bpr_loss", loss, 0, step) for step, loss in [(1, 0.69), (1000, 0.42), (2000, 0.45)]]
+    )
+    assert pipeline_status._progress(client.get_run(mf), live=True) == "step 2,000, best held-out BPR loss 0.4200; "
     dataset = client.create_run("0", tags={"stage": "generate_dataset"}).info.run_id  # says nothing of its progress
     assert pipeline_status._progress(client.get_run(dataset), live=True) == ""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -94,3 +96,34 @@ def test_dataset_of_another_environment_or_kind_is_refused(small_dataset):
     failed = MlflowClient().search_runs(["0"], "tags.stage = 'pretrain_gems'")
     assert failed and all(r.info.status == "FAILED" for r in failed)
     assert all(not MlflowClient().list_artifacts(r.info.run_id, "gems") for r in failed)
+
+
+class _MetricsRecorder:
+    """Stands in for the stage's MLflow run: the metrics it was given, with their steps."""
+
+    def __init__(self) -> None:
+        self.logged: list[tuple[int, dict[str, float]]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        self.logged.append((step, metrics))
+
+
+def test_mf_evaluations_are_logged_while_it_trains_with_a_line_at_most_every_interval(caplog):
+    recorder, quiet = _MetricsRecorder(), _MetricsRecorder()
+    every, seldom = train_mf._EvaluationLog(recorder, interval=0.0), train_mf._EvaluationLog(quiet, interval=3600.0)
+    with caplog.at_level(logging.INFO, logger="slate_rl"):
+        for step, loss in [(1, 0.69), (1000, 0.42), (2000, 0.45)]:
+            every(step, loss)
+            seldom(step, loss)
+    assert (
+        recorder.logged
+        == quiet.logged
+        == [
+            (1, {"val/bpr_loss": 0.69}),
+            (1000, {"val/bpr_loss": 0.42}),
+            (2000, {"val/bpr_loss": 0.45}),
+        ]
+    )
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train_mf: step")]
+    assert len(lines) == 3  # none from the run with an hour between lines
+    assert lines[-1] == "train_mf: step 2000, held-out BPR loss 0.4500 (best 0.4200)"

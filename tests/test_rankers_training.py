@@ -113,3 +113,10 @@ def test_mf_early_stopping_and_limits(logged):
     assert train_mf(slates, clicks, max_seconds=0.0, seed=0).steps == 1
     limited = train_mf(slates, clicks, max_steps=7, eval_every=1000, seed=0)
     assert limited.steps == 7 and [step for step, _ in limited.evaluations] == [1, 7]
+
+
+def test_mf_reports_each_evaluation_while_it_trains(logged):
+    slates, clicks = logged
+    seen: list[tuple[int, float]] = []
+    result = train_mf(slates, clicks, lr=1.0, eval_every=5, patience=2, seed=0, on_evaluation=lambda *e: seen.append(e))
+    assert len(seen) > 2 and seen == result.evaluations

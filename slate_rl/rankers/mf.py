@@ -13,6 +13,7 @@ once (the same for every evaluation, so evaluations are comparable), and no opti
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -106,12 +107,14 @@ def train_mf(
     max_seconds: float | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    on_evaluation: Callable[[int, float], None] | None = None,
 ) -> MFResult:
     """Train BPR MF on logged sessions (n_sessions, T, R) and return the item table with the best held-out loss.
 
     Evaluates after training batch b of every epoch with b % eval_every == 0 (as the reference: batch 0 of each
     epoch included) and once more at the end if the last step was not evaluated; stops after `patience`
     evaluations without improvement, or at `max_steps` training steps / `max_seconds` of wall time.
+    `on_evaluation(steps, held_out_loss)` is called after each evaluation (to log it while training runs).
     """
     check_logged(slates, clicks)
     n_sessions = slates.shape[0]
@@ -148,6 +151,8 @@ def train_mf(
         nonlocal stale
         loss = _held_out_loss(model, val_users, val_items, val_negatives)
         result.evaluations.append((result.steps, loss))
+        if on_evaluation is not None:
+            on_evaluation(result.steps, loss)
         if loss < result.best_val_loss:
             result.best_val_loss, result.item_table, stale = loss, model.items.weight.detach().clone(), 0
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -27,6 +28,22 @@ SPEC_FILE = "env_spec.json"  # the environment spec of the dataset's simulator (
 log = logging.getLogger("slate_rl")
 
 
+class _EvaluationLog:
+    """Each held-out evaluation as the metric `val/bpr_loss` (at the training step) while MF trains, and a log line
+    at most every `interval` seconds, so that a long run shows how far it got."""
+
+    def __init__(self, mlrun: StageRun, interval: float = 30.0) -> None:
+        self.mlrun, self.interval = mlrun, interval
+        self.best, self.last_line = float("inf"), time.monotonic()
+
+    def __call__(self, steps: int, loss: float) -> None:
+        self.mlrun.log_metrics({"val/bpr_loss": loss}, step=steps)
+        self.best = min(self.best, loss)
+        if time.monotonic() - self.last_line >= self.interval:
+            self.last_line = time.monotonic()
+            log.info("%s: step %d, held-out BPR loss %.4f (best %.4f)", STAGE, steps, loss, self.best)
+
+
 def run(
     cfg: TrainMFConfig, parent: StageRun | None = None, experiment_name: str | None = None, device: str = "cpu"
 ) -> str:
@@ -38,6 +55,7 @@ def run(
         mlrun.set_tags({DEVICE_TAG: str(on)})
         slates, clicks = data.tensors()
         log.info("%s: BPR on %d sessions (early stopping, patience %d)", STAGE, data.n_sessions, cfg.patience)
+        evaluations = _EvaluationLog(mlrun)
         result = train_mf(
             slates,
             clicks,
@@ -51,9 +69,8 @@ def run(
             max_seconds=cfg.max_seconds or None,
             seed=cfg.seed,
             device=on,
+            on_evaluation=evaluations,
         )
-        for steps, loss in result.evaluations:
-            mlrun.log_metrics({"val/bpr_loss": loss}, step=steps)
         correlation = popularity_correlation(result.item_table, slates, clicks)
         mlrun.log_metrics(
             {"best_val_bpr_loss": result.best_val_loss, "steps": result.steps, "popularity_correlation": correlation}
