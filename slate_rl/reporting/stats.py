@@ -70,9 +70,10 @@ def _welch_parts(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarra
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.size < 2 or y.size < 2:
         return None
-    if x.var(ddof=1) + y.var(ddof=1) == 0.0:
+    var_x, var_y = float(x.var(ddof=1)), float(y.var(ddof=1))
+    if var_x + var_y == 0.0:
         return None
-    standard_error, dof = _welch_error(float(x.var(ddof=1)), x.size, float(y.var(ddof=1)), y.size)
+    standard_error, dof = _welch_error(var_x, x.size, var_y, y.size)
     return float(x.mean() - y.mean()), standard_error, float(dof)
 
 
