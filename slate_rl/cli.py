@@ -167,15 +167,26 @@ def _shown_default(stage: str, name: str, default: Any) -> str:
 
 
 def env_param_option(func: Callable) -> Callable:
-    """--env-param KEY=VALUE (repeatable; also KEY=VALUE,KEY=VALUE, as `mlflow run -P env_param=...` passes it)."""
+    """--env-param KEY=VALUE (repeatable; also KEY=VALUE,KEY=VALUE, as `mlflow run -P env_param=...` passes it),
+    given to the command as `env_params`: the overrides parsed, or None without any."""
     return option(
         "env_param",
+        "env_params",
         multiple=True,
+        callback=_parsed_env_params,
         metavar="KEY=VALUE",
         help="Override a simulator parameter, e.g. --env-param boredom_threshold=3 (repeatable, or "
         "several in one: KEY=VALUE,KEY=VALUE; `slate-rl envs` lists the parameters). Part of the "
         "run's environment spec.",
     )(func)
+
+
+def _parsed_env_params(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any] | None:
+    """The --env-param values as overrides (None without any); a malformed one is a usage error naming it."""
+    try:
+        return config.parse_env_params(values) or None
+    except SlateRLError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 ALLOW_MISMATCH_HELP = (
@@ -214,15 +225,13 @@ def generate_dataset_command(
     preset: str,
     experiment_name: str | None,
     parent_run: str | None,
-    env_param: tuple[str, ...],
+    env_params: dict[str, Any] | None,
     **overrides: Any,
 ) -> None:
     """Log sessions of the ε-greedy oracle (the data GeMS and MF learn from) as an artifact 'dataset'."""
     from slate_rl.stages import generate_dataset
 
-    cfg = stage_configs.GenerateDatasetConfig.resolve(
-        env, preset, env_params=config.parse_env_params(env_param) or None, **overrides
-    )
+    cfg = stage_configs.GenerateDatasetConfig.resolve(env, preset, env_params=env_params, **overrides)
     run_id = generate_dataset.run(cfg, **placement(experiment_name, parent_run))
     click.echo(f"dataset: runs:/{run_id}/{generate_dataset.ARTIFACT}")
 
@@ -271,7 +280,7 @@ def pretrain_gems_command(
     preset: str,
     experiment_name: str | None,
     parent_run: str | None,
-    env_param: tuple[str, ...],
+    env_params: dict[str, Any] | None,
     seeds: str,
     resume: str | None,
     device: str,
@@ -291,7 +300,7 @@ def pretrain_gems_command(
         cfg = stage_configs.PretrainGemsConfig.resolve(
             env,
             preset,
-            env_params=config.parse_env_params(env_param) or None,
+            env_params=env_params,
             **{**overrides, "seed": seed_list[0]},
         )
         result = pretrain_gems.run_seeds(cfg, seed_list, **placement(experiment_name, parent_run), device=device)
@@ -302,9 +311,7 @@ def pretrain_gems_command(
     if resume:
         run_id = pretrain_gems.run(pretrain_gems.resumable(resume), resume_run=resume, device=device)
     else:
-        cfg = stage_configs.PretrainGemsConfig.resolve(
-            env, preset, env_params=config.parse_env_params(env_param) or None, **overrides
-        )
+        cfg = stage_configs.PretrainGemsConfig.resolve(env, preset, env_params=env_params, **overrides)
         run_id = pretrain_gems.run(cfg, **placement(experiment_name, parent_run), device=device)
     click.echo(f"gems: runs:/{run_id}/{pretrain_gems.ARTIFACT}")
 
@@ -334,16 +341,14 @@ def train_mf_command(
     preset: str,
     experiment_name: str | None,
     parent_run: str | None,
-    env_param: tuple[str, ...],
+    env_params: dict[str, Any] | None,
     device: str,
     **overrides: Any,
 ) -> None:
     """Train BPR matrix-factorisation item embeddings on logged sessions (artifact 'mf')."""
     from slate_rl.stages import train_mf
 
-    cfg = stage_configs.TrainMFConfig.resolve(
-        env, preset, env_params=config.parse_env_params(env_param) or None, **overrides
-    )
+    cfg = stage_configs.TrainMFConfig.resolve(env, preset, env_params=env_params, **overrides)
     run_id = train_mf.run(cfg, **placement(experiment_name, parent_run), device=device)
     click.echo(f"mf: runs:/{run_id}/{train_mf.ARTIFACT}")
 
@@ -415,7 +420,7 @@ def train_online_command(
     assignments: tuple[str, ...],
     seeds: str,
     resume: str | None,
-    env_param: tuple[str, ...],
+    env_params: dict[str, Any] | None,
     device: str,
     **overrides: Any,
 ) -> None:
@@ -440,7 +445,7 @@ def train_online_command(
             env,
             preset,
             agent=config.parse_assignments(assignments, "--set") or None,
-            env_params=config.parse_env_params(env_param) or None,
+            env_params=env_params,
             **{**overrides, "seed": seed_list[0]},
         )
         result = train_online.run_seeds(cfg, seed_list, **placement(experiment_name, parent_run), device=device)
@@ -454,7 +459,7 @@ def train_online_command(
             env,
             preset,
             agent=config.parse_assignments(assignments, "--set") or None,
-            env_params=config.parse_env_params(env_param) or None,
+            env_params=env_params,
             **overrides,
         )
         run_id = train_online.run(cfg, **placement(experiment_name, parent_run), device=device)
@@ -552,7 +557,7 @@ def train_offline_command(
     parent_run: str | None,
     assignments: tuple[str, ...],
     resume: str | None,
-    env_param: tuple[str, ...],
+    env_params: dict[str, Any] | None,
     device: str,
     threads: int,
     **overrides: Any,
@@ -573,7 +578,7 @@ def train_offline_command(
             env,
             preset,
             agent=config.parse_env_params(assignments, "--set") or None,
-            env_params=config.parse_env_params(env_param) or None,
+            env_params=env_params,
             **overrides,
         )
         run_id = train_offline.run(cfg, **placement(experiment_name, parent_run), device=device)
@@ -725,16 +730,14 @@ def collect_command(
     preset: str,
     experiment_name: str | None,
     parent_run: str | None,
-    env_param: tuple[str, ...],
+    env_params: dict[str, Any] | None,
     device: str,
     **overrides: Any,
 ) -> None:
     """Collect an offline dataset from registered policies chosen by alias, with a quality report."""
     from slate_rl.stages import collect
 
-    cfg = stage_configs.CollectConfig.resolve(
-        env, preset, env_params=config.parse_env_params(env_param) or None, **overrides
-    )
+    cfg = stage_configs.CollectConfig.resolve(env, preset, env_params=env_params, **overrides)
     run_id = collect.run(cfg, **placement(experiment_name, parent_run), device=device)
     click.echo(f"dataset: runs:/{run_id}/{collect.ARTIFACT}  (load with slate_rl.data.load_offline('{run_id}'))")
 

@@ -160,6 +160,16 @@ def test_bad_env_param_is_named_before_any_run(tracking_store, stage, value, mes
     assert MlflowClient().search_runs(["0"]) == []
 
 
+@pytest.mark.parametrize("stage", [*sorted(STAGE_ARGS), "train-offline"])
+def test_malformed_env_param_is_a_usage_error_before_any_run(tracking_store, stage):
+    result = _invoke(stage, "--env", ENV, "--env-param", "boredom_threshold", *STAGE_ARGS.get(stage, []))
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--env-param'" in result.output and "'boredom_threshold' must look like key=value" in (
+        result.output
+    )
+    assert MlflowClient().search_runs(["0"]) == []
+
+
 # --- spec in params, lineage, payloads; upstream checks ----------------------------------------------------------
 
 
