@@ -4,14 +4,18 @@ import matplotlib.image
 import pytest
 
 from slate_rl.errors import SlateRLError
+from slate_rl.methods import ONLINE_FAMILIES, method_ids
 from slate_rl.reporting import (
     RunResult,
+    figures,
     plot_learning_curves,
     plot_offline_curves,
     plot_tradeoff,
     tradeoff_points,
     write_figures,
 )
+from slate_rl.reporting.figures import row_styles
+from slate_rl.reporting.names import row_order
 from slate_rl.reporting.offline import BehaviourScore, OfflineResult
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -53,6 +57,26 @@ def test_learning_curves_png(tmp_path):
     assert path == tmp_path / "sub" / "curves.png"
     assert_png(path)
     assert [p.name for p in path.parent.iterdir()] == ["curves.png"]  # no temporary file left behind
+
+
+def test_a_method_keeps_its_colour_whatever_else_a_figure_shows():
+    bugs = "reinforce_softmax [reference_bugs=true]"
+    grid = row_styles(row_order(["sac_topk_ideal", "reinforce_softmax", bugs, "sac_gems"]))
+    assert grid["sac_gems"] == row_styles(["sac_gems"])["sac_gems"] == {"color": "C7", "linestyle": "-"}
+    online = row_styles(method_ids(ONLINE_FAMILIES))
+    assert len({style["color"] for style in online.values()}) == len(online)  # no two methods alike
+    assert grid[bugs]["color"] == grid["reinforce_softmax"]["color"]  # a variant: its method's colour, ...
+    assert grid["reinforce_softmax"]["linestyle"] == "-" and grid[bugs]["linestyle"] == "--"  # ... its own line
+
+
+def test_learning_curves_draw_each_method_in_its_colour(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or path)
+    plot_learning_curves(curve_runs(), tmp_path / "c.png")
+    styles = row_styles(["sac_gems", "slateq"])
+    assert [(line.get_color(), line.get_linestyle()) for line in drawn[0].axes[0].get_lines()] == [
+        (styles[m]["color"], styles[m]["linestyle"]) for m in ("slateq", "sac_gems")
+    ]
 
 
 def test_learning_curves_need_curves(tmp_path):

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from slate_rl.errors import SlateRLError
-from slate_rl.reporting.names import ENV_NAMES, GEMS, env_name, method_name, paper_order, row_order
+from slate_rl.methods import method_ids
+from slate_rl.reporting.names import ENV_NAMES, GEMS, base_method, env_name, method_name, paper_order, row_order
 from slate_rl.reporting.offline import BehaviourScore, OfflineResult, column_order
 from slate_rl.reporting.records import RunResult, group_cells, group_runs
 from slate_rl.reporting.stats import Summary, curve_band, summarise
@@ -28,6 +29,7 @@ BEHAVIOUR_LINE = "behaviour policy"  # the legend entry of the dataset's own sco
 TRADEOFF_PARAMS = ("latent_dim", "beta", "lambda_click")
 PAPER_GEMS_PARAMS = {"beta": 1.0, "lambda_click": 0.5}
 _AXIS_LABELS = {"beta": "β", "lambda_click": "λ"}
+VARIANT_LINES = ("-", "--", ":", "-.")  # the line styles of one method's rows, its plain row first
 
 
 def _figure(**options: Any) -> Figure:
@@ -65,6 +67,23 @@ def _seed_counts(counts: set[int]) -> str:
         return "no seeds"
     low, high = min(counts), max(counts)
     return f"{low}–{high} seeds" if low != high else f"{low} seed{'s' if low != 1 else ''}"
+
+
+def row_styles(rows: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Matplotlib line options per row: each method keeps one colour whatever else a figure shows (its place in the
+    registry; methods no longer registered after), and the rows of its variants share that colour with a line style
+    each, in the order given."""
+    known = list(method_ids())
+    unknown = sorted({base_method(row) for row in rows} - set(known))
+    styles: dict[str, dict[str, str]] = {}
+    variants: dict[str, int] = {}
+    for row in rows:
+        base = base_method(row)
+        place = known.index(base) if base in known else len(known) + unknown.index(base)
+        line = VARIANT_LINES[variants.get(base, 0) % len(VARIANT_LINES)]
+        variants[base] = variants.get(base, 0) + 1
+        styles[row] = {"color": f"C{place % 10}", "linestyle": line}
+    return styles
 
 
 def _panels(count: int, ncols: int, legend_labels: Sequence[str], panel: tuple[float, float], hspace: float):
@@ -131,7 +150,7 @@ def plot_learning_curves(
         len(envs), 3, [method_name(m) for m in methods], (4.5, 3.2), hspace=0.3
     )
     width = fig.get_figwidth()
-    colours = {method: f"C{i % 10}" for i, method in enumerate(methods)}
+    styles = row_styles(methods)
     handles = {}
     for ax, env in zip(axes, envs, strict=False):  # the grid may have spare panels
         seeds = set()
@@ -141,12 +160,12 @@ def plot_learning_curves(
                 continue
             seeds.add(len(runs))
             band = curve_band([run.val_curve for run in runs if run.val_curve], confidence)
-            (handles[method],) = ax.plot(band.episodes, band.mean, color=colours[method])
+            (handles[method],) = ax.plot(band.episodes, band.mean, **styles[method])
             ax.fill_between(
                 band.episodes,
                 band.mean - band.half_width,
                 band.mean + band.half_width,
-                color=colours[method],
+                color=styles[method]["color"],
                 alpha=0.2,
             )
         ax.set_title(f"{env_name(env)} ({_seed_counts(seeds)})")
@@ -181,7 +200,7 @@ def plot_offline_curves(
     legend_labels = [*(method_name(row) for row in rows), BEHAVIOUR_LINE]
     fig, axes, height, legend_rows, legend_cols = _panels(len(columns), 4, legend_labels, (4.0, 3.0), hspace=0.35)
     width = fig.get_figwidth()
-    colours = {row: f"C{i % 10}" for i, row in enumerate(rows)}
+    styles = row_styles(rows)
     handles: dict[str, Any] = {}
     for ax, column in zip(axes, columns, strict=False):
         seeds = set()
@@ -191,9 +210,9 @@ def plot_offline_curves(
                 continue
             seeds.add(len(runs))
             band = curve_band([run.val_curve for run in runs], confidence)
-            (handles[row],) = ax.plot(band.episodes, band.mean, color=colours[row])
+            (handles[row],) = ax.plot(band.episodes, band.mean, **styles[row])
             low, high = band.mean - band.half_width, band.mean + band.half_width
-            ax.fill_between(band.episodes, low, high, color=colours[row], alpha=0.2)
+            ax.fill_between(band.episodes, low, high, color=styles[row]["color"], alpha=0.2)
         if column in scores:
             handles[BEHAVIOUR_LINE] = ax.axhline(scores[column], color="0.4", linestyle="--", linewidth=1)
         ax.set_title(f"{env_name(column[0])}, {column[1]} ({_seed_counts(seeds)})", fontsize=10)
