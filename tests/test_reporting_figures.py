@@ -4,7 +4,7 @@ import matplotlib.image
 import pytest
 
 from slate_rl.errors import SlateRLError
-from slate_rl.methods import ONLINE_FAMILIES, method_ids
+from slate_rl.methods import method_ids
 from slate_rl.reporting import (
     RunResult,
     figures,
@@ -62,9 +62,10 @@ def test_learning_curves_png(tmp_path):
 def test_a_method_keeps_its_colour_whatever_else_a_figure_shows():
     bugs = "reinforce_softmax [reference_bugs=true]"
     grid = row_styles(row_order(["sac_topk_ideal", "reinforce_softmax", bugs, "sac_gems"]))
-    assert grid["sac_gems"] == row_styles(["sac_gems"])["sac_gems"] == {"color": "C7", "linestyle": "-"}
-    online = row_styles(method_ids(ONLINE_FAMILIES))
-    assert len({style["color"] for style in online.values()}) == len(online)  # no two methods alike
+    assert grid["sac_gems"] == row_styles(["sac_gems"])["sac_gems"] == {"color": "C5", "linestyle": "-"}
+    for family in ("online", "offline"):
+        styles = row_styles(method_ids((family,)))
+        assert len({style["color"] for style in styles.values()}) == len(styles)  # no two methods alike
     assert grid[bugs]["color"] == grid["reinforce_softmax"]["color"]  # a variant: its method's colour, ...
     assert grid["reinforce_softmax"]["linestyle"] == "-" and grid[bugs]["linestyle"] == "--"  # ... its own line
 

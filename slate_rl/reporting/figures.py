@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from slate_rl.errors import SlateRLError
-from slate_rl.methods import method_ids
+from slate_rl.methods import get_method, method_ids
 from slate_rl.reporting.names import ENV_NAMES, GEMS, base_method, env_name, method_name, paper_order, row_order
 from slate_rl.reporting.offline import BehaviourScore, OfflineResult, column_order
 from slate_rl.reporting.records import RunResult, group_cells, group_runs
@@ -70,16 +70,18 @@ def _seed_counts(counts: set[int]) -> str:
 
 
 def row_styles(rows: Sequence[str]) -> dict[str, dict[str, str]]:
-    """Matplotlib line options per row: each method keeps one colour whatever else a figure shows (its place in the
-    registry; methods no longer registered after), and the rows of its variants share that colour with a line style
-    each, in the order given."""
-    known = list(method_ids())
-    unknown = sorted({base_method(row) for row in rows} - set(known))
+    """Matplotlib line options per row: each method keeps one colour whatever else a figure shows (its place among
+    the registered methods of its family; methods no longer registered after), and the rows of its variants share
+    that colour with a line style each, in the order given."""
+    unknown = sorted({base_method(row) for row in rows if base_method(row) not in method_ids()})
     styles: dict[str, dict[str, str]] = {}
     variants: dict[str, int] = {}
     for row in rows:
         base = base_method(row)
-        place = known.index(base) if base in known else len(known) + unknown.index(base)
+        if base in unknown:
+            place = len(method_ids(("online",))) + unknown.index(base)
+        else:
+            place = method_ids((get_method(base).family,)).index(base)
         line = VARIANT_LINES[variants.get(base, 0) % len(VARIANT_LINES)]
         variants[base] = variants.get(base, 0) + 1
         styles[row] = {"color": f"C{place % 10}", "linestyle": line}
