@@ -331,6 +331,9 @@ def pretrain_gems_command(
         "patience": "Stop after this many evaluations without improvement.",
         "max_steps": "Cap on training steps (0: none).",
         "max_seconds": "Cap on training time in seconds (0: none).",
+        "reference_validation": "The reference's validation (docs/fidelity.md): validation sessions share the user "
+        "rows of training sessions, the loss pairs every user of a batch with every click of it, and each validation "
+        "batch is also a training step. Default: a held-out half of the validation sessions' clicks, no training.",
     },
 )
 @env_param_option

@@ -106,6 +106,7 @@ class TrainMFConfig(StageConfig):
     patience: int = 3
     max_steps: int = 0  # 0 = no cap (early stopping only)
     max_seconds: float = 0.0  # 0 = no cap
+    reference_validation: bool = False  # the reference's re-keyed split and validation pass that trains
 
     def validate(self) -> None:
         for name in ("dim", "batch_size", "eval_every", "patience"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -9,8 +10,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from slate_rl.errors import SlateRLError
+from slate_rl.rankers.mf import topic_alignment
 from slate_rl.stage_configs import GenerateDatasetConfig, PretrainGemsConfig, TrainMFConfig
 from slate_rl.stages import generate_dataset, pretrain_gems, train_mf
+from slate_rl.stages.environment import make_env
 from test_mlflow_project import mlflow_run
 
 
@@ -52,8 +55,15 @@ def test_train_mf_stage_logs_an_item_table_that_tracks_popularity(small_dataset)
     table = train_mf.load_item_table(run_id)
     assert table.shape == (1000, 20) and torch.isfinite(table).all()
     assert abs(run.data.metrics["popularity_correlation"]) > 0.3
+    simulator = make_env(cfg)
+    expected = topic_alignment(table, simulator.item_embeddings, simulator.item_topics)
+    assert (run.data.metrics["topic_r2"], run.data.metrics["neighbour_same_topic"]) == pytest.approx(expected)
     assert MlflowClient().get_metric_history(run_id, "val/bpr_loss")
     assert train_mf.find_or_train(cfg, small_dataset.split("/")[1], None) == run_id  # found by lineage
+    reference = dataclasses.replace(cfg, reference_validation=True, max_seconds=2)  # another model: not reused
+    reference_run = train_mf.find_or_train(reference, small_dataset.split("/")[1], None)
+    assert reference_run != run_id
+    assert MlflowClient().get_run(reference_run).data.params["reference_validation"] == "true"
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """Short trainings on simulator-logged sessions (epsilon = 0.5 oracle logging): GeMS through Lightning, BPR MF."""
 
 import logging
+import math
 import warnings
 
 import pytest
@@ -14,7 +15,17 @@ from slate_rl.rankers.bounds import gems_action_bounds
 from slate_rl.rankers.data import SlateDataModule
 from slate_rl.rankers.decoders import GeMSDecoder
 from slate_rl.rankers.gems import GeMS
-from slate_rl.rankers.mf import click_pairs, popularity_correlation, split_click_pairs, train_mf
+from slate_rl.rankers.mf import (
+    BPRMatrixFactorization,
+    _held_out_loss,
+    _reference_validation_loss,
+    click_pairs,
+    popularity_correlation,
+    rekeyed_click_pairs,
+    split_click_pairs,
+    topic_alignment,
+    train_mf,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -94,6 +105,50 @@ def test_click_pairs_and_held_out_split(logged):
     assert set((train_users[train_users < 30]).tolist()) == set(range(30))  # their users still get trained
 
 
+def test_reference_split_rekeys_each_part_from_user_zero(logged):
+    sessions, items = click_pairs(*logged)
+    (train_users, train_items), (val_users, val_items) = rekeyed_click_pairs(sessions, items, 30)
+    assert torch.equal(val_users, sessions[sessions < 30]) and torch.equal(val_items, items[sessions < 30])
+    assert torch.equal(train_users, sessions[sessions >= 30] - 30) and torch.equal(train_items, items[sessions >= 30])
+    assert set(val_users.tolist()) <= set(train_users.tolist())  # validation sessions share training users' rows
+
+
+def test_all_pairs_loss_pairs_every_user_with_every_click_of_the_batch():
+    model = BPRMatrixFactorization(5, 12, 4, seed=3)
+    users, positives, negatives = torch.tensor([0, 2, 4]), torch.tensor([1, 5, 7]), torch.tensor([3, 3, 11])
+    with torch.no_grad():
+        each = [
+            float(model.bpr_loss(users[a : a + 1], positives[b : b + 1], negatives[b : b + 1]))
+            for a in range(3)
+            for b in range(3)
+        ]
+        all_pairs = float(model.all_pairs_bpr_loss(users, positives, negatives))
+    assert all_pairs == pytest.approx(sum(each) / 9)
+
+
+def test_reference_validation_pass_trains_on_the_validation_clicks(logged):
+    sessions, items = click_pairs(*logged)
+    _, (val_users, val_items) = rekeyed_click_pairs(sessions, items, 30)
+    model = BPRMatrixFactorization(300, 1000, 20, seed=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    before = model.items.weight.detach().clone()
+    assert float(_held_out_loss(model, val_users, val_items, val_items.flip(0))) > 0  # the default: no step
+    assert torch.equal(model.items.weight, before)
+    loss = _reference_validation_loss(model, optimizer, (val_users, val_items), 256, torch.Generator().manual_seed(0))
+    assert loss == pytest.approx(math.log(2), abs=0.01)  # all-pairs loss of a near-untrained model
+    steps = -(-val_users.numel() // 256)  # one Adam step per batch: a row moves by at most lr per step
+    moved = (model.items.weight.detach() - before).abs().amax(dim=1)
+    assert steps > 1 and float(moved[val_items].min()) > 0 and float(moved.max()) <= steps * 1e-4 * 1.01
+    assert float(moved[val_items].median()) > 0.5e-4 * steps  # the clicked items moved by about lr per step
+
+
+def test_train_mf_evaluates_with_the_reference_pass(logged):
+    slates, clicks = logged
+    result = train_mf(slates, clicks, max_steps=5, eval_every=1000, seed=0, reference_validation=True)
+    assert [step for step, _ in result.evaluations] == [1, 5]
+    assert result.evaluations[0][1] == pytest.approx(math.log(2), abs=0.01)
+
+
 def test_mf_item_table_encodes_popularity(logged):
     slates, clicks = logged
     result = train_mf(slates, clicks, lr=1e-3, eval_every=200, max_steps=1500, seed=0)
@@ -120,3 +175,15 @@ def test_mf_reports_each_evaluation_while_it_trains(logged):
     seen: list[tuple[int, float]] = []
     result = train_mf(slates, clicks, lr=1.0, eval_every=5, patience=2, seed=0, on_evaluation=lambda *e: seen.append(e))
     assert len(seen) > 2 and seen == result.evaluations
+
+
+def test_topic_alignment_tells_a_table_with_topics_from_one_without():
+    env = make("focused_topdown")
+    truth, topics = env.item_embeddings, env.item_topics
+    mixed = truth @ torch.randn(20, 20, generator=torch.Generator().manual_seed(1)) + 3.0  # invertible, shifted
+    assert topic_alignment(mixed, truth, topics)[0] == pytest.approx(1.0, abs=1e-9)
+    r2, same_topic = topic_alignment(torch.randn(1000, 20, generator=torch.Generator().manual_seed(0)), truth, topics)
+    chance = float((torch.bincount(topics).double() / topics.numel()).square().sum())
+    # a random table: R² about (20 regressors) / (1000 items); neighbours of the same topic by chance (SE ~0.01)
+    assert r2 < 0.05 and abs(same_topic - chance) < 4 * math.sqrt(chance * (1 - chance) / topics.numel())
+    assert topic_alignment(truth, truth, topics)[1] > chance + 0.3

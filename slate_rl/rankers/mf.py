@@ -8,6 +8,11 @@ onto training users): validation sessions are still the first `val_fraction` of 
 a random `holdout_fraction` of their clicks is held out and the rest joins the training pairs, so that those users
 have learned vectors. The validation loss is the same pairwise BPR loss on the held-out clicks, with negatives drawn
 once (the same for every evaluation, so evaluations are comparable), and no optimiser step.
+
+`reference_validation=True` restores the reference: training and validation sessions are each re-keyed from user
+id 0 (validation sessions share the user rows of the first training sessions), and each evaluation is a pass over
+all validation clicks in batches whose loss is the BPR loss of every user of the batch against every (positive,
+negative) pair of the batch, with an optimiser step per batch: the model also trains on that objective.
 """
 
 from __future__ import annotations
@@ -42,6 +47,12 @@ class BPRMatrixFactorization(nn.Module):
         """Mean of -log(sigmoid(<u, e+> - <u, e->) + 1e-7) over the pairs."""
         u = self.users(users)
         margin = (u * (self.items(positives) - self.items(negatives))).sum(dim=1)
+        return -(torch.sigmoid(margin) + 1e-7).log().mean()
+
+    def all_pairs_bpr_loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """The reference's validation objective: the BPR loss of every user of the batch against every (positive,
+        negative) pair of the batch, averaged over the B x B combinations."""
+        margin = self.users(users) @ (self.items(positives) - self.items(negatives)).T
         return -(torch.sigmoid(margin) + 1e-7).log().mean()
 
 
@@ -80,6 +91,37 @@ def split_click_pairs(
     return (sessions[~held_out], items[~held_out]), (sessions[held_out], items[held_out])
 
 
+def rekeyed_click_pairs(sessions: torch.Tensor, items: torch.Tensor, n_val_sessions: int) -> tuple[Pairs, Pairs]:
+    """The reference's split: (train pairs, validation pairs) by session, each with its sessions re-keyed from user
+    id 0 (so validation session i has the user row of training session n_val_sessions + i)."""
+    val = sessions < n_val_sessions
+    return (sessions[~val] - n_val_sessions, items[~val]), (sessions[val], items[val])
+
+
+def _reference_validation_loss(
+    model: BPRMatrixFactorization,
+    optimizer: torch.optim.Optimizer,
+    pairs: Pairs,
+    batch_size: int,
+    generator: torch.Generator,
+) -> float:
+    """One reference validation pass: the all-pairs loss of each batch of validation clicks, in order, with a fresh
+    uniform negative per click, and an optimiser step on it; returns the mean loss over the clicks."""
+    users, positives = pairs
+    total = 0.0
+    for start in range(0, users.shape[0], batch_size):
+        rows = slice(start, start + batch_size)
+        negatives = torch.randint(
+            model.items.num_embeddings, positives[rows].shape, generator=generator, device=positives.device
+        )
+        loss = model.all_pairs_bpr_loss(users[rows], positives[rows], negatives)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total += float(loss) * users[rows].shape[0]
+    return total / users.shape[0]
+
+
 @torch.no_grad()
 def _held_out_loss(
     model: BPRMatrixFactorization, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
@@ -108,6 +150,7 @@ def train_mf(
     seed: int = 0,
     device: str | torch.device = "cpu",
     on_evaluation: Callable[[int, float], None] | None = None,
+    reference_validation: bool = False,
 ) -> MFResult:
     """Train BPR MF on logged sessions (n_sessions, T, R) and return the item table with the best held-out loss.
 
@@ -115,6 +158,7 @@ def train_mf(
     epoch included) and once more at the end if the last step was not evaluated; stops after `patience`
     evaluations without improvement, or at `max_steps` training steps / `max_seconds` of wall time.
     `on_evaluation(steps, held_out_loss)` is called after each evaluation (to log it while training runs).
+    `reference_validation`: the reference's split and validation pass (module docstring; `holdout_fraction` unused).
     """
     check_logged(slates, clicks)
     n_sessions = slates.shape[0]
@@ -134,9 +178,12 @@ def train_mf(
     sessions, items = click_pairs(slates.to(device), clicks.to(device))
     if int(items.max()) >= num_items:
         raise SlateRLError(f"item id {int(items.max())} is out of range for num_items={num_items}")
-    (train_users, train_items), (val_users, val_items) = split_click_pairs(
-        sessions, items, n_val, holdout_fraction, generator
-    )
+    if reference_validation:
+        (train_users, train_items), (val_users, val_items) = rekeyed_click_pairs(sessions, items, n_val)
+    else:
+        (train_users, train_items), (val_users, val_items) = split_click_pairs(
+            sessions, items, n_val, holdout_fraction, generator
+        )
     if val_users.numel() == 0 or train_users.numel() == 0:
         raise SlateRLError("not enough clicks for a training and a held-out part")
     val_negatives = torch.randint(num_items, val_items.shape, generator=generator, device=device)
@@ -149,7 +196,10 @@ def train_mf(
     def evaluate() -> bool:
         """Record the held-out loss; True when training should stop (patience exhausted)."""
         nonlocal stale
-        loss = _held_out_loss(model, val_users, val_items, val_negatives)
+        if reference_validation:
+            loss = _reference_validation_loss(model, optimizer, (val_users, val_items), int(batch_size), generator)
+        else:
+            loss = _held_out_loss(model, val_users, val_items, val_negatives)
         result.evaluations.append((result.steps, loss))
         if on_evaluation is not None:
             on_evaluation(result.steps, loss)
@@ -194,3 +244,19 @@ def popularity_correlation(item_table: torch.Tensor, slates: torch.Tensor, click
     projection = table @ table.mean(dim=0)
     counts = torch.bincount(slates[clicks.bool()].long().cpu(), minlength=table.shape[0]).double()
     return float(torch.corrcoef(torch.stack([projection, counts]))[0, 1])
+
+
+def topic_alignment(item_table: torch.Tensor, true_table: torch.Tensor, topics: torch.Tensor) -> tuple[float, float]:
+    """How much of the simulator's item structure an item table holds: (R² of the least-squares regression, with an
+    intercept, of the true item embeddings on the table; the share of items whose cosine nearest other item in the
+    table has the same topic). Near 0 and near the chance share (the sum of squared topic shares) for a table that
+    knows no topics."""
+    table = item_table.detach().double().cpu()
+    truth = true_table.detach().double().cpu()
+    design = torch.cat([table, torch.ones(table.shape[0], 1, dtype=table.dtype)], dim=1)
+    residual = truth - design @ torch.linalg.lstsq(design, truth).solution
+    r2 = 1.0 - float(residual.square().sum() / (truth - truth.mean(dim=0)).square().sum())
+    unit = torch.nn.functional.normalize(table, dim=1)
+    similarity = (unit @ unit.T).fill_diagonal_(-2.0)
+    topics = topics.cpu()
+    return r2, float((topics[similarity.argmax(dim=1)] == topics).double().mean())

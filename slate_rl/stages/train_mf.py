@@ -13,7 +13,7 @@ import torch
 from slate_rl import atomic
 from slate_rl.devices import DEVICE_TAG, resolve_device
 from slate_rl.errors import SlateRLError
-from slate_rl.rankers.mf import popularity_correlation, train_mf
+from slate_rl.rankers.mf import popularity_correlation, topic_alignment, train_mf
 from slate_rl.safe_load import torch_load
 from slate_rl.stage_configs import TrainMFConfig
 from slate_rl.stages import environment, on_dataset
@@ -70,10 +70,19 @@ def run(
             seed=cfg.seed,
             device=on,
             on_evaluation=evaluations,
+            reference_validation=cfg.reference_validation,
         )
         correlation = popularity_correlation(result.item_table, slates, clicks)
+        simulator = environment.make_env(cfg)
+        topic_r2, same_topic = topic_alignment(result.item_table, simulator.item_embeddings, simulator.item_topics)
         mlrun.log_metrics(
-            {"best_val_bpr_loss": result.best_val_loss, "steps": result.steps, "popularity_correlation": correlation}
+            {
+                "best_val_bpr_loss": result.best_val_loss,
+                "steps": result.steps,
+                "popularity_correlation": correlation,
+                "topic_r2": topic_r2,
+                "neighbour_same_topic": same_topic,
+            }
         )
         mlrun.set_tags({"stop_reason": result.stop_reason})
         with tempfile.TemporaryDirectory(prefix="slate-rl-mf-") as tmp:
@@ -81,12 +90,15 @@ def run(
             atomic.write_json(Path(tmp) / SPEC_FILE, environment.spec_of(cfg).as_dict())
             mlrun.log_artifacts(tmp, ARTIFACT)
         log.info(
-            "%s: %d steps (%s), best held-out BPR loss %.4f, popularity correlation %.2f",
+            "%s: %d steps (%s), best held-out BPR loss %.4f, popularity correlation %.2f, topic R² %.2f, "
+            "nearest neighbour of the same topic %.1f%%",
             STAGE,
             result.steps,
             result.stop_reason,
             result.best_val_loss,
             correlation,
+            topic_r2,
+            100 * same_topic,
         )
         return mlrun.run_id
 
