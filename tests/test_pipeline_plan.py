@@ -297,9 +297,10 @@ def test_status_tells_how_far_a_training_run_got(tracking_store):
     client = MlflowClient()
     online = client.create_run("0", tags={"stage": "train_online"}).info.run_id
     client.log_param(online, "episodes", "100000")
-    for episode in (41000, 42000):  # as training logs them: the episodes of the window, at the episode reached
+    # as training logs them: the episodes of the window, at the episode reached; the last window was paused
+    for episode, pace in ((39000, 20.0), (40000, 19.0), (41000, 21.0), (42000, 20.0), (43000, 1.5)):
         client.log_batch(
-            online, [Metric("time/episodes", 1000.0, 0, episode), Metric("time/episodes_per_s", 20.0, 0, episode)]
+            online, [Metric("time/episodes", 1000.0, 0, episode), Metric("time/episodes_per_s", pace, 0, episode)]
         )
     gems = client.create_run("0", tags={"stage": "pretrain_gems"}).info.run_id
     client.log_param(gems, "epochs", "15")
@@ -314,9 +315,9 @@ def test_status_tells_how_far_a_training_run_got(tracking_store):
         ],
     )
 
-    left = "about 48 min 20 s left"  # (100,000 - 42,000) episodes at 20 per second
-    assert pipeline_status._progress(client.get_run(online), live=True) == f"episode 42,000 of 100,000, {left}; "
-    assert pipeline_status._progress(client.get_run(online), live=False) == "episode 42,000 of 100,000; "
+    left = "about 47 min 30 s left"  # (100,000 - 43,000) episodes at the median pace, 20 per second (not 1.5)
+    assert pipeline_status._progress(client.get_run(online), live=True) == f"episode 43,000 of 100,000, {left}; "
+    assert pipeline_status._progress(client.get_run(online), live=False) == "episode 43,000 of 100,000; "
     left = "about 1 h 13 min left"  # 11 epochs at the median pace, 400 s (the last epoch's would say 8 h 33 min)
     assert pipeline_status._progress(client.get_run(gems), live=True) == f"4 of 15 epochs done, {left}; "
     assert pipeline_status._progress(client.get_run(gems), live=False) == "4 of 15 epochs done; "

@@ -15,6 +15,8 @@ from slate_rl.stages import pipeline_offline
 from slate_rl.stages.pipeline import STAGE, Job, PipelineConfig, Store, clock, phases, run_alive, where_running
 from slate_rl.tracking.runs import PAUSED_TAG, active_experiment_ids, heartbeat_age
 
+RECENT_WINDOWS = 5  # logging windows of a training run whose median pace gives its time left
+
 
 def status(run_id: str | None = None) -> str:
     """A pipeline's jobs as the store holds them now (the newest pipeline run's unless `run_id` names one): each
@@ -97,15 +99,17 @@ def _job_status(job: Job, store: Store) -> tuple[str, Run | None, str]:
 
 
 def _progress(run: Run, live: bool) -> str:
-    """How far a training run got, as 'episode 42,000 of 100,000; ' (when `live`, with the time left at the pace it
-    logged last: ', about 1 h 5 min left'), '3 of 15 epochs done; ' or 'step 12,000, best held-out BPR loss 0.4210; '
-    ('' for a stage or run that has not said)."""
+    """How far a training run got, as 'episode 42,000 of 100,000; ' (when `live`, with the time left at the median
+    pace of its last logging windows: ', about 1 h 5 min left'), '3 of 15 epochs done; ' or 'step 12,000, best
+    held-out BPR loss 0.4210; ' ('' for a stage or run that has not said)."""
     metrics, params, stage = run.data.metrics, run.data.params, run.data.tags.get("stage")
     if stage == "train_online" and "time/episodes" in metrics and "episodes" in params:
         # time/episodes counts the episodes of one logging window; the step it was logged at is the episode reached
         history = MlflowClient().get_metric_history(run.info.run_id, "time/episodes")
         done, total = float(max(metric.step for metric in history)), float(params["episodes"])
-        rate = metrics.get("time/episodes_per_s", 0.0) if live else 0.0
+        # the median pace of the last windows: one that was paused or stopped would say hours too many on its own
+        paces = sorted(MlflowClient().get_metric_history(run.info.run_id, "time/episodes_per_s"), key=lambda m: m.step)
+        rate = statistics.median(m.value for m in paces[-RECENT_WINDOWS:]) if live and paces else 0.0
         left = f", about {_seconds_text((total - done) / rate)} left" if rate > 0 else ""
         return f"episode {done:,.0f} of {total:,.0f}{left}; "
     if stage == "pretrain_gems" and "epochs" in params:
