@@ -178,15 +178,15 @@ def train_mf(
     sessions, items = click_pairs(slates.to(device), clicks.to(device))
     if int(items.max()) >= num_items:
         raise SlateRLError(f"item id {int(items.max())} is out of range for num_items={num_items}")
-    if reference_validation:
+    if reference_validation:  # fresh negatives at each validation pass
         (train_users, train_items), (val_users, val_items) = rekeyed_click_pairs(sessions, items, n_val)
-    else:
+    else:  # negatives drawn once, the same for every evaluation
         (train_users, train_items), (val_users, val_items) = split_click_pairs(
             sessions, items, n_val, holdout_fraction, generator
         )
+        val_negatives = torch.randint(num_items, val_items.shape, generator=generator, device=device)
     if val_users.numel() == 0 or train_users.numel() == 0:
         raise SlateRLError("not enough clicks for a training and a held-out part")
-    val_negatives = torch.randint(num_items, val_items.shape, generator=generator, device=device)
 
     model = BPRMatrixFactorization(n_sessions, num_items, dim, seed).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=float(lr), fused=device.type in ("cpu", "cuda"))
