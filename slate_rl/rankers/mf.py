@@ -118,7 +118,7 @@ def _reference_validation_loss(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        total += float(loss) * users[rows].shape[0]
+        total += loss.item() * users[rows].shape[0]
     return total / users.shape[0]
 
 
