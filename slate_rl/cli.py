@@ -385,6 +385,8 @@ def train_mf_command(
         "gems": "pretrain_gems run to act through (runs:/<id>); default: the GeMS of this seed and setting, by "
         "lineage.",
         "mf": "train_mf run (runs:/<id>); default: by lineage.",
+        "mf_reference_validation": "Take the MF item table (SAC+TopK (MF), SAC+WkNN) from an MF trained with the "
+        "reference's validation (train-mf --reference-validation; docs/fidelity.md), found or trained by lineage.",
         "latent_dim": "GeMS latent dimension (SAC+GeMS).",
         "lambda_kl": "GeMS KL weight beta (SAC+GeMS).",
         "lambda_click": "GeMS click weight lambda (SAC+GeMS).",

@@ -17,7 +17,7 @@ from typing import Any, cast
 from slate_rl import config
 from slate_rl.config import StageConfig
 from slate_rl.errors import SlateRLError
-from slate_rl.methods import ONLINE_FAMILIES, get_method, method_ids
+from slate_rl.methods import ONLINE_FAMILIES, Need, get_method, method_ids
 from slate_rl.precision import check_precision
 from slate_rl.protocol import Protocol
 from slate_rl.seeds import MAX_SEED
@@ -139,6 +139,7 @@ class TrainOnlineConfig(Protocol, StageConfig):
     dataset: str = ""  # runs:/ of a generate_dataset run (for GeMS / MF); '' = the preset's, by lineage
     gems: str = ""  # runs:/ of a pretrain_gems run; '' = GeMS of this seed and setting, by lineage
     mf: str = ""  # runs:/ of a train_mf run; '' = by lineage
+    mf_reference_validation: bool = False  # the MF table of an MF trained with the reference's validation
     latent_dim: int = 32
     lambda_kl: float = 1.0
     lambda_click: float = 0.5
@@ -160,6 +161,12 @@ class TrainOnlineConfig(Protocol, StageConfig):
         if int(self.latent_dim) < 1 or float(self.lambda_kl) < 0 or float(self.lambda_click) < 0:
             raise SlateRLError("latent_dim must be >= 1 and the GeMS loss weights >= 0")
         check_agent_overrides(self.method, self.agent)
+        if self.mf_reference_validation and Need.MF not in get_method(self.method).needs:
+            raise SlateRLError(
+                f"mf_reference_validation selects the MF item table of a method that uses one ("
+                f"{', '.join(m for m in method_ids(ONLINE_FAMILIES) if Need.MF in get_method(m).needs)}); "
+                f"{self.method} uses none: drop it"
+            )
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         missing = sorted(
             name for name, value in flat(reference_settings(values)).items() if flat(values).get(name) != value

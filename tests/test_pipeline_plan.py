@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 
 from slate_rl.cli import main
 from slate_rl.errors import SlateRLError
-from slate_rl.stage_configs import GenerateDatasetConfig
-from slate_rl.stages import pipeline, pipeline_status
+from slate_rl.stage_configs import GenerateDatasetConfig, TrainOnlineConfig
+from slate_rl.stages import on_dataset, pipeline, pipeline_status, train_online
 from slate_rl.tracking.lineage import LINEAGE_TAG
 
 
@@ -122,6 +122,41 @@ def test_sweeps_and_overrides_reach_the_jobs_that_take_them(tracking_store):
     assert "  to run     gems/focused_mix/seed496912423 [lambda_kl=0.5] (after its dataset)" in result.output
     assert "  to run     sac_gems/focused_mix/seeds 58407201,496912423 [lambda_kl=1.0]\n" in result.output
     assert not MlflowClient().search_runs(["0"])  # a dry run starts no run
+
+
+def test_an_mf_setting_gives_its_mf_job_and_leaves_other_methods_alone(tracking_store):
+    cfg = pipeline.PipelineConfig.resolve(
+        "focused_mix",
+        "sac_topk_mf,random",
+        "58407201",
+        preset="quick",
+        assignments=("mf_reference_validation=false,true",),
+    )
+    (dataset,), _, _ = pipeline.plan(cfg)
+    client = MlflowClient()  # the dataset finished: the MF jobs get their lineage keys
+    data_run = client.create_run("0", tags={"stage": "generate_dataset", LINEAGE_TAG: dataset.keys[0]}).info.run_id
+    client.set_terminated(data_run)
+    _, upstream, training = pipeline.plan(cfg)
+    mf_jobs = {job.name: job for job in upstream}
+    assert set(mf_jobs) == {
+        "mf/focused_mix [mf_reference_validation=false]",
+        "mf/focused_mix [mf_reference_validation=true]",
+    }
+    reference = mf_jobs["mf/focused_mix [mf_reference_validation=true]"]
+    assert reference.args == ["train-mf", "--env", "focused_mix", "--preset", "quick", "--reference-validation", "true"]
+    assert mf_jobs["mf/focused_mix [mf_reference_validation=false]"].args[-2:] == ["--reference-validation", "false"]
+    assert [job.name for job in training] == [
+        "sac_topk_mf/focused_mix/seed58407201 [mf_reference_validation=false]",
+        "sac_topk_mf/focused_mix/seed58407201 [mf_reference_validation=true]",
+        "random/focused_mix/seed58407201",  # no MF: the setting does not apply
+    ]
+    # Each training run finds, by lineage, the MF its job in the plan trains.
+    for job, mf_job in zip(training[:2], upstream, strict=True):
+        value = job.name.endswith("true]")
+        assert job.args[-2:] == ["--mf-reference-validation", str(value).lower()]
+        online = TrainOnlineConfig.resolve("focused_mix", "quick", method="sac_topk_mf", mf_reference_validation=value)
+        assert on_dataset.lookup_keys("train_mf", train_online.mf_config(online), data_run) == mf_job.keys
+    assert len({job.keys for job in upstream}) == 2
 
 
 @pytest.mark.skipif(

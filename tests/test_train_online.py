@@ -7,12 +7,13 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from agents_helpers import single_thread  # noqa: F401 (autouse: one intra-op thread, as the CLI sets)
+from slate_rl import config
 from slate_rl.agents.training import Trainer
 from slate_rl.cli import main
 from slate_rl.errors import SlateRLError
 from slate_rl.protocol import Protocol
 from slate_rl.stage_configs import TrainOnlineConfig
-from slate_rl.stages import train_online
+from slate_rl.stages import compare, train_online
 from slate_rl.tracking import models
 
 TINY = dict(
@@ -177,6 +178,32 @@ def test_cli_bad_input(tracking_store, args, message):
 def test_gems_run_of_another_setting_is_refused(tracking_store):
     with pytest.raises(SlateRLError, match="not a run reference"):
         train_online.run(_config(method="sac_gems", gems="gems.ckpt"))
+
+
+def test_mf_reference_validation_takes_the_table_of_an_mf_trained_that_way(tracking_store, monkeypatch):
+    presets = tracking_store / "presets"  # a quicker quick preset: a small dataset, an MF of 10 steps
+    presets.mkdir()
+    (presets / "quick.yaml").write_text(
+        "generate_dataset: {n_sessions: 200, chunk_size: 200}\ntrain_mf: {eval_every: 5, max_steps: 10}\n"
+    )
+    monkeypatch.setenv(config.OVERRIDE_VARIABLE, str(presets))
+    client = MlflowClient()
+    mf_runs = {}
+    for value in (True, False):
+        run_id = train_online.run(_config(method="sac_topk_mf", mf_reference_validation=value, register=False))
+        mf_runs[value] = client.get_run(client.get_run(run_id).data.tags["upstream.mf"].split("/")[1])
+    assert mf_runs[True].data.params["reference_validation"] == "true"  # found or trained by lineage, as asked
+    assert mf_runs[False].data.params["reference_validation"] == "false"
+    assert len(client.search_runs(["0"], "tags.stage = 'generate_dataset'")) == 1  # both learn from one dataset
+    runs = client.search_runs(["0"], "tags.stage = 'train_online'")
+    variants = {r.variant for r in compare.to_results(runs, with_curve=False)}
+    assert variants == {(), (("mf_reference_validation", "true"),)}  # the default MF is the plain row
+
+    other = f"runs:/{mf_runs[False].info.run_id}"  # an MF given that was trained otherwise
+    with pytest.raises(SlateRLError, match="trained with reference_validation = false, but mf_reference_valid"):
+        train_online.run(_config(method="sac_topk_mf", mf=other, mf_reference_validation=True, register=False))
+    with pytest.raises(SlateRLError, match="sac_topk_ideal uses none: drop it"):
+        _config(mf_reference_validation=True)
 
 
 # 200-episode returns (mean, standard error) of the reference implementation's short-term oracle (ε = 0) and

@@ -37,6 +37,7 @@ import os
 import re
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,7 @@ from slate_rl.tracking.runs import (
 STAGE = "pipeline"
 ORACLE_SEED = PAPER_SEEDS[0]  # the short-term oracle is deterministic given the user stream: one seed
 GEMS_SETTINGS = ("latent_dim", "lambda_kl", "lambda_click")  # train_online options that also shape its GeMS
+MF_SETTINGS = {"mf_reference_validation": "reference_validation"}  # train_online options that choose its MF, by field
 SET_BY_PIPELINE = ("env", "preset", "method", "seed", "agent", "item_embeddings", "env_params", "dataset", "gems", "mf")
 PHASES = ("datasets", "MF and GeMS", "training")
 TRAINING = PHASES.index("training")
@@ -295,10 +297,14 @@ def _combinations(values: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 def _method_overrides(cfg: PipelineConfig, method: str) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
     """The --set values that apply to `method`: (train_online options, agent hyper-parameters)."""
-    needs_gems = Need.GEMS in get_method(method).needs
+    needs = get_method(method).needs
     hyper = agent_defaults(method)
     options = {
-        k: v for k, v in cfg.overrides.items() if k in _stage_fields() and (needs_gems or k not in GEMS_SETTINGS)
+        k: v
+        for k, v in cfg.overrides.items()
+        if k in _stage_fields()
+        and (Need.GEMS in needs or k not in GEMS_SETTINGS)
+        and (Need.MF in needs or k not in MF_SETTINGS)
     }
     agent = {k: v for k, v in cfg.overrides.items() if k in hyper and k not in options}
     return options, agent
@@ -585,18 +591,6 @@ def plan(cfg: PipelineConfig, store: Store | None = None) -> list[list[Job]]:
                     data_keys,
                 ),
             )
-        if Need.MF in needs:
-            mf_cfg = TrainMFConfig.resolve(env, cfg.preset, **_env_values(cfg, TrainMFConfig, env_params))
-            add(
-                1,
-                _upstream_job(
-                    train_mf.STAGE,
-                    mf_cfg,
-                    data_run,
-                    f"mf/{env}{variant}",
-                    ["train-mf", "--env", env, "--preset", cfg.preset, *_env_args(cfg, TrainMFConfig, env_params)],
-                ),
-            )
         for method in cfg.methods:
             options, agent = _method_overrides(cfg, method)
             independent = not get_method(method).needs
@@ -606,31 +600,8 @@ def plan(cfg: PipelineConfig, store: Store | None = None) -> list[list[Job]]:
             for seed in [ORACLE_SEED] if method == "short_term_oracle" else cfg.seeds:
                 for chosen, hyper in itertools.product(_combinations(options), _combinations(agent)):
                     name = f"{method}/{env}/seed{seed}{label({**env_params, **chosen, **hyper})}"
-                    if Need.GEMS in get_method(method).needs:
-                        gems = {k: v for k, v in chosen.items() if k in GEMS_SETTINGS}
-                        gems_cfg = PretrainGemsConfig.resolve(
-                            env, cfg.preset, seed=seed, **gems, **_env_values(cfg, PretrainGemsConfig, env_params)
-                        )
-                        add(
-                            1,
-                            _upstream_job(
-                                pretrain_gems.STAGE,
-                                gems_cfg,
-                                data_run,
-                                f"gems/{env}/seed{seed}{label({**env_params, **gems})}",
-                                [
-                                    "pretrain-gems",
-                                    "--env",
-                                    env,
-                                    "--preset",
-                                    cfg.preset,
-                                    "--seed",
-                                    str(seed),
-                                    *_option_args(gems),
-                                    *_env_args(cfg, PretrainGemsConfig, env_params),
-                                ],
-                            ),
-                        )
+                    for job in _model_jobs(cfg, method, env, env_params, seed, chosen, data_run, label):
+                        add(1, job)
                     run_cfg = TrainOnlineConfig.resolve(
                         env,
                         cfg.preset,
@@ -691,10 +662,46 @@ def _env_args(cfg: PipelineConfig, config_class: type, env_params: dict[str, Any
     return args + [a for k, v in values.get("env_params", {}).items() for a in ("--env-param", f"{k}={json.dumps(v)}")]
 
 
-def _upstream_job(stage: str, stage_cfg: Any, data_run: Run | None, name: str, args: list[str]) -> Job:
-    """An MF or GeMS job; its keys are known only once its dataset exists (until then it is to run)."""
-    keys = on_dataset.lookup_keys(stage, stage_cfg, data_run.info.run_id) if data_run else ()
-    return Job(stage, name, args, keys)
+def _model_jobs(
+    cfg: PipelineConfig,
+    method: str,
+    env: str,
+    env_params: dict[str, Any],
+    seed: int,
+    chosen: dict[str, Any],
+    data_run: Run | None,
+    label: Callable[[dict[str, Any]], str],
+) -> list[Job]:
+    """The MF and GeMS jobs whose tables a training run of `method` (options `chosen`) uses; `label` names the swept
+    values of a job."""
+    needs = get_method(method).needs
+    jobs = []
+    if Need.MF in needs:
+        mf = {k: v for k, v in chosen.items() if k in MF_SETTINGS}
+        fields = {MF_SETTINGS[k]: v for k, v in mf.items()}
+        mf_cfg = TrainMFConfig.resolve(env, cfg.preset, **fields, **_env_values(cfg, TrainMFConfig, env_params))
+        name = f"mf/{env}{label({**env_params, **mf})}"
+        jobs.append(_upstream_job(cfg, env_params, mf_cfg, data_run, name, ["train-mf", *_option_args(fields)]))
+    if Need.GEMS in needs:
+        gems = {k: v for k, v in chosen.items() if k in GEMS_SETTINGS}
+        gems_cfg = PretrainGemsConfig.resolve(
+            env, cfg.preset, seed=seed, **gems, **_env_values(cfg, PretrainGemsConfig, env_params)
+        )
+        name = f"gems/{env}/seed{seed}{label({**env_params, **gems})}"
+        args = ["pretrain-gems", "--seed", str(seed), *_option_args(gems)]
+        jobs.append(_upstream_job(cfg, env_params, gems_cfg, data_run, name, args))
+    return jobs
+
+
+def _upstream_job(
+    cfg: PipelineConfig, env_params: dict[str, Any], stage_cfg: Any, data_run: Run | None, name: str, command: list[str]
+) -> Job:
+    """An MF or GeMS job running `command` (the stage's command and options) in its config's environment, with the
+    grid's preset and simulator overrides; its keys are known only once its dataset exists (until then it is to run)."""
+    keys = on_dataset.lookup_keys(stage_cfg.stage, stage_cfg, data_run.info.run_id) if data_run else ()
+    env_args = _env_args(cfg, type(stage_cfg), env_params)
+    args = [command[0], "--env", stage_cfg.env, "--preset", cfg.preset, *command[1:], *env_args]
+    return Job(stage_cfg.stage, name, args, keys)
 
 
 def describe_plan(cfg: PipelineConfig) -> str:

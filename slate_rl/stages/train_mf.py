@@ -19,7 +19,7 @@ from slate_rl.stage_configs import TrainMFConfig
 from slate_rl.stages import environment, on_dataset
 from slate_rl.stages.on_dataset import dataset_stage_run
 from slate_rl.tracking.lineage import artifact_dir, get_finished_run, parse_run_uri
-from slate_rl.tracking.runs import StageRun
+from slate_rl.tracking.runs import StageRun, format_param, normal_param
 
 STAGE = "train_mf"
 ARTIFACT = "mf"
@@ -110,6 +110,19 @@ def load_item_table(run_ref: str) -> torch.Tensor:
     if not isinstance(table, torch.Tensor) or table.dim() != 2:
         raise SlateRLError(f"run {run_id} holds no MF item table")
     return table
+
+
+def check_setting(run_ref: str, reference_validation: bool) -> None:
+    """Refuse MF run `run_ref` unless it was trained with the validation requested (runs that predate the switch
+    used the default one)."""
+    run_id, _ = parse_run_uri(run_ref)
+    logged = normal_param(get_finished_run(run_id, STAGE).data.params.get("reference_validation", "false"))
+    if logged != format_param(reference_validation):
+        raise SlateRLError(
+            f"MF run {run_id} was trained with reference_validation = {logged}, but mf_reference_validation = "
+            f"{format_param(reference_validation)} was requested; pass mf_reference_validation={logged} or another "
+            "MF run"
+        )
 
 
 def find_or_train(cfg: TrainMFConfig, dataset_run: str, parent: StageRun | None, device: str = "cpu") -> str:

@@ -497,8 +497,9 @@ def resolve_upstream(cfg: TrainOnlineConfig, mlrun: StageRun, device: str = "cpu
         if Need.GEMS in needs and not upstream.gems:
             upstream.gems = pretrain_gems.find_or_pretrain(gems_config(cfg), upstream.dataset, mlrun, device)
         if Need.MF in needs and not upstream.mf:
-            mf_cfg = TrainMFConfig.resolve(cfg.env, cfg.preset, **_environment_fields(cfg))
-            upstream.mf = train_mf.find_or_train(mf_cfg, upstream.dataset, mlrun, device)
+            upstream.mf = train_mf.find_or_train(mf_config(cfg), upstream.dataset, mlrun, device)
+    if upstream.mf:
+        train_mf.check_setting(upstream.mf, cfg.mf_reference_validation)
     spec = environment.spec_of(cfg)
     for what, run_id in (("gems", upstream.gems), ("mf", upstream.mf)):
         if run_id:
@@ -513,6 +514,13 @@ def _environment_fields(cfg: TrainOnlineConfig) -> dict[str, Any]:
         "item_embeddings": cfg.item_embeddings or None,
         "allow_env_mismatch": cfg.allow_env_mismatch or None,
     }
+
+
+def mf_config(cfg: TrainOnlineConfig) -> TrainMFConfig:
+    """The MF training the run of `cfg` takes its item table from when none is given."""
+    return TrainMFConfig.resolve(
+        cfg.env, cfg.preset, reference_validation=cfg.mf_reference_validation, **_environment_fields(cfg)
+    )
 
 
 def gems_config(cfg: TrainOnlineConfig) -> PretrainGemsConfig:
