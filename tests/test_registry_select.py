@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from mlflow.tracking import MlflowClient
 
 from slate_rl import envs
@@ -105,3 +107,15 @@ def test_select_refuses_runs_it_cannot_choose_from(trained):
         result = CliRunner().invoke(main, ["registry", "select", "--run", run_id])
         assert result.exit_code == 1 and message in result.output, result.output
     assert len(models.versions(ENV)) == versions  # nothing registered
+
+
+def test_jobs_registering_at_the_same_moment_all_get_their_version(tracking_store, monkeypatch):
+    registry.register_random(ENV, seed=0)  # the registered model exists now
+
+    def not_yet(self, name):  # a job that looked before the model above was created
+        raise MlflowException(f"Registered Model with name={name} not found", RESOURCE_DOES_NOT_EXIST)
+
+    monkeypatch.setattr(MlflowClient, "get_registered_model", not_yet)
+    registry.register_random(ENV, seed=1)  # creating it again fails: the job goes on with the existing one
+    monkeypatch.undo()
+    assert sorted(int(v.version) for v in models.versions(ENV)) == [1, 2]

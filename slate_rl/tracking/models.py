@@ -114,15 +114,27 @@ def register(env: str, run_id: str, artifact_path: str, tags: dict[str, Any]) ->
     """A new version of the environment's registered model from a logged policy folder."""
     client = MlflowClient()
     name = registered_model_name(env)
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, tags={"env": env}, description=f"slate-rl policies for {env}")
+    _ensure_registered_model(client, name, env)
     version = client.create_model_version(
         name, f"runs:/{run_id}/{artifact_path}", run_id=run_id, tags={k: format_param(v) for k, v in tags.items()}
     )
     log.info("registered %s version %s (%s)", name, version.version, artifact_path)
     return version
+
+
+def _ensure_registered_model(client: MlflowClient, name: str, env: str) -> None:
+    """Create the environment's registered model unless it exists; of jobs that register at the same moment, one
+    creates it and the others take it as it is."""
+    try:
+        client.get_registered_model(name)
+        return
+    except MlflowException:
+        pass
+    try:
+        client.create_registered_model(name, tags={"env": env}, description=f"slate-rl policies for {env}")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
 
 
 def versions(env: str) -> list[ModelVersion]:
