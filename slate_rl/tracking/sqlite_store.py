@@ -29,11 +29,16 @@ def create_once(uri: str) -> None:
     calls cost nothing more). Other stores are left alone."""
     if not uri.startswith(_SCHEME) or uri == _SCHEME:
         return
-    database = Path(uri[len(_SCHEME) :].split("?")[0])
+    database = _database(uri)
     database.parent.mkdir(parents=True, exist_ok=True)
     with _folder_lock(database.parent), _quiet("mlflow.store.db.utils", "alembic"):
         check_schema(uri)
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
+def _database(uri: str) -> Path:
+    """The database file of SQLite store `uri`."""
+    return Path(uri[len(_SCHEME) :].split("?")[0])
 
 
 def check_schema(uri: str) -> None:
@@ -42,7 +47,7 @@ def check_schema(uri: str) -> None:
     from alembic.script import ScriptDirectory
     from mlflow.store.db.utils import _get_alembic_config, _get_latest_schema_revision
 
-    found = schema_revision(Path(uri[len(_SCHEME) :].split("?")[0]))
+    found = schema_revision(_database(uri))
     expected = _get_latest_schema_revision()
     if found is None or found == expected:
         return
@@ -77,7 +82,7 @@ def unlocked(uri: str, timeout: float = 1.0) -> bool:
     a lock on it for longer (always True for other stores: a server keeps its own transactions)."""
     if not uri.startswith(_SCHEME) or uri == _SCHEME:
         return True
-    connection = sqlite3.connect(uri[len(_SCHEME) :].split("?")[0], timeout=timeout, isolation_level=None)
+    connection = sqlite3.connect(_database(uri), timeout=timeout, isolation_level=None)
     try:
         connection.execute("BEGIN EXCLUSIVE")
         connection.execute("ROLLBACK")
