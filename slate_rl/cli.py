@@ -334,9 +334,18 @@ def pretrain_gems_command(
         "reference_validation": "The reference's validation (docs/fidelity.md): validation sessions share the user "
         "rows of training sessions, the loss pairs every user of a batch with every click of it, and each validation "
         "batch is also a training step. Default: a held-out half of the validation sessions' clicks, no training.",
+        "save_every": "Save the resume state every this many training steps (0: never).",
     },
 )
 @env_param_option
+@option(
+    "resume",
+    default=None,
+    metavar="RUN_ID",
+    help="Continue a killed or failed train_mf run from its last resume state, in the same MLflow run, to the table "
+    "it would have reached unstopped (its saved configuration applies; the other options but --device, which must "
+    "be of the kind it trained on, are ignored).",
+)
 @device_option
 @user_errors
 def train_mf_command(
@@ -345,14 +354,18 @@ def train_mf_command(
     experiment_name: str | None,
     parent_run: str | None,
     env_params: dict[str, Any] | None,
+    resume: str | None,
     device: str,
     **overrides: Any,
 ) -> None:
     """Train BPR matrix-factorisation item embeddings on logged sessions (artifact 'mf')."""
     from slate_rl.stages import train_mf
 
-    cfg = stage_configs.TrainMFConfig.resolve(env, preset, env_params=env_params, **overrides)
-    run_id = train_mf.run(cfg, **placement(experiment_name, parent_run), device=device)
+    if resume:
+        run_id = train_mf.run(train_mf.resumable(resume), resume_run=resume, device=device)
+    else:
+        cfg = stage_configs.TrainMFConfig.resolve(env, preset, env_params=env_params, **overrides)
+        run_id = train_mf.run(cfg, **placement(experiment_name, parent_run), device=device)
     click.echo(f"mf: runs:/{run_id}/{train_mf.ARTIFACT}")
 
 

@@ -107,8 +107,11 @@ class TrainMFConfig(StageConfig):
     max_steps: int = 0  # 0 = no cap (early stopping only)
     max_seconds: float = 0.0  # 0 = no cap
     reference_validation: bool = False  # the reference's re-keyed split and validation pass that trains
+    save_every: int = 20_000  # training steps between resume states (0: none); not part of the model's identity
 
     def validate(self) -> None:
+        if int(self.save_every) < 0:
+            raise SlateRLError(f"save_every must be >= 0 (0: no resume state; got {self.save_every})")
         for name in ("dim", "batch_size", "eval_every", "patience"):
             if int(getattr(self, name)) < 1:
                 raise SlateRLError(f"{name} must be >= 1 (got {getattr(self, name)})")

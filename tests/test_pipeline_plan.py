@@ -159,6 +159,24 @@ def test_an_mf_setting_gives_its_mf_job_and_leaves_other_methods_alone(tracking_
     assert len({job.keys for job in upstream}) == 2
 
 
+def test_a_killed_mf_job_resumes_from_its_saved_state(tracking_store):
+    cfg = pipeline.PipelineConfig.resolve("focused_mix", "sac_topk_mf", "58407201", preset="quick")
+    (dataset,), _, _ = pipeline.plan(cfg)
+    client = MlflowClient()
+    data_run = client.create_run("0", tags={"stage": "generate_dataset", LINEAGE_TAG: dataset.keys[0]}).info.run_id
+    client.set_terminated(data_run)
+    (mf_job,) = pipeline.plan(cfg)[1]
+    killed = client.create_run("0", tags={"stage": "train_mf", LINEAGE_TAG: mf_job.keys[0]}).info.run_id
+    client.set_terminated(killed, "KILLED")
+    (job,) = pipeline.plan(cfg)[1]
+    assert job.state == "run" and job.note == f"run {killed} KILLED before its first checkpoint"
+    state = tracking_store / "state.pt"
+    state.write_bytes(b"state")
+    client.log_artifact(killed, str(state), "resume")
+    (job,) = pipeline.plan(cfg)[1]
+    assert (job.state, job.run_id, job.command()) == ("resume", killed, ["train-mf", "--resume", killed])
+
+
 @pytest.mark.skipif(
     "env_params" not in {f.name for f in dataclasses.fields(GenerateDatasetConfig)},
     reason="needs simulator overrides (env_params) on the stage configs",

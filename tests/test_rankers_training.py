@@ -1,5 +1,6 @@
 """Short trainings on simulator-logged sessions (epsilon = 0.5 oracle logging): GeMS through Lightning, BPR MF."""
 
+import io
 import logging
 import math
 import warnings
@@ -11,6 +12,7 @@ import torch
 from slate_rl.envs import make
 from slate_rl.envs.evaluate import play
 from slate_rl.envs.policies import EpsilonGreedyOracle
+from slate_rl.errors import SlateRLError
 from slate_rl.rankers.bounds import gems_action_bounds
 from slate_rl.rankers.data import SlateDataModule
 from slate_rl.rankers.decoders import GeMSDecoder
@@ -175,6 +177,53 @@ def test_mf_reports_each_evaluation_while_it_trains(logged):
     seen: list[tuple[int, float]] = []
     result = train_mf(slates, clicks, lr=1.0, eval_every=5, patience=2, seed=0, on_evaluation=lambda *e: seen.append(e))
     assert len(seen) > 2 and seen == result.evaluations
+
+
+def _saved(state: dict) -> dict:
+    """A state as `--resume` reads it back: through torch.save and a weights-only load."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(lr=1.0, eval_every=2, patience=3),  # diverges: stops early, so the evaluations without improvement count
+        dict(lr=1e-2, eval_every=4, max_steps=30, reference_validation=True),  # its validation draws and trains
+    ],
+    ids=["held-out, early stopping", "reference validation, max steps"],
+)
+def test_mf_resumed_from_any_saved_state_ends_as_the_uninterrupted_training(logged, options):
+    slates, clicks = logged
+    options = dict(options, batch_size=4096, seed=0)  # about 7 batches an epoch: the states span several epochs
+    states: list[dict] = []
+    uninterrupted = train_mf(slates, clicks, save_every=3, on_save=lambda s: states.append(_saved(s)), **options)
+    assert [state["steps"] for state in states] == list(range(3, uninterrupted.steps, 3))
+    sessions, _ = click_pairs(slates, clicks)
+    if options.get("reference_validation"):
+        n_batches = -(-int((sessions >= 30).sum()) // 4096)  # the training sessions' clicks (30 validation sessions)
+        assert n_batches in [state["next_batch"] for state in states]  # one saved at the end of an epoch
+    else:
+        assert uninterrupted.stop_reason == "early_stopping" and any(state["stale"] > 0 for state in states)
+    for state in states:
+        resumed = train_mf(slates, clicks, save_every=3, resume=state, **options)
+        assert torch.equal(resumed.item_table, uninterrupted.item_table), state["steps"]
+        assert resumed.evaluations == uninterrupted.evaluations
+        assert (resumed.steps, resumed.stop_reason, resumed.best_val_loss) == (
+            uninterrupted.steps,
+            uninterrupted.stop_reason,
+            uninterrupted.best_val_loss,
+        )
+
+
+def test_mf_state_saved_on_another_kind_of_device_is_refused(logged):
+    slates, clicks = logged
+    states: list[dict] = []
+    train_mf(slates, clicks, max_steps=2, save_every=1, seed=0, on_save=states.append)
+    assert states[0]["device"] == "cpu"
+    with pytest.raises(SlateRLError, match=r"saved on cuda; resume it there \(--device cuda\)"):
+        train_mf(slates, clicks, max_steps=2, seed=0, resume={**states[0], "device": "cuda"})
 
 
 def test_topic_alignment_tells_a_table_with_topics_from_one_without():

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -133,6 +134,33 @@ def _held_out_loss(
     return total / users.shape[0]
 
 
+def check_resume_device(state: dict[str, Any], device: torch.device) -> None:
+    """Refuse to continue a training state saved on another kind of device (its random streams would differ)."""
+    if state["device"] != device.type:
+        raise SlateRLError(
+            f"this MF training was saved on {state['device']}; resume it there (--device {state['device']})"
+        )
+
+
+def _restore(
+    state: dict[str, Any],
+    model: BPRMatrixFactorization,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    result: MFResult,
+) -> tuple[int, bool, float]:
+    """Load a state saved by `train_mf` into its model, optimiser, generator and result; returns (evaluations
+    without improvement, whether the last step was evaluated, seconds trained)."""
+    check_resume_device(state, generator.device)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    result.steps, result.best_val_loss = int(state["steps"]), float(state["best_val_loss"])
+    result.item_table = state["best_table"].to(model.items.weight.device)
+    result.evaluations = [(int(steps), float(loss)) for steps, loss in state["evaluations"]]
+    return int(state["stale"]), bool(state["evaluated"]), float(state["seconds"])
+
+
 def train_mf(
     slates: torch.Tensor,
     clicks: torch.Tensor,
@@ -151,6 +179,9 @@ def train_mf(
     device: str | torch.device = "cpu",
     on_evaluation: Callable[[int, float], None] | None = None,
     reference_validation: bool = False,
+    save_every: int = 0,
+    on_save: Callable[[dict[str, Any]], None] | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> MFResult:
     """Train BPR MF on logged sessions (n_sessions, T, R) and return the item table with the best held-out loss.
 
@@ -159,6 +190,8 @@ def train_mf(
     evaluations without improvement, or at `max_steps` training steps / `max_seconds` of wall time.
     `on_evaluation(steps, held_out_loss)` is called after each evaluation (to log it while training runs).
     `reference_validation`: the reference's split and validation pass (module docstring; `holdout_fraction` unused).
+    `on_save(state)` is called every `save_every` training steps (0: never) with the state that `resume` continues
+    from: the same data and arguments give then the same result as a training that was never stopped.
     """
     check_logged(slates, clicks)
     n_sessions = slates.shape[0]
@@ -191,7 +224,10 @@ def train_mf(
     model = BPRMatrixFactorization(n_sessions, num_items, dim, seed).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=float(lr), fused=device.type in ("cpu", "cuda"))
     result = MFResult(item_table=model.items.weight.detach().clone(), best_val_loss=float("inf"))
-    stale, started, evaluated = 0, time.perf_counter(), False
+    stale, evaluated, seconds_before = 0, False, 0.0
+    if resume is not None:
+        stale, evaluated, seconds_before = _restore(resume, model, optimizer, generator, result)
+    started = time.perf_counter()
 
     def evaluate() -> bool:
         """Record the held-out loss; True when training should stop (patience exhausted)."""
@@ -209,10 +245,36 @@ def train_mf(
             stale += 1
         return stale >= int(patience)
 
+    def state(epoch_start: torch.Tensor, next_batch: int) -> dict[str, Any]:
+        """What `resume` needs to continue after this step (the epoch's order is drawn again from its start)."""
+        return {
+            "device": device.type,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "epoch_generator": epoch_start,
+            "next_batch": next_batch,
+            "steps": result.steps,
+            "best_val_loss": result.best_val_loss,
+            "best_table": result.item_table,
+            "evaluations": list(result.evaluations),
+            "stale": stale,
+            "evaluated": evaluated,
+            "seconds": seconds_before + time.perf_counter() - started,
+        }
+
+    n_batches = -(-train_users.shape[0] // int(batch_size))
+    resumed_epoch = resume
     while not result.stop_reason:
+        epoch_start = generator.get_state() if resumed_epoch is None else resumed_epoch["epoch_generator"]
+        generator.set_state(epoch_start)
         order = torch.randperm(train_users.shape[0], generator=generator, device=device)
-        for batch_index, start in enumerate(range(0, order.shape[0], int(batch_size))):
-            rows = order[start : start + int(batch_size)]
+        first_batch = 0
+        if resumed_epoch is not None:  # the epoch the saved state stopped in, from its next batch
+            generator.set_state(resumed_epoch["generator"])
+            first_batch, resumed_epoch = int(resumed_epoch["next_batch"]), None
+        for batch_index in range(first_batch, n_batches):
+            rows = order[batch_index * int(batch_size) : (batch_index + 1) * int(batch_size)]
             negatives = torch.randint(num_items, rows.shape, generator=generator, device=device)
             loss = model.bpr_loss(train_users[rows], train_items[rows], negatives)
             optimizer.zero_grad()
@@ -224,10 +286,12 @@ def train_mf(
                 result.stop_reason = "early_stopping"
             elif max_steps is not None and result.steps >= int(max_steps):
                 result.stop_reason = "max_steps"
-            elif max_seconds is not None and time.perf_counter() - started >= float(max_seconds):
+            elif max_seconds is not None and seconds_before + time.perf_counter() - started >= float(max_seconds):
                 result.stop_reason = "max_seconds"
             if result.stop_reason:
                 break
+            if on_save is not None and save_every > 0 and result.steps % int(save_every) == 0:
+                on_save(state(epoch_start, batch_index + 1))
     if not evaluated:
         evaluate()
     result.item_table = result.item_table.cpu()

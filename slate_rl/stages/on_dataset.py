@@ -6,15 +6,35 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slate_rl.data.logged import LoggedSessions
+from slate_rl.errors import SlateRLError
+from slate_rl.safe_load import torch_load
 from slate_rl.stages import environment, generate_dataset
-from slate_rl.tracking.lineage import LINEAGE_TAG, find_or_run, legacy_applies, lineage_key, parse_run_uri
-from slate_rl.tracking.runs import StageRun, stage_run
+from slate_rl.tracking.lineage import (
+    LINEAGE_TAG,
+    artifact_dir,
+    find_or_run,
+    legacy_applies,
+    lineage_key,
+    parse_run_uri,
+)
+from slate_rl.tracking.runs import RESUME_FILE, RESUME_PATH, StageRun, stage_run
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 # Fields that do not shape the model given its dataset run (the dataset's own identity covers the environment).
-NOT_MODEL_FIELDS = ("env", "preset", "dataset", "item_embeddings", "env_params", "allow_env_mismatch")
+NOT_MODEL_FIELDS = (
+    "env",
+    "preset",
+    "dataset",
+    "item_embeddings",
+    "env_params",
+    "allow_env_mismatch",
+    "save_every",  # how often a resume state is saved: a resumed training ends as an uninterrupted one
+)
 # The fields of slate-rl 0.1.0's configs, whose values (every one, default or not) made its lineage keys.
 LEGACY_MODEL_FIELDS = {
     "pretrain_gems": (
@@ -102,3 +122,29 @@ def find_or_train(stage: str, cfg: Any, dataset_run: str, parent: StageRun | Non
     """Run id of a FINISHED `stage` run for this dataset and configuration; `run` trains one as a child if none."""
     explicit = dataclasses.replace(cfg, dataset=f"runs:/{dataset_run}/{generate_dataset.ARTIFACT}")
     return find_or_run(stage, lookup_keys(stage, cfg, dataset_run), lambda: run(explicit, parent=parent))
+
+
+def saved_config(cfg: Any, dataset_run: str) -> dict[str, Any]:
+    """The configuration kept in a resume state, with the dataset the run trains on made explicit."""
+    return dataclasses.asdict(dataclasses.replace(cfg, dataset=f"runs:/{dataset_run}/{generate_dataset.ARTIFACT}"))
+
+
+def config_of(state: dict[str, Any], config_class: Any) -> Any:
+    """The configuration a resume state was saved with; fields added since it was saved take their defaults."""
+    config = dict(state["config"])
+    return config_class.resolve(config.pop("env"), config.pop("preset"), **config)
+
+
+def load_resume_state(run: Run, state_format: str, every: str) -> dict[str, Any]:
+    """The resume state of `run` (its `format` checked), whose stage saves one `every` (said when there is none)."""
+    try:
+        path = artifact_dir(run, f"{RESUME_PATH}/{RESUME_FILE}")
+    except SlateRLError as exc:
+        raise SlateRLError(
+            f"run {run.info.run_id} has no resume state (it stopped before saving one; one is saved {every}); "
+            "start a new run"
+        ) from exc
+    state = torch_load(path, "resume state")
+    if not isinstance(state, dict) or state.get("format") != state_format:
+        raise SlateRLError(f"{path} is not a resume state of {run.data.tags.get('stage')} ({state_format})")
+    return state

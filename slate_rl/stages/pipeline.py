@@ -98,6 +98,7 @@ BACKENDS = ("local", "ray")
 RESUMABLE = (
     train_online.STAGE,
     pretrain_gems.STAGE,
+    train_mf.STAGE,
     train_offline.STAGE,
 )  # stages whose killed runs `--resume` continues
 log = logging.getLogger("slate_rl")

@@ -78,7 +78,7 @@ def run(
             )
     with dataset_stage_run(STAGE, cfg, parent, experiment_name, resume_run) as (mlrun, dataset_run, data):
         mlrun.set_tags({DEVICE_TAG: str(on)})
-        config = saved_config(cfg, dataset_run)
+        config = on_dataset.saved_config(cfg, dataset_run)
         slates, clicks = data.tensors()
         datamodule = SlateDataModule(slates, clicks, batch_size=cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed)
         with tempfile.TemporaryDirectory(prefix="slate-rl-gems-") as tmp:
@@ -275,11 +275,6 @@ def lightning_device(device: torch.device | None) -> dict[str, Any]:
     }
 
 
-def saved_config(cfg: PretrainGemsConfig, dataset_run: str) -> dict[str, Any]:
-    """The configuration kept in the resume state, with the dataset the run trains on made explicit."""
-    return dataclasses.asdict(dataclasses.replace(cfg, dataset=f"runs:/{dataset_run}/{generate_dataset.ARTIFACT}"))
-
-
 def load_resume_state(run: Run) -> dict[str, Any]:
     """The resume state of a pretrain_gems run (saved after each of its epochs); a seed's run of a group has none."""
     group = run.data.tags.get(SEED_GROUP_TAG)
@@ -288,25 +283,16 @@ def load_resume_state(run: Run) -> dict[str, Any]:
             f"run {run.info.run_id} was trained in the seed group {group} (pretrain-gems --seeds), which keeps no "
             f"resume state; train its seed again (pretrain-gems --seed {run.data.tags.get('seed')} or --seeds)"
         )
-    try:
-        path = artifact_dir(run, f"{RESUME_PATH}/{RESUME_FILE}")
-    except SlateRLError as exc:
-        raise SlateRLError(
-            f"run {run.info.run_id} has no resume state (it stopped before its first epoch ended); start a new run"
-        ) from exc
-    state = torch_load(path, "resume state")
-    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
-        raise SlateRLError(f"{path} is not a slate-rl GeMS resume state")
+    state = on_dataset.load_resume_state(run, RESUME_FORMAT, "after each epoch")
     for key in ("checkpoint", "best"):  # Lightning's files, kept as bytes: refused here, before the run is touched
         if state[key]:
-            torch_load(state[key], f"Lightning checkpoint {key!r} inside the resume state {path}")
+            torch_load(state[key], f"Lightning checkpoint {key!r} inside the resume state of run {run.info.run_id}")
     return state
 
 
 def config_of(state: dict[str, Any]) -> PretrainGemsConfig:
     """The configuration a resume state was saved with; fields added since it was saved take their defaults."""
-    config = dict(state["config"])
-    return PretrainGemsConfig.resolve(config.pop("env"), config.pop("preset"), **config)
+    return on_dataset.config_of(state, PretrainGemsConfig)
 
 
 def resumable(run_id: str) -> PretrainGemsConfig:

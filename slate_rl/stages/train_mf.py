@@ -1,4 +1,5 @@
-"""Stage `train_mf`: BPR matrix-factorisation item embeddings (for SAC+TopK (MF) and SAC+WkNN)."""
+"""Stage `train_mf`: BPR matrix-factorisation item embeddings (for SAC+TopK (MF) and SAC+WkNN); resumable into the
+same run after a kill, from its last saved state, to the same table as a run never stopped."""
 
 from __future__ import annotations
 
@@ -7,24 +8,29 @@ import logging
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from slate_rl import atomic
 from slate_rl.devices import DEVICE_TAG, resolve_device
 from slate_rl.errors import SlateRLError
-from slate_rl.rankers.mf import popularity_correlation, topic_alignment, train_mf
+from slate_rl.rankers.mf import check_resume_device, popularity_correlation, topic_alignment, train_mf
 from slate_rl.safe_load import torch_load
 from slate_rl.stage_configs import TrainMFConfig
 from slate_rl.stages import environment, on_dataset
 from slate_rl.stages.on_dataset import dataset_stage_run
-from slate_rl.tracking.lineage import artifact_dir, get_finished_run, parse_run_uri
-from slate_rl.tracking.runs import StageRun, format_param, normal_param
+from slate_rl.tracking.lineage import artifact_dir, get_finished_run, get_unfinished_run, parse_run_uri
+from slate_rl.tracking.runs import RESUME_FILE, RESUME_PATH, StageRun, format_param, normal_param
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 STAGE = "train_mf"
 ARTIFACT = "mf"
 TABLE_FILE = "item_embeddings.pt"
 SPEC_FILE = "env_spec.json"  # the environment spec of the dataset's simulator (EnvSpec.as_dict)
+RESUME_FORMAT = "slate-rl/mf-resume"
 log = logging.getLogger("slate_rl")
 
 
@@ -32,9 +38,9 @@ class _EvaluationLog:
     """Each held-out evaluation as the metric `val/bpr_loss` (at the training step) while MF trains, and a log line
     at most every `interval` seconds, so that a long run shows how far it got."""
 
-    def __init__(self, mlrun: StageRun, interval: float = 30.0) -> None:
+    def __init__(self, mlrun: StageRun, interval: float = 30.0, best: float = float("inf")) -> None:
         self.mlrun, self.interval = mlrun, interval
-        self.best, self.last_line = float("inf"), time.monotonic()
+        self.best, self.last_line = best, time.monotonic()
 
     def __call__(self, steps: int, loss: float) -> None:
         self.mlrun.log_metrics({"val/bpr_loss": loss}, step=steps)
@@ -45,17 +51,46 @@ class _EvaluationLog:
 
 
 def run(
-    cfg: TrainMFConfig, parent: StageRun | None = None, experiment_name: str | None = None, device: str = "cpu"
+    cfg: TrainMFConfig,
+    parent: StageRun | None = None,
+    experiment_name: str | None = None,
+    device: str = "cpu",
+    resume_run: str | None = None,
 ) -> str:
     """Train MF on `device` ('cpu', 'cuda' or 'cuda:K'; tag `device`) inside an MLflow run; returns the run id.
     Artifacts: `mf/item_embeddings.pt` (num_items x dim, on the CPU) and `mf/env_spec.json` (the simulator it
-    learned from)."""
+    learned from); while it trains, the resume state every `cfg.save_every` steps.
+
+    resume_run: continue that (killed or failed) run from its last resume state; `cfg` must be its configuration,
+    `resumable(resume_run)`, and `device` of the kind it trained on.
+    """
     on = resolve_device(device)
-    with dataset_stage_run(STAGE, cfg, parent, experiment_name) as (mlrun, _dataset_run, data):
+    state = None
+    if resume_run is not None:  # checked before the run is touched
+        state = load_resume_state(get_unfinished_run(resume_run, STAGE))
+        if config_of(state) != cfg:
+            raise SlateRLError(
+                f"run {resume_run} was started with another configuration; resume it with "
+                f"train_mf.resumable({resume_run!r})"
+            )
+        check_resume_device(state["training"], on)
+    with dataset_stage_run(STAGE, cfg, parent, experiment_name, resume_run) as (mlrun, dataset_run, data):
         mlrun.set_tags({DEVICE_TAG: str(on)})
         slates, clicks = data.tensors()
-        log.info("%s: BPR on %d sessions (early stopping, patience %d)", STAGE, data.n_sessions, cfg.patience)
-        evaluations = _EvaluationLog(mlrun)
+        config = on_dataset.saved_config(cfg, dataset_run)
+
+        def save(training: dict[str, Any]) -> None:
+            with tempfile.TemporaryDirectory() as tmp:
+                resume = {"format": RESUME_FORMAT, "config": config, "training": training}
+                mlrun.replace_artifact(atomic.torch_save(resume, Path(tmp) / RESUME_FILE), RESUME_PATH)
+            log.info("%s: resume state saved at step %d", STAGE, training["steps"])
+
+        if state is None:
+            log.info("%s: BPR on %d sessions (early stopping, patience %d)", STAGE, data.n_sessions, cfg.patience)
+        else:
+            log.info("%s: resuming run %s at step %d", STAGE, mlrun.run_id, state["training"]["steps"])
+        training = state["training"] if state is not None else None
+        evaluations = _EvaluationLog(mlrun, best=training["best_val_loss"] if training else float("inf"))
         result = train_mf(
             slates,
             clicks,
@@ -71,6 +106,9 @@ def run(
             device=on,
             on_evaluation=evaluations,
             reference_validation=cfg.reference_validation,
+            save_every=cfg.save_every,
+            on_save=save,
+            resume=training,
         )
         correlation = popularity_correlation(result.item_table, slates, clicks)
         simulator = environment.make_env(cfg)
@@ -101,6 +139,25 @@ def run(
             100 * same_topic,
         )
         return mlrun.run_id
+
+
+def load_resume_state(run: Run) -> dict[str, Any]:
+    """The resume state of a train_mf run (saved every `save_every` training steps)."""
+    state = on_dataset.load_resume_state(run, RESUME_FORMAT, "every save_every training steps")
+    if not isinstance(state.get("training"), dict):
+        raise SlateRLError(f"the resume state of run {run.info.run_id} holds no MF training state")
+    return state
+
+
+def config_of(state: dict[str, Any]) -> TrainMFConfig:
+    """The configuration a resume state was saved with; fields added since it was saved take their defaults."""
+    return on_dataset.config_of(state, TrainMFConfig)
+
+
+def resumable(run_id: str) -> TrainMFConfig:
+    """The configuration of a train_mf run that can be resumed (it exists, did not finish, and saved a resume
+    state)."""
+    return config_of(load_resume_state(get_unfinished_run(run_id, STAGE)))
 
 
 def load_item_table(run_ref: str) -> torch.Tensor:

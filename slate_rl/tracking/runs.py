@@ -285,7 +285,7 @@ def latest_runs_page(ui_address: str) -> str | None:
 
 
 # stages whose command continues a KILLED run from its last checkpoint with --resume <run id>
-RESUMABLE_STAGES = ("pretrain_gems", "train_online", "train_offline")
+RESUMABLE_STAGES = ("pretrain_gems", "train_mf", "train_online", "train_offline")
 
 
 def _resume_hint(stage: str, run_id: str) -> str:
