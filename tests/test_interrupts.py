@@ -22,13 +22,19 @@ from slate_rl.tracking.lightning import interruptible_fit
 STAGES = {
     "train_online": ["--method", "reinforce_softmax", "--episodes", "100000", "--register", "false"],
     "pretrain_gems": ["--epochs", "100"],
+    "train_mf": ["--max-steps", "10000000", "--patience", "1000", "--eval-every", "20", "--save-every", "20"],
 }
 
 
 @pytest.mark.parametrize(
     "stage, sig",
-    [("train_online", signal.SIGTERM), ("pretrain_gems", signal.SIGTERM), ("pretrain_gems", signal.SIGINT)],
-    ids=["train_online-SIGTERM", "pretrain_gems-SIGTERM", "pretrain_gems-Ctrl-C"],
+    [
+        ("train_online", signal.SIGTERM),
+        ("pretrain_gems", signal.SIGTERM),
+        ("pretrain_gems", signal.SIGINT),
+        ("train_mf", signal.SIGTERM),
+    ],
+    ids=["train_online-SIGTERM", "pretrain_gems-SIGTERM", "pretrain_gems-Ctrl-C", "train_mf-SIGTERM"],
 )
 def test_an_interrupted_stage_marks_its_run_killed_and_says_how_to_resume(tracking_store, tmp_path, stage, sig):
     client = MlflowClient()
