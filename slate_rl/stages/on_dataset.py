@@ -16,6 +16,7 @@ from slate_rl.tracking.lineage import (
     LINEAGE_TAG,
     artifact_dir,
     find_or_run,
+    get_unfinished_run,
     legacy_applies,
     lineage_key,
     parse_run_uri,
@@ -147,4 +148,21 @@ def load_resume_state(run: Run, state_format: str, every: str) -> dict[str, Any]
     state = torch_load(path, "resume state")
     if not isinstance(state, dict) or state.get("format") != state_format:
         raise SlateRLError(f"{path} is not a resume state of {run.data.tags.get('stage')} ({state_format})")
+    return state
+
+
+def resume_state_for(
+    stage: str,
+    run_id: str,
+    cfg: Any,
+    load: Callable[[Run], dict[str, Any]],
+    config_of: Callable[[dict[str, Any]], Any],
+) -> dict[str, Any]:
+    """The resume state of the unfinished `stage` run `run_id` (read by `load`), refused unless it was saved with
+    the configuration `cfg` (`config_of` reads it back)."""
+    state = load(get_unfinished_run(run_id, stage))
+    if config_of(state) != cfg:
+        raise SlateRLError(
+            f"run {run_id} was started with another configuration; resume it with {stage}.resumable({run_id!r})"
+        )
     return state

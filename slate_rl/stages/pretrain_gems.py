@@ -70,12 +70,7 @@ def run(
 
     state = None
     if resume_run is not None:  # checked before the run is touched
-        state = load_resume_state(get_unfinished_run(resume_run, STAGE))
-        if config_of(state) != cfg:
-            raise SlateRLError(
-                f"run {resume_run} was started with another configuration; resume it with "
-                f"pretrain_gems.resumable({resume_run!r})"
-            )
+        state = on_dataset.resume_state_for(STAGE, resume_run, cfg, load_resume_state, config_of)
     with dataset_stage_run(STAGE, cfg, parent, experiment_name, resume_run) as (mlrun, dataset_run, data):
         mlrun.set_tags({DEVICE_TAG: str(on)})
         config = on_dataset.saved_config(cfg, dataset_run)
