@@ -369,7 +369,22 @@ def stage_run(
             with contextlib.suppress(Exception):
                 run.flush()
                 run.log_artifact(console.baseFilename)
+            set_final_status(client, run_id, status)
+
+
+def set_final_status(client: MlflowClient, run_id: str, status: str, attempts: int = 4, wait: float = 1.0) -> None:
+    """End the run with `status`, trying again (after `wait`, 2 `wait`, ... seconds) when the store fails for a
+    moment (a database locked by a write that an interrupt cut short, a server restarting), so that a stopped stage
+    is not left RUNNING; the last failure propagates."""
+    for attempt in range(1, attempts + 1):
+        try:
             client.set_terminated(run_id, status)
+            return
+        except Exception as exc:
+            if attempt == attempts:
+                raise
+            log.warning("status %s of run %s not written (%s); trying again", status, run_id, exc)
+            time.sleep(wait * attempt)
 
 
 def _attach_console_log(path: Path) -> logging.FileHandler:
