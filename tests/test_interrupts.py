@@ -18,11 +18,12 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, TensorDataset
 
 from slate_rl.tracking.lightning import interruptible_fit
+from slate_rl.tracking.runs import has_resume_state
 
 STAGES = {
     "train_online": ["--method", "reinforce_softmax", "--episodes", "100000", "--register", "false"],
     "pretrain_gems": ["--epochs", "100"],
-    "train_mf": ["--max-steps", "10000000", "--patience", "1000", "--eval-every", "20", "--save-every", "20"],
+    "train_mf": ["--max-steps", "10000000", "--patience", "1000", "--eval-every", "20", "--save-every", "200"],
 }
 
 
@@ -43,7 +44,7 @@ def test_an_interrupted_stage_marks_its_run_killed_and_says_how_to_resume(tracki
     process = subprocess.Popen(
         [sys.executable, "-c", "from slate_rl.cli import main; main()", *args],
         cwd=tmp_path,
-        env=os.environ,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # two threads beside the other tests' processes crawl
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -60,9 +61,9 @@ def test_an_interrupted_stage_marks_its_run_killed_and_says_how_to_resume(tracki
 
 
 def _training(client: MlflowClient, stage: str) -> bool:
-    """Whether the stage's run is inside its training loop (it has logged a metric)."""
+    """Whether the stage's run is inside its training loop (it has logged a metric or saved a resume state)."""
     runs = client.search_runs(["0"], f"tags.stage = '{stage}' and attributes.status = 'RUNNING'")
-    return any(run.data.metrics for run in runs)
+    return any(run.data.metrics or has_resume_state(run.info.run_id) for run in runs)
 
 
 class _Interrupt(pl.Callback):
