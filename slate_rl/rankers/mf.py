@@ -191,7 +191,7 @@ def train_mf(
     `on_evaluation(steps, held_out_loss)` is called after each evaluation (to log it while training runs).
     `reference_validation`: the reference's split and validation pass (module docstring; `holdout_fraction` unused).
     `on_save(state)` is called every `save_every` training steps (0: never) with the state that `resume` continues
-    from: the same data and arguments give then the same result as a training that was never stopped.
+    from: resumed on the same data with the same arguments, training ends as one that was never stopped.
     """
     check_logged(slates, clicks)
     n_sessions = slates.shape[0]
