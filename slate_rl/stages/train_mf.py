@@ -80,11 +80,11 @@ def run(
                 mlrun.replace_artifact(atomic.torch_save(resume, Path(tmp) / RESUME_FILE), RESUME_PATH)
             log.info("%s: resume state saved at step %d", STAGE, training["steps"])
 
-        if state is None:
+        training = state["training"] if state is not None else None
+        if training is None:
             log.info("%s: BPR on %d sessions (early stopping, patience %d)", STAGE, data.n_sessions, cfg.patience)
         else:
-            log.info("%s: resuming run %s at step %d", STAGE, mlrun.run_id, state["training"]["steps"])
-        training = state["training"] if state is not None else None
+            log.info("%s: resuming run %s at step %d", STAGE, mlrun.run_id, training["steps"])
         evaluations = _EvaluationLog(mlrun, best=training["best_val_loss"] if training else float("inf"))
         result = train_mf(
             slates,
