@@ -156,12 +156,12 @@ def resume_state_for(
     run_id: str,
     cfg: Any,
     load: Callable[[Run], dict[str, Any]],
-    config_of: Callable[[dict[str, Any]], Any],
+    read_config: Callable[[dict[str, Any]], Any],
 ) -> dict[str, Any]:
     """The resume state of the unfinished `stage` run `run_id` (read by `load`), refused unless it was saved with
-    the configuration `cfg` (`config_of` reads it back)."""
+    the configuration `cfg` (`read_config` reads it back)."""
     state = load(get_unfinished_run(run_id, stage))
-    if config_of(state) != cfg:
+    if read_config(state) != cfg:
         raise SlateRLError(
             f"run {run_id} was started with another configuration; resume it with {stage}.resumable({run_id!r})"
         )
