@@ -793,6 +793,14 @@ def collect_command(
     show_default=True,
     help="Only the train_online runs with this reference_parity value (as --reference-bugs).",
 )
+@option(
+    "add_runs",
+    multiple=True,
+    metavar="RUNS_CSV",
+    help="The runs.csv of an earlier compare report (e.g. of a tracking store since lost): its runs in the requested "
+    "cells join the table, contrasts and runs.csv as rows of the same label; a run the store also holds counts once. "
+    "Repeatable, or comma-separated.",
+)
 @option("experiment_name", default=None, help="MLflow experiment of the compare run itself.")
 @user_errors
 def compare_command(
@@ -802,6 +810,7 @@ def compare_command(
     filter_string: str,
     reference_bugs: str,
     reference_parity: str,
+    add_runs: tuple[str, ...],
     **values: Any,
 ) -> None:
     """The paper's results table (Markdown, CSV, LaTeX), aggregate scores and figures from finished runs; the
@@ -816,6 +825,7 @@ def compare_command(
         envs,
         methods,
         filter=filter_string,
+        add_runs=[path.strip() for text in add_runs for path in text.split(",") if path.strip()],
         **{name: None if value == "any" else value == "true" for name, value in umbrellas.items()},
         **values,
     )

@@ -39,7 +39,9 @@ class RunResult:
     (e.g. (("episodes", "20000"),)): they apply to all its rows, so no label shows them; the table's legend does.
     `run_id`, `test_stderr` (the standard error of the test return over the test users), `train_seconds` (the time
     training took, without the time the run was stopped) and `commit` say where the number comes from; None or ''
-    where unknown.
+    where unknown. `best_val` (the best validation return and its episode) and `val_last_tenth` (the mean validation
+    return after 90% of the last validated episode) follow from `val_curve` when it is given; a run read back from a
+    report's runs.csv has them without its curve.
     """
 
     method: str
@@ -55,6 +57,8 @@ class RunResult:
     test_stderr: float | None = None
     train_seconds: float | None = None
     commit: str = ""
+    best_val: tuple[float, int] | None = None
+    val_last_tenth: float | None = None
 
     @property
     def row(self) -> str:
@@ -80,6 +84,10 @@ class RunResult:
                     "pass the logged `val_return` history of a single run"
                 )
             self.val_curve = curve
+            if curve:
+                episode, value = max(curve, key=lambda point: point[1])
+                tail = [v for e, v in curve if e > 0.9 * curve[-1][0]]
+                self.best_val, self.val_last_tenth = (value, episode), sum(tail) / len(tail)
 
 
 def group_runs(

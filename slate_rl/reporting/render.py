@@ -186,7 +186,7 @@ def to_per_seed_csv(table: ResultsTable, env: str) -> str:
     return buffer.getvalue()
 
 
-_RUNS_COLUMNS = (
+RUNS_COLUMNS = (
     "env",
     "method",
     "variant",
@@ -199,28 +199,28 @@ _RUNS_COLUMNS = (
     "val_return_last_tenth",
     "train_seconds",
     "git_commit",
+    "preset",
+    "settings",
 )
 
 
 def to_runs_csv(results: Sequence[RunResult]) -> str:
     """One row per run, sorted by environment, method, variant and seed: where each number of the table comes from.
     `best_val_return` and its episode, and `val_return_last_tenth` (the mean validation return over the last tenth
-    of training: the validations after 90% of the last validated episode) come from the validation curve; empty
-    fields mean unknown (a run without validation curve, a run that logged no test standard error)."""
+    of training: the validations after 90% of the last validated episode) come from the validation curve; `settings`
+    are the params every compared run of the method set apart from the preset ('name=value; ...'); empty fields mean
+    unknown (a run without validation curve, a run that logged no test standard error). `compare --add-runs` reads
+    the file back (`slate_rl.reporting.runs_file`)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(_RUNS_COLUMNS)
+    writer.writerow(RUNS_COLUMNS)
     blank = lambda value: "" if value is None else value  # noqa: E731
     labelled = [(variant_label({name.rpartition(".")[2]: value for name, value in r.variant}), r) for r in results]
     for label, r in sorted(labelled, key=lambda item: (item[1].env, item[1].method, item[0], item[1].seed)):
-        best: tuple[float | str, int | str] = ("", "")
-        last: float | str = ""
-        if r.val_curve:
-            episode, value = max(r.val_curve, key=lambda point: point[1])
-            tail = [v for e, v in r.val_curve if e > 0.9 * r.val_curve[-1][0]]
-            best, last = (value, episode), sum(tail) / len(tail)
-        source = (r.run_id, r.test_return, blank(r.test_stderr), *best, last, blank(r.train_seconds), r.commit)
-        writer.writerow([r.env, r.method, label, r.seed, *source])
+        best = r.best_val if r.best_val is not None else ("", "")
+        settings = "; ".join(f"{name}={value}" for name, value in r.settings)
+        source = (r.run_id, r.test_return, blank(r.test_stderr), *best, blank(r.val_last_tenth))
+        writer.writerow([r.env, r.method, label, r.seed, *source, blank(r.train_seconds), r.commit, r.preset, settings])
     return buffer.getvalue()
 
 

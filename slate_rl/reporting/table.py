@@ -104,5 +104,5 @@ def build_table(
                 values=tuple(returns.get((method, env), ())),
             )
     variants = {row: runs[0].variant for (row, _), runs in groups.items() if runs[0].variant}
-    settings = {runs[0].method: runs[0].settings for runs in groups.values() if runs[0].settings}
+    settings = {run.method: run.settings for runs in groups.values() for run in runs if run.settings}
     return ResultsTable(methods, envs, cells, reference, alpha, confidence, variants, settings)

@@ -35,6 +35,7 @@ from slate_rl.reporting import (
     to_runs_csv,
 )
 from slate_rl.reporting.names import row_order
+from slate_rl.reporting.runs_file import read_runs_csv
 from slate_rl.stage_configs import REFERENCE_PROTOCOL, TrainOnlineConfig, agent_defaults, reference_switches
 from slate_rl.stages import compare_offline, environment
 from slate_rl.tracking.results import metric_curve, search_finished_runs
@@ -56,7 +57,8 @@ log = logging.getLogger("slate_rl")
 @dataclasses.dataclass
 class CompareConfig:
     """What to compare: environments, methods, preset ('any' pools nothing: it keeps each run's own preset); offline
-    algorithms (empty: all there are) and whether to leave the online table out."""
+    algorithms (empty: all there are) and whether to leave the online table out; the runs.csv files of earlier
+    reports whose runs join the store's (`add_runs`)."""
 
     envs: list[str]
     methods: list[str]
@@ -70,6 +72,7 @@ class CompareConfig:
     offline_only: bool = False
     reference_bugs: bool | None = None  # keep only the runs with this reference_bugs value (None: all, as variants)
     reference_parity: bool | None = None  # ... and reference_parity value
+    add_runs: list[str] = dataclasses.field(default_factory=list)  # runs.csv files of earlier reports to add
 
     @classmethod
     def resolve(cls, envs: str, methods: str, algorithms: str = "", **values: Any) -> CompareConfig:
@@ -86,6 +89,11 @@ class CompareConfig:
             get_method(method, ONLINE_FAMILIES)
         if cfg.preset not in (*config.PRESETS, "any"):
             raise SlateRLError(f"unknown preset {cfg.preset!r}; choose one of: {', '.join(config.PRESETS)}, any")
+        if cfg.add_runs and cfg.filter:
+            raise SlateRLError(
+                "--filter selects the store's runs by their MLflow params, which the runs of --add-runs files do not "
+                "carry: filter without --add-runs, or remove the rows you do not want from the file"
+            )
         if cfg.bootstrap < 100:
             raise SlateRLError(f"bootstrap needs at least 100 resamples (got {cfg.bootstrap})")
         return cfg
@@ -117,6 +125,7 @@ def run(cfg: CompareConfig, experiment_name: str | None = None) -> str:
                 "bootstrap": cfg.bootstrap,
                 "algorithms": ",".join(cfg.algorithms) or "all",
                 "offline_only": cfg.offline_only,
+                "add_runs": ",".join(cfg.add_runs),
                 **{name: _choice(getattr(cfg, name)) for name in UMBRELLAS},
             }
         )
@@ -129,8 +138,18 @@ def run(cfg: CompareConfig, experiment_name: str | None = None) -> str:
                 + "; "
                 + compare_offline.describe_store(cfg.filter)
             )
-        runs = [] if cfg.offline_only else select_runs(cfg, required=not offline.results)
+        required = not offline.results and not cfg.add_runs
+        runs = [] if cfg.offline_only else select_runs(cfg, required=required)
         results = to_results(runs, with_curve=True)
+        added = [] if cfg.offline_only else added_runs(cfg, {r.run_id for r in results})
+        if cfg.add_runs and not results and not added and not offline.results:
+            raise SlateRLError(
+                f"neither the store nor {', '.join(cfg.add_runs)} holds a finished run of envs={','.join(cfg.envs)} "
+                f"methods={','.join(cfg.methods)} preset={cfg.preset}"
+            )
+        results = align_variants(results + added) if added else results
+        for number, path in enumerate(cfg.add_runs):
+            mlrun.log_artifact(path, f"added_runs/{number}")
         with tempfile.TemporaryDirectory(prefix="slate-rl-report-") as tmp:
             files = write_report(results, cfg, Path(tmp), offline)
             mlrun.log_artifacts(tmp, "report")
@@ -143,6 +162,7 @@ def run(cfg: CompareConfig, experiment_name: str | None = None) -> str:
                 "runs": len(results),
                 "cells": len({(r.method, r.env) for r in results}),
                 "offline_runs": len(offline.results),
+                "added_runs": len(added),
             }
         )
         log.info(
@@ -180,6 +200,42 @@ def select_runs(cfg: CompareConfig, required: bool = True) -> list[Run]:
         key = (tags["method"], tags["env"], tags.get("seed"), tags.get("preset"), frozenset(identity(r).items()))
         latest.setdefault(key, r)
     return list(latest.values())
+
+
+def added_runs(cfg: CompareConfig, known: set[str]) -> list[RunResult]:
+    """The runs of the `add_runs` files in the requested cells (environments, methods, preset, reference umbrellas),
+    leaving out the runs already found (by run id: the store's own, or an earlier file's)."""
+    added = []
+    for path in cfg.add_runs:
+        for result in read_runs_csv(Path(path), cfg.preset):
+            switches = {name.rpartition(".")[2]: value for name, value in (*result.settings, *result.variant)}
+            if (
+                result.run_id not in known
+                and result.env in cfg.envs
+                and result.method in cfg.methods
+                and cfg.preset in ("any", result.preset)
+                and all(getattr(cfg, name) in (None, switches.get(name) == "true") for name in UMBRELLAS)
+            ):
+                known.add(result.run_id)
+                added.append(result)
+    return added
+
+
+def align_variants(results: list[RunResult]) -> list[RunResult]:
+    """Runs from the store and from runs files as one set of rows: a param that sets a variant row of a method apart
+    in either source (by its last name part) is part of the row of each of its runs, also where a source held it as
+    a setting every one of its runs shares (a store with only reference_bugs=true runs of a method)."""
+    short = lambda name: name.rpartition(".")[2]  # noqa: E731
+    fields: dict[str, set[str]] = {}
+    for result in results:
+        fields.setdefault(result.method, set()).update(short(name) for name, _ in result.variant)
+    aligned = []
+    for result in results:
+        moved = tuple(pair for pair in result.settings if short(pair[0]) in fields[result.method])
+        variant = tuple(sorted((*result.variant, *moved), key=lambda pair: short(pair[0])))
+        kept = tuple(pair for pair in result.settings if pair not in moved)
+        aligned.append(dataclasses.replace(result, variant=variant, settings=kept))
+    return aligned
 
 
 def umbrella(r: Run, name: str) -> bool:
