@@ -189,3 +189,29 @@ def test_a_store_holding_one_variant_alone_keeps_its_runs_in_that_variant_row(tm
     rows = {r["method_name"]: (r["n"], float(r["mean"])) for r in _csv(out / "results.csv")}
     assert rows == {"SlateQ": ("1", 276.0), "SlateQ [reference_bugs=true]": ("3", 215.0)}
     assert "unlike the preset: SlateQ: fused_update=true" in (out / "results.md").read_text()
+
+
+def test_a_hyper_parameter_of_the_file_keeps_its_full_name_in_the_new_table(tmp_path, monkeypatch):
+    """runs.csv labels a variant by the param's last name part (gamma=0.9); in the new table's columns it is the
+    store's param (agent.gamma) whichever source's run comes first."""
+    (tmp_path / "first").mkdir()
+    use_store(tmp_path / "first", monkeypatch)
+    add_train_online_run("sac_topk_ideal", "focused_mix", 0, 100.0)
+    add_train_online_run("sac_topk_ideal", "focused_mix", 0, 50.0, params={"agent.gamma": "0.9"})
+    compare.run(compare.CompareConfig.resolve("focused_mix", "sac_topk_ideal", out=str(tmp_path / "first" / "r")))
+    (tmp_path / "second").mkdir()
+    use_store(tmp_path / "second", monkeypatch)
+    add_train_online_run("sac_topk_ideal", "focused_mix", 1, 110.0)
+    add_train_online_run("sac_topk_ideal", "focused_mix", 1, 60.0, params={"agent.gamma": "0.9"})
+    out = tmp_path / "report"
+    added = [str(tmp_path / "first" / "r" / "runs.csv")]
+    compare.run(compare.CompareConfig.resolve("focused_mix", "sac_topk_ideal", add_runs=added, out=str(out)))
+    rows = {r["method_name"]: r for r in _csv(out / "results.csv")}
+    variant = rows["SAC+TopK (ideal) [gamma=0.9]"]
+    assert (variant["n"], float(variant["mean"]), variant["variant"], variant["agent.gamma"]) == (
+        "2",
+        55.0,
+        "agent.gamma=0.9",
+        "0.9",
+    )
+    assert rows["SAC+TopK (ideal)"]["n"] == "2"

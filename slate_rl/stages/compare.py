@@ -226,14 +226,17 @@ def align_variants(results: list[RunResult]) -> list[RunResult]:
     in either source (by its last name part) is part of the row of each of its runs, also where a source held it as
     a setting every one of its runs shares (a store with only reference_bugs=true runs of a method)."""
     short = lambda name: name.rpartition(".")[2]  # noqa: E731
+    # a runs file names params as labels do ('gamma'); the store by their full name ('agent.gamma'): use the latter
+    full = {short(name): name for r in results for name, _ in (*r.variant, *r.settings) if "." in name}
+    named = lambda pairs: tuple((full.get(name, name), value) for name, value in pairs)  # noqa: E731
     fields: dict[str, set[str]] = {}
     for result in results:
         fields.setdefault(result.method, set()).update(short(name) for name, _ in result.variant)
     aligned = []
     for result in results:
         moved = tuple(pair for pair in result.settings if short(pair[0]) in fields[result.method])
-        variant = tuple(sorted((*result.variant, *moved), key=lambda pair: short(pair[0])))
-        kept = tuple(pair for pair in result.settings if pair not in moved)
+        variant = tuple(sorted(named((*result.variant, *moved)), key=lambda pair: short(pair[0])))
+        kept = named(pair for pair in result.settings if pair not in moved)
         aligned.append(dataclasses.replace(result, variant=variant, settings=kept))
     return aligned
 
